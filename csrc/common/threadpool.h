@@ -1,0 +1,22 @@
+/* threadpool.h - persistent worker pool for data-parallel loops.
+ *
+ * g4_pool_run(pool, fn, ctx) calls fn(ctx, ith, nth) once on each of the nth
+ * threads (the caller is thread 0) and returns when all are done. Workers
+ * spin briefly then sleep on a condition variable between jobs. No allocation
+ * per job.
+ */
+#ifndef G4_THREADPOOL_H
+#define G4_THREADPOOL_H
+
+#include "g4err.h"
+
+typedef struct g4_pool g4_pool;
+typedef void (*g4_pool_fn)(void *ctx, int ith, int nth);
+
+/* n_threads >= 1 (1 means no workers: jobs run on the caller). */
+g4_pool *g4_pool_create(int n_threads, g4_err *err);
+void g4_pool_free(g4_pool *p);
+int g4_pool_size(const g4_pool *p);
+void g4_pool_run(g4_pool *p, g4_pool_fn fn, void *ctx);
+
+#endif

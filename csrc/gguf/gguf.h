@@ -1,0 +1,99 @@
+/* gguf.h - read-only GGUF v2/v3 reader over mmap.
+ *
+ * Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
+ * (header "GGUF", u32 version, u64 n_tensors, u64 n_kv, then n_kv key/value
+ * pairs, then n_tensors tensor infos, then padding to general.alignment
+ * (default 32), then tensor data). All integers little endian.
+ *
+ * The file is mapped read-only; every pointer handed out (strings, array
+ * payloads, tensor data) points into the mapping and lives until
+ * g4_gguf_close(). Every length, count and offset is bounds- and
+ * overflow-checked at open time, so accessors never read past the map.
+ */
+#ifndef G4_GGUF_H
+#define G4_GGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/g4err.h"
+
+/* Metadata value types, numbered as in the GGUF spec (gguf_type in ggml). */
+typedef enum g4_gguf_vtype {
+    G4_GGUF_UINT8 = 0, G4_GGUF_INT8 = 1, G4_GGUF_UINT16 = 2, G4_GGUF_INT16 = 3,
+    G4_GGUF_UINT32 = 4, G4_GGUF_INT32 = 5, G4_GGUF_FLOAT32 = 6, G4_GGUF_BOOL = 7,
+    G4_GGUF_STRING = 8, G4_GGUF_ARRAY = 9, G4_GGUF_UINT64 = 10, G4_GGUF_INT64 = 11,
+    G4_GGUF_FLOAT64 = 12,
+} g4_gguf_vtype;
+
+/* A string inside the mapping: NOT NUL-terminated. */
+typedef struct g4_str { const char *ptr; uint64_t len; } g4_str;
+
+typedef struct g4_gguf_kv {
+    g4_str key;
+    g4_gguf_vtype type;        /* value type; G4_GGUF_ARRAY for arrays */
+    g4_gguf_vtype arr_type;    /* element type when type == ARRAY */
+    uint64_t arr_len;          /* element count when type == ARRAY */
+    const uint8_t *data;       /* raw little-endian value, or first array element.
+                                  For STRING arrays: first u64 length prefix. */
+} g4_gguf_kv;
+
+#define G4_MAX_DIMS 4
+
+typedef struct g4_tensor {
+    g4_str name;
+    uint32_t n_dims;
+    int64_t ne[G4_MAX_DIMS];   /* elements per dim, ne[0] fastest (ggml order); unused dims = 1 */
+    uint32_t type;             /* g4_type from quant/quant.h (ggml_type numbering) */
+    uint64_t offset;           /* relative to the start of the data section */
+    const void *data;          /* pointer into the mapping */
+    uint64_t nbytes;           /* bytes of data, from g4_row_size() */
+} g4_tensor;
+
+typedef struct g4_gguf g4_gguf;  /* opaque */
+
+/* Open and validate `path`. On failure returns NULL and fills err:
+ * G4_ERR_IO (missing/unreadable), G4_ERR_FORMAT (bad magic, truncated,
+ * out-of-range offsets, overflowing sizes, duplicate keys/tensors, data past
+ * the end), G4_ERR_UNSUPPORTED (version not 2 or 3, unknown tensor type). */
+g4_gguf *g4_gguf_open(const char *path, g4_err *err);
+void g4_gguf_close(g4_gguf *g);
+
+uint32_t g4_gguf_version(const g4_gguf *g);
+uint64_t g4_gguf_alignment(const g4_gguf *g);
+uint64_t g4_gguf_file_size(const g4_gguf *g);
+
+uint64_t g4_gguf_n_kv(const g4_gguf *g);
+const g4_gguf_kv *g4_gguf_kv_at(const g4_gguf *g, uint64_t i);
+/* NULL when the key is absent. */
+const g4_gguf_kv *g4_gguf_find(const g4_gguf *g, const char *key);
+
+/* Typed getters. Integers of any integer type convert when the value fits;
+ * return G4_OK, or G4_ERR_FORMAT naming the key when absent/mistyped.
+ * The *_or variants return `dflt` when the key is absent (still an error when
+ * present with the wrong type). */
+g4_status g4_gguf_get_u32(const g4_gguf *g, const char *key, uint32_t *out, g4_err *err);
+g4_status g4_gguf_get_u32_or(const g4_gguf *g, const char *key, uint32_t dflt, uint32_t *out, g4_err *err);
+g4_status g4_gguf_get_f32(const g4_gguf *g, const char *key, float *out, g4_err *err);
+g4_status g4_gguf_get_f32_or(const g4_gguf *g, const char *key, float dflt, float *out, g4_err *err);
+g4_status g4_gguf_get_bool_or(const g4_gguf *g, const char *key, int dflt, int *out, g4_err *err);
+g4_status g4_gguf_get_str(const g4_gguf *g, const char *key, g4_str *out, g4_err *err);
+
+/* Scalar helpers on a kv (no type coercion beyond integer widening). */
+int g4_gguf_kv_as_i64(const g4_gguf_kv *kv, int64_t *out);   /* 1 on success */
+int g4_gguf_kv_as_f64(const g4_gguf_kv *kv, double *out);
+
+/* Array element access (kv->type == ARRAY). For STRING arrays, element i
+ * is found by walking length prefixes; g4_gguf_arr_strings() builds an index
+ * of all of them at once (caller frees with free()). */
+int g4_gguf_arr_i64(const g4_gguf_kv *kv, uint64_t i, int64_t *out);
+int g4_gguf_arr_f64(const g4_gguf_kv *kv, uint64_t i, double *out);
+g4_str *g4_gguf_arr_strings(const g4_gguf_kv *kv, g4_err *err);
+
+uint64_t g4_gguf_n_tensors(const g4_gguf *g);
+const g4_tensor *g4_gguf_tensor_at(const g4_gguf *g, uint64_t i);
+const g4_tensor *g4_gguf_find_tensor(const g4_gguf *g, const char *name);
+
+int g4_str_eq(g4_str s, const char *cstr);
+
+#endif

@@ -1,0 +1,31 @@
+/* g4py.h - shared pieces of the CPython binding gemma4stack._core.
+ *
+ * The binding is thin: parse arguments, convert buffers, release the GIL
+ * around C calls, map g4_err to exceptions. Each bind_*.c file exports a
+ * NULL-terminated PyMethodDef table that module.c concatenates.
+ */
+#ifndef G4PY_H
+#define G4PY_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "../common/g4err.h"
+
+/* Exception types created in module init (see g4err.h for the mapping). */
+extern PyObject *g4py_GGUFError;        /* ValueError subclass */
+extern PyObject *g4py_UnsupportedError; /* GGUFError subclass */
+extern PyObject *g4py_LimitError;       /* ValueError subclass */
+
+/* Set the Python exception matching err->status; returns NULL for chaining. */
+PyObject *g4py_raise(const g4_err *err);
+
+/* Method tables, one per binding file. */
+extern PyMethodDef g4py_hw_methods[];
+extern PyMethodDef g4py_gguf_methods[];
+extern PyMethodDef g4py_model_methods[];
+
+/* Types registered by binding files: called from module init; return 0 / -1. */
+int g4py_model_register(PyObject *module);
+
+#endif
