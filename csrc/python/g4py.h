@@ -24,8 +24,10 @@ PyObject *g4py_raise(const g4_err *err);
 extern PyMethodDef g4py_hw_methods[];
 extern PyMethodDef g4py_gguf_methods[];
 extern PyMethodDef g4py_model_methods[];
+extern PyMethodDef g4py_tokenizer_methods[];
 
 /* Types registered by binding files: called from module init; return 0 / -1. */
 int g4py_model_register(PyObject *module);
+int g4py_tokenizer_register(PyObject *module);
 
 #endif
