@@ -35,7 +35,8 @@ typedef struct g4_gguf_kv {
     g4_gguf_vtype arr_type;    /* element type when type == ARRAY */
     uint64_t arr_len;          /* element count when type == ARRAY */
     const uint8_t *data;       /* raw little-endian value, or first array element.
-                                  For STRING arrays: first u64 length prefix. */
+                                  For STRING values and STRING arrays: the
+                                  (first) u64 length prefix. May be unaligned. */
 } g4_gguf_kv;
 
 #define G4_MAX_DIMS 4
@@ -95,5 +96,43 @@ const g4_tensor *g4_gguf_tensor_at(const g4_gguf *g, uint64_t i);
 const g4_tensor *g4_gguf_find_tensor(const g4_gguf *g, const char *name);
 
 int g4_str_eq(g4_str s, const char *cstr);
+
+/* ---- additions (beyond the first draft of this header) -------------------- */
+
+/* Absolute file offset of the tensor data section (a multiple of the
+ * alignment; may lie past the end of a file without tensors). */
+uint64_t g4_gguf_data_offset(const g4_gguf *g);
+/* The path given to g4_gguf_open (for messages). */
+const char *g4_gguf_path(const g4_gguf *g);
+/* "UINT8", "STRING", ... as the spec names them; "?" when out of range. */
+const char *g4_gguf_vtype_name(uint32_t vtype);
+
+/* The string value of a STRING kv (or of a STRING array element from
+ * g4_gguf_arr_next). 1 on success, 0 when kv is not a string. */
+int g4_gguf_kv_str(const g4_gguf_kv *kv, g4_str *out);
+
+/* Walk any array in order, including arrays of strings and arrays of arrays
+ * (validated at open time; nesting depth <= G4_GGUF_MAX_DEPTH). Each element
+ * is presented as a g4_gguf_kv with an empty key: type = the element type,
+ * data = the element (a string's u64 length prefix; for a nested array,
+ * arr_type/arr_len and data = its first element). O(1) per step for scalar
+ * and string elements. */
+#define G4_GGUF_MAX_DEPTH 8
+typedef struct g4_gguf_arr_iter {
+    const g4_gguf_kv *arr;
+    uint64_t i;
+    const uint8_t *p;
+} g4_gguf_arr_iter;
+void g4_gguf_arr_iter_init(g4_gguf_arr_iter *it, const g4_gguf_kv *arr);
+int g4_gguf_arr_next(g4_gguf_arr_iter *it, g4_gguf_kv *elem);   /* 1 while elements remain */
+
+/* Caps that protect memory, checked while parsing and before any allocation
+ * sized by the file. Each can be raised with its environment variable;
+ * exceeding one fails with G4_ERR_LIMIT naming the variable. */
+#define G4_GGUF_MAX_TENSORS_ENV  "GEMMA4STACK_MAX_TENSORS"       /* default 262144 */
+#define G4_GGUF_MAX_KV_ENV       "GEMMA4STACK_MAX_KV"            /* default 65536 */
+#define G4_GGUF_MAX_ARRAY_ENV    "GEMMA4STACK_MAX_ARRAY_LEN"     /* default 16777216 elements */
+#define G4_GGUF_MAX_STRING_ENV   "GEMMA4STACK_MAX_STRING_LEN"    /* default 64 MiB */
+#define G4_GGUF_MAX_META_ENV     "GEMMA4STACK_MAX_METADATA_BYTES" /* default 1 GiB */
 
 #endif
