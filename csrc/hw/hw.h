@@ -29,6 +29,10 @@ typedef struct g4_hw_gpu {
     char backend[16];          /* "CUDA", "NVML", "OpenCL", "RSMI", "LevelZero" (the one that gave memory, else the first) */
     char pci_busid[32];        /* "0000:03:00.0" or "" */
     int64_t memory_bytes;      /* -1 when unknown */
+    /* Added by the hw owner: every hwloc OS device merged into this GPU
+       ("cuda0,card0") and every compute backend seen ("CUDA,OpenCL"). */
+    char osdevs[96];
+    char backends[48];
 } g4_hw_gpu;
 
 typedef struct g4_hw_report {
@@ -49,10 +53,35 @@ typedef struct g4_hw_report {
     int avx2, avx512f, avx512vnni, avx512bw, avxvnni, f16c, fma, neon, dotprod;
     int from_xml;
     int n_gpus; g4_hw_gpu gpus[G4_HW_MAX_GPUS];
+    /* Added by the hw owner (after the fields above, which stay as they are). */
+    uint64_t hwloc_total_bytes;    /* sum of hwloc NUMA memory, before the MemTotal cross-check */
+    uint64_t meminfo_total_bytes;  /* /proc/meminfo MemTotal, 0 when read from XML */
+    int avx512bf16;
+    int gpus_truncated;            /* 1 when more than G4_HW_MAX_GPUS were found */
 } g4_hw_report;
 
 /* Detect this machine (xml_path NULL) or load an exported hwloc XML topology.
  * Errors: G4_ERR_IO (XML missing), G4_ERR_HW (hwloc failure). */
 g4_status g4_hw_detect(const char *xml_path, g4_hw_report *out, g4_err *err);
+
+/* ---- pieces of g4_hw_detect, public so they can be tested on their own ---- */
+
+/* Memory of the running system. `sysroot` prefixes every path read ("" or NULL
+ * for the real /proc and /sys; tests point it at a fake tree). Reads MemTotal
+ * and MemAvailable from <sysroot>/proc/meminfo, then the memory limit of this
+ * process's cgroup (v2 memory.max / v1 memory.limit_in_bytes, the smallest
+ * along the path to the root) found through <sysroot>/proc/self/cgroup and
+ * <sysroot>/proc/self/mountinfo. available is capped at limit - usage.
+ * cgroup_limit is 0 when no limit is set. Errors: G4_ERR_IO (no meminfo). */
+g4_status g4_hw_read_memory(const char *sysroot, uint64_t *mem_total, uint64_t *mem_available,
+                            uint64_t *cgroup_limit, g4_err *err);
+
+/* SIMD features of the CPU running this code (cpuid + xgetbv on x86,
+ * getauxval on Arm): sets the avx2..dotprod flags of `out`, nothing else. */
+void g4_hw_detect_simd(g4_hw_report *out);
+
+/* Total bytes of all last-level caches of this machine (sum over instances),
+ * 0 when hwloc cannot tell. Used to size the bandwidth probe's arrays. */
+uint64_t g4_hw_llc_total_bytes(void);
 
 #endif
