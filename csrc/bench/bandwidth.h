@@ -18,9 +18,15 @@ typedef struct g4_bw_result {
     size_t bytes_per_array;
     int threads;
     int reps;
+    char kernel[16];    /* added: "avx512", "avx2" or "scalar" (the loops that ran) */
 } g4_bw_result;
 
-/* bytes_per_array: 0 = 4 x last-level cache (at least 64 MiB); threads <= 0: all cores. */
+/* bytes_per_array: 0 = 4 x last-level cache (at least 64 MiB); threads <= 0: all cores.
+ * Each array is rounded down to whole doubles; three arrays are allocated.
+ * The default shrinks to keep the three arrays within half of the available
+ * memory (never below 64 MiB). Errors: G4_ERR_INVALID (reps outside 1..1000,
+ * arrays under 1 MiB, more than 4096 threads), G4_ERR_NOMEM, G4_ERR_HW
+ * (a thread could not start, or a result check failed). */
 g4_status g4_bandwidth_measure(size_t bytes_per_array, int threads, int reps,
                                g4_bw_result *out, g4_err *err);
 
