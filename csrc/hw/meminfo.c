@@ -77,9 +77,9 @@ static int cgroup_dir(const char *sysroot, int v2, char *dir, size_t dcap, char 
         line[strcspn(line, "\n")] = 0;
         char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
         if (!c2) continue;
-        *c2 = 0;
+        *c1 = 0; *c2 = 0;     /* line = hierarchy id, c1 + 1 = controllers, c2 + 1 = path */
         const char *ctrls = c1 + 1;
-        if (v2 ? (!strcmp(line, "0") && !*ctrls) : 0) found = 1;
+        if (v2 && !strcmp(line, "0") && !*ctrls) found = 1;
         if (!v2) {
             char tmp[512]; snprintf(tmp, sizeof tmp, ",%s,", ctrls);
             if (strstr(tmp, ",memory,")) found = 1;
