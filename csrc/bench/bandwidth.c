@@ -8,7 +8,12 @@
  *   - every thread initialises the slice it will later stream (first touch),
  *     so on NUMA machines each slice lives in its thread's local node;
  *   - one untimed warm-up pass, then `reps` timed passes; the best (shortest)
- *     time of each kernel is reported, as STREAM reports its best rate;
+ *     time of each kernel is reported, as STREAM reports its best rate. A
+ *     pass is timed from the earliest thread start to the latest thread end,
+ *     each thread reading the clock itself: taking both stamps on one thread
+ *     after the barriers let a preempted thread 0 miss part of the others'
+ *     work, and best-of-N then picked that inflated rate (seen here once: 60
+ *     GB/s read on a VM that sustains 33);
  *   - results are checked (the read sum, every triad element), so a compiler
  *     cannot drop the work and a wrong kernel cannot report a rate;
  *   - bytes are counted as STREAM counts them: read = 8 bytes per element,
@@ -21,7 +26,7 @@
  * dependency chain, not memory, sets the speed on a wide core.
  *
  * Threads are plain pthreads, one per CPU this process may run on, pinned in
- * order, with a barrier around each timed pass. The caller only waits, so
+ * order, with a spinning barrier around each timed pass. The caller only waits, so
  * its own CPU affinity (inherited by threads it starts later) is untouched.
  */
 #define _GNU_SOURCE
@@ -31,6 +36,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,15 +142,41 @@ static bw_kernels pick_kernels(void) {
 
 /* ---- the run: threads, barrier, timing -------------------------------------------- */
 
+/* Sense-reversing spin barrier. A sleeping pthread barrier wakes its
+   threads one by one (on a VM each wake-up is an inter-processor interrupt),
+   so they start a pass up to a millisecond apart and the pass looks slower
+   than the memory is; OpenMP STREAM builds avoid this by spinning too.
+   Waiters yield the CPU after a while so oversubscription still progresses. */
+typedef struct spin_barrier { atomic_int count; atomic_int sense; int n; } spin_barrier;
+
+static void spin_barrier_wait(spin_barrier *b, int *local_sense) {
+    int s = *local_sense = !*local_sense;
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->sense, s, memory_order_release);
+        return;
+    }
+    for (unsigned spins = 0; atomic_load_explicit(&b->sense, memory_order_acquire) != s; spins++) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+        if (spins > 4096) sched_yield();
+    }
+}
+
 typedef struct bw_run {
     double *a, *b, *c;
     size_t n;                 /* elements per array */
     int nth, reps;
     bw_kernels k;
     int cpus[BW_MAX_THREADS]; int n_cpus;
-    pthread_barrier_t bar;
+    spin_barrier bar;
     pthread_mutex_t gate_mu; pthread_cond_t gate_cv; int gate;   /* 0 wait, 1 go, -1 abort */
     double best_read, best_triad;     /* seconds, written by thread 0 only */
+    /* per-thread start/end of the current pass: a pass lasts from the first
+       start to the last end, so a thread preempted between the barrier and
+       its clock read can only lengthen the time, never shorten it */
+    double *t_read0, *t_read1, *t_triad0, *t_triad1;
     int bad;                          /* a check failed */
     pthread_mutex_t bad_mu;
 } bw_run;
@@ -155,6 +187,16 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Wall time of one pass over all threads: first start to last end. */
+static double span(const double *t0, const double *t1, int n) {
+    double lo = t0[0], hi = t1[0];
+    for (int i = 1; i < n; i++) {
+        if (t0[i] < lo) lo = t0[i];
+        if (t1[i] > hi) hi = t1[i];
+    }
+    return hi - lo;
 }
 
 static void thread_body(bw_run *run, int ith) {
@@ -170,20 +212,23 @@ static void thread_body(bw_run *run, int ith) {
     double *a = run->a + lo, *b = run->b + lo, *c = run->c + lo;
     for (size_t i = 0; i < m; i++) { a[i] = 0.0; b[i] = 1.0; c[i] = 2.0; }
 
-    int bad = 0;
+    int bad = 0, sense = 0;
     for (int r = 0; r <= run->reps; r++) {     /* r == 0 is the untimed warm-up */
-        pthread_barrier_wait(&run->bar);
-        double t0 = now_s();
+        spin_barrier_wait(&run->bar, &sense);
+        run->t_read0[ith] = now_s();
         double sum = run->k.read(b, m);
-        pthread_barrier_wait(&run->bar);
-        double t1 = now_s();
+        run->t_read1[ith] = now_s();
+        spin_barrier_wait(&run->bar, &sense);
+        run->t_triad0[ith] = now_s();
         run->k.triad(a, b, c, TRIAD_SCALAR, m);
-        pthread_barrier_wait(&run->bar);
-        double t2 = now_s();
+        run->t_triad1[ith] = now_s();
+        spin_barrier_wait(&run->bar, &sense);
         if (sum != (double)m) bad = 1;         /* exact: integers below 2^53 */
-        if (ith == 0 && r > 0) {
-            if (t1 - t0 < run->best_read) run->best_read = t1 - t0;
-            if (t2 - t1 < run->best_triad) run->best_triad = t2 - t1;
+        if (ith == 0 && r > 0) {               /* others wait at the next barrier meanwhile */
+            double tr = span(run->t_read0, run->t_read1, run->nth);
+            double tt = span(run->t_triad0, run->t_triad1, run->nth);
+            if (tr < run->best_read) run->best_read = tr;
+            if (tt < run->best_triad) run->best_triad = tt;
         }
     }
     for (size_t i = 0; i < m; i++)
@@ -259,12 +304,16 @@ g4_status g4_bandwidth_measure(size_t bytes_per_array, int threads, int reps,
 
     g4_status st = G4_OK;
     size_t bytes = run->n * sizeof(double);
+    double *times = calloc(4 * (size_t)run->nth, sizeof(double));
+    if (!times) { st = g4_err_set(err, G4_ERR_NOMEM, "bandwidth: out of memory"); goto done; }
+    run->t_read0 = times; run->t_read1 = times + run->nth;
+    run->t_triad0 = times + 2 * run->nth; run->t_triad1 = times + 3 * run->nth;
     run->a = alloc_array(bytes); run->b = alloc_array(bytes); run->c = alloc_array(bytes);
     if (!run->a || !run->b || !run->c) {
         st = g4_err_set(err, G4_ERR_NOMEM, "bandwidth: cannot allocate 3 x %.0f MiB", (double)bytes / MIB);
         goto done;
     }
-    pthread_barrier_init(&run->bar, NULL, (unsigned)run->nth);
+    run->bar.n = run->nth;
     pthread_mutex_init(&run->gate_mu, NULL); pthread_cond_init(&run->gate_cv, NULL);
     pthread_mutex_init(&run->bad_mu, NULL);
 
@@ -281,7 +330,6 @@ g4_status g4_bandwidth_measure(size_t bytes_per_array, int threads, int reps,
     open_gate(run, st == G4_OK ? 1 : -1);
     for (int i = 0; i < started; i++) pthread_join(tid[i], NULL);
     free(tid); free(wk);
-    pthread_barrier_destroy(&run->bar);
     pthread_mutex_destroy(&run->gate_mu); pthread_cond_destroy(&run->gate_cv);
     pthread_mutex_destroy(&run->bad_mu);
 
@@ -297,6 +345,7 @@ g4_status g4_bandwidth_measure(size_t bytes_per_array, int threads, int reps,
         snprintf(out->kernel, sizeof out->kernel, "%s", run->k.name);
     }
 done:
+    free(run->t_read0);
     free(run->a); free(run->b); free(run->c);
     free(run);
     return st;
