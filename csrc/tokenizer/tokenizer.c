@@ -373,7 +373,12 @@ fail:
  * Output buffer
  * ====================================================================== */
 
-typedef struct idvec { int32_t *v; size_t n, cap; int fail; } idvec;
+typedef struct idvec {
+    int32_t *v;
+    size_t n, cap;
+    int fail;
+    int unk_run;   /* the last id is an UNK standing for bytes without a token */
+} idvec;
 
 static void push(idvec *o, int32_t id) {
     if (o->n == o->cap) {
@@ -383,17 +388,17 @@ static void push(idvec *o, int32_t id) {
         o->v = v; o->cap = cap;
     }
     o->v[o->n++] = id;
+    o->unk_run = 0;
 }
 
 /* Bytes of a piece that is no token: one <0xXX> token per byte. Without a
  * byte token we emit UNK, one per run as HF's fuse_unk and SentencePiece do
  * (llama.cpp would throw here). */
 static void push_bytes(const g4_tokenizer *t, const char *s, size_t n, idvec *o) {
-    int last_unk = 0;
     for (size_t i = 0; i < n; i++) {
         int32_t id = t->byte_tok[(uint8_t)s[i]];
-        if (id >= 0) { push(o, id); last_unk = 0; }
-        else if (t->unk >= 0 && !last_unk) { push(o, t->unk); last_unk = 1; }
+        if (id >= 0) push(o, id);
+        else if (t->unk >= 0 && !o->unk_run) { push(o, t->unk); o->unk_run = 1; }
     }
 }
 
