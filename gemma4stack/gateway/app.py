@@ -1,0 +1,560 @@
+"""The gateway's FastAPI app, built by create_app(config) with its dependencies injected.
+
+A request flows one way:
+
+    HTTP -> admit (auth, rate limit, body cap, JSON) -> schemas.parse -> routing.plan
+         -> Dispatch: for each tier in the plan: memory check, breaker, backend.stream(),
+            wait for the first piece (fallback allowed until here) -> answer or stream
+
+Dispatch is a Response whose __call__ does the routing, so the whole exchange runs in one
+task that also watches for the client disconnecting (and then cancels the backend: a local
+generation stops at its next token, an upstream connection is closed).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import routing
+from .auth import Guard
+from .backends import BackendError, Final, GenRequest, LocalBackend, OpenAIBackend, text_of
+from .breaker import CircuitBreaker, State
+from .config import GatewayConfig, TierConfig
+from .errors import APIError
+from .metrics import Metrics
+from .schemas import parse
+
+log = logging.getLogger("gemma4stack.gateway")
+
+
+def _json(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _sse(obj) -> bytes:
+    """One server-sent event carrying a JSON object (the OpenAI streaming format)."""
+    return b"data: " + _json(obj) + b"\n\n"
+
+
+def load_model(tier: TierConfig):
+    """Open a local tier's GGUF with gemma4stack.model.Model (the default model_loader)."""
+    from gemma4stack.model import Model
+    return Model(tier.model, threads=tier.threads, context=tier.context)
+
+
+@dataclass
+class TierRuntime:
+    """A tier while the gateway runs: its backend, breaker and recent history."""
+    tier: TierConfig
+    backend: Any
+    breaker: CircuitBreaker
+    last_latency_ms: float | None = None
+    last_ttft_ms: float | None = None
+    last_error: str | None = None
+    served: int = 0
+    failed: int = 0
+
+    def to_dict(self, pressure: bool) -> dict:
+        b = self.breaker
+        up = b.state is not State.OPEN and getattr(self.backend, "ready", True) and \
+            not (self.tier.is_local and pressure)
+        d = {"up": bool(up), "backend": self.tier.backend, "model": self.tier.id,
+             "breaker": b.state.value, "retry_after_s": round(b.retry_after(), 3),
+             "last_latency_ms": self.last_latency_ms, "last_ttft_ms": self.last_ttft_ms,
+             "last_error": self.last_error, "served": self.served, "failed": self.failed}
+        if self.tier.is_local and pressure:
+            d["skipped"] = "memory_pressure"
+        d.update(self.backend.status())
+        return d
+
+
+class GatewayState:
+    """Everything the endpoints share; built once per app."""
+
+    def __init__(self, config: GatewayConfig, *, model_loader: Callable | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
+                 transport=None):
+        self.config, self.clock = config, clock
+        self.metrics = Metrics()
+        self.guard = Guard(config.auth, config.limits)
+        self.memory = routing.MemoryGauge(config.routing.min_available_memory, meminfo, clock)
+        self.tiers: dict[str, TierRuntime] = {}
+        loader = model_loader or load_model
+        b = config.breaker
+        for name, tier in config.tiers.items():
+            if tier.is_local:
+                backend = LocalBackend(tier, loader(tier))
+            else:
+                backend = OpenAIBackend(tier, transport=transport)
+            breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=clock,
+                                     on_change=self._breaker_changed(name))
+            self.tiers[name] = TierRuntime(tier, backend, breaker)
+            self.metrics.breaker.labels(name).set(0)
+
+    def _breaker_changed(self, name: str):
+        def changed(old: State, new: State):
+            log.warning("tier %s: circuit breaker %s -> %s", name, old.value, new.value)
+            self.metrics.breaker.labels(name).set(new.gauge)
+        return changed
+
+    def health(self) -> tuple[int, dict]:
+        pressure = self.memory.under_pressure()
+        tiers = {n: rt.to_dict(pressure) for n, rt in self.tiers.items()}
+        ok = any(t["up"] for t in tiers.values())
+        return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "tiers": tiers,
+                                      "memory": self.memory.to_dict()}
+
+    async def aclose(self):
+        for rt in self.tiers.values():
+            with contextlib.suppress(Exception):
+                await rt.backend.aclose()
+
+
+# ----------------------------------------------------------------------------- admission
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    cl = request.headers.get("content-length")
+    if cl is not None and cl.isdigit() and int(cl) > cap:
+        raise APIError(413, f"Request body is {cl} bytes; the limit is {cap} bytes.",
+                       code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise APIError(413, f"Request body exceeds the limit of {cap} bytes.",
+                           code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class Caller:
+    key_id: str | None
+    ip: str | None
+    t0: float
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+class Dispatch(Response):
+    """Routes one generation through the plan and writes the answer (JSON or SSE)."""
+
+    def __init__(self, st: GatewayState, caller: Caller, endpoint: str, req: GenRequest,
+                 chain: list[str], stream: bool, include_usage: bool,
+                 auto: routing.Classification | None):
+        self.st, self.caller, self.endpoint, self.req = st, caller, endpoint, req
+        self.chain, self.stream, self.include_usage, self.auto = chain, stream, include_usage, auto
+        self.background = None
+        self.status_code = 200
+        self.disconnected = False
+        self.finished = False
+        self.tried: list[str] = []
+        self.reasons: dict[str, str] = {}
+        self.rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + os.urandom(12).hex()
+        self.created = int(time.time())
+        self.obj = "chat.completion" if req.kind == "chat" else "text_completion"
+
+    # -- the ASGI call: one task does everything; a watcher cancels it on disconnect
+    async def __call__(self, scope, receive, send):
+        task = asyncio.current_task()
+
+        async def watch():
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    if not self.finished:
+                        self.disconnected = True
+                        task.cancel()
+                    return
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self._route(send)
+        except asyncio.CancelledError:
+            if not self.disconnected:
+                raise
+            task.uncancel()
+            self.st.metrics.requests.labels(self.tried[-1] if self.tried else "none",
+                                            self.endpoint, "499").inc()
+            log.info("client went away; generation cancelled (tier %s)",
+                     self.tried[-1] if self.tried else "-")
+        finally:
+            watcher.cancel()
+
+    def _routing(self, rt: TierRuntime | None, ttft: float | None, final: Final | None) -> dict:
+        now = self.st.clock()
+        d = {"tier": rt.tier.name if rt else None, "model": rt.tier.id if rt else None,
+             "latency_ms": round((now - self.caller.t0) * 1000, 3),
+             "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
+             "prompt_tokens": final.prompt_tokens if final else None,
+             "completion_tokens": final.completion_tokens if final else None,
+             "fallback_chain": "->".join(self.tried)}
+        if self.reasons:
+            d["fallback_reasons"] = dict(self.reasons)
+        if self.auto is not None:
+            d["auto"] = self.auto.to_dict()
+        return d
+
+    async def _send_json(self, send, status: int, body: dict, headers: dict):
+        self.finished = True
+        raw = _json(body)
+        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+        hdrs += [(k.lower().encode(), str(v).encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": hdrs})
+        await send({"type": "http.response.body", "body": raw})
+
+    async def _send_error(self, send, err: APIError, tier: str):
+        self.st.metrics.requests.labels(tier, self.endpoint, str(err.status)).inc()
+        h = err.headers()
+        if err.routing:
+            h.update(_routing_headers(err.routing))
+        await self._send_json(send, err.status, err.body(), h)
+
+    async def _route(self, send):
+        st = self.st
+        pressure = None
+        retry: list[float] = []
+        last: BackendError | None = None
+        for name in self.chain:
+            rt = st.tiers[name]
+            self.tried.append(name)
+            if rt.tier.is_local:
+                if pressure is None:
+                    pressure = st.memory.under_pressure()
+                if pressure:
+                    self.reasons[name] = "memory_pressure"
+                    retry.append(5.0)
+                    continue
+            ticket = rt.breaker.allow()
+            if ticket is None:
+                self.reasons[name] = "breaker_open"
+                retry.append(rt.breaker.retry_after())
+                continue
+            agen = rt.backend.stream(self.req)
+            try:
+                first = await agen.__anext__()
+                ttft = st.clock() - self.caller.t0
+                if self.stream:
+                    await self._stream(send, rt, ticket, agen, first, ttft)
+                    return
+                pieces, final = [], first
+                if type(first) is str:
+                    pieces.append(first)
+                    async for item in agen:
+                        if type(item) is str:
+                            pieces.append(item)
+                        else:
+                            final = item
+                if type(final) is str:
+                    final = Final()
+            except BackendError as e:
+                await agen.aclose()
+                last = e
+                (ticket.failure if e.counts else ticket.release)()
+                rt.last_error, rt.failed = f"{e.kind}: {e.message}", rt.failed + 1
+                st.metrics.errors.labels(name, e.kind).inc()
+                if e.retry_after is not None:
+                    retry.append(e.retry_after)
+                if not e.fallback:
+                    routing_ = self._routing(rt, None, None)
+                    await self._send_error(send, APIError(e.status, e.message, e.etype, e.code,
+                                                          e.param, routing=routing_), name)
+                    return
+                self.reasons[name] = e.kind
+                st.metrics.fallbacks.labels(name).inc()
+                log.info("tier %s failed before the first byte (%s); trying the next tier",
+                         name, e.message)
+                continue
+            except BaseException:
+                ticket.release()
+                await agen.aclose()
+                raise
+            ticket.success()
+            await self._answer(send, rt, "".join(pieces), final, ttft)
+            return
+        await self._all_down(send, retry, last)
+
+    async def _all_down(self, send, retry: list[float], last: BackendError | None):
+        why = ", ".join(f"{t}: {r}" for t, r in self.reasons.items()) or "no tier"
+        msg = f"No tier could serve the request ({why})."
+        if last is not None and len(self.reasons) == 1:
+            msg += f" {last.message}"
+        err = APIError(503, msg, "server_error", "no_tier_available",
+                       retry_after=min(retry) if retry else 1.0,
+                       routing=self._routing(None, None, None))
+        log.warning("503: %s", msg)
+        await self._send_error(send, err, "none")
+
+    def _done(self, rt: TierRuntime, final: Final, ttft: float | None, status: str) -> dict:
+        """Book-keeping when a tier finished a request; returns its _routing."""
+        st, r = self.st, self._routing(rt, ttft, final)
+        rt.last_latency_ms, rt.served, rt.last_error = r["latency_ms"], rt.served + 1, None
+        rt.last_ttft_ms = r["ttft_ms"]
+        m, name = st.metrics, rt.tier.name
+        m.requests.labels(name, self.endpoint, status).inc()
+        m.latency.labels(name).observe(r["latency_ms"] / 1000)
+        if ttft is not None:
+            m.ttft.labels(name).observe(ttft)
+        pt, ct = final.prompt_tokens or 0, final.completion_tokens or 0
+        if pt:
+            m.tokens.labels(name, "prompt").inc(pt)
+        if ct:
+            m.tokens.labels(name, "completion").inc(ct)
+        st.guard.charge(self.caller.key_id, self.caller.ip, pt + ct)
+        return r
+
+    def _usage(self, final: Final) -> dict | None:
+        if final.prompt_tokens is None and final.completion_tokens is None:
+            return None
+        pt, ct = final.prompt_tokens or 0, final.completion_tokens or 0
+        return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+
+    async def _answer(self, send, rt: TierRuntime, text: str, final: Final, ttft: float):
+        r = self._done(rt, final, ttft, "200")
+        if self.req.kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "logprobs": None, "finish_reason": final.finish_reason}
+        else:
+            choice = {"index": 0, "text": text, "logprobs": None,
+                      "finish_reason": final.finish_reason}
+        body = {"id": self.rid, "object": self.obj, "created": self.created,
+                "model": rt.tier.id, "choices": [choice], "usage": self._usage(final),
+                "_routing": r}
+        await self._send_json(send, 200, body, _routing_headers(r))
+
+    # -- streaming
+    def _chunk(self, model: str, text: str | None, finish: str | None, first: bool = False) -> dict:
+        if self.req.kind == "chat":
+            delta = {"role": "assistant", "content": text or ""} if first else \
+                ({"content": text} if text is not None else {})
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            obj = "text_completion"
+        return {"id": self.rid, "object": obj, "created": self.created, "model": model,
+                "choices": [choice]}
+
+    async def _stream(self, send, rt: TierRuntime, ticket, agen, first, ttft: float):
+        model = rt.tier.id
+        r0 = self._routing(rt, ttft, None)
+        hdrs = [(b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        hdrs += [(k.encode(), str(v).encode()) for k, v in _routing_headers(r0).items()
+                 if v is not None]
+        await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+        body = {"type": "http.response.body", "body": b"", "more_body": True}
+        final = None
+        try:
+            if type(first) is str:
+                body["body"] = _sse(self._chunk(model, first, None, first=True))
+                await send(body)
+                async for item in agen:
+                    if type(item) is str:
+                        body = {"type": "http.response.body",
+                                "body": _sse(self._chunk(model, item, None)), "more_body": True}
+                        await send(body)
+                    else:
+                        final = item
+            else:
+                final = first
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": _sse(self._chunk(model, "", None, first=True))})
+        except BackendError as e:
+            # too late to fall back: end the stream with an error event and no [DONE]
+            await agen.aclose()
+            (ticket.failure if e.counts else ticket.release)()
+            rt.last_error, rt.failed = f"{e.kind}: {e.message}", rt.failed + 1
+            self.st.metrics.errors.labels(rt.tier.name, e.kind).inc()
+            self.st.metrics.requests.labels(rt.tier.name, self.endpoint, "stream_error").inc()
+            log.warning("tier %s failed mid-stream: %s", rt.tier.name, e.message)
+            err = APIError(e.status, e.message, e.etype, e.code, routing=self._routing(rt, ttft, None))
+            self.finished = True
+            await send({"type": "http.response.body", "more_body": True,
+                        "body": _sse(err.body())})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        except BaseException:
+            ticket.release()
+            await agen.aclose()
+            raise
+        final = final or Final()
+        ticket.success()
+        r = self._done(rt, final, ttft, "200")
+        last = self._chunk(model, None, final.finish_reason)
+        tail = []
+        if self.include_usage:
+            tail.append(last)
+            last = {"id": self.rid, "object": last["object"], "created": self.created,
+                    "model": model, "choices": [], "usage": self._usage(final) or
+                    {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+        last["_routing"] = r
+        tail.append(last)
+        out = b"".join(_sse(c) for c in tail) + b"data: [DONE]\n\n"
+        self.finished = True
+        await send({"type": "http.response.body", "body": out, "more_body": False})
+
+
+def _routing_headers(r: dict) -> dict:
+    keys = ("tier", "model", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+            "fallback_chain")
+    return {"x-gemma4stack-" + k.replace("_", "-"): ("" if r.get(k) is None else r[k])
+            for k in keys if k in r}
+
+
+# ----------------------------------------------------------------------------- the app
+
+def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], Any] | None = None,
+               clock: Callable[[], float] = time.monotonic,
+               meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
+               transport=None) -> FastAPI:
+    """Build the gateway app.
+
+    model_loader(tier) -> Model-like object for local tiers (default: gemma4stack.model.Model);
+    clock: seconds, used by breakers, latencies and the memory gauge;
+    meminfo() -> (MemAvailable, MemTotal) bytes; transport: httpx transport for openai tiers.
+    Local models are loaded here, so a bad GGUF fails the call (OSError / ValueError).
+    """
+    st = GatewayState(config, model_loader=model_loader, clock=clock, meminfo=meminfo,
+                      transport=transport)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await st.aclose()
+
+    app = FastAPI(title="gemma4stack gateway", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.state.gateway = st
+    cfg = config
+
+    def _reject(reason: str, e: APIError):
+        st.metrics.rejections.labels(reason).inc()
+        raise e
+
+    def authenticate(request: Request) -> str | None:
+        try:
+            return st.guard.authenticate(request.headers.get("authorization"))
+        except APIError as e:
+            _reject("auth", e)
+
+    async def admit(request: Request) -> tuple[Caller, dict]:
+        t0 = st.clock()
+        key_id = authenticate(request)
+        ip = request.client.host if request.client else None
+        try:
+            st.guard.admit(key_id, ip)
+        except APIError as e:
+            _reject("rate_limit", e)
+        try:
+            raw = await _read_body(request, cfg.server.max_body_bytes)
+        except APIError as e:
+            _reject("body_too_large", e)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            _reject("invalid", APIError(400, f"Malformed JSON body: {e}", code="invalid_json"))
+        if not isinstance(body, dict):
+            _reject("invalid", APIError(400, "The request body must be a JSON object.",
+                                        code="invalid_json"))
+        return Caller(key_id, ip, t0), body
+
+    async def generate(request: Request, kind: str, endpoint: str):
+        caller, body = await admit(request)
+        try:
+            model, req, stream, include_usage = parse(body, kind, cfg.server)
+            tier = routing.resolve_model(model, cfg)
+        except APIError as e:
+            _reject("invalid", e)
+        except routing.UnknownModel:
+            _reject("unknown_model", APIError(
+                404, f"The model '{model}' does not exist; use 'auto', a tier "
+                f"({', '.join(cfg.tiers)}) or a model id from /v1/models.",
+                param="model", code="model_not_found"))
+        auto = None
+        if tier is None:
+            msgs = req.messages or []
+            last_user = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
+            text = text_of(last_user.get("content")) if last_user else (req.prompt or "")
+            total = sum(len(text_of(m.get("content"))) for m in msgs) if msgs else len(text)
+            auto = routing.classify(text, total, cfg.routing)
+        chain = routing.plan(tier, auto, cfg)
+        return Dispatch(st, caller, endpoint, req, chain, stream, include_usage, auto)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generate(request, "chat", "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await generate(request, "completion", "completions")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authenticate(request)
+        created = int(time.time())
+        data = [{"id": "auto", "object": "model", "created": created, "owned_by": "gemma4stack",
+                 "tier": None, "backend": "router"}]
+        seen = {"auto"}
+        for name, t in cfg.tiers.items():
+            for mid in (name, t.id):
+                if mid not in seen:
+                    seen.add(mid)
+                    data.append({"id": mid, "object": "model", "created": created,
+                                 "owned_by": "gemma4stack", "tier": name, "backend": t.backend})
+        return {"object": "list", "data": data}
+
+    @app.get("/health")
+    async def health():
+        status, body = st.health()
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        authenticate(request)
+        for name, rt in st.tiers.items():
+            st.metrics.breaker.labels(name).set(rt.breaker.state.gauge)
+            if rt.tier.is_local:
+                st.metrics.queue.labels(name).set(rt.backend.status()["queue_depth"])
+        return Response(st.metrics.render(), media_type=st.metrics.content_type)
+
+    # -- every error as an OpenAI error object
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        errs = e.errors()
+        loc = ".".join(str(p) for p in errs[0]["loc"][1:]) if errs else None
+        msg = errs[0]["msg"] if errs else "Invalid request"
+        st.metrics.rejections.labels("invalid").inc()
+        return JSONResponse(APIError(400, f"Invalid value for '{loc}': {msg}", param=loc,
+                                     code="invalid_value").body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        msg = {404: f"Unknown path {request.url.path}", 405: f"Method {request.method} not "
+               f"allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        return JSONResponse(APIError(e.status_code, msg, code=None).body(),
+                            status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(APIError(500, f"Internal gateway error: {type(e).__name__}",
+                                     "server_error").body(), status_code=500)
+
+    return app

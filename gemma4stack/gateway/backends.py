@@ -1,0 +1,390 @@
+"""Backends: where a tier's tokens come from.
+
+Every backend turns a GenRequest into an async stream of text pieces (str) that ends with
+one Final (finish_reason, token counts), or raises a BackendError before or during it:
+
+    LocalBackend   a GGUF run by gemma4stack.model.Model in this process: one worker thread
+                   per model (a Model is not thread-safe), a bounded queue, generation in
+                   the thread (the C core releases the GIL), cancelled between tokens when
+                   the consumer goes away.
+    OpenAIBackend  any OpenAI-compatible server (llama.cpp's llama-server, vLLM, Ollama,
+                   mlx_lm.server, a hosted API) through httpx, always streaming upstream so
+                   the first-byte timeout and TTFT mean the same thing for every tier.
+
+Errors say whether they count against the tier's circuit breaker (timeouts, connection
+errors, 5xx, a stream cut short) and whether the gateway may try the next tier.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+import httpx
+
+from .config import TierConfig
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class GenRequest:
+    """One generation, independent of the endpoint it came from.
+
+    kind: "chat" (messages) or "completion" (prompt). Sampling fields left None use the
+    backend's defaults. max_tokens None: local tiers run to the end of the context,
+    openai tiers leave it to the upstream server.
+    """
+    kind: str
+    messages: list[dict] | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: list[str] | None = None
+    extra: dict = field(default_factory=dict)   # presence/frequency_penalty, forwarded upstream
+
+
+@dataclass
+class Final:
+    """End of a generation: finish_reason "stop" | "length", token counts (None = unknown)."""
+    finish_reason: str = "stop"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class BackendError(Exception):
+    """A tier could not serve a request.
+
+    kind: short machine name ("timeout", "connect", "http_503", "queue_full", ...);
+    counts: counts as a failure for the circuit breaker; fallback: the next tier may be
+    tried; status/etype/code: the HTTP status and OpenAI error fields if this error is
+    the one returned to the client; retry_after: seconds (for 503/429).
+    """
+
+    def __init__(self, kind: str, message: str, *, counts: bool, fallback: bool,
+                 status: int = 502, etype: str = "server_error", code: str | None = None,
+                 retry_after: float | None = None, param: str | None = None):
+        super().__init__(message)
+        self.kind, self.message, self.counts, self.fallback = kind, message, counts, fallback
+        self.status, self.etype, self.code, self.retry_after = status, etype, code, retry_after
+        self.param = param
+
+
+def failure(kind: str, message: str, status: int = 502) -> BackendError:
+    """Timeouts, connection errors, 5xx, broken streams: count, and fall back."""
+    return BackendError(kind, message, counts=True, fallback=True, status=status,
+                        code=kind)
+
+
+def client_error(message: str, status: int = 400, code: str | None = None,
+                 etype: str = "invalid_request_error", param: str | None = None) -> BackendError:
+    """The request itself is at fault (4xx, context too long): no count, no fallback."""
+    return BackendError("client_error", message, counts=False, fallback=False, status=status,
+                        etype=etype, code=code, param=param)
+
+
+def text_of(content: Any) -> str:
+    """A message's content as text: a string, or the text parts of a list of parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict)
+                   and p.get("type") == "text")
+
+
+def render_messages(messages: list[dict], mode: str = "plain") -> str:
+    """Chat messages as one prompt for a model without a chat template.
+
+    "plain": one line per message, "System: ...", "User: ...", "Assistant: ...", then
+             "Assistant:" for the model to continue (a role-tagged transcript).
+    "raw":   the message contents joined by newlines (for base models such as TinyStories,
+             where a single user message is the text to continue).
+    """
+    if mode == "raw":
+        return "\n".join(text_of(m.get("content")) for m in messages)
+    lines = [f"{m.get('role', 'user').capitalize()}: {text_of(m.get('content'))}"
+             for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def _stat(stats: Any, name: str, default=None):
+    if stats is None:
+        return default
+    if isinstance(stats, dict):
+        return stats.get(name, default)
+    return getattr(stats, name, default)
+
+
+# ----------------------------------------------------------------------------- local
+
+_END = object()
+
+
+class LocalBackend:
+    """A GGUF in this process. model: a gemma4stack.model.Model (or anything with its API).
+
+    At most 1 + tier.queue_size requests are admitted (one running, the rest waiting);
+    more raise BackendError("queue_full", 503), which the gateway may route elsewhere.
+    """
+
+    def __init__(self, tier: TierConfig, model: Any):
+        self.tier, self.model = tier, model
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"g4gw-{tier.name}")
+        self._pending = 0            # admitted and not finished (touched on the loop only)
+        self._last_run_s = 1.0       # duration of the last generation, for Retry-After
+        self.ready = True
+
+    @property
+    def n_ctx(self) -> int | None:
+        return getattr(self.model, "n_ctx", None)
+
+    def status(self) -> dict:
+        return {"queue_depth": self._pending, "queue_size": self.tier.queue_size}
+
+    def _uses_chat(self) -> bool:
+        return (self.tier.chat_template == "auto" and callable(getattr(self.model, "chat", None))
+                and bool(getattr(self.model, "chat_template", None)))
+
+    async def stream(self, req: GenRequest) -> AsyncIterator[str | Final]:
+        if self._pending > self.tier.queue_size:
+            raise BackendError("queue_full", f"tier '{self.tier.name}': local queue is full "
+                               f"({self._pending} requests)", counts=False, fallback=True,
+                               status=503, code="queue_full",
+                               retry_after=max(1.0, self._last_run_s))
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        self._pending += 1
+        fut = loop.run_in_executor(self._pool, self._work, req, loop, q, cancel)
+        fut.add_done_callback(self._job_done)
+        try:
+            while True:
+                item = await q.get()
+                if type(item) is str:
+                    yield item
+                elif isinstance(item, Final):
+                    yield item
+                    return
+                elif isinstance(item, BaseException):
+                    raise item
+                else:                 # _END without Final: cancelled in the thread
+                    return
+        finally:
+            cancel.set()              # stop the thread at the next token if still running
+
+    def _job_done(self, fut):
+        self._pending -= 1
+
+    def _work(self, req: GenRequest, loop, q: asyncio.Queue, cancel: threading.Event):
+        """Runs in the tier's worker thread: generate, posting pieces to the loop."""
+        def put(x):
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, x)
+            except RuntimeError:      # the loop is closed: nobody is listening any more
+                pass
+
+        if cancel.is_set():           # the client left while this request was queued
+            put(_END)
+            return
+        t0 = time.monotonic()
+        try:
+            kw = {k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p),
+                                    ("top_k", req.top_k), ("seed", req.seed), ("stop", req.stop))
+                  if v is not None}
+            n_ctx = self.n_ctx
+            if req.kind == "chat" and self._uses_chat():
+                if req.max_tokens is not None:
+                    kw["max_tokens"] = req.max_tokens
+                gen = self.model.chat(req.messages, stream=True, **kw)
+            else:
+                prompt = (req.prompt if req.kind == "completion" else
+                          render_messages(req.messages, "raw" if self.tier.chat_template == "raw"
+                                          else "plain"))
+                max_tokens = req.max_tokens
+                if n_ctx:
+                    n_prompt = len(self.model.tokenize(prompt))
+                    room = n_ctx - n_prompt - 1          # -1: the BOS the model may add
+                    if room < 1:
+                        raise client_error(
+                            f"This model's maximum context length is {n_ctx} tokens; the "
+                            f"prompt has {n_prompt} tokens.", code="context_length_exceeded",
+                            param="messages" if req.kind == "chat" else "prompt")
+                    max_tokens = room if max_tokens is None else min(max_tokens, room)
+                kw["max_tokens"] = max_tokens if max_tokens is not None else 256
+                gen = self.model.generate(prompt, stream=True, **kw)
+            try:
+                for piece in gen:
+                    if cancel.is_set():
+                        break
+                    if piece:
+                        put(piece)
+            finally:
+                close = getattr(gen, "close", None)
+                if close:
+                    close()           # closing the generator cancels generation in the core
+            if cancel.is_set():
+                put(_END)
+                return
+            st = getattr(self.model, "last_stats", None)
+            put(Final(_stat(st, "finish_reason", "stop") or "stop",
+                      _stat(st, "prompt_tokens"), _stat(st, "completion_tokens")))
+        except BackendError as e:
+            put(e)
+        except ValueError as e:        # bad parameters, LimitError, GGUFError: the request
+            msg = str(e)
+            put(client_error(f"tier '{self.tier.name}': {msg}",
+                             code="context_length_exceeded" if "context" in msg.lower() else None))
+        except Exception as e:         # noqa: BLE001 - anything else is the backend failing
+            put(failure("local_error", f"tier '{self.tier.name}': local model failed: "
+                        f"{type(e).__name__}: {e}", status=500))
+        finally:
+            self._last_run_s = time.monotonic() - t0
+
+    async def aclose(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ----------------------------------------------------------------------------- openai
+
+def _upstream_error(status: int, body: bytes, tier: str) -> BackendError:
+    """Map an upstream HTTP error to a BackendError (5xx count, 4xx do not)."""
+    try:
+        err = json.loads(body).get("error") or {}
+        if isinstance(err, str):
+            err = {"message": err}
+    except (ValueError, AttributeError):
+        err = {}
+    msg = err.get("message") or body[:200].decode("utf-8", "replace") or f"HTTP {status}"
+    msg = f"tier '{tier}' upstream HTTP {status}: {msg}"
+    if status >= 500:
+        return failure(f"http_{status}", msg)
+    if status == 429:                # upstream is busy: try another tier, not a fault
+        return BackendError("http_429", msg, counts=False, fallback=True, status=429,
+                            etype="rate_limit_error", code="rate_limit_exceeded")
+    if status in (401, 403):          # our key for the upstream is wrong: the gateway's fault
+        return BackendError(f"http_{status}", msg, counts=False, fallback=True, status=502,
+                            etype="server_error", code="upstream_auth_failed")
+    code = err.get("code")
+    if code is None and "context" in msg.lower():
+        code = "context_length_exceeded"
+    return client_error(msg, status=status, code=code, etype=err.get("type") or
+                        "invalid_request_error", param=err.get("param"))
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible server at tier.url (which ends in /v1).
+
+    Timeouts: connect_timeout_s to open a connection; first_byte_timeout_s for the response
+    headers and for any silence between streamed bytes (httpx's read timeout);
+    total_timeout_s for the whole exchange (checked between chunks).
+    transport: an httpx transport for tests (default: real sockets).
+    """
+
+    def __init__(self, tier: TierConfig, transport: httpx.AsyncBaseTransport | None = None):
+        self.tier = tier
+        headers = {"Authorization": f"Bearer {tier.api_key}"} if tier.api_key else {}
+        c = tier.connect_timeout_s
+        self.client = httpx.AsyncClient(
+            base_url=tier.url, headers=headers, transport=transport,
+            timeout=httpx.Timeout(connect=c, read=tier.first_byte_timeout_s,
+                                  write=tier.first_byte_timeout_s, pool=tier.total_timeout_s),
+            limits=httpx.Limits(max_connections=tier.max_connections,
+                                max_keepalive_connections=tier.max_connections))
+        self.ready = True
+
+    def status(self) -> dict:
+        return {"url": self.tier.url}
+
+    def _body(self, req: GenRequest) -> dict:
+        body: dict = {"model": self.tier.model, "stream": True,
+                      "stream_options": {"include_usage": True}}
+        if req.kind == "chat":
+            body["messages"] = req.messages
+        else:
+            body["prompt"] = req.prompt
+        for k in ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop"):
+            v = getattr(req, k)
+            if v is not None:
+                body[k] = v
+        body.update(req.extra)
+        return body
+
+    async def stream(self, req: GenRequest) -> AsyncIterator[str | Final]:
+        name = self.tier.name
+        path = "/chat/completions" if req.kind == "chat" else "/completions"
+        deadline = time.monotonic() + self.tier.total_timeout_s
+        chat = req.kind == "chat"
+        try:
+            async with self.client.stream("POST", path, json=self._body(req)) as resp:
+                if resp.status_code >= 400:
+                    raise _upstream_error(resp.status_code, await resp.aread(), name)
+                if "text/event-stream" not in resp.headers.get("content-type", ""):
+                    # a server that ignored stream=true answers with one JSON object
+                    data = json.loads(await resp.aread())
+                    c = (data.get("choices") or [{}])[0]
+                    text = (c.get("message") or {}).get("content") if chat else c.get("text")
+                    if text:
+                        yield text
+                    u = data.get("usage") or {}
+                    yield Final(c.get("finish_reason") or "stop", u.get("prompt_tokens"),
+                                u.get("completion_tokens"))
+                    return
+                finish, usage, done = None, {}, False
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue                       # comments, event:, id:, blank lines
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        done = True
+                        break
+                    obj = json.loads(payload)
+                    if "error" in obj:
+                        e = obj["error"]
+                        raise failure("upstream_stream_error", f"tier '{name}' upstream error "
+                                      f"mid-stream: {e.get('message', e) if isinstance(e, dict) else e}")
+                    choices = obj.get("choices")
+                    if choices:
+                        c = choices[0]
+                        text = (c.get("delta") or {}).get("content") if chat else c.get("text")
+                        if text:
+                            yield text
+                        if c.get("finish_reason"):
+                            finish = c["finish_reason"]
+                    if obj.get("usage"):
+                        usage = obj["usage"]
+                    if time.monotonic() > deadline:
+                        raise failure("timeout", f"tier '{name}': total_timeout_s "
+                                      f"({self.tier.total_timeout_s:g} s) exceeded", status=504)
+                if not done and finish is None:
+                    raise failure("broken_stream", f"tier '{name}': upstream stream ended "
+                                  f"without a finish_reason or [DONE]")
+                yield Final(finish or "stop", usage.get("prompt_tokens"),
+                            usage.get("completion_tokens"))
+        except httpx.ConnectTimeout:
+            raise failure("connect_timeout", f"tier '{name}': connecting to {self.tier.url} timed "
+                          f"out after {self.tier.connect_timeout_s:g} s", status=504) from None
+        except httpx.ConnectError as e:
+            raise failure("connect", f"tier '{name}': cannot connect to {self.tier.url}: {e}") from None
+        except httpx.TimeoutException:
+            raise failure("timeout", f"tier '{name}': no bytes from {self.tier.url} for "
+                          f"{self.tier.first_byte_timeout_s:g} s", status=504) from None
+        except (httpx.TransportError, httpx.StreamError) as e:
+            raise failure("connection", f"tier '{name}': connection to {self.tier.url} failed: "
+                          f"{type(e).__name__}: {e}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:   # bad JSON / shapes
+            raise failure("protocol", f"tier '{name}': malformed response from "
+                          f"{self.tier.url}: {e}") from None
+
+    async def aclose(self):
+        await self.client.aclose()
+
+
+BackendFactory = Callable[[TierConfig], Any]

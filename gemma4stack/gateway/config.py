@@ -1,0 +1,338 @@
+"""Gateway configuration: a TOML file read with tomllib, validated into dataclasses.
+
+The file has the shape below; every key except the tiers' `backend` and `model`
+(and `url` for openai tiers) has a default. See the "## Gateway" section of README.md
+for the full reference.
+
+    [server]                 # host, port, caps on bodies / messages / max_tokens
+    [auth]                   # api_keys = [...] and/or api_keys_env = "VAR" (comma-separated)
+    [limits]                 # requests_per_minute, tokens_per_minute (per key and per client IP)
+    [breaker]                # failures, window_s, cooldown_s
+    [routing]                # order, fallback, memory share, auto classifier thresholds/markers
+    [tiers.NAME]             # backend = "local" | "openai", model, ...
+
+Errors: ConfigError (a ValueError) whose message names the file and the key at fault,
+e.g. "gateway.toml: [tiers.heavy] backend must be 'local' or 'openai', got 'vllm'".
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+LADDER = ("heavy", "primary", "fast")   # the default fallback order, biggest first
+_TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(ValueError):
+    """A gateway config that cannot be used; the message names the file and the key."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"          # loopback unless told otherwise
+    port: int = 8080
+    max_body_bytes: int = 1 << 20    # request bodies above this -> 413
+    max_messages: int = 256          # chat messages per request
+    max_tokens: int = 8192           # cap on a request's max_tokens -> 400 above it
+    log_level: str = "info"
+    access_log: bool = True
+
+
+@dataclass
+class AuthConfig:
+    api_keys: list[str] = field(default_factory=list, repr=False)   # resolved (file + env)
+    api_keys_env: str | None = None
+
+    def to_dict(self) -> dict:
+        # keys never leave the process in a config dump
+        return {"api_keys": [f"<{len(self.api_keys)} keys>"] if self.api_keys else [],
+                "api_keys_env": self.api_keys_env}
+
+
+@dataclass
+class LimitsConfig:
+    requests_per_minute: int = 30    # per API key and per client IP; 0 = no limit
+    tokens_per_minute: int = 60000   # prompt + completion tokens, per key and per IP; 0 = no limit
+
+
+@dataclass
+class BreakerConfig:
+    failures: int = 3                # failures inside window_s that open the breaker
+    window_s: float = 30.0
+    cooldown_s: float = 30.0         # OPEN -> HALF_OPEN after this long
+
+
+@dataclass
+class RoutingConfig:
+    order: list[str] = field(default_factory=lambda: list(LADDER))   # fallback order, biggest first
+    fallback: bool = True            # try the next tier in `order` when one fails before streaming
+    default: str | None = None       # tier for "auto" when no tier in `order` exists
+    min_available_memory: float = 0.10   # share of MemTotal; below it local tiers are skipped
+    # the "auto" classifier (routing.classify)
+    fast_max_chars: int = 1000       # prompts up to this long, without markers -> fast
+    heavy_min_chars: int = 8000      # prompts at least this long -> heavy
+    code_tier: str = "primary"
+    reasoning_tier: str = "heavy"
+    code_markers: list[str] = field(default_factory=lambda: [
+        "```", "def ", "class ", "import ", "#include", "function ", "=>", "SELECT ", "{\n",
+        "traceback", "stack trace", "compile", "regex"])
+    reasoning_markers: list[str] = field(default_factory=lambda: [
+        "step by step", "step-by-step", "prove", "proof", "derive", "reason about",
+        "think through", "analyze", "analyse", "trade-off", "tradeoff", "why does", "why is"])
+    heavy_keywords: list[str] = field(default_factory=list)
+    primary_keywords: list[str] = field(default_factory=list)
+    fast_keywords: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TierConfig:
+    name: str
+    backend: str                     # "local" | "openai"
+    model: str                       # local: GGUF path (resolved); openai: model id sent upstream
+    id: str = ""                     # id shown in /v1/models and responses (default: file stem / model)
+    # local
+    threads: int | None = None
+    context: int | None = None
+    queue_size: int = 8              # waiting requests beyond the running one; more -> 503
+    chat_template: str = "auto"      # "auto" | "plain" | "raw" (see backends.render_messages)
+    # openai
+    url: str | None = None           # base URL ending in /v1
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)   # resolved from api_key_env
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 60.0   # also the longest silence allowed mid-stream
+    total_timeout_s: float = 600.0
+    max_connections: int = 128
+
+    @property
+    def is_local(self) -> bool:
+        return self.backend == "local"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("api_key")
+        return d
+
+
+@dataclass
+class GatewayConfig:
+    tiers: dict[str, TierConfig]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    source: str | None = None        # file it came from, for messages
+
+    def to_dict(self) -> dict:
+        return {"server": asdict(self.server), "auth": self.auth.to_dict(),
+                "limits": asdict(self.limits), "breaker": asdict(self.breaker),
+                "routing": asdict(self.routing),
+                "tiers": {n: t.to_dict() for n, t in self.tiers.items()}}
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{n}</td><td>{t.backend}</td><td>{t.id}</td>"
+            f"<td>{t.model if t.is_local else t.url}</td></tr>" for n, t in self.tiers.items())
+        auth = f"{len(self.auth.api_keys)} API key(s)" if self.auth.api_keys else "no auth"
+        return (f"<b>gateway</b> {self.server.host}:{self.server.port}, {auth}, "
+                f"{self.limits.requests_per_minute} req/min"
+                f"<table><tr><th>tier</th><th>backend</th><th>id</th><th>model / url</th></tr>"
+                f"{rows}</table>")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+class _Table:
+    """One TOML table being read: typed gets with defaults, unknown keys reported."""
+
+    def __init__(self, data: Any, where: str, src: str):
+        self.where, self.src = where, src
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.fail(f"must be a table, got {type(data).__name__}")
+        self.data, self.used = data, set()
+
+    def fail(self, msg: str):
+        raise ConfigError(f"{self.src}: [{self.where}] {msg}")
+
+    def get(self, key: str, kind, default=None, *, required: bool = False):
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                self.fail(f"missing required key '{key}'")
+            return default
+        v = self.data[key]
+        ok = (isinstance(v, bool) if kind is bool else
+              isinstance(v, (int, float)) and not isinstance(v, bool) if kind is float else
+              isinstance(v, int) and not isinstance(v, bool) if kind is int else
+              isinstance(v, list) and all(isinstance(s, str) for s in v) if kind is list else
+              isinstance(v, kind))
+        if not ok:
+            want = {list: "a list of strings", float: "a number", int: "an integer",
+                    bool: "true or false", str: "a string"}[kind]
+            self.fail(f"{key} must be {want}, got {v!r}")
+        return float(v) if kind is float else list(v) if kind is list else v
+
+    def positive(self, key: str, kind, default, *, zero_ok: bool = False):
+        v = self.get(key, kind, default)
+        if v < 0 or (v == 0 and not zero_ok):
+            self.fail(f"{key} must be {'>= 0' if zero_ok else '> 0'}, got {v!r}")
+        return v
+
+    def done(self):
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            self.fail(f"unknown key '{extra[0]}' (known: {', '.join(sorted(self.used))})")
+
+
+def _read_dataclass(cls, table: _Table, *, zero_ok: tuple = ()):
+    """Fill a flat dataclass of defaults from a table, keeping each field's type."""
+    obj = cls()
+    for name, default in asdict(obj).items():
+        kind = type(default) if default is not None else str
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            v = table.positive(name, kind, default, zero_ok=name in zero_ok)
+        else:
+            v = table.get(name, kind, default)
+        setattr(obj, name, v)
+    table.done()
+    return obj
+
+
+def _resolve_path(p: str, base: Path | None) -> Path:
+    path = Path(os.path.expanduser(p))
+    if path.is_absolute():
+        return path
+    if base is not None and (base / path).exists():
+        return (base / path).resolve()
+    return path.resolve()   # relative to the working directory
+
+
+def _read_tier(name: str, data: Any, base: Path | None, src: str) -> TierConfig:
+    where = f"tiers.{name}"
+    if not _TIER_NAME.match(name) or name == "auto":
+        raise ConfigError(f"{src}: [{where}] tier names are letters, digits, '_', '.', '-' "
+                          f"and not 'auto'")
+    t = _Table(data, where, src)
+    backend = t.get("backend", str, required=True)
+    if backend not in ("local", "openai"):
+        t.fail(f"backend must be 'local' or 'openai', got {backend!r}")
+    tier = TierConfig(name=name, backend=backend, model=t.get("model", str, required=True))
+    tier.id = t.get("id", str, "")
+    if backend == "local":
+        path = _resolve_path(tier.model, base)
+        if not path.is_file():
+            t.fail(f"model: GGUF file not found: {path}")
+        tier.model = str(path)
+        tier.id = tier.id or path.stem
+        tier.threads = t.positive("threads", int, None) if "threads" in t.data else None
+        tier.context = t.positive("context", int, None) if "context" in t.data else None
+        tier.queue_size = t.positive("queue_size", int, tier.queue_size, zero_ok=True)
+        tier.chat_template = t.get("chat_template", str, tier.chat_template)
+        if tier.chat_template not in ("auto", "plain", "raw"):
+            t.fail(f"chat_template must be 'auto', 'plain' or 'raw', got {tier.chat_template!r}")
+    else:
+        url = t.get("url", str, required=True)
+        if not re.match(r"^https?://", url):
+            t.fail(f"url must start with http:// or https://, got {url!r}")
+        tier.url = url.rstrip("/")
+        tier.id = tier.id or tier.model
+        tier.api_key_env = t.get("api_key_env", str, None)
+        if tier.api_key_env:
+            tier.api_key = os.environ.get(tier.api_key_env)
+            if not tier.api_key:
+                t.fail(f"api_key_env names ${tier.api_key_env}, which is not set")
+        for k in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s"):
+            setattr(tier, k, t.positive(k, float, getattr(tier, k)))
+        tier.max_connections = t.positive("max_connections", int, tier.max_connections)
+    t.done()
+    return tier
+
+
+def parse_config(data: dict, *, source: str = "<config>", base_dir: Path | None = None
+                 ) -> GatewayConfig:
+    """Validate a config dict (the TOML document) into a GatewayConfig.
+
+    base_dir: directory that relative local model paths are resolved against first
+    (the config file's directory); the working directory is tried second.
+    Raises ConfigError naming `source` and the key.
+    """
+    root = _Table(data, "top level", source)
+    server = _read_dataclass(ServerConfig, _Table(root.get("server", dict, {}), "server", source),
+                             zero_ok=("port",))
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"{source}: [server] port must be in 0..65535, got {server.port}")
+    if server.log_level not in ("critical", "error", "warning", "info", "debug"):
+        raise ConfigError(f"{source}: [server] log_level must be one of critical, error, "
+                          f"warning, info, debug; got {server.log_level!r}")
+
+    at = _Table(root.get("auth", dict, {}), "auth", source)
+    auth = AuthConfig(api_keys=at.get("api_keys", list, []), api_keys_env=at.get("api_keys_env", str))
+    at.done()
+    if auth.api_keys_env:
+        env = os.environ.get(auth.api_keys_env, "")
+        extra = [k.strip() for k in env.split(",") if k.strip()]
+        if not extra:
+            raise ConfigError(f"{source}: [auth] api_keys_env names ${auth.api_keys_env}, "
+                              f"which is not set or empty (refusing to start without the keys)")
+        auth.api_keys = auth.api_keys + extra
+    if any(not k for k in auth.api_keys):
+        raise ConfigError(f"{source}: [auth] api_keys must not contain empty strings")
+
+    limits = _read_dataclass(LimitsConfig, _Table(root.get("limits", dict, {}), "limits", source),
+                             zero_ok=("requests_per_minute", "tokens_per_minute"))
+    breaker = _read_dataclass(BreakerConfig, _Table(root.get("breaker", dict, {}), "breaker", source))
+    routing = _read_dataclass(RoutingConfig, _Table(root.get("routing", dict, {}), "routing", source),
+                              zero_ok=("min_available_memory", "fast_max_chars"))
+    if routing.min_available_memory >= 1:
+        raise ConfigError(f"{source}: [routing] min_available_memory is a share of MemTotal "
+                          f"in [0, 1), got {routing.min_available_memory}")
+
+    tiers_data = root.get("tiers", dict, {})
+    root.done()
+    if not tiers_data:
+        raise ConfigError(f"{source}: no [tiers.NAME] table; at least one tier is needed")
+    tiers = {n: _read_tier(n, d, base_dir, source) for n, d in tiers_data.items()}
+    for t in tiers.values():
+        if t.id == "auto":
+            raise ConfigError(f"{source}: [tiers.{t.name}] model id 'auto' is reserved for "
+                              f"the classifier; set another `id`")
+    for key in ("default",):
+        v = getattr(routing, key)
+        if v is not None and v not in tiers:
+            raise ConfigError(f"{source}: [routing] {key} = {v!r} is not a configured tier "
+                              f"(tiers: {', '.join(tiers)})")
+    return GatewayConfig(tiers=tiers, server=server, auth=auth, limits=limits, breaker=breaker,
+                         routing=routing, source=source)
+
+
+def load_config(path: str | os.PathLike) -> GatewayConfig:
+    """Read a gateway config file: TOML (or JSON of the same shape, as launch() writes).
+
+    Raises ConfigError for a missing file, bad syntax or bad values.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from None
+    try:
+        data = json.loads(raw) if p.suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
+    return parse_config(data, source=str(p), base_dir=p.resolve().parent)
+
+
+def default_config(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8080
+                   ) -> GatewayConfig:
+    """A one-tier config serving a local GGUF as tier "primary" (what `serve --model` uses)."""
+    return parse_config({"server": {"host": host, "port": port},
+                         "tiers": {"primary": {"backend": "local", "model": str(model)}}},
+                        source="--model")

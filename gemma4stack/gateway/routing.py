@@ -1,0 +1,147 @@
+"""Which tier serves a request: named tiers, the "auto" classifier, fallback order, memory.
+
+    request.model            -> plan(): the ordered list of tiers to try
+      "fast" (a tier name)   -> [fast] + the tiers after it in routing.order (if fallback)
+      "gemma-4-26b" (an id)  -> the first tier with that id, same as above
+      "auto"                 -> classify() picks fast / primary / heavy, then as above
+
+classify() looks at the prompt only (no model call): total length in characters, code
+markers, reasoning markers, and configurable keywords, in this order of precedence:
+heavy_keywords > primary_keywords > fast_keywords > length >= heavy_min_chars >
+reasoning markers > code markers > length > fast_max_chars (-> primary) > fast.
+
+Memory pressure: MemAvailable / MemTotal from /proc/meminfo (see proc(5)); when the share
+falls below routing.min_available_memory, local tiers are skipped for new requests.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .config import GatewayConfig, RoutingConfig
+
+
+class UnknownModel(LookupError):
+    """The request names neither a tier, a tier's model id, nor "auto"."""
+
+
+@dataclass
+class Classification:
+    tier_class: str      # "fast" | "primary" | "heavy" (or the configured code/reasoning tier)
+    reason: str          # e.g. "reasoning marker 'step by step'"
+
+    def to_dict(self) -> dict:
+        return {"tier_class": self.tier_class, "reason": self.reason}
+
+
+def classify(text: str, total_chars: int, cfg: RoutingConfig) -> Classification:
+    """Classify a request for model="auto".
+
+    text: the part searched for markers and keywords (the last user message);
+    total_chars: the length of the whole prompt in characters (all messages).
+    """
+    low = text.lower()
+    for cls, words in (("heavy", cfg.heavy_keywords), ("primary", cfg.primary_keywords),
+                       ("fast", cfg.fast_keywords)):
+        for w in words:
+            if w.lower() in low:
+                return Classification(cls, f"keyword {w!r}")
+    if total_chars >= cfg.heavy_min_chars:
+        return Classification("heavy", f"{total_chars} chars >= heavy_min_chars")
+    for m in cfg.reasoning_markers:
+        if m.lower() in low:
+            return Classification(cfg.reasoning_tier, f"reasoning marker {m!r}")
+    for m in cfg.code_markers:
+        if m.lower() in low:
+            return Classification(cfg.code_tier, f"code marker {m!r}")
+    if total_chars > cfg.fast_max_chars:
+        return Classification("primary", f"{total_chars} chars > fast_max_chars")
+    return Classification("fast", "short, no markers")
+
+
+def resolve_model(name: str, cfg: GatewayConfig) -> str | None:
+    """The tier a request's `model` names (tier name first, then model id), None for auto.
+
+    Raises UnknownModel.
+    """
+    if name == "auto":
+        return None
+    if name in cfg.tiers:
+        return name
+    for t in cfg.tiers.values():
+        if t.id == name:
+            return t.name
+    raise UnknownModel(name)
+
+
+def plan(tier: str | None, cls: Classification | None, cfg: GatewayConfig) -> list[str]:
+    """Tiers to try, in order: the chosen tier then (with fallback on) the smaller ones.
+
+    tier: a tier name, or None for "auto" with its classification `cls`.
+    For auto, a class with no configured tier goes to the next smaller configured tier in
+    routing.order, then the next bigger one, then routing.default (else the first tier).
+    """
+    order = [t for t in cfg.routing.order if t in cfg.tiers]
+    if tier is None:
+        want = cls.tier_class if cls else "fast"
+        if want in order:
+            tier = want
+        elif want in cfg.routing.order:
+            i = cfg.routing.order.index(want)
+            smaller = [t for t in cfg.routing.order[i + 1:] if t in cfg.tiers]
+            bigger = [t for t in reversed(cfg.routing.order[:i]) if t in cfg.tiers]
+            tier = (smaller or bigger or [cfg.routing.default or next(iter(cfg.tiers))])[0]
+        else:
+            tier = cfg.routing.default or (order[0] if order else next(iter(cfg.tiers)))
+    chain = [tier]
+    if cfg.routing.fallback and tier in order:
+        chain += order[order.index(tier) + 1:]
+    return chain
+
+
+# ----------------------------------------------------------------------------- memory
+
+def read_meminfo(path: str = "/proc/meminfo") -> tuple[int, int]:
+    """(MemAvailable, MemTotal) in bytes from /proc/meminfo (kB values there, proc(5))."""
+    vals = {}
+    with open(path, "rb") as f:
+        for line in f:
+            key, _, rest = line.partition(b":")
+            if key in (b"MemAvailable", b"MemTotal"):
+                vals[key] = int(rest.split()[0]) * 1024
+    return vals[b"MemAvailable"], vals[b"MemTotal"]
+
+
+class MemoryGauge:
+    """Is the host under memory pressure? Reads at most every `ttl_s` seconds.
+
+    meminfo: callable -> (available_bytes, total_bytes); injectable for tests.
+    """
+
+    def __init__(self, min_share: float, meminfo: Callable[[], tuple[int, int]] = read_meminfo,
+                 clock: Callable[[], float] = time.monotonic, ttl_s: float = 0.5):
+        self.min_share, self.meminfo, self.clock, self.ttl_s = min_share, meminfo, clock, ttl_s
+        self._at = float("-inf")
+        self._avail, self._total = 1, 1
+
+    def sample(self) -> tuple[int, int]:
+        now = self.clock()
+        if now - self._at >= self.ttl_s:
+            self._avail, self._total = self.meminfo()
+            self._at = now
+        return self._avail, self._total
+
+    @property
+    def share(self) -> float:
+        avail, total = self.sample()
+        return avail / total if total else 1.0
+
+    def under_pressure(self) -> bool:
+        return self.min_share > 0 and self.share < self.min_share
+
+    def to_dict(self) -> dict:
+        avail, total = self.sample()
+        return {"available_bytes": avail, "total_bytes": total,
+                "available_share": round(avail / total, 4) if total else None,
+                "min_share": self.min_share, "pressure": self.under_pressure()}
