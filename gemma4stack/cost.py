@@ -130,10 +130,13 @@ class CostReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def comparison(self, local: str | None = None, api: str | None = None) -> Comparison:
-        """The Comparison for a local label and an API label (substring match; first if None)."""
+    def comparison(self, local: str | None = None, api: str | None = None,
+                   exact: bool = False) -> Comparison:
+        """The Comparison for a local label and an API label (substring match, or equality
+        with exact=True; the first one when None). KeyError if there is none."""
+        match = (lambda want, have: want == have) if exact else (lambda want, have: want in have)
         for c in self.comparisons:
-            if (local is None or local in c.local) and (api is None or api in c.api):
+            if (local is None or match(local, c.local)) and (api is None or match(api, c.api)):
                 return c
         raise KeyError(f"no comparison for local={local!r} api={api!r}")
 
@@ -153,37 +156,45 @@ class CostReport:
         out.append("</table>")
         hw = (f", hardware {self.hardware_price:g} {cur}" if self.hardware_price else
               " (pass hardware_price= for break-even months)")
-        out.append(f"<b>Against hosted APIs</b> at {self.monthly_tokens / 1e6:g}M generated "
-                   f"tokens/month{hw}")
-        out.append("<table><tr><th>local</th><th>API</th><th>API / 1M</th><th>local / month</th>"
-                   "<th>API / month</th><th>saving / month</th><th>break-even</th></tr>")
-        for c in self.comparisons:
-            be = ("never" if c.monthly_saving <= 0 else
-                  "-" if c.breakeven_months is None else f"{c.breakeven_months:.1f} months")
-            flag = " *" if c.illustrative else ""
-            cap = " (over capacity)" if c.over_capacity else ""
-            out.append(f"<tr><td>{e(c.local)}</td><td>{e(c.api)}{flag}</td>"
-                       f"<td>{c.api_cost_per_1m:.3f}</td><td>{c.monthly_local:.2f}{cap}</td>"
-                       f"<td>{c.monthly_api:.2f}</td><td>{c.monthly_saving:.2f}</td>"
-                       f"<td>{be}</td></tr>")
+        what = "break-even months (saving per month)" if self.hardware_price else \
+            f"saving per month ({cur})"
+        out.append(f"<b>Against hosted APIs</b>: {what} at {self.monthly_tokens / 1e6:g}M "
+                   f"generated tokens/month{hw}")
+        out.append("<table><tr><th>local \\ API</th>" + "".join(
+            f"<th>{e(a.label)}{' *' if a.illustrative else ''}<br>{a.output_per_1m:g} / 1M</th>"
+            for a in self.apis) + "</tr>")
+        for r in self.local:
+            cells = []
+            for a in self.apis:
+                c = self.comparison(r.label, a.label, exact=True)
+                txt = e(_cell(c, bool(self.hardware_price)))
+                same = _same_model(r, a)
+                cells.append(f"<td>{'<b>' + txt + '</b>' if same else txt}</td>")
+            out.append(f"<tr><td>{e(r.label)}</td>{''.join(cells)}</tr>")
         out.append("</table>")
         out.append(f"<small>API prices: {e(self.prices_file)} (updated {e(self.prices_updated)}); "
-                   "* = illustrative (single third-party source). "
+                   "* = illustrative (single third-party source); bold = the same Gemma model "
+                   "hosted; !cap = one machine cannot generate that much in a month. "
                    + "; ".join(e(a) for a in self.assumptions) + ".</small>")
         return "\n".join(out)
 
     def __str__(self) -> str:
-        lines = [f"{'local':28s} {'tok/s':>7s} {'W':>5s} {self.currency + '/1M':>9s}"]
+        cur = self.currency
+        lines = [f"{'local':24s} {'tok/s':>7s} {'W':>5s} {cur + '/1M':>9s}  from"]
         for r in self.local:
-            lines.append(f"{r.label:28s} {r.tokens_per_s:7.1f} {r.power_watts:5.0f} "
-                         f"{r.cost_per_1m:9.3f}")
-        lines.append("")
-        lines.append(f"{'API':40s} {'out/1M':>7s} {'saving/mo':>10s} {'break-even':>11s}")
-        for c in self.comparisons:
-            be = ("never" if c.monthly_saving <= 0 else "-" if c.breakeven_months is None
-                  else f"{c.breakeven_months:.1f} mo")
-            lines.append(f"{c.api[:40]:40s} {c.api_cost_per_1m:7.3f} {c.monthly_saving:10.2f} "
-                         f"{be:>11s}" + (f"  [{c.local}]" if len(self.local) > 1 else ""))
+            lines.append(f"{r.label:24s} {r.tokens_per_s:7.1f} {r.power_watts:5.0f} "
+                         f"{r.cost_per_1m:9.3f}  {r.tps_source}")
+        what = "break-even months" if self.hardware_price else f"saving {cur}/month"
+        lines += ["", f"vs hosted APIs ({what}, {self.monthly_tokens / 1e6:g}M tokens/month"
+                  + (f", hardware {self.hardware_price:g} {cur})" if self.hardware_price else ")")]
+        for a in self.apis:
+            row = f"  {a.label[:38]:38s} {a.output_per_1m:6.3f}/1M{' *' if a.illustrative else '  '}"
+            cells = [_cell(self.comparison(r.label, a.label, exact=True),
+                           bool(self.hardware_price)) for r in self.local[:6]]
+            lines.append(row + " " + " | ".join(f"{c:>14s}" for c in cells))
+        if len(self.local) > 1:
+            lines.append("  columns: " + ", ".join(r.label for r in self.local[:6])
+                         + (" (first 6)" if len(self.local) > 6 else ""))
         return "\n".join(lines)
 
     def plot(self, months: int | None = None):
@@ -230,6 +241,24 @@ class CostReport:
             ax2.legend(fontsize=7)
         fig.tight_layout()
         return fig
+
+
+def _cell(c: Comparison, with_hw: bool) -> str:
+    if c.monthly_saving <= 0:
+        s = "never" if with_hw else f"{c.monthly_saving:.2f}"
+    elif with_hw and c.breakeven_months is not None:
+        s = f"{c.breakeven_months:.1f} ({c.monthly_saving:.2f})"
+    else:
+        s = f"{c.monthly_saving:.2f}"
+    return s + (" !cap" if c.over_capacity else "")
+
+
+def _same_model(r: LocalRun, a: ApiPrice) -> bool:
+    """The API serves the same Gemma 4 variant as the local run (by name, e.g. 'e2b', '31b')."""
+    if not r.variant:
+        return False
+    m = a.model.lower().replace("_", "-")
+    return "gemma-4" in m and f"-{r.variant.lower()}" in m
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,6 +351,10 @@ def _predicted(variant, quant, machine, report, context) -> list[LocalRun]:
         if not _get(r, "fits") or not tps:
             continue
         rows.append((str(v), str(q), float(tps)))
+    best = getattr(rec, "best", None)
+    if best is not None:   # the recommended tier first: plot() features the first row
+        key = (str(_get(best, "variant")), str(_get(best, "quant")))
+        rows.sort(key=lambda r: (r[0], r[1]) != key)
     if not rows:
         where = f" on {machine}" if machine else ""
         raise ValueError(f"recommend() predicts no speed for variant={variant!r} quant={quant!r}"
@@ -368,6 +401,10 @@ def cost(tokens_per_s: float | None = None, variant: str | None = None,
                 for v, q, tps in _predicted(variant, quant, machine, report, context)]
 
     comps = [compare(r, a, monthly_tokens, hardware_price) for r in runs for a in apis]
+    notes = list(ASSUMPTIONS)
+    if machine and power_watts is None:
+        notes.insert(0, f"power_watts was not given for {machine}: the {DEFAULT_POWER_WATTS:g} W "
+                        "desktop default was used; set the machine's wall draw under load")
     return CostReport(local=runs, apis=list(apis), comparisons=comps, currency=currency,
                       monthly_tokens=float(monthly_tokens), hardware_price=hardware_price,
-                      prices_file=pfile, prices_updated=updated)
+                      prices_file=pfile, prices_updated=updated, assumptions=notes)

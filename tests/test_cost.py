@@ -88,3 +88,23 @@ def test_bad_inputs_raise():
         C.cost(tokens_per_s=0, prices=[])
     with pytest.raises(ValueError):
         C.local_run(10, -1, 0.2)
+
+
+def test_predicted_speed_comes_from_recommend_for_a_machine():
+    from gemma4stack.recommend import recommend
+    row = recommend(machine="mac-mini-m4-16gb").row("e2b", "q4_k_m")
+    r = C.cost(variant="e2b", quant="q4_k_m", machine="mac-mini-m4-16gb", power_watts=40,
+               electricity_per_kwh=0.30)
+    assert len(r.local) == 1
+    run = r.local[0]
+    assert run.tokens_per_s == pytest.approx(row.predicted_decode_tps)
+    assert run.cost_per_1m == pytest.approx(40 / 1000 * 1e6 / row.predicted_decode_tps / 3600 * 0.30)
+    assert run.tps_source.startswith("predicted")
+    # the same Gemma model hosted is marked in the table
+    assert "<b>" in r._repr_html_().split("Against hosted APIs")[1]
+    # 31B does not fit in 16 GB: there is nothing to predict, and the error says what to do
+    with pytest.raises(ValueError, match="tokens_per_s="):
+        C.cost(variant="31b", machine="mac-mini-m4-16gb")
+    # without power_watts the report says the desktop default was used for that machine
+    r = C.cost(variant="e2b", quant="q4_0", machine="mac-mini-m4-16gb")
+    assert "mac-mini-m4-16gb" in r.assumptions[0]
