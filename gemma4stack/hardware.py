@@ -22,17 +22,13 @@ import json
 import os
 import re
 import threading
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Union
 
 from gemma4stack import _core
-
-try:
-    import tomllib
-except ModuleNotFoundError:   # Python 3.10
-    import tomli as tomllib   # type: ignore[no-redef]
 
 __all__ = [
     "Bandwidth", "CPUInfo", "CPUKind", "GPUInfo", "HardwareReport", "MemoryInfo",
@@ -277,6 +273,15 @@ def _fmt_kind(k: CPUKind) -> str:
 
 @lru_cache(maxsize=1)
 def _gpu_catalog() -> tuple[tuple[re.Pattern[str], int, str], ...]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:   # Python 3.10: the tomli backport, if installed
+        try:
+            import tomli as tomllib   # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            warnings.warn("GPU memory catalog needs Python 3.11+ or the tomli package; "
+                          "GPUs without a size from hwloc stay unknown", RuntimeWarning, stacklevel=3)
+            return ()
     with open(_GPU_CATALOG, "rb") as f:
         data = tomllib.load(f)
     return tuple((re.compile(e["pattern"], re.IGNORECASE), int(e["bytes"]), e["source"])
