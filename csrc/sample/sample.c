@@ -2,11 +2,11 @@
  *
  * The chain is llama.cpp's default order (common/sampling.cpp): top-k, then
  * top-p on the probabilities at temperature 1, then temperature, softmax and
- * one draw. Nothing is sorted in full: top-k is a quickselect (O(n)) and
- * only the kept candidates are sorted; top-p without top-k selects growing
- * blocks of the best candidates until they hold the requested mass, which
- * for peaked distributions touches a few hundred of 262144 logits. With
- * neither, the draw is one linear pass.
+ * one draw. Nothing is sorted in full: top-k is a quickselect (O(n)), top-p
+ * takes growing blocks of the best candidates by quickselect until they
+ * hold the requested mass, and the draw is a linear pass over the kept
+ * candidates in whatever order they are (the distribution does not depend
+ * on it; the sequence for a seed is still reproducible).
  */
 #include "sample.h"
 
@@ -111,29 +111,47 @@ static void select_top(cand *c, int32_t n, int32_t k) {
 }
 
 /* Top-p (Holtzman et al. 2019, "The Curious Case of Neural Text
- * Degeneration"): keep the smallest prefix of the best candidates whose
+ * Degeneration"): keep the smallest set of best candidates whose
  * probability at temperature 1 reaches p, at least one (llama.cpp
- * llama_sampler_top_p_apply with min_keep = 1). Leaves c[0..return) sorted. */
-static int32_t top_p_keep(cand *c, int32_t m, int sorted, float p) {
+ * llama_sampler_top_p_apply with min_keep = 1). Blocks of the next-best
+ * candidates (64, 256, 1024, ...) are taken whole while the mass stays
+ * below p; the block where it crosses is halved by quickselect until a
+ * few candidates remain, which are sorted. No full sort: O(n) expected.
+ * Leaves the kept candidates in c[0..return). */
+static double mass(const cand *c, int32_t from, int32_t to, float mx) {
+    double s = 0.0;
+    for (int32_t i = from; i < to; i++) s += expf(c[i].logit - mx);
+    return s;
+}
+
+static int32_t top_p_keep(cand *c, int32_t m, float p) {
     float mx = c[0].logit;
     for (int32_t i = 1; i < m; i++) if (c[i].logit > mx) mx = c[i].logit;
-    double z = 0.0;
-    for (int32_t i = 0; i < m; i++) z += exp((double)c[i].logit - mx);
-    double target = (double)p * z, cum = 0.0;
-    int32_t done = 0, k = sorted ? m : (m < 64 ? m : 64);
+    double target = (double)p * mass(c, 0, m, mx), cum = 0.0;
+    int32_t done = 0, k = m < 64 ? m : 64;
     for (;;) {
-        if (!sorted) {
-            select_top(c + done, m - done, k - done);
-            qsort(c + done, (size_t)(k - done), sizeof *c, cmp_cand);
-        }
-        for (int32_t i = done; i < k; i++) {
-            cum += exp((double)c[i].logit - mx);
-            if (cum >= target) return i + 1;
-        }
-        if (k == m) return m;
+        select_top(c + done, m - done, k - done);
+        double block = mass(c, done, k, mx);
+        if (cum + block >= target) break;
+        cum += block;
+        if (k == m) return m;   /* rounding: p ~ 1 */
         done = k;
         k = (int64_t)k * 4 < m ? k * 4 : m;
     }
+    int32_t lo = done, hi = k;   /* the crossing candidate lies in c[lo..hi) */
+    while (hi - lo > 16) {
+        int32_t mid = lo + (hi - lo) / 2;
+        select_top(c + lo, hi - lo, mid - lo);
+        double half = mass(c, lo, mid, mx);
+        if (cum + half >= target) hi = mid;
+        else { cum += half; lo = mid; }
+    }
+    qsort(c + lo, (size_t)(hi - lo), sizeof *c, cmp_cand);
+    for (int32_t i = lo; i < hi; i++) {
+        cum += expf(c[i].logit - mx);
+        if (cum >= target) return i + 1;
+    }
+    return hi;
 }
 
 /* ======================================================================
@@ -146,11 +164,12 @@ static int32_t draw(cand *c, int32_t m, float temperature, uint64_t *rng) {
     int32_t best = 0;
     for (int32_t i = 1; i < m; i++) if (before(&c[i], &c[best])) best = i;
     if (c[best].logit == -INFINITY) return c[best].id;   /* nothing has mass */
-    double mx = c[best].logit, inv_t = 1.0 / temperature, z = 0.0;
-    for (int32_t i = 0; i < m; i++) z += exp(((double)c[i].logit - mx) * inv_t);
+    float mx = c[best].logit, inv_t = 1.0f / temperature;
+    double z = 0.0;
+    for (int32_t i = 0; i < m; i++) z += expf((c[i].logit - mx) * inv_t);
     double u = rng_uniform(rng) * z, acc = 0.0;
     for (int32_t i = 0; i < m; i++) {
-        acc += exp(((double)c[i].logit - mx) * inv_t);
+        acc += expf((c[i].logit - mx) * inv_t);
         if (acc > u) return c[i].id;
     }
     return c[best].id;   /* rounding left u at the very top */
@@ -172,18 +191,16 @@ int32_t g4_sample(g4_sampler *s, float *logits, int32_t n_vocab) {
         c[i].logit = isnan(l) ? -INFINITY : l > FLT_MAX ? FLT_MAX : l;
         c[i].id = i;
     }
-    int32_t m = n_vocab, sorted = 0;
+    int32_t m = n_vocab;
     if (s->top_k > 0 && s->top_k < n_vocab) {
         select_top(c, n_vocab, s->top_k);
         m = s->top_k;
-        qsort(c, (size_t)m, sizeof *c, cmp_cand);
-        sorted = 1;
     }
     if (s->top_p < 1.0f) {
         int32_t best = 0;
         for (int32_t i = 1; i < m; i++) if (before(&c[i], &c[best])) best = i;
         if (c[best].logit == -INFINITY) return c[best].id;   /* nothing has mass */
-        m = top_p_keep(c, m, sorted, s->top_p);
+        m = top_p_keep(c, m, s->top_p);
     }
     return draw(c, m, s->temperature, &s->rng_state);
 }
