@@ -148,6 +148,9 @@ class Variant:
     # -- tensors, in llama.cpp's GGUF naming
     def tensors(self) -> list[TensorSpec]:
         """Every tensor of the text decoder with its shape and kind (see TensorSpec)."""
+        return list(_tensors(self))
+
+    def _build_tensors(self) -> list[TensorSpec]:
         E, V, L = self.n_embd, self.n_vocab, self.n_layer
         ple = self.n_embd_per_layer
         out = [TensorSpec("token_embd.weight", (E, V), "token_embd"),
@@ -220,6 +223,11 @@ class Variant:
         return d
 
 
+@functools.lru_cache(maxsize=None)
+def _tensors(v: Variant) -> tuple[TensorSpec, ...]:
+    return tuple(v._build_tensors())
+
+
 @dataclass(frozen=True)
 class Catalog:
     variants: dict[str, Variant]
@@ -286,11 +294,13 @@ def _bits(t: TensorSpec, q: Quant) -> float:
     return q.bits_per_weight
 
 
+@functools.lru_cache(maxsize=None)
 def weights_bytes(variant: Variant, quant: Quant) -> int:
     """Bytes of the text decoder's tensors in a GGUF of this quantization (header not counted)."""
     return int(sum(t.n * _bits(t, quant) / 8 for t in variant.tensors()))
 
 
+@functools.lru_cache(maxsize=None)
 def host_resident_bytes(variant: Variant, quant: Quant) -> int:
     """Bytes llama.cpp keeps in host memory even with every layer offloaded to a GPU.
 
@@ -302,6 +312,7 @@ def host_resident_bytes(variant: Variant, quant: Quant) -> int:
                    if t.kind in ("token_embd", "per_layer_token_embd")))
 
 
+@functools.lru_cache(maxsize=None)
 def gpu_resident_bytes(variant: Variant, quant: Quant) -> int:
     """Bytes in GPU memory when fully offloaded: everything but the per-layer-embedding table
     (the tied token_embd is there once, as the output head)."""
