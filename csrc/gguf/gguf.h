@@ -54,9 +54,15 @@ typedef struct g4_tensor {
 typedef struct g4_gguf g4_gguf;  /* opaque */
 
 /* Open and validate `path`. On failure returns NULL and fills err:
- * G4_ERR_IO (missing/unreadable), G4_ERR_FORMAT (bad magic, truncated,
- * out-of-range offsets, overflowing sizes, duplicate keys/tensors, data past
- * the end), G4_ERR_UNSUPPORTED (version not 2 or 3, unknown tensor type). */
+ * G4_ERR_IO (missing/unreadable; sys_errno ENOENT for a missing file),
+ * G4_ERR_FORMAT (bad magic, truncated, out-of-range offsets, overflowing
+ * sizes, duplicate keys/tensors, data past the end, unknown value type,
+ * bad general.alignment, n_dims > 4, dims not positive, arrays nested deeper
+ * than G4_GGUF_MAX_DEPTH), G4_ERR_UNSUPPORTED (version not 2 or 3, big-endian
+ * file, unknown tensor type id), G4_ERR_LIMIT (a memory cap below was hit),
+ * G4_ERR_INVALID (a cap's environment variable is not a positive integer).
+ * Messages start with the path and name the key or tensor at fault.
+ * Only the headers are read; tensor data is mapped but not touched. */
 g4_gguf *g4_gguf_open(const char *path, g4_err *err);
 void g4_gguf_close(g4_gguf *g);
 
