@@ -525,6 +525,10 @@ def _targets_for_report(report: Any, eff: dict) -> tuple[list[Target], str, list
     targets.sort(key=lambda t: (t.bandwidth_gbs is None, -(t.bandwidth_gbs or 0), -t.budget_bytes))
     targets.append(Target("ram", "ram", effective, ram_budget, rule, ram_bw, ram_src, eff["ram"]))
     cpu = getattr(report, "cpu", None)
+    cores = getattr(cpu, "cores", None)
+    if read and cores and cores <= 4:
+        notes.append(f"only {cores} CPU cores: decode from RAM may be compute-bound rather than "
+                     "memory-bound, so the RAM speeds are upper bounds")
     desc = getattr(cpu, "model", None) or "this machine"
     if getattr(report, "source", None) and "xml" in str(report.source).lower():
         desc = f"{desc} ({report.source})"
