@@ -220,6 +220,9 @@ static void build_attrs(g4_tokenizer *t, const g4_vocab_desc *d) {
     }
     if (t->eos >= 0) t->attr[t->eos] |= ATTR_EOG;
     if (t->eot >= 0) t->attr[t->eot] |= ATTR_EOG;
+    /* llama.cpp: in Gemma 4's vocab (it has "<|tool_response>") "</s>" is plain text */
+    int32_t s_id = lookup(t, "</s>", 4);
+    if (s_id >= 0 && s_id != t->eos && lookup(t, "<|tool_response>", 16) >= 0) t->attr[s_id] = ATTR_NORMAL;
 
     /* byte fallback: "<0xXX>", else the one-byte token (llama.cpp byte_to_token) */
     for (int b = 0; b < 256; b++) {
@@ -585,20 +588,53 @@ static int bpe_tokenize(const g4_tokenizer *t, merge_state *m, const char *s, in
 /* ======================================================================
  * Special-token partition (llama.cpp tokenizer_st_partition)
  *
- * llama.cpp takes the special tokens longest first and splits every
- * remaining raw-text fragment at each leftmost occurrence. We get the same
- * result in one pass over the text: collect every occurrence with a trie,
- * sort by (priority, position), and accept an occurrence when none of its
+ * llama.cpp takes the special tokens longest first (priority = rank in
+ * that order) and splits every remaining raw-text fragment at each leftmost
+ * occurrence. We get the same result in one pass over the text: every
+ * occurrence, in (priority, position) order, is accepted when none of its
  * bytes is taken yet. Taken intervals are never shorter than the current
- * token, so checking its first and last byte is enough.
+ * token, so checking its first and last byte is enough. The order comes
+ * from a k-way merge: a heap holds the best remaining occurrence of each
+ * position (longest first), and a rejected one is replaced by the next
+ * shorter occurrence at the same position, so memory stays O(n).
  * ====================================================================== */
 
-typedef struct match { int32_t prio, pos, id; } match;
+typedef struct match { int32_t prio, pos, id, len; } match;
 
-static int cmp_match(const void *a, const void *b) {
-    const match *x = a, *y = b;
-    if (x->prio != y->prio) return x->prio < y->prio ? -1 : 1;
-    return x->pos < y->pos ? -1 : x->pos > y->pos;
+/* Longest special token at s[i..) shorter than `below` bytes, or -1. */
+static int32_t special_at(const g4_tokenizer *t, const char *s, int32_t n, int32_t i, int32_t below,
+                          int parse_special, int32_t *len) {
+    int32_t node = 0, best = -1, lim = n - i;
+    if (lim > t->max_special_len) lim = t->max_special_len;
+    if (lim > below - 1) lim = below - 1;
+    for (int32_t j = 0; j < lim; j++) {
+        node = u64map_get(&t->trie, (uint64_t)node << 8 | (uint8_t)s[i + j]);
+        if (node < 0) break;
+        int32_t id = t->trie_tok[node];
+        /* control and unknown tokens only when asked; user defined always */
+        if (id >= 0 && (parse_special || !(t->attr[id] & (ATTR_CONTROL | ATTR_UNKNOWN)))) {
+            best = id;
+            *len = j + 1;
+        }
+    }
+    return best;
+}
+
+static int match_before(const match *a, const match *b) {
+    return a->prio < b->prio || (a->prio == b->prio && a->pos < b->pos);
+}
+
+static void match_sift_down(match *h, int32_t n, int32_t i) {
+    match x = h[i];
+    for (;;) {
+        int32_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && match_before(&h[c + 1], &h[c])) c++;
+        if (!match_before(&h[c], &x)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = x;
 }
 
 static int cmp_match_pos(const void *a, const void *b) {
@@ -608,43 +644,48 @@ static int cmp_match_pos(const void *a, const void *b) {
 
 /* Fills *out with accepted matches sorted by position; returns their count or -1. */
 static int32_t partition(const g4_tokenizer *t, const char *s, int32_t n, int parse_special, match **out) {
-    match *c = NULL;
-    int32_t nc = 0, cap = 0;
     *out = NULL;
     if (t->trie_n <= 1) return 0;
+    match *h = NULL, *acc = NULL;
+    uint8_t *taken = NULL;
+    int32_t nh = 0, cap = 0, na = 0;
     for (int32_t i = 0; i < n; i++) {
-        int32_t node = 0;
-        for (int32_t j = i; j < n && j - i < t->max_special_len; j++) {
-            node = u64map_get(&t->trie, (uint64_t)node << 8 | (uint8_t)s[j]);
-            if (node < 0) break;
-            int32_t id = t->trie_tok[node];
-            if (id < 0) continue;
-            /* control and unknown tokens only when asked; user defined always */
-            if (!parse_special && (t->attr[id] & (ATTR_CONTROL | ATTR_UNKNOWN))) continue;
-            if (nc == cap) {
-                cap = cap ? cap * 2 : 64;
-                match *v = realloc(c, (size_t)cap * sizeof *v);
-                if (!v) { free(c); return -1; }
-                c = v;
-            }
-            c[nc++] = (match){t->spec_prio[id], i, id};
+        int32_t len, id = special_at(t, s, n, i, INT32_MAX, parse_special, &len);
+        if (id < 0) continue;
+        if (nh == cap) {
+            cap = cap ? cap * 2 : 64;
+            match *v = realloc(h, (size_t)cap * sizeof *v);
+            if (!v) goto oom;
+            h = v;
         }
+        h[nh++] = (match){t->spec_prio[id], i, id, len};
     }
-    if (!nc) return 0;
-    qsort(c, (size_t)nc, sizeof *c, cmp_match);
-    uint8_t *taken = calloc((size_t)n, 1);
-    if (!taken) { free(c); return -1; }
-    int32_t na = 0;
-    for (int32_t k = 0; k < nc; k++) {
-        int32_t len = (int32_t)(t->off[c[k].id + 1] - t->off[c[k].id]);
-        if (taken[c[k].pos] || taken[c[k].pos + len - 1]) continue;
-        memset(taken + c[k].pos, 1, (size_t)len);
-        c[na++] = c[k];
+    if (!nh) { free(h); return 0; }
+    /* heapify by (priority, position) */
+    for (int32_t i = nh / 2 - 1; i >= 0; i--) match_sift_down(h, nh, i);
+    taken = calloc((size_t)n, 1);
+    acc = malloc((size_t)nh * sizeof *acc);   /* at most one per position */
+    if (!taken || !acc) goto oom;
+    while (nh > 0) {
+        match m = h[0];
+        if (!taken[m.pos] && !taken[m.pos + m.len - 1]) {
+            memset(taken + m.pos, 1, (size_t)m.len);
+            acc[na++] = m;
+            h[0] = h[--nh];
+        } else {
+            int32_t len, id = special_at(t, s, n, m.pos, m.len, parse_special, &len);
+            if (id >= 0) h[0] = (match){t->spec_prio[id], m.pos, id, len};
+            else h[0] = h[--nh];
+        }
+        if (nh > 0) match_sift_down(h, nh, 0);
     }
-    free(taken);
-    qsort(c, (size_t)na, sizeof *c, cmp_match_pos);
-    *out = c;
+    free(h); free(taken);
+    qsort(acc, (size_t)na, sizeof *acc, cmp_match_pos);
+    *out = acc;
     return na;
+oom:
+    free(h); free(taken); free(acc);
+    return -1;
 }
 
 /* ======================================================================
@@ -713,7 +754,7 @@ g4_status g4_tokenizer_encode(const g4_tokenizer *t, const char *text, size_t le
         if (k < nm) {
             push(&o, mt[k].id);
             prev_special = 1;
-            pos = (size_t)mt[k].pos + (size_t)(t->off[mt[k].id + 1] - t->off[mt[k].id]);
+            pos = (size_t)mt[k].pos + (size_t)mt[k].len;
         }
     }
     if (o.fail || m.fail) { st = g4_err_set(err, G4_ERR_NOMEM, "tokenizer: out of memory"); goto done; }

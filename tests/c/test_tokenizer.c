@@ -211,6 +211,109 @@ START_TEST(test_special_longest_first) {
 }
 END_TEST
 
+/* Oracle: llama.cpp's procedure written plainly - for each special token,
+ * longest first (ties by id), split every raw fragment at its leftmost
+ * occurrences - against the one-pass partition, on random texts over a
+ * three-letter alphabet where every plain letter is its own token. */
+typedef struct frag { int start, len, id; } frag;
+
+static int ref_partition(const char *text, const char **spec, const int32_t *spec_id, int n_spec,
+                         const int32_t *letter_id, int32_t *out) {
+    frag f[256];
+    int nf = 0, n = (int)strlen(text);
+    if (n) f[nf++] = (frag){0, n, -1};
+    for (int k = 0; k < n_spec; k++) {   /* spec[] is already in priority order */
+        int sl = (int)strlen(spec[k]);
+        frag g[256];
+        int ng = 0;
+        for (int i = 0; i < nf; i++) {
+            if (f[i].id >= 0) { g[ng++] = f[i]; continue; }
+            int pos = f[i].start, end = f[i].start + f[i].len;
+            for (int p = pos; p + sl <= end;) {
+                if (memcmp(text + p, spec[k], (size_t)sl) == 0) {
+                    if (p > pos) g[ng++] = (frag){pos, p - pos, -1};
+                    g[ng++] = (frag){p, sl, spec_id[k]};
+                    pos = p = p + sl;
+                } else {
+                    p++;
+                }
+            }
+            if (pos < end) g[ng++] = (frag){pos, end - pos, -1};
+        }
+        memcpy(f, g, sizeof(frag) * (size_t)ng);
+        nf = ng;
+    }
+    int no = 0;
+    for (int i = 0; i < nf; i++) {
+        if (f[i].id >= 0) out[no++] = f[i].id;
+        else for (int j = 0; j < f[i].len; j++) out[no++] = letter_id[text[f[i].start + j] - 'a'];
+    }
+    out[no] = -1;
+    return no;
+}
+
+START_TEST(test_partition_matches_llama_cpp_procedure) {
+    uint64_t rng = 77;
+    for (int trial = 0; trial < 400; trial++) {
+        vb v = {0};
+        add_base(&v);
+        int32_t letter_id[3];
+        for (int c = 0; c < 3; c++) {
+            static const char *letters[3] = {"a", "b", "c"};
+            letter_id[c] = add(&v, letters[c], -1, 1);
+        }
+        /* up to 6 distinct special strings of length 1..4 */
+        static char spec_buf[6][8];
+        const char *spec[6];
+        int32_t spec_id[6];
+        int n_spec = 0;
+        for (int k = 0; k < 6; k++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            int len = 2 + (int)((rng >> 33) % 3);
+            for (int j = 0; j < len; j++) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                spec_buf[k][j] = (char)('a' + (rng >> 33) % 3);
+            }
+            spec_buf[k][len] = 0;
+            int dup = 0;
+            for (int q = 0; q < n_spec; q++) dup |= strcmp(spec[q], spec_buf[k]) == 0;
+            if (dup) continue;
+            spec[n_spec] = spec_buf[k];
+            spec_id[n_spec] = add(&v, spec_buf[k], 0, G4_TOKEN_USER_DEFINED);
+            n_spec++;
+        }
+        /* priority order: longer first, then lower id */
+        for (int a = 0; a < n_spec; a++)
+            for (int b = a + 1; b < n_spec; b++)
+                if (strlen(spec[b]) > strlen(spec[a])) {
+                    const char *ts = spec[a]; spec[a] = spec[b]; spec[b] = ts;
+                    int32_t ti = spec_id[a]; spec_id[a] = spec_id[b]; spec_id[b] = ti;
+                }
+        for (int a = 0; a < n_spec; a++)   /* stable fix-up of ties by id */
+            for (int b = a + 1; b < n_spec; b++)
+                if (strlen(spec[b]) == strlen(spec[a]) && spec_id[b] < spec_id[a]) {
+                    const char *ts = spec[a]; spec[a] = spec[b]; spec[b] = ts;
+                    int32_t ti = spec_id[a]; spec_id[a] = spec_id[b]; spec_id[b] = ti;
+                }
+        g4_tokenizer *t = build(&v, "llama", 0);
+        for (int r = 0; r < 10; r++) {
+            char text[48];
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            int n = (int)((rng >> 33) % 40);
+            for (int j = 0; j < n; j++) {
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                text[j] = (char)('a' + (rng >> 33) % 3);
+            }
+            text[n] = 0;
+            int32_t want[64];
+            ref_partition(text, spec, spec_id, n_spec, letter_id, want);
+            expect(t, text, 0, 0, want);
+        }
+        g4_tokenizer_free(t);
+    }
+}
+END_TEST
+
 /* O(n log n): a megabyte of text in well under a second. */
 START_TEST(test_spm_long_input) {
     vb v = {0};
@@ -420,6 +523,7 @@ static Suite *tokenizer_suite(void) {
     tcase_add_test(tc, test_spm_space_prefix_and_decode);
     tcase_add_test(tc, test_spm_special_tokens);
     tcase_add_test(tc, test_special_longest_first);
+    tcase_add_test(tc, test_partition_matches_llama_cpp_procedure);
     tcase_add_test(tc, test_spm_long_input);
     tcase_add_test(tc, test_spm_flat_scores_use_id_order);
     tcase_add_test(tc, test_gemma4_bpe_merges_by_rank);
