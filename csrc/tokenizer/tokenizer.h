@@ -48,7 +48,10 @@ g4_status g4_tokenizer_encode(const g4_tokenizer *t, const char *text, size_t le
  * <0xXX> -> the raw byte, control tokens -> "" . `prev` is the preceding id
  * (or -1): the leading space of the first piece after BOS is dropped when
  * the vocab adds a space prefix. Writes up to cap bytes; returns the length
- * needed (which may exceed cap). Bytes may be a partial UTF-8 sequence. */
+ * needed (which may exceed cap). Bytes may be a partial UTF-8 sequence.
+ * (prev = -1, the start of the text, drops that space too, as SentencePiece's
+ * decode and llama.cpp's detokenize without BOS do; user-defined tokens are
+ * rendered verbatim; unused/unknown/out-of-range ids give "".) */
 size_t g4_tokenizer_piece(const g4_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t cap);
 
 /* ---- additions (tokenizer owner) -------------------------------------- */
