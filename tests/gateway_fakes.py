@@ -114,7 +114,7 @@ class FakeUpstream:
         self.slow_s, self.cut_after, self.name = slow_s, cut_after, name
         self.requests: list[dict] = []
         self.headers: list[dict] = []
-        self._sock = socket.socket()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", port))
         self._sock.listen(1024)
@@ -281,7 +281,7 @@ class ServerThread:
 
     def __init__(self, app, **uvicorn_kw):
         import uvicorn
-        self._sock = socket.socket()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(1024)

@@ -114,9 +114,12 @@ class TierConfig:
         return self.backend == "local"
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("api_key")
-        return d
+        """The [tiers.NAME] table (round-trips through parse_config; no resolved key)."""
+        keys = (("backend", "model", "id", "threads", "context", "queue_size", "chat_template")
+                if self.is_local else
+                ("backend", "model", "id", "url", "api_key_env", "connect_timeout_s",
+                 "first_byte_timeout_s", "total_timeout_s", "max_connections"))
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 @dataclass
@@ -129,11 +132,14 @@ class GatewayConfig:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     source: str | None = None        # file it came from, for messages
 
-    def to_dict(self) -> dict:
-        return {"server": asdict(self.server), "auth": self.auth.to_dict(),
+    def to_dict(self, *, secrets: bool = False) -> dict:
+        """The config as the TOML document's dict. API keys are redacted unless `secrets`
+        (launch() writes them to a 0600 file for the child); parse_config reads it back."""
+        routing = {k: v for k, v in asdict(self.routing).items() if v is not None}
+        auth = ({"api_keys": list(self.auth.api_keys)} if secrets else self.auth.to_dict())
+        return {"server": asdict(self.server), "auth": auth,
                 "limits": asdict(self.limits), "breaker": asdict(self.breaker),
-                "routing": asdict(self.routing),
-                "tiers": {n: t.to_dict() for n, t in self.tiers.items()}}
+                "routing": routing, "tiers": {n: t.to_dict() for n, t in self.tiers.items()}}
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -211,8 +217,8 @@ def _resolve_path(p: str, base: Path | None) -> Path:
     if path.is_absolute():
         return path
     if base is not None and (base / path).exists():
-        return (base / path).resolve()
-    return path.resolve()   # relative to the working directory
+        return Path(os.path.abspath(base / path))
+    return Path(os.path.abspath(path))   # relative to the working directory
 
 
 def _read_tier(name: str, data: Any, base: Path | None, src: str) -> TierConfig:

@@ -25,7 +25,6 @@ import tempfile
 import threading
 import time
 import weakref
-from dataclasses import asdict
 from pathlib import Path
 
 from .config import GatewayConfig, default_config, load_config, parse_config
@@ -35,27 +34,6 @@ _live: "weakref.WeakSet[Gateway]" = weakref.WeakSet()
 
 class GatewayError(RuntimeError):
     """The gateway subprocess did not become ready (the message ends with its log tail)."""
-
-
-def _config_dict(cfg: GatewayConfig) -> dict:
-    """A GatewayConfig as the dict parse_config reads (keys included: written 0600)."""
-    tiers = {}
-    for name, t in cfg.tiers.items():
-        d = {"backend": t.backend, "model": t.model, "id": t.id}
-        if t.is_local:
-            d.update(queue_size=t.queue_size, chat_template=t.chat_template)
-            d.update({k: v for k, v in (("threads", t.threads), ("context", t.context)) if v})
-        else:
-            d.update(url=t.url, connect_timeout_s=t.connect_timeout_s,
-                     first_byte_timeout_s=t.first_byte_timeout_s,
-                     total_timeout_s=t.total_timeout_s, max_connections=t.max_connections)
-            if t.api_key_env:
-                d["api_key_env"] = t.api_key_env
-        tiers[name] = d
-    routing = {k: v for k, v in asdict(cfg.routing).items() if v is not None}
-    return {"server": asdict(cfg.server), "auth": {"api_keys": list(cfg.auth.api_keys)},
-            "limits": asdict(cfg.limits), "breaker": asdict(cfg.breaker),
-            "routing": routing, "tiers": tiers}
 
 
 class Gateway:
@@ -176,7 +154,7 @@ def launch(config: str | os.PathLike | dict | GatewayConfig | None = None,
     cfg_path = workdir / "gateway.json"
     fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(_config_dict(cfg), f)
+        json.dump(cfg.to_dict(secrets=True), f)
     port_file = workdir / "port"
     cmd = [python, "-m", "gemma4stack.gateway", "--config", str(cfg_path),
            "--port-file", str(port_file), "--parent-pid", str(os.getpid())]

@@ -76,28 +76,34 @@ def resolve_model(name: str, cfg: GatewayConfig) -> str | None:
 
 
 def plan(tier: str | None, cls: Classification | None, cfg: GatewayConfig) -> list[str]:
-    """Tiers to try, in order: the chosen tier then (with fallback on) the smaller ones.
+    """Tiers to try, in order.
 
-    tier: a tier name, or None for "auto" with its classification `cls`.
-    For auto, a class with no configured tier goes to the next smaller configured tier in
-    routing.order, then the next bigger one, then routing.default (else the first tier).
+    tier: a tier name -> it, then (with fallback on) the smaller tiers after it in
+    routing.order. None means "auto" with classification `cls`: its class's tier (a class
+    with no configured tier starts at the next smaller one, else the next bigger one,
+    else routing.default / the first tier), then the smaller tiers, then - as a last
+    resort, e.g. when local tiers are skipped under memory pressure - the bigger ones.
     """
     order = [t for t in cfg.routing.order if t in cfg.tiers]
-    if tier is None:
-        want = cls.tier_class if cls else "fast"
-        if want in order:
-            tier = want
-        elif want in cfg.routing.order:
-            i = cfg.routing.order.index(want)
-            smaller = [t for t in cfg.routing.order[i + 1:] if t in cfg.tiers]
-            bigger = [t for t in reversed(cfg.routing.order[:i]) if t in cfg.tiers]
-            tier = (smaller or bigger or [cfg.routing.default or next(iter(cfg.tiers))])[0]
-        else:
-            tier = cfg.routing.default or (order[0] if order else next(iter(cfg.tiers)))
-    chain = [tier]
-    if cfg.routing.fallback and tier in order:
-        chain += order[order.index(tier) + 1:]
-    return chain
+    if tier is not None:
+        chain = [tier]
+        if cfg.routing.fallback and tier in order:
+            chain += order[order.index(tier) + 1:]
+        return chain
+    want = cls.tier_class if cls else "fast"
+    if want in order:
+        start = want
+    elif want in cfg.routing.order:
+        i = cfg.routing.order.index(want)
+        smaller = [t for t in cfg.routing.order[i + 1:] if t in cfg.tiers]
+        bigger = [t for t in reversed(cfg.routing.order[:i]) if t in cfg.tiers]
+        start = (smaller or bigger or [cfg.routing.default or next(iter(cfg.tiers))])[0]
+    else:
+        start = cfg.routing.default or (order[0] if order else next(iter(cfg.tiers)))
+    if start not in order or not cfg.routing.fallback:
+        return [start]
+    i = order.index(start)
+    return [start] + order[i + 1:] + list(reversed(order[:i]))
 
 
 # ----------------------------------------------------------------------------- memory
