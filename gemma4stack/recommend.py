@@ -440,11 +440,16 @@ def machines() -> list[dict]:
     return out
 
 
-def _targets_for_machine(name: str, eff: dict) -> tuple[list[Target], str, list[str]]:
+def _targets_for_machine(name: str | dict, eff: dict) -> tuple[list[Target], str, list[str]]:
     raw = _machines_raw()
-    m = raw["machine"].get(name)
-    if m is None:
-        raise ValueError(f"unknown machine {name!r}; known: {', '.join(raw['machine'])}")
+    if isinstance(name, dict):                  # a machine of your own, shaped like the catalog's
+        m = {"name": "custom machine", "source": "given by the caller", **name}
+    else:
+        m = raw["machine"].get(name)
+        if m is None:
+            raise ValueError(f"unknown machine {name!r}; known: {', '.join(raw['machine'])}")
+    if m.get("kind") not in ("unified", "gpu"):
+        raise ValueError(f"machine kind must be 'unified' or 'gpu', got {m.get('kind')!r}")
     notes = []
     if m["kind"] == "unified":
         mem = int(m["memory_gib"] * GIB)
@@ -453,7 +458,8 @@ def _targets_for_machine(name: str, eff: dict) -> tuple[list[Target], str, list[
                    f"Metal working-set limit {frac:.0%} of {m['memory_gib']} GiB unified memory",
                    float(m["bandwidth_gbs"]), m["source"], eff["unified"])
         return [t], m["name"], notes
-    g = raw["gpu"][m["gpu"]]
+    g = m["gpu"] if isinstance(m["gpu"], dict) else raw["gpu"][m["gpu"]]
+    g = {"source": "given by the caller", **g}
     host = int(m.get("host_ram_gib", 64) * GIB)
     host_budget, headroom = _ram_budget(host)
     gmem = _gpu_entry_bytes(g)
@@ -788,13 +794,16 @@ def _assumptions(eff: dict) -> dict:
     }
 
 
-def recommend(report: Any = None, context: int = DEFAULT_CONTEXT, machine: str | None = None,
+def recommend(report: Any = None, context: int = DEFAULT_CONTEXT, machine: str | dict | None = None,
               efficiency: dict | None = None) -> Recommendation:
     """Recommend Gemma 4 tiers for a machine.
 
     report: a gemma4stack.hardware.HardwareReport; None -> gemma4stack.detect() (with the
     bandwidth probe). machine: a key of data/machines.toml (see machines()) to answer for that
-    machine instead; report is then ignored. context: tokens the KV cache must hold (>= 1).
+    machine instead, or a dict shaped like its entries, e.g. {"kind": "unified",
+    "memory_gib": 32, "bandwidth_gbs": 120} or {"kind": "gpu", "gpu": {"name": "My GPU",
+    "memory_gib": 16, "bandwidth_gbs": 448}, "host_ram_gib": 32}; report is then ignored.
+    context: tokens the KV cache must hold (>= 1).
     efficiency: override {"ram": f, "gpu": f, "unified": f}.
     Raises ValueError for an unknown machine or a context < 1.
     """

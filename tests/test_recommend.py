@@ -410,3 +410,16 @@ def test_cli_json_has_documented_keys(hwloc_xml):
     rows = json.loads(_cli("--json", "--machine", "mac-mini-m4-16gb"))
     assert all(r["placement"] in ("unified", None) for r in rows)
     assert "mac-mini-m4-16gb" in _cli("--list-machines")
+
+
+def test_custom_machine_dict():
+    """A 32 GiB unified-memory machine of your own: budget 24 GiB, so 31B Q4_0 (17.6 GB) fits."""
+    r = rec.recommend(machine={"kind": "unified", "memory_gib": 32, "bandwidth_gbs": 120})
+    assert r.targets[0].budget_bytes == 24 * GIB and r.row("31B", "Q4_0").fits
+    g = rec.recommend(machine={"kind": "gpu", "host_ram_gib": 32,
+                               "gpu": {"name": "My GPU", "memory_gib": 16, "bandwidth_gbs": 448}})
+    row = g.row("E4B", "Q4_0")
+    assert row.placement == "gpu:My GPU"
+    assert row.predicted_decode_tps == pytest.approx(448e9 * 0.75 / row.bytes_per_token)
+    with pytest.raises(ValueError):
+        rec.recommend(machine={"kind": "abacus"})
