@@ -759,7 +759,7 @@ g4_status g4_tokenizer_encode(const g4_tokenizer *t, const char *text, size_t le
     }
     if (o.fail || m.fail) { st = g4_err_set(err, G4_ERR_NOMEM, "tokenizer: out of memory"); goto done; }
     *n_out = o.n;
-    if (out) memcpy(out, o.v, (o.n < cap ? o.n : cap) * sizeof *out);
+    if (out && o.n && cap) memcpy(out, o.v, (o.n < cap ? o.n : cap) * sizeof *out);
 done:
     free(o.v); free(m.s); free(m.h); free(mt);
     return st;
