@@ -385,14 +385,17 @@ def _gemma4_params(h: dict[str, Any]) -> _Gemma4Params:
                          h.get("num_kv_shared_layers", 0) or 0)
 
 
-def _meta_common(w: gguf.GGUFWriter, h: dict[str, Any]) -> None:
-    """TextModel.set_gguf_parameters: the keys every architecture gets."""
+def _meta_common(w: gguf.GGUFWriter, h: dict[str, Any], n_ff: int | list[int] | None = None,
+                 n_head_kv: int | list[int] | None = None) -> None:
+    """TextModel.set_gguf_parameters: the keys every architecture gets. n_ff / n_head_kv
+    override the config's scalars with per-layer arrays (Gemma 4)."""
     w.add_context_length(h.get("max_position_embeddings", 131072))
     w.add_embedding_length(h["hidden_size"])
     w.add_block_count(h["num_hidden_layers"])
-    w.add_feed_forward_length(h["intermediate_size"])
+    w.add_feed_forward_length(n_ff if n_ff is not None else h["intermediate_size"])
     w.add_head_count(h["num_attention_heads"])
-    w.add_head_count_kv(h.get("num_key_value_heads", h["num_attention_heads"]))
+    w.add_head_count_kv(n_head_kv if n_head_kv is not None else
+                        h.get("num_key_value_heads", h["num_attention_heads"]))
     w.add_layer_norm_rms_eps(h.get("rms_norm_eps", 1e-6))
     rp = _rope_parameters(h)
     full = rp.get("full_attention", rp)
@@ -409,7 +412,16 @@ def _meta_common(w: gguf.GGUFWriter, h: dict[str, Any]) -> None:
 
 def _meta_gemma4(w: gguf.GGUFWriter, h: dict[str, Any]) -> None:
     p = _gemma4_params(h)
-    _meta_common(w, h)
+    swa = [t == "sliding_attention" for t in p.layer_types]
+    n_ff: int | list[int] = h["intermediate_size"]
+    if h.get("use_double_wide_mlp"):        # KV-shared layers have a 2x wide MLP
+        first_shared = p.n_layer - p.n_kv_shared
+        n_ff = [h["intermediate_size"] * (1 if il < first_shared else 2)
+                for il in range(p.n_layer)]
+    n_kv: int | list[int] = p.n_head_kv
+    if p.n_head_kv_global is not None:
+        n_kv = [p.n_head_kv if s else p.n_head_kv_global for s in swa]
+    _meta_common(w, h, n_ff, n_kv)
     if h.get("final_logit_softcapping"):
         w.add_final_logit_softcapping(float(h["final_logit_softcapping"]))
     w.add_sliding_window(h.get("sliding_window", 512))
@@ -420,19 +432,11 @@ def _meta_gemma4(w: gguf.GGUFWriter, h: dict[str, Any]) -> None:
         w.add_expert_feed_forward_length(h["moe_intermediate_size"])
     w.add_shared_kv_layers(p.n_kv_shared)
     w.add_embedding_length_per_layer_input(h.get("hidden_size_per_layer_input") or 0)
-    swa = [t == "sliding_attention" for t in p.layer_types]
     w.add_sliding_window_pattern(swa)
     w.add_key_length(p.head_dim_global)
     w.add_value_length(p.head_dim_global)
     w.add_key_length_swa(p.head_dim)
     w.add_value_length_swa(p.head_dim)
-    if h.get("use_double_wide_mlp"):
-        first_shared = p.n_layer - p.n_kv_shared
-        n_ff = h["intermediate_size"]
-        w.add_feed_forward_length([n_ff if il < first_shared else 2 * n_ff
-                                   for il in range(p.n_layer)])
-    if p.n_head_kv_global is not None:
-        w.add_head_count_kv([p.n_head_kv if s else p.n_head_kv_global for s in swa])
     w.add_rope_dimension_count(p.head_dim_global)
     w.add_rope_dimension_count_swa(int(p.head_dim * h.get("partial_rotary_factor", 1.0)))
 
@@ -616,11 +620,11 @@ def convert(hf_dir: str | Path, out_path: str | Path, type: str = "f16",
     w.add_token_types(vocab.types)
     special = gguf.SpecialVocab(hf_dir, load_merges=(arch == "gemma4"),
                                 n_vocab=n_vocab_real)
+    if arch == "gemma4":
+        special.add_special_token["bos"] = True     # Gemma4Model.set_vocab: add_bos_token True
     special.add_to_gguf(w, quiet=True)
     if arch in ("gemma3", "gemma4"):
         w.add_add_space_prefix(False)
-    if arch == "gemma4":
-        w.add_add_bos_token(True)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     # tensor plan
