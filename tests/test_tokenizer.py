@@ -263,3 +263,76 @@ def test_bad_files(tmp_path):
     _write_gguf(nomerges, "gemma4", ["<unk>", "<s>", "</s>", "a"], [2, 3, 3, 1])
     with pytest.raises(_core.GGUFError, match="merges"):
         _core.Tokenizer(nomerges)
+
+
+# ---- Gemma-4-style tokenizer from tests/gemma4_ref.py (byte tokens, turn markers) ----
+
+@pytest.fixture(scope="module")
+def gemma4_toy(tmp_path_factory):
+    """tests/gemma4_ref.make_tokenizer (HF `tokenizers` BPE, spaces -> U+2581, <0xXX> byte
+    fallback, Gemma 4's special tokens) written as a vocab-only "gemma4" GGUF with the types
+    llama.cpp's Gemma4Model.set_vocab gives: named specials CONTROL, channel markers
+    USER_DEFINED, bytes BYTE."""
+    import gemma4_ref as R
+    d = tmp_path_factory.mktemp("g4tok")
+    R.make_tokenizer(d)
+    j = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+    by_id = {i: t for t, i in j["model"]["vocab"].items()}
+    by_id.update({a["id"]: a["content"] for a in j["added_tokens"]})
+    tokens = [by_id[i] for i in range(len(by_id))]
+    types = [4 if t in ("<|channel>", "<channel|>") else 3 if t in R.SPECIALS
+             else 6 if t.startswith("<0x") else 1 for t in tokens]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in j["model"]["merges"]]
+    path = d / "gemma4-toy-vocab.gguf"
+    _write_gguf(path, "gemma4", tokens, types, merges, bos=tokens.index("<bos>"), eos=tokens.index("<eos>"))
+    return _core.Tokenizer(path), tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")), tokens
+
+
+def _gemma4_reference(hf, vocab, text):
+    """llama.cpp's GEMMA4 pre-tokenizer on top of HF's BPE: cut the text into newline runs
+    and other runs; a newline run that is a token stays whole; HF encodes the rest
+    (special tokens contain no newline, so HF's own special-token split is unaffected)."""
+    import re
+    ids = []
+    for piece in re.findall(r"[^\n]+|\n+", text):
+        if piece[0] == "\n" and piece in vocab:
+            ids.append(vocab[piece])
+        else:
+            ids += hf.encode(piece, add_special_tokens=False).ids
+    return ids
+
+
+def test_gemma4_toy_tokenizer_matches_hf(gemma4_toy):
+    tok, hf, tokens = gemma4_toy
+    vocab = {t: i for i, t in enumerate(tokens)}
+    rng = random.Random(21)
+    pieces = [t.replace("\u2581", " ") for t in tokens if not t.startswith("<")]
+    pieces += ["\n", "\n\n", "\n\n\n", " ", "\u00e9", "\u6771\u4eac", "\U0001f642", "\U0001f999", "<|turn>",
+               "<turn|>", "<|channel>", "<bos>"]
+    texts = TEXTS + ["<bos><|turn>user\nHello there<turn|>\n<|turn>model\nHi!<turn|>\n",
+                     "<|channel>thought<channel|>The answer is 42."]
+    texts += ["".join(rng.choice(pieces) for _ in range(rng.randint(1, 15))) for _ in range(400)]
+    bad = []
+    for s in texts:
+        ours = tok.encode(s, add_bos=False, parse_special=True)
+        ref = _gemma4_reference(hf, vocab, s)
+        if ours != ref:
+            bad.append((s, ours, ref))
+    assert not bad, bad[:3]
+
+
+def test_gemma4_toy_specials_and_decode(gemma4_toy):
+    tok, hf, tokens = gemma4_toy
+    turn, end, chan = tokens.index("<|turn>"), tokens.index("<turn|>"), tokens.index("<|channel>")
+    assert tok.bos_id == tokens.index("<bos>") and tok.eos_id == tokens.index("<eos>")
+    assert tok.add_bos                                                # forced for gemma4
+    assert tok.encode("<|turn>user", parse_special=True)[:2] == [tok.bos_id, turn]
+    plain = tok.encode("<|turn>user", parse_special=False)
+    assert turn not in plain                                          # control: text unless parse_special
+    assert chan in tok.encode("<|channel>x", parse_special=False)     # user defined: always matched
+    assert tok.is_eog(end) and tok.is_eog(tok.eos_id) and not tok.is_eog(turn)
+    s = "Hi <|channel>caf\u00e9 \U0001f642<turn|>\n\nbye"
+    ids = tok.encode(s, parse_special=True)
+    # control tokens render as nothing, user-defined ones verbatim, bytes re-join into UTF-8
+    assert tok.decode(ids) == "Hi <|channel>caf\u00e9 \U0001f642\n\nbye"
+    assert tok.decode(ids) == hf.decode(ids, skip_special_tokens=False).replace("<bos>", "").replace("<turn|>", "")
