@@ -68,7 +68,10 @@ struct g4_pool {
 static void *worker_main(void *arg) {
     g4_worker *w = arg;
     g4_pool *p = w->pool;
-    unsigned seen = atomic_load_explicit(&p->job_seq, memory_order_acquire);
+    /* job_seq starts at 0 and no job can complete without this worker, so
+     * 0 is the last job it has seen even if it starts after the first
+     * g4_pool_run (reading job_seq here would skip that job forever) */
+    unsigned seen = 0;
     for (;;) {
         /* wait for a new job: spin, then sleep */
         unsigned seq = seen;
