@@ -40,4 +40,39 @@ struct g4_arch {
 /* Architectures known to this build (defined in their own files). */
 extern const g4_arch g4_arch_llama;
 
+/* ---- loader helpers for architecture files (model.c) ---------------------
+ * Hyperparameters are read as "<general.architecture>.<suffix>" (llama.cpp's
+ * LLM_KV names: "llama.embedding_length", "gemma4.attention.sliding_window"),
+ * so one arch file serves every file of its architecture. Errors name the key. */
+g4_status g4_hp_u32(const g4_model *m, const char *suffix, uint32_t *out, g4_err *err);
+g4_status g4_hp_u32_or(const g4_model *m, const char *suffix, uint32_t dflt, uint32_t *out, g4_err *err);
+g4_status g4_hp_f32(const g4_model *m, const char *suffix, float *out, g4_err *err);
+g4_status g4_hp_f32_or(const g4_model *m, const char *suffix, float dflt, float *out, g4_err *err);
+
+/* Look up a tensor and check it at load time: present (unless optional, then
+ * *out = NULL), of a type this build computes with (g4_type_supported), row
+ * length a whole number of blocks, and shape ne0 x ne1 (ne1 <= 0: a 1-D
+ * tensor of ne0). Errors name the tensor and give expected vs found shape:
+ * G4_ERR_FORMAT (missing, wrong shape), G4_ERR_UNSUPPORTED (type). */
+g4_status g4_model_tensor(const g4_model *m, const char *name, int64_t ne0, int64_t ne1,
+                          int optional, const g4_tensor **out, g4_err *err);
+/* The same for "blk.<il>.<suffix>" (llama.cpp's per-layer naming, e.g. "attn_q.weight"). */
+g4_status g4_model_blk_tensor(const g4_model *m, int il, const char *suffix, int64_t ne0, int64_t ne1,
+                              int optional, const g4_tensor **out, g4_err *err);
+/* A 1-D F32 vector of n floats (norm weights; llama.cpp never quantizes 1-D
+ * tensors) as a pointer into the mapping. NULL without error when optional and absent. */
+g4_status g4_model_vec(const g4_model *m, const char *name, int64_t n, int optional,
+                       const float **out, g4_err *err);
+g4_status g4_model_blk_vec(const g4_model *m, int il, const char *suffix, int64_t n, int optional,
+                           const float **out, g4_err *err);
+
+/* Final context length from the requested m->n_ctx and m->n_ctx_train
+ * (<= 0: n_ctx_train capped at G4_DEFAULT_CTX_CAP). G4_ERR_LIMIT above G4_MAX_CTX. */
+#define G4_DEFAULT_CTX_CAP 4096
+#define G4_MAX_CTX (1 << 20)
+g4_status g4_model_resolve_ctx(g4_model *m, g4_err *err);
+
+/* Bytes of all tensor data in the file (what the mapping holds for weights). */
+uint64_t g4_model_weights_bytes(const g4_model *m);
+
 #endif

@@ -49,4 +49,48 @@ g4_model_memory g4_model_memory_usage(const g4_model *m);
 g4_status g4_model_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
                            float *logits, int all_logits, g4_err *err);
 
+/* ---- generation loop (generate.c) ------------------------------------------
+ * Prefill the prompt, then sample and feed back one token at a time, so a
+ * caller (the Python binding) makes one call per token with no per-token
+ * allocation. Stops at an end-of-generation token (g4_tokenizer_is_eog: EOS,
+ * EOT, <end_of_turn>...), which is not returned, at max_tokens, or when the
+ * context is full. The generation owns the model's KV cache while it runs:
+ * nothing else may call g4_model_forward on the model in between. */
+
+typedef struct g4_gen_params {
+    int32_t max_tokens;      /* >= 0 */
+    float temperature;       /* <= 0: greedy */
+    int32_t top_k;           /* <= 0: off */
+    float top_p;             /* >= 1: off */
+    uint64_t seed;
+} g4_gen_params;
+
+typedef enum g4_finish {
+    G4_FINISH_NONE = 0,      /* still running */
+    G4_FINISH_STOP = 1,      /* end-of-generation token */
+    G4_FINISH_LENGTH = 2,    /* max_tokens reached or the context is full */
+} g4_finish;
+
+typedef struct g4_gen_stats {
+    int32_t n_prompt;        /* prompt tokens prefilled */
+    int32_t n_generated;     /* tokens returned so far */
+    int32_t n_decode;        /* single-token forward passes after the prefill */
+    double prefill_ms;       /* the prompt's forward pass */
+    double ttft_ms;          /* prefill + first sample: time to the first token */
+    double decode_ms;        /* the n_decode forward passes and their sampling */
+    g4_finish finish;
+} g4_gen_stats;
+
+typedef struct g4_gen g4_gen;
+
+/* Copies the prompt (n_prompt >= 1; G4_ERR_LIMIT when longer than n_ctx,
+ * G4_ERR_INVALID for ids outside the vocab). Nothing runs until g4_gen_next. */
+g4_gen *g4_gen_create(g4_model *m, const int32_t *prompt, int32_t n_prompt,
+                      const g4_gen_params *p, g4_err *err);
+/* Next token id in *token, or -1 when finished (see g4_gen_stats.finish).
+ * The first call runs the prompt. */
+g4_status g4_gen_next(g4_gen *g, int32_t *token, g4_err *err);
+g4_gen_stats g4_gen_get_stats(const g4_gen *g);
+void g4_gen_free(g4_gen *g);
+
 #endif

@@ -1,0 +1,111 @@
+/* generate.c - the token loop: prefill, sample, feed back (llama2.c's
+ * generate(), llama.cpp's common decode loop), timed for tokens/s figures.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model.h"
+#include "../sample/sample.h"
+
+struct g4_gen {
+    g4_model *m;
+    int32_t *prompt;
+    float *logits;           /* [n_vocab] */
+    g4_sampler sampler;
+    int32_t max_tokens;
+    int32_t pos;             /* next KV position to fill */
+    int32_t last;            /* last sampled token, fed back next step */
+    int started;
+    g4_gen_stats st;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+g4_gen *g4_gen_create(g4_model *m, const int32_t *prompt, int32_t n_prompt,
+                      const g4_gen_params *p, g4_err *err) {
+    const int32_t n_vocab = g4_model_n_vocab(m), n_ctx = g4_model_n_ctx(m);
+    if (n_prompt <= 0 || !prompt) {
+        g4_err_set(err, G4_ERR_INVALID, "generate: the prompt needs at least one token");
+        return NULL;
+    }
+    if (n_prompt > n_ctx) {
+        g4_err_set(err, G4_ERR_LIMIT, "generate: prompt of %d tokens is longer than the context of %d tokens",
+                   n_prompt, n_ctx);
+        return NULL;
+    }
+    if (p->max_tokens < 0) {
+        g4_err_set(err, G4_ERR_INVALID, "generate: max_tokens %d is negative", p->max_tokens);
+        return NULL;
+    }
+    for (int32_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= n_vocab) {
+            g4_err_set(err, G4_ERR_INVALID, "generate: token id %d (at index %d) is outside the vocabulary 0..%d",
+                       prompt[i], i, n_vocab - 1);
+            return NULL;
+        }
+    g4_gen *g = calloc(1, sizeof *g);
+    if (g) {
+        g->prompt = malloc(sizeof(int32_t) * (size_t)n_prompt);
+        g->logits = malloc(sizeof(float) * (size_t)n_vocab);
+    }
+    if (!g || !g->prompt || !g->logits) {
+        if (g) { free(g->prompt); free(g->logits); free(g); }
+        g4_err_set(err, G4_ERR_NOMEM, "generate: out of memory");
+        return NULL;
+    }
+    memcpy(g->prompt, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    g->m = m;
+    g->max_tokens = p->max_tokens;
+    g4_sampler_init(&g->sampler, p->temperature, p->top_k, p->top_p, p->seed);
+    g->st.n_prompt = n_prompt;
+    return g;
+}
+
+g4_status g4_gen_next(g4_gen *g, int32_t *token, g4_err *err) {
+    *token = -1;
+    if (g->st.finish != G4_FINISH_NONE) return G4_OK;
+    if (g->st.n_generated >= g->max_tokens) { g->st.finish = G4_FINISH_LENGTH; return G4_OK; }
+
+    const double t0 = now_ms();
+    g4_status s;
+    if (!g->started) {
+        s = g4_model_forward(g->m, g->prompt, g->st.n_prompt, 0, g->logits, 0, err);
+        if (s != G4_OK) return s;
+        g->started = 1;
+        g->pos = g->st.n_prompt;
+        g->st.prefill_ms = now_ms() - t0;
+    } else {
+        if (g->pos >= g4_model_n_ctx(g->m)) { g->st.finish = G4_FINISH_LENGTH; return G4_OK; }
+        s = g4_model_forward(g->m, &g->last, 1, g->pos, g->logits, 0, err);
+        if (s != G4_OK) return s;
+        g->pos++;
+        g->st.n_decode++;
+    }
+
+    const int32_t id = g4_sample(&g->sampler, g->logits, g4_model_n_vocab(g->m));
+    if (id < 0) return g4_err_set(err, G4_ERR_NOMEM, "generate: sampler out of memory");
+    const double dt = now_ms() - t0;
+    if (g->st.n_decode == 0) g->st.ttft_ms = dt;
+    else g->st.decode_ms += dt;
+
+    if (g4_tokenizer_is_eog(g4_model_tokenizer(g->m), id)) { g->st.finish = G4_FINISH_STOP; return G4_OK; }
+    g->last = id;
+    g->st.n_generated++;
+    *token = id;
+    return G4_OK;
+}
+
+g4_gen_stats g4_gen_get_stats(const g4_gen *g) { return g->st; }
+
+void g4_gen_free(g4_gen *g) {
+    if (!g) return;
+    g4_sampler_free(&g->sampler);
+    free(g->prompt);
+    free(g->logits);
+    free(g);
+}

@@ -1,0 +1,310 @@
+/* llama.c - the `llama` architecture, as llama.cpp runs it
+ * (src/llama-model.cpp, llm_build_llama; Touvron et al. 2023).
+ *
+ *   x = token_embd[token]
+ *   per layer:  h = x + attn_output( attention( rope(attn_q(n)), rope(attn_k(n)), attn_v(n) ) ),
+ *                   n = rmsnorm(x) * attn_norm
+ *               x = h + ffn_down( silu(ffn_gate(m)) * ffn_up(m) ),  m = rmsnorm(h) * ffn_norm
+ *   logits = output( rmsnorm(x) * output_norm )     (output tied to token_embd when absent)
+ *
+ * RoPE rotates adjacent pairs (llama.cpp rope type NORM). HF checkpoints use
+ * rotate-half, but convert_hf_to_gguf.py permutes the rows of attn_q/attn_k
+ * so that adjacent-pair rotation is exact for them too; llama2.c exports
+ * (stories260K) were trained with adjacent pairs and need no permutation.
+ * The KV cache is float32, [layer][position][n_head_kv * head_dim].
+ * The prompt is processed in chunks of up to LLAMA_BATCH tokens so each
+ * weight row is read once per chunk, not once per token.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "arch.h"
+#include "ops.h"
+
+#define LLAMA_BATCH 64
+
+/* ---------------------------------------------------------------- structs */
+
+typedef struct llama_hparams {
+    int32_t n_vocab, n_ctx_train;
+    int32_t n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
+    float eps, rope_base, rope_scale;
+} llama_hparams;
+
+typedef struct llama_layer {
+    const float *attn_norm, *ffn_norm;                  /* [n_embd] */
+    const g4_tensor *wq, *wk, *wv, *wo;                 /* attn_q/k/v/output */
+    const g4_tensor *ffn_gate, *ffn_up, *ffn_down;
+} llama_layer;
+
+typedef struct llama_scratch {
+    int n_batch;
+    float *x;        /* [n_batch][n_embd] residual stream */
+    float *xb;       /* [n_batch][n_embd] normed input / matmul output */
+    float *q;        /* [n_batch][n_head * head_dim] */
+    float *xb2;      /* [n_batch][n_head * head_dim] attention output */
+    float *hb, *hb2; /* [n_batch][n_ff] */
+    float *cs;       /* [n_batch][n_rot] rope cos/sin per position */
+    float *att;      /* attention scores, g4_attention_scratch() */
+    void *xq;        /* activations converted for the matmul kernels */
+    void *base;      /* the one allocation the above are carved from */
+    size_t bytes;
+} llama_scratch;
+
+typedef struct llama {
+    llama_hparams hp;
+    const g4_tensor *token_embd, *output;
+    const float *output_norm;
+    const float *rope_freqs;   /* optional rope_freqs.weight (Llama 3.1 scaling) */
+    llama_layer *layers;
+    float *k_cache, *v_cache;  /* [n_layer][n_ctx][n_head_kv * head_dim] */
+    size_t kv_bytes;
+    g4_rope rope;
+    g4_attn attn;
+    llama_scratch s;
+} llama;
+
+/* ---------------------------------------------------------- hyperparameters */
+
+static g4_status read_hparams(g4_model *m, llama_hparams *hp, g4_err *err) {
+    uint32_t u;
+    g4_status st;
+#define U32(key, field) do { if ((st = g4_hp_u32(m, key, &u, err)) != G4_OK) return st; hp->field = (int32_t)u; } while (0)
+    U32("context_length", n_ctx_train);
+    U32("embedding_length", n_embd);
+    U32("block_count", n_layer);
+    U32("feed_forward_length", n_ff);
+    U32("attention.head_count", n_head);
+#undef U32
+    if ((st = g4_hp_u32_or(m, "attention.head_count_kv", (uint32_t)hp->n_head, &u, err)) != G4_OK) return st;
+    hp->n_head_kv = (int32_t)u;
+    if ((st = g4_hp_f32(m, "attention.layer_norm_rms_epsilon", &hp->eps, err)) != G4_OK) return st;
+    if ((st = g4_hp_f32_or(m, "rope.freq_base", 10000.0f, &hp->rope_base, err)) != G4_OK) return st;
+    /* linear RoPE scaling (rope.scaling.type "linear"): positions divided by factor */
+    float factor;
+    if ((st = g4_hp_f32_or(m, "rope.scaling.factor", 1.0f, &factor, err)) != G4_OK) return st;
+    hp->rope_scale = factor > 0.0f ? 1.0f / factor : 1.0f;
+
+    if (hp->n_embd <= 0 || hp->n_layer <= 0 || hp->n_head <= 0 || hp->n_ff <= 0)
+        return g4_err_set(err, G4_ERR_FORMAT, "llama: embedding_length, block_count, head_count and "
+                          "feed_forward_length must be positive");
+    if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv)
+        return g4_err_set(err, G4_ERR_FORMAT, "llama: attention.head_count %d is not a multiple of "
+                          "attention.head_count_kv %d", hp->n_head, hp->n_head_kv);
+    if (hp->n_embd % hp->n_head)
+        return g4_err_set(err, G4_ERR_FORMAT, "llama: embedding_length %d is not a multiple of "
+                          "attention.head_count %d", hp->n_embd, hp->n_head);
+    hp->head_dim = hp->n_embd / hp->n_head;
+    if ((st = g4_hp_u32_or(m, "rope.dimension_count", (uint32_t)hp->head_dim, &u, err)) != G4_OK) return st;
+    hp->n_rot = (int32_t)u;
+    if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
+        return g4_err_set(err, G4_ERR_FORMAT, "llama: rope.dimension_count %d must be even and at most "
+                          "the head size %d", hp->n_rot, hp->head_dim);
+    return G4_OK;
+}
+
+/* ---------------------------------------------------------------- weights */
+
+static g4_status load_weights(g4_model *m, llama *L, g4_err *err) {
+    llama_hparams *hp = &L->hp;
+    const int64_t E = hp->n_embd, F = hp->n_ff;
+    const int64_t Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
+    g4_status st;
+
+    /* vocab size: llama.vocab_size when present, else the embedding's rows */
+    const g4_tensor *te = g4_gguf_find_tensor(m->gguf, "token_embd.weight");
+    uint32_t nv;
+    if ((st = g4_hp_u32_or(m, "vocab_size", te ? (uint32_t)te->ne[1] : 0, &nv, err)) != G4_OK) return st;
+    hp->n_vocab = (int32_t)nv;
+    if ((st = g4_model_tensor(m, "token_embd.weight", E, hp->n_vocab, 0, &L->token_embd, err))) return st;
+    if ((st = g4_model_vec(m, "output_norm.weight", E, 0, &L->output_norm, err))) return st;
+    if ((st = g4_model_tensor(m, "output.weight", E, hp->n_vocab, 1, &L->output, err))) return st;
+    if (!L->output) L->output = L->token_embd;   /* tied embeddings */
+    if ((st = g4_model_vec(m, "rope_freqs.weight", hp->n_rot / 2, 1, &L->rope_freqs, err))) return st;
+
+    L->layers = calloc((size_t)hp->n_layer, sizeof *L->layers);
+    if (!L->layers) return g4_err_set(err, G4_ERR_NOMEM, "llama: out of memory");
+    for (int il = 0; il < hp->n_layer; il++) {
+        llama_layer *l = &L->layers[il];
+        if ((st = g4_model_blk_vec(m, il, "attn_norm.weight", E, 0, &l->attn_norm, err))) return st;
+        if ((st = g4_model_blk_tensor(m, il, "attn_q.weight", E, Q, 0, &l->wq, err))) return st;
+        if ((st = g4_model_blk_tensor(m, il, "attn_k.weight", E, KV, 0, &l->wk, err))) return st;
+        if ((st = g4_model_blk_tensor(m, il, "attn_v.weight", E, KV, 0, &l->wv, err))) return st;
+        if ((st = g4_model_blk_tensor(m, il, "attn_output.weight", Q, E, 0, &l->wo, err))) return st;
+        if ((st = g4_model_blk_vec(m, il, "ffn_norm.weight", E, 0, &l->ffn_norm, err))) return st;
+        if ((st = g4_model_blk_tensor(m, il, "ffn_gate.weight", E, F, 0, &l->ffn_gate, err))) return st;
+        if ((st = g4_model_blk_tensor(m, il, "ffn_up.weight", E, F, 0, &l->ffn_up, err))) return st;
+        if ((st = g4_model_blk_tensor(m, il, "ffn_down.weight", F, E, 0, &l->ffn_down, err))) return st;
+    }
+    return G4_OK;
+}
+
+/* ------------------------------------------------------- KV cache, scratch */
+
+static g4_status build_kv(g4_model *m, llama *L, g4_err *err) {
+    const size_t kv_dim = (size_t)L->hp.n_head_kv * L->hp.head_dim;
+    const size_t per = (size_t)L->hp.n_layer * (size_t)m->n_ctx * kv_dim;
+    L->k_cache = calloc(per, sizeof(float));
+    L->v_cache = calloc(per, sizeof(float));
+    if (!L->k_cache || !L->v_cache)
+        return g4_err_set(err, G4_ERR_NOMEM, "llama: cannot allocate a %d-token KV cache (%zu MiB)",
+                          m->n_ctx, 2 * per * sizeof(float) >> 20);
+    L->kv_bytes = 2 * per * sizeof(float);
+    return G4_OK;
+}
+
+/* Carve every activation buffer from one 64-byte aligned block, so the
+ * forward pass never allocates. */
+static float *carve(char **p, size_t n_floats) {
+    float *r = (float *)*p;
+    *p += (n_floats * sizeof(float) + 63) / 64 * 64;
+    return r;
+}
+
+static g4_status build_scratch(g4_model *m, llama *L, g4_err *err) {
+    const llama_hparams *hp = &L->hp;
+    llama_scratch *s = &L->s;
+    const size_t B = (size_t)(m->n_ctx < LLAMA_BATCH ? m->n_ctx : LLAMA_BATCH);
+    const size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * hp->head_dim, F = (size_t)hp->n_ff;
+    size_t max_cols = E > Q ? E : Q;
+    if (F > max_cols) max_cols = F;
+    const size_t sizes[] = {
+        B * E, B * E, B * Q, B * Q, B * F, B * F, B * (size_t)hp->n_rot,
+        (size_t)g4_attention_scratch(m->n_ctx, m->n_threads),
+        (size_t)g4_matmul_scratch((int64_t)max_cols, (int)B) / sizeof(float) + 16,
+    };
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] * sizeof(float) + 63) / 64 * 64;
+    if (!(s->base = aligned_alloc(64, total)))
+        return g4_err_set(err, G4_ERR_NOMEM, "llama: cannot allocate %zu bytes of scratch", total);
+    memset(s->base, 0, total);
+    char *p = s->base;
+    s->n_batch = (int)B;
+    s->x = carve(&p, sizes[0]);
+    s->xb = carve(&p, sizes[1]);
+    s->q = carve(&p, sizes[2]);
+    s->xb2 = carve(&p, sizes[3]);
+    s->hb = carve(&p, sizes[4]);
+    s->hb2 = carve(&p, sizes[5]);
+    s->cs = carve(&p, sizes[6]);
+    s->att = carve(&p, sizes[7]);
+    s->xq = carve(&p, sizes[8]);
+    s->bytes = total;
+    return G4_OK;
+}
+
+/* ------------------------------------------------------------- load/free */
+
+static void llama_free(g4_model *m) {
+    llama *L = m->impl;
+    if (!L) return;
+    free(L->layers);
+    free(L->k_cache);
+    free(L->v_cache);
+    free(L->s.base);
+    free(L);
+    m->impl = NULL;
+}
+
+static g4_status llama_load(g4_model *m, g4_err *err) {
+    llama *L = calloc(1, sizeof *L);
+    if (!L) return g4_err_set(err, G4_ERR_NOMEM, "llama: out of memory");
+    m->impl = L;
+    g4_status st;
+    if ((st = read_hparams(m, &L->hp, err)) != G4_OK) return st;
+    if ((st = load_weights(m, L, err)) != G4_OK) return st;
+    m->n_vocab = L->hp.n_vocab;
+    m->n_ctx_train = L->hp.n_ctx_train;
+    if ((st = g4_model_resolve_ctx(m, err)) != G4_OK) return st;
+    if ((st = g4_rope_init(&L->rope, L->hp.n_rot, G4_ROPE_NORMAL, L->hp.rope_base, L->hp.rope_scale,
+                           L->rope_freqs, err)) != G4_OK) return st;
+    L->attn = (g4_attn){
+        .n_head = L->hp.n_head, .n_head_kv = L->hp.n_head_kv,
+        .head_dim_k = L->hp.head_dim, .head_dim_v = L->hp.head_dim,
+        .scale = 1.0f / sqrtf((float)L->hp.head_dim), .softcap = 0.0f, .window = 0,
+    };
+    if ((st = build_kv(m, L, err)) != G4_OK) return st;
+    return build_scratch(m, L, err);
+}
+
+static g4_model_memory llama_memory(const g4_model *m) {
+    const llama *L = m->impl;
+    g4_model_memory mem = { g4_model_weights_bytes(m), L->kv_bytes, L->s.bytes };
+    return mem;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* Tokens tok[0..n) at positions pos0.. (n <= n_batch). Writes logits for
+ * every token (logits[n][n_vocab]) when all_logits, for the last one when
+ * want_last, else none (an early chunk of a long prompt). */
+static void forward_chunk(g4_model *m, llama *L, const int32_t *tok, int n, int64_t pos0,
+                          float *logits, int all_logits, int want_last) {
+    const llama_hparams *hp = &L->hp;
+    llama_scratch *s = &L->s;
+    const int64_t E = hp->n_embd, F = hp->n_ff, V = hp->n_vocab;
+    const int64_t Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t layer_kv = (int64_t)m->n_ctx * KV;
+
+    for (int t = 0; t < n; t++) {
+        g4_get_row(L->token_embd, tok[t], s->x + t * E);
+        g4_rope_cache(&L->rope, pos0 + t, s->cs + t * hp->n_rot);
+    }
+
+    for (int il = 0; il < hp->n_layer; il++) {
+        const llama_layer *l = &L->layers[il];
+        float *kc = L->k_cache + il * layer_kv, *vc = L->v_cache + il * layer_kv;
+
+        /* attention: q, and k/v written straight into this chunk's cache rows */
+        for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, l->attn_norm, E, hp->eps);
+        g4_matmul(m->pool, l->wq, s->xb, E, s->q, Q, n, s->xq);
+        g4_matmul(m->pool, l->wk, s->xb, E, kc + pos0 * KV, KV, n, s->xq);
+        g4_matmul(m->pool, l->wv, s->xb, E, vc + pos0 * KV, KV, n, s->xq);
+        for (int t = 0; t < n; t++) {
+            const float *cs = s->cs + t * hp->n_rot;
+            g4_rope_apply(&L->rope, cs, s->q + t * Q, hp->n_head, hp->head_dim);
+            g4_rope_apply(&L->rope, cs, kc + (pos0 + t) * KV, hp->n_head_kv, hp->head_dim);
+        }
+        g4_attention(m->pool, &L->attn, s->q, Q, kc, KV, vc, KV, pos0, n, s->xb2, Q, s->att, m->n_ctx);
+        g4_matmul(m->pool, l->wo, s->xb2, Q, s->xb, E, n, s->xq);
+        g4_add(s->x, s->xb, n * E);
+
+        /* feed-forward (SwiGLU) */
+        for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, l->ffn_norm, E, hp->eps);
+        g4_matmul(m->pool, l->ffn_gate, s->xb, E, s->hb, F, n, s->xq);
+        g4_matmul(m->pool, l->ffn_up, s->xb, E, s->hb2, F, n, s->xq);
+        g4_swiglu(s->hb, s->hb, s->hb2, n * F);
+        g4_matmul(m->pool, l->ffn_down, s->hb, F, s->xb, E, n, s->xq);
+        g4_add(s->x, s->xb, n * E);
+    }
+
+    if (all_logits) {
+        for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, L->output_norm, E, hp->eps);
+        g4_matmul(m->pool, L->output, s->xb, E, logits, V, n, s->xq);
+    } else if (want_last) {
+        g4_rmsnorm(s->xb, s->x + (n - 1) * E, L->output_norm, E, hp->eps);
+        g4_matmul(m->pool, L->output, s->xb, E, logits, V, 1, s->xq);
+    }
+}
+
+static g4_status llama_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
+                               float *logits, int all_logits, g4_err *err) {
+    llama *L = m->impl;
+    const int B = L->s.n_batch;
+    for (int32_t c = 0; c < n; c += B) {
+        const int nb = n - c < B ? n - c : B;
+        const int last = c + nb == n;
+        forward_chunk(m, L, tokens + c, nb, (int64_t)pos + c,
+                      all_logits ? logits + (size_t)c * L->hp.n_vocab : logits, all_logits, last);
+    }
+    return G4_OK;
+}
+
+const g4_arch g4_arch_llama = {
+    .name = "llama",
+    .load = llama_load,
+    .free = llama_free,
+    .forward = llama_forward,
+    .memory = llama_memory,
+};

@@ -1,0 +1,273 @@
+/* model.c - load a GGUF model: pick its architecture, build the tokenizer
+ * and the thread pool, validate tensors; dispatch forward passes.
+ *
+ * Everything architecture-specific lives behind the g4_arch vtable (arch.h)
+ * in its own file (llama.c, ...). This file holds what every architecture
+ * shares: the registry, hyperparameter and tensor lookup with load-time
+ * checks, and argument checks of the public g4_model_* API.
+ */
+#include "arch.h"
+
+#include <hwloc.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../quant/quant.h"
+
+/* ------------------------------------------------ architecture registry */
+
+/* general.architecture value -> implementation. Add gemma4, gemma3 here. */
+static const g4_arch *const g4_archs[] = {
+    &g4_arch_llama,
+};
+#define N_ARCHS (sizeof g4_archs / sizeof g4_archs[0])
+
+static const g4_arch *find_arch(g4_str name) {
+    for (size_t i = 0; i < N_ARCHS; i++)
+        if (g4_str_eq(name, g4_archs[i]->name)) return g4_archs[i];
+    return NULL;
+}
+
+static void list_archs(char *buf, size_t cap) {
+    size_t off = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < N_ARCHS && off < cap; i++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%s", i ? ", " : "", g4_archs[i]->name);
+}
+
+/* ------------------------------------------------------- thread count */
+
+/* Physical cores usable by this process: hwloc drops cores whose PUs are
+ * outside our CPU affinity mask, and SMT siblings share a core's FP units,
+ * so more threads than cores only adds contention (llama.cpp's
+ * cpu_get_num_physical_cores makes the same choice). */
+static int physical_cores(void) {
+    int n = 0;
+    hwloc_topology_t topo;
+    if (hwloc_topology_init(&topo) == 0) {
+        if (hwloc_topology_load(topo) == 0)
+            n = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+        hwloc_topology_destroy(topo);
+    }
+    if (n <= 0) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    return n;
+}
+
+/* ------------------------------------------------------- hyperparameters */
+
+static void arch_key(const g4_model *m, const char *suffix, char *buf, size_t cap) {
+    snprintf(buf, cap, "%s.%s", m->arch->name, suffix);
+}
+
+g4_status g4_hp_u32(const g4_model *m, const char *suffix, uint32_t *out, g4_err *err) {
+    char key[256];
+    arch_key(m, suffix, key, sizeof key);
+    return g4_gguf_get_u32(m->gguf, key, out, err);
+}
+
+g4_status g4_hp_u32_or(const g4_model *m, const char *suffix, uint32_t dflt, uint32_t *out, g4_err *err) {
+    char key[256];
+    arch_key(m, suffix, key, sizeof key);
+    return g4_gguf_get_u32_or(m->gguf, key, dflt, out, err);
+}
+
+g4_status g4_hp_f32(const g4_model *m, const char *suffix, float *out, g4_err *err) {
+    char key[256];
+    arch_key(m, suffix, key, sizeof key);
+    return g4_gguf_get_f32(m->gguf, key, out, err);
+}
+
+g4_status g4_hp_f32_or(const g4_model *m, const char *suffix, float dflt, float *out, g4_err *err) {
+    char key[256];
+    arch_key(m, suffix, key, sizeof key);
+    return g4_gguf_get_f32_or(m->gguf, key, dflt, out, err);
+}
+
+/* ---------------------------------------------------------------- tensors */
+
+static void shape_str(char *buf, size_t cap, const int64_t *ne, int n_dims) {
+    size_t off = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < n_dims && off < cap; i++)
+        off += (size_t)snprintf(buf + off, cap - off, "%s%" PRId64, i ? ", " : "", ne[i]);
+    if (off < cap) snprintf(buf + off, cap - off, "]");
+}
+
+g4_status g4_model_tensor(const g4_model *m, const char *name, int64_t ne0, int64_t ne1,
+                          int optional, const g4_tensor **out, g4_err *err) {
+    *out = NULL;
+    const g4_tensor *t = g4_gguf_find_tensor(m->gguf, name);
+    if (!t) {
+        if (optional) return G4_OK;
+        return g4_err_set(err, G4_ERR_FORMAT, "tensor '%s' is missing", name);
+    }
+    /* expected shape, padded with 1s as ggml pads unused dims */
+    int64_t want[G4_MAX_DIMS] = { ne0, ne1 > 0 ? ne1 : 1, 1, 1 };
+    const int want_dims = ne1 > 0 ? 2 : 1;
+    for (int i = 0; i < G4_MAX_DIMS; i++) {
+        if (t->ne[i] != want[i]) {
+            char ws[96], fs[96];
+            shape_str(ws, sizeof ws, want, want_dims);
+            shape_str(fs, sizeof fs, t->ne, t->n_dims > 0 ? (int)t->n_dims : 1);
+            return g4_err_set(err, G4_ERR_FORMAT, "tensor '%s' has shape %s, expected %s", name, fs, ws);
+        }
+    }
+    if (!g4_type_supported(t->type)) {
+        const char *tn = g4_type_name(t->type);
+        return g4_err_set(err, G4_ERR_UNSUPPORTED,
+                          "tensor '%s' has type %s (ggml type %u), which this build cannot compute with",
+                          name, tn ? tn : "unknown", t->type);
+    }
+    if (g4_row_size(t->type, t->ne[0]) == 0)
+        return g4_err_set(err, G4_ERR_FORMAT, "tensor '%s': row length %" PRId64
+                          " is not a multiple of the %s block size %zu",
+                          name, t->ne[0], g4_type_name(t->type), g4_blck_size(t->type));
+    *out = t;
+    return G4_OK;
+}
+
+g4_status g4_model_blk_tensor(const g4_model *m, int il, const char *suffix, int64_t ne0, int64_t ne1,
+                              int optional, const g4_tensor **out, g4_err *err) {
+    char name[256];
+    snprintf(name, sizeof name, "blk.%d.%s", il, suffix);
+    return g4_model_tensor(m, name, ne0, ne1, optional, out, err);
+}
+
+g4_status g4_model_vec(const g4_model *m, const char *name, int64_t n, int optional,
+                       const float **out, g4_err *err) {
+    const g4_tensor *t;
+    *out = NULL;
+    g4_status st = g4_model_tensor(m, name, n, 0, optional, &t, err);
+    if (st != G4_OK || !t) return st;
+    if (t->type != G4_TYPE_F32)
+        return g4_err_set(err, G4_ERR_UNSUPPORTED, "tensor '%s' has type %s; 1-D weights must be F32",
+                          name, g4_type_name(t->type));
+    *out = t->data;
+    return G4_OK;
+}
+
+g4_status g4_model_blk_vec(const g4_model *m, int il, const char *suffix, int64_t n, int optional,
+                           const float **out, g4_err *err) {
+    char name[256];
+    snprintf(name, sizeof name, "blk.%d.%s", il, suffix);
+    return g4_model_vec(m, name, n, optional, out, err);
+}
+
+g4_status g4_model_resolve_ctx(g4_model *m, g4_err *err) {
+    if (m->n_ctx <= 0) {
+        int32_t n = m->n_ctx_train > 0 ? m->n_ctx_train : G4_DEFAULT_CTX_CAP;
+        m->n_ctx = n < G4_DEFAULT_CTX_CAP ? n : G4_DEFAULT_CTX_CAP;
+    }
+    if (m->n_ctx > G4_MAX_CTX)
+        return g4_err_set(err, G4_ERR_LIMIT, "context of %d tokens is above the maximum of %d",
+                          m->n_ctx, G4_MAX_CTX);
+    return G4_OK;
+}
+
+uint64_t g4_model_weights_bytes(const g4_model *m) {
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < g4_gguf_n_tensors(m->gguf); i++) total += g4_gguf_tensor_at(m->gguf, i)->nbytes;
+    return total;
+}
+
+/* ------------------------------------------------------------- build/free */
+
+/* Prefix err->msg with the file path, for errors raised below this file
+ * (tokenizer, architecture) whose messages name only a key or tensor. */
+static void prefix_path(g4_err *err, const char *path) {
+    if (!err) return;
+    char tmp[sizeof err->msg];
+    memcpy(tmp, err->msg, sizeof tmp);
+    tmp[sizeof tmp - 1] = '\0';
+    int k = snprintf(err->msg, sizeof err->msg, "%s: ", path);
+    size_t off = k < 0 ? 0 : (size_t)k < sizeof err->msg ? (size_t)k : sizeof err->msg - 1;
+    for (size_t i = 0; tmp[i] && off < sizeof err->msg - 1; i++) err->msg[off++] = tmp[i];
+    err->msg[off] = '\0';
+}
+
+g4_model *g4_model_load(const char *path, const g4_model_params *params, g4_err *err) {
+    g4_err_clear(err);
+    g4_model *m = calloc(1, sizeof *m);
+    if (!m) { g4_err_set(err, G4_ERR_NOMEM, "%s: out of memory", path); return NULL; }
+    m->n_ctx = params ? params->n_ctx : 0;
+    m->n_threads = params && params->n_threads > 0 ? params->n_threads : physical_cores();
+
+    m->gguf = g4_gguf_open(path, err);
+    if (!m->gguf) goto fail;
+
+    /* the architecture first: an unknown one should be reported as such,
+     * not as whatever key or tensor it happens to lack */
+    g4_str arch;
+    if (g4_gguf_get_str(m->gguf, "general.architecture", &arch, err) != G4_OK) {
+        prefix_path(err, path);
+        goto fail;
+    }
+    m->arch = find_arch(arch);
+    if (!m->arch) {
+        char names[256];
+        list_archs(names, sizeof names);
+        g4_err_set(err, G4_ERR_UNSUPPORTED, "%s: architecture '%.*s' is not supported (supported: %s)",
+                   path, (int)(arch.len > 64 ? 64 : arch.len), arch.ptr, names);
+        goto fail;
+    }
+
+    m->tok = g4_tokenizer_from_gguf(m->gguf, err);
+    if (!m->tok) { prefix_path(err, path); goto fail; }
+
+    m->pool = g4_pool_create(m->n_threads, err);
+    if (!m->pool) goto fail;
+
+    if (m->arch->load(m, err) != G4_OK) {
+        prefix_path(err, path);
+        goto fail;
+    }
+    return m;
+fail:
+    g4_model_free(m);
+    return NULL;
+}
+
+void g4_model_free(g4_model *m) {
+    if (!m) return;
+    if (m->arch && m->impl) m->arch->free(m);
+    g4_pool_free(m->pool);
+    g4_tokenizer_free(m->tok);
+    g4_gguf_close(m->gguf);
+    free(m);
+}
+
+/* ---------------------------------------------------------------- access */
+
+const g4_gguf *g4_model_gguf(const g4_model *m) { return m->gguf; }
+const g4_tokenizer *g4_model_tokenizer(const g4_model *m) { return m->tok; }
+const char *g4_model_arch(const g4_model *m) { return m->arch->name; }
+int32_t g4_model_n_vocab(const g4_model *m) { return m->n_vocab; }
+int32_t g4_model_n_ctx(const g4_model *m) { return m->n_ctx; }
+int32_t g4_model_n_threads(const g4_model *m) { return m->n_threads; }
+
+g4_model_memory g4_model_memory_usage(const g4_model *m) { return m->arch->memory(m); }
+
+/* ---------------------------------------------------------------- forward */
+
+g4_status g4_model_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
+                           float *logits, int all_logits, g4_err *err) {
+    if (n <= 0 || !tokens || !logits)
+        return g4_err_set(err, G4_ERR_INVALID, "forward: need at least one token and a logits buffer");
+    if (pos < 0)
+        return g4_err_set(err, G4_ERR_INVALID, "forward: position %d is negative", pos);
+    if ((int64_t)pos + n > m->n_ctx)
+        return g4_err_set(err, G4_ERR_LIMIT,
+                          "forward: positions %d..%d exceed the context of %d tokens",
+                          pos, pos + n - 1, m->n_ctx);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab)
+            return g4_err_set(err, G4_ERR_INVALID, "forward: token id %d (at index %d) is outside the vocabulary 0..%d",
+                              tokens[i], i, m->n_vocab - 1);
+    return m->arch->forward(m, tokens, n, pos, logits, all_logits, err);
+}
