@@ -1,8 +1,438 @@
-/* bind_model.c - the Model type over csrc/model/. (placeholder, filled by its owner) */
+/* bind_model.c - _core.Model and _core.Generation over csrc/model/.
+ *
+ * Thin: argument conversion, GIL release around every C call that touches
+ * the weights, errors through g4py_raise. A per-model lock serializes C
+ * calls (g4_model_forward is one-at-a-time per model) and lets close()
+ * wait for a running step. The KV cache belongs to whoever last used it:
+ * each forward/reset/generate_iter bumps an epoch under the lock, and a
+ * Generation whose epoch is stale refuses to continue instead of decoding
+ * on top of someone else's cache.
+ */
 #include "g4py.h"
+
+#include <pythread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../model/model.h"
+#include "../tokenizer/tokenizer.h"
+
+typedef struct {
+    PyObject_HEAD
+    g4_model *m;               /* NULL once closed */
+    PyThread_type_lock lock;
+    uint64_t epoch;            /* read and written only under lock */
+} ModelObject;
+
+typedef struct {
+    PyObject_HEAD
+    ModelObject *model;        /* strong reference */
+    g4_gen *gen;               /* NULL once closed */
+    uint64_t epoch;
+    g4_gen_stats closed_stats; /* stats as they were at close() */
+} GenObject;
+
+static PyTypeObject ModelType;
+static PyTypeObject GenType;
+
+/* ------------------------------------------------------------- locking */
+
+/* Take the model lock with the GIL released; fails (ValueError) when closed. */
+static int lock_model(ModelObject *self) {
+    if (!self->lock) { PyErr_SetString(PyExc_ValueError, "the model is not loaded"); return -1; }
+    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+    if (!self->m) {
+        PyThread_release_lock(self->lock);
+        PyErr_SetString(PyExc_ValueError, "the model is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static void unlock_model(ModelObject *self) { PyThread_release_lock(self->lock); }
+
+/* list/sequence of ints -> malloc'd int32 array (ValueError outside int32) */
+static int32_t *ids_from_seq(PyObject *seq, Py_ssize_t *n_out) {
+    PyObject *fast = PySequence_Fast(seq, "token ids must be a sequence of ints");
+    if (!fast) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    int32_t *ids = PyMem_Malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+    if (!ids) { Py_DECREF(fast); PyErr_NoMemory(); return NULL; }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (v == -1 && PyErr_Occurred()) { PyMem_Free(ids); Py_DECREF(fast); return NULL; }
+        if (v < INT32_MIN || v > INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "token id %ld (at index %zd) is out of range", v, i);
+            PyMem_Free(ids); Py_DECREF(fast); return NULL;
+        }
+        ids[i] = (int32_t)v;
+    }
+    Py_DECREF(fast);
+    *n_out = n;
+    return ids;
+}
+
+/* ---------------------------------------------------------------- Model */
+
+static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"path", "n_ctx", "n_threads", NULL};
+    PyObject *path_bytes = NULL;
+    g4_model_params p = {0, 0};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|ii:Model", kwlist, PyUnicode_FSConverter, &path_bytes,
+                                     &p.n_ctx, &p.n_threads))
+        return -1;
+    if (self->m) { Py_DECREF(path_bytes); PyErr_SetString(PyExc_RuntimeError, "Model is already loaded"); return -1; }
+    if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
+        Py_DECREF(path_bytes); PyErr_NoMemory(); return -1;
+    }
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    g4_err err;
+    g4_model *m;
+    Py_BEGIN_ALLOW_THREADS
+    m = g4_model_load(path, &p, &err);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path_bytes);
+    if (!m) { g4py_raise(&err); return -1; }
+    self->m = m;
+    return 0;
+}
+
+static void Model_dealloc(ModelObject *self) {
+    g4_model_free(self->m);   /* Generations hold a reference, so none is running */
+    if (self->lock) PyThread_free_lock(self->lock);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Model_close(ModelObject *self, PyObject *unused) {
+    if (!self->lock || !self->m) Py_RETURN_NONE;
+    if (lock_model(self) < 0) { PyErr_Clear(); Py_RETURN_NONE; }
+    g4_model *m = self->m;
+    self->m = NULL;
+    unlock_model(self);
+    Py_BEGIN_ALLOW_THREADS
+    g4_model_free(m);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_tokenize(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"text", "add_bos", "parse_special", NULL};
+    const char *text;
+    Py_ssize_t len;
+    int add_bos = 1, parse_special = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "s#|pp:tokenize", kwlist, &text, &len, &add_bos, &parse_special))
+        return NULL;
+    if (lock_model(self) < 0) return NULL;
+    const g4_tokenizer *t = g4_model_tokenizer(self->m);
+    size_t cap = (size_t)len + 8, n = 0;
+    int32_t *ids = NULL;
+    g4_status st = G4_OK;
+    g4_err err;
+    Py_BEGIN_ALLOW_THREADS
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int32_t *grown = realloc(ids, sizeof(int32_t) * cap);
+        if (!grown) { st = g4_err_set(&err, G4_ERR_NOMEM, "tokenize: out of memory"); break; }
+        ids = grown;
+        st = g4_tokenizer_encode(t, text, (size_t)len, add_bos, parse_special, ids, cap, &n, &err);
+        if (st != G4_OK || n <= cap) break;
+        cap = n;
+    }
+    Py_END_ALLOW_THREADS
+    unlock_model(self);
+    if (st != G4_OK) { free(ids); return g4py_raise(&err); }
+    PyObject *out = PyList_New((Py_ssize_t)n);
+    for (size_t i = 0; out && i < n; i++) PyList_SET_ITEM(out, (Py_ssize_t)i, PyLong_FromLong(ids[i]));
+    free(ids);
+    return out;
+}
+
+static PyObject *Model_detokenize(ModelObject *self, PyObject *arg) {
+    Py_ssize_t n;
+    int32_t *ids = ids_from_seq(arg, &n);
+    if (!ids) return NULL;
+    if (lock_model(self) < 0) { PyMem_Free(ids); return NULL; }
+    const g4_tokenizer *t = g4_model_tokenizer(self->m);
+    size_t need = g4_tokenizer_decode(t, ids, (size_t)n, NULL, 0);
+    char *buf = PyMem_Malloc(need + 1);
+    if (buf) g4_tokenizer_decode(t, ids, (size_t)n, buf, need + 1);
+    unlock_model(self);
+    PyMem_Free(ids);
+    if (!buf) return PyErr_NoMemory();
+    PyObject *s = PyUnicode_DecodeUTF8(buf, (Py_ssize_t)need, "replace");
+    PyMem_Free(buf);
+    return s;
+}
+
+static PyObject *Model_piece(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"id", "prev", NULL};
+    int id, prev = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|i:piece", kwlist, &id, &prev)) return NULL;
+    if (lock_model(self) < 0) return NULL;
+    const g4_tokenizer *t = g4_model_tokenizer(self->m);
+    if (id < 0 || id >= g4_tokenizer_n_vocab(t)) {
+        int nv = g4_tokenizer_n_vocab(t);
+        unlock_model(self);
+        return PyErr_Format(PyExc_ValueError, "token id %d is outside the vocabulary 0..%d", id, nv - 1);
+    }
+    char small[64];
+    size_t need = g4_tokenizer_piece(t, prev, id, small, sizeof small);
+    PyObject *out;
+    if (need <= sizeof small) {
+        out = PyBytes_FromStringAndSize(small, (Py_ssize_t)need);
+    } else {
+        out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)need);
+        if (out) g4_tokenizer_piece(t, prev, id, PyBytes_AS_STRING(out), need);
+    }
+    unlock_model(self);
+    return out;
+}
+
+static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"tokens", "pos", "logits_out", "all_logits", NULL};
+    PyObject *tokens_obj, *out_obj;
+    int pos, all_logits = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OiO|p:forward", kwlist, &tokens_obj, &pos, &out_obj, &all_logits))
+        return NULL;
+    Py_ssize_t n;
+    int32_t *ids = ids_from_seq(tokens_obj, &n);
+    if (!ids) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(out_obj, &view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyMem_Free(ids);
+        return NULL;
+    }
+    const char *fmt = view.format ? view.format : "B";
+    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
+    if (view.itemsize != 4 || fmt[0] != 'f' || fmt[1] != '\0') {
+        PyBuffer_Release(&view); PyMem_Free(ids);
+        PyErr_SetString(PyExc_TypeError, "logits_out must be a contiguous writable float32 buffer");
+        return NULL;
+    }
+    if (lock_model(self) < 0) { PyBuffer_Release(&view); PyMem_Free(ids); return NULL; }
+    const Py_ssize_t need = (all_logits ? n : 1) * (Py_ssize_t)g4_model_n_vocab(self->m);
+    if (view.len / 4 < need) {
+        unlock_model(self); PyBuffer_Release(&view); PyMem_Free(ids);
+        return PyErr_Format(PyExc_ValueError, "logits_out holds %zd floats, need %zd", view.len / 4, need);
+    }
+    if (n > INT32_MAX) n = INT32_MAX;   /* the C side reports the context limit */
+    self->epoch++;
+    g4_err err;
+    g4_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = g4_model_forward(self->m, ids, (int32_t)n, pos, view.buf, all_logits, &err);
+    Py_END_ALLOW_THREADS
+    unlock_model(self);
+    PyBuffer_Release(&view);
+    PyMem_Free(ids);
+    if (st != G4_OK) return g4py_raise(&err);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_reset(ModelObject *self, PyObject *unused) {
+    if (lock_model(self) < 0) return NULL;
+    self->epoch++;   /* the cache is overwritten from position 0 by the next user */
+    unlock_model(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Model_memory(ModelObject *self, PyObject *unused) {
+    if (lock_model(self) < 0) return NULL;
+    g4_model_memory mem = g4_model_memory_usage(self->m);
+    unlock_model(self);
+    return Py_BuildValue("{s:K,s:K,s:K}", "weights_bytes", (unsigned long long)mem.weights_bytes,
+                         "kv_bytes", (unsigned long long)mem.kv_bytes,
+                         "scratch_bytes", (unsigned long long)mem.scratch_bytes);
+}
+
+static PyObject *Model_generate_iter(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed", NULL};
+    PyObject *prompt_obj;
+    g4_gen_params p = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0 };
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififK:generate_iter", kwlist, &prompt_obj, &p.max_tokens,
+                                     &p.temperature, &p.top_k, &p.top_p, &seed))
+        return NULL;
+    p.seed = seed;
+    Py_ssize_t n;
+    int32_t *ids = ids_from_seq(prompt_obj, &n);
+    if (!ids) return NULL;
+    if (n > INT32_MAX) n = INT32_MAX;
+    if (lock_model(self) < 0) { PyMem_Free(ids); return NULL; }
+    g4_err err;
+    g4_gen *gen = g4_gen_create(self->m, ids, (int32_t)n, &p, &err);
+    uint64_t epoch = ++self->epoch;
+    unlock_model(self);
+    PyMem_Free(ids);
+    if (!gen) return g4py_raise(&err);
+    GenObject *g = PyObject_New(GenObject, &GenType);
+    if (!g) { g4_gen_free(gen); return NULL; }
+    Py_INCREF(self);
+    g->model = self;
+    g->gen = gen;
+    g->epoch = epoch;
+    memset(&g->closed_stats, 0, sizeof g->closed_stats);
+    return (PyObject *)g;
+}
+
+#define MODEL_INT_GETTER(name, expr)                                              \
+    static PyObject *Model_get_##name(ModelObject *self, void *c) {               \
+        if (lock_model(self) < 0) return NULL;                                    \
+        long v = (long)(expr);                                                    \
+        unlock_model(self);                                                       \
+        return PyLong_FromLong(v);                                                \
+    }
+MODEL_INT_GETTER(n_vocab, g4_model_n_vocab(self->m))
+MODEL_INT_GETTER(n_ctx, g4_model_n_ctx(self->m))
+MODEL_INT_GETTER(n_threads, g4_model_n_threads(self->m))
+MODEL_INT_GETTER(bos_id, g4_tokenizer_bos(g4_model_tokenizer(self->m)))
+MODEL_INT_GETTER(eos_id, g4_tokenizer_eos(g4_model_tokenizer(self->m)))
+MODEL_INT_GETTER(add_bos, g4_tokenizer_add_bos(g4_model_tokenizer(self->m)))
+
+static PyObject *Model_get_arch(ModelObject *self, void *c) {
+    if (lock_model(self) < 0) return NULL;
+    PyObject *s = PyUnicode_FromString(g4_model_arch(self->m));
+    unlock_model(self);
+    return s;
+}
+
+static PyObject *Model_get_closed(ModelObject *self, void *c) { return PyBool_FromLong(self->m == NULL); }
+
+static PyObject *Model_is_eog(ModelObject *self, PyObject *arg) {
+    long id = PyLong_AsLong(arg);
+    if (id == -1 && PyErr_Occurred()) return NULL;
+    if (lock_model(self) < 0) return NULL;
+    int r = id >= INT32_MIN && id <= INT32_MAX && g4_tokenizer_is_eog(g4_model_tokenizer(self->m), (int32_t)id);
+    unlock_model(self);
+    return PyBool_FromLong(r);
+}
+
+static PyMethodDef Model_methods[] = {
+    {"tokenize", (PyCFunction)(void (*)(void))Model_tokenize, METH_VARARGS | METH_KEYWORDS,
+     "tokenize(text, add_bos=True, parse_special=False) -> list[int]"},
+    {"detokenize", (PyCFunction)Model_detokenize, METH_O,
+     "detokenize(ids) -> str (invalid UTF-8 replaced by U+FFFD)"},
+    {"piece", (PyCFunction)(void (*)(void))Model_piece, METH_VARARGS | METH_KEYWORDS,
+     "piece(id, prev=-1) -> bytes: the text bytes of one token after `prev` (may be a partial UTF-8 sequence)"},
+    {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward(tokens, pos, logits_out, all_logits=False): run tokens at positions pos.. (GIL released);\n"
+     "logits_out: writable float32 buffer of n_vocab (or len(tokens) * n_vocab with all_logits) floats"},
+    {"generate_iter", (PyCFunction)(void (*)(void))Model_generate_iter, METH_VARARGS | METH_KEYWORDS,
+     "generate_iter(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0) -> Generation\n"
+     "An iterator of generated token ids, starting from position 0; each step runs with the GIL released."},
+    {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Forget the KV cache (invalidates running generations)."},
+    {"memory", (PyCFunction)Model_memory, METH_NOARGS, "memory() -> dict(weights_bytes, kv_bytes, scratch_bytes)"},
+    {"is_eog", (PyCFunction)Model_is_eog, METH_O, "is_eog(id) -> bool: generation stops at this token"},
+    {"close", (PyCFunction)Model_close, METH_NOARGS, "Free the weights mapping, KV cache and threads."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Model_getset[] = {
+    {"n_vocab", (getter)Model_get_n_vocab, NULL, "vocabulary size (logits per token)", NULL},
+    {"n_ctx", (getter)Model_get_n_ctx, NULL, "KV cache length in tokens", NULL},
+    {"n_threads", (getter)Model_get_n_threads, NULL, "threads used by the forward pass", NULL},
+    {"bos_id", (getter)Model_get_bos_id, NULL, "beginning-of-sequence id, -1 when none", NULL},
+    {"eos_id", (getter)Model_get_eos_id, NULL, "end-of-sequence id, -1 when none", NULL},
+    {"add_bos", (getter)Model_get_add_bos, NULL, "1 when the vocab prepends BOS by default", NULL},
+    {"arch", (getter)Model_get_arch, NULL, "general.architecture", NULL},
+    {"closed", (getter)Model_get_closed, NULL, "True after close()", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ModelType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gemma4stack._core.Model",
+    .tp_doc = "Model(path, n_ctx=0, n_threads=0): a GGUF model loaded by the C core.\n"
+              "n_ctx <= 0: the trained context capped at 4096; n_threads <= 0: physical cores.",
+    .tp_basicsize = sizeof(ModelObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Model_init,
+    .tp_dealloc = (destructor)Model_dealloc,
+    .tp_methods = Model_methods,
+    .tp_getset = Model_getset,
+};
+
+/* ----------------------------------------------------------- Generation */
+
+static void Gen_dealloc(GenObject *self) {
+    g4_gen_free(self->gen);
+    Py_XDECREF(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Gen_next(GenObject *self) {
+    if (!self->gen) return NULL;   /* closed: StopIteration */
+    ModelObject *mo = self->model;
+    if (lock_model(mo) < 0) return NULL;
+    if (mo->epoch != self->epoch) {
+        unlock_model(mo);
+        PyErr_SetString(PyExc_RuntimeError,
+                        "the model was used by another call during this generation (its KV cache was overwritten)");
+        return NULL;
+    }
+    int32_t tok;
+    g4_err err;
+    g4_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = g4_gen_next(self->gen, &tok, &err);
+    Py_END_ALLOW_THREADS
+    unlock_model(mo);
+    if (st != G4_OK) return g4py_raise(&err);
+    if (tok < 0) return NULL;      /* finished: StopIteration */
+    return PyLong_FromLong(tok);
+}
+
+static PyObject *Gen_close(GenObject *self, PyObject *unused) {
+    if (self->gen) self->closed_stats = g4_gen_get_stats(self->gen);
+    g4_gen_free(self->gen);
+    self->gen = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Gen_stats(GenObject *self, PyObject *unused) {
+    g4_gen_stats s = self->gen ? g4_gen_get_stats(self->gen) : self->closed_stats;
+    const char *finish = s.finish == G4_FINISH_STOP ? "stop" : s.finish == G4_FINISH_LENGTH ? "length" : NULL;
+    return Py_BuildValue("{s:i,s:i,s:i,s:d,s:d,s:d,s:z}",
+                         "prompt_tokens", s.n_prompt, "completion_tokens", s.n_generated,
+                         "decode_steps", s.n_decode, "prefill_ms", s.prefill_ms, "ttft_ms", s.ttft_ms,
+                         "decode_ms", s.decode_ms, "finish_reason", finish);
+}
+
+static PyMethodDef Gen_methods[] = {
+    {"stats", (PyCFunction)Gen_stats, METH_NOARGS,
+     "stats() -> dict(prompt_tokens, completion_tokens, decode_steps, prefill_ms, ttft_ms, decode_ms,\n"
+     "finish_reason: None while running, 'stop' (end-of-generation token) or 'length')"},
+    {"close", (PyCFunction)Gen_close, METH_NOARGS, "Stop early and free the generation's buffers."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject GenType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gemma4stack._core.Generation",
+    .tp_doc = "Iterator of generated token ids from Model.generate_iter().",
+    .tp_basicsize = sizeof(GenObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Gen_dealloc,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)Gen_next,
+    .tp_methods = Gen_methods,
+};
+
+/* ------------------------------------------------------------- register */
 
 PyMethodDef g4py_model_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int g4py_model_register(PyObject *module) { (void)module; return 0; }
+int g4py_model_register(PyObject *module) {
+    if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&GenType) < 0) return -1;
+    Py_INCREF(&ModelType);
+    if (PyModule_AddObject(module, "Model", (PyObject *)&ModelType) < 0) { Py_DECREF(&ModelType); return -1; }
+    Py_INCREF(&GenType);
+    if (PyModule_AddObject(module, "Generation", (PyObject *)&GenType) < 0) { Py_DECREF(&GenType); return -1; }
+    return 0;
+}
