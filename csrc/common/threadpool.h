@@ -1,9 +1,12 @@
 /* threadpool.h - persistent worker pool for data-parallel loops.
  *
- * g4_pool_run(pool, fn, ctx) calls fn(ctx, ith, nth) once on each of the nth
- * threads (the caller is thread 0) and returns when all are done. Workers
- * spin briefly then sleep on a condition variable between jobs. No allocation
- * per job.
+ * g4_pool_run(pool, fn, ctx) calls fn(ctx, ith, nth) exactly once for each
+ * share ith = 0..nth-1 (nth = the pool size) and returns when all are done.
+ * The caller takes part: shares go to whichever thread claims them first, so
+ * a share may run on any thread (index per-share scratch by ith, never by
+ * thread) and a worker that is asleep or descheduled does not hold the job
+ * up. Workers spin briefly then sleep on a condition variable between jobs.
+ * No allocation per job.
  */
 #ifndef G4_THREADPOOL_H
 #define G4_THREADPOOL_H
