@@ -1,0 +1,362 @@
+"""Text generation with a GGUF model in the C core (csrc/model/).
+
+    >>> from gemma4stack import Model
+    >>> with Model("TinyStories-656K-Q8_0.gguf") as m:
+    ...     print(m.generate("Once upon a time", max_tokens=32, temperature=0))
+    ...     for piece in m.generate("The cat", stream=True):   # text as it is produced
+    ...         print(piece, end="", flush=True)
+    ...     m.last_stats                                          # GenerationStats
+
+The forward pass, sampling and the token loop run in C with the GIL released;
+this module turns token ids into text (whole UTF-8 characters only), applies
+stop strings and keeps the timing figures. Each generate() starts from an
+empty context (position 0); one generation runs at a time per Model.
+
+Also the `gemma4stack run` command (register_cli).
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import html
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from gemma4stack import _core
+from gemma4stack._core import LimitError
+
+__all__ = ["Model", "GenerationStats", "register_cli"]
+
+
+@dataclass
+class GenerationStats:
+    """Figures of one generate() call.
+
+    prompt_tokens: tokens prefilled (BOS included). completion_tokens: tokens sampled
+    (text cut by a stop string still counts its tokens; the end-of-generation token does not).
+    ttft_ms: from the generate() call (tokenization included) to the first sampled token.
+    prefill_ms / prefill_tokens_per_s: the prompt's forward pass in the C core.
+    decode_ms / decode_tokens_per_s: the one-token forward passes after it (with sampling),
+    0.0 when there were none. finish_reason: "stop" (end-of-generation token or a stop
+    string), "length" (max_tokens or the context is full), or "cancelled" (the consumer
+    closed the stream before the end).
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    prefill_ms: float
+    prefill_tokens_per_s: float
+    decode_ms: float
+    decode_tokens_per_s: float
+    finish_reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{_fmt(v)}</td></tr>"
+                       for k, v in self.to_dict().items())
+        return f"<table><caption>GenerationStats</caption>{rows}</table>"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:,.1f}" if isinstance(v, float) else html.escape(str(v))
+
+
+class Model:
+    """A GGUF model loaded by the C core.
+
+    path: a .gguf file (llama architecture today). threads: forward-pass threads
+    (None: one per physical core). context: KV cache length in tokens (None: the
+    model's trained context, capped at 4096).
+
+    Raises FileNotFoundError (no such file), OSError, GGUFError (not a valid GGUF),
+    UnsupportedError (unknown architecture or tensor type; the message names it),
+    LimitError, MemoryError.
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None,
+                 context: int | None = None):
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 (got {threads})")
+        if context is not None and context < 1:
+            raise ValueError(f"context must be >= 1 tokens (got {context})")
+        self.path = os.fspath(path)
+        self._core = _core.Model(self.path, n_ctx=context or 0, n_threads=threads or 0)
+        self._gguf = None
+        self.last_stats: GenerationStats | None = None
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def n_ctx(self) -> int:
+        """KV cache length in tokens: the longest prompt + completion."""
+        return self._core.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self._core.n_vocab
+
+    @property
+    def threads(self) -> int:
+        return self._core.n_threads
+
+    @property
+    def architecture(self) -> str:
+        return self._core.arch
+
+    @property
+    def bos_id(self) -> int:
+        return self._core.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self._core.eos_id
+
+    def _file(self):
+        if self._gguf is None:
+            from gemma4stack.gguf import read_gguf
+            self._gguf = read_gguf(self.path)
+        return self._gguf
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The GGUF key/value metadata (arrays as lists), read with gemma4stack.gguf."""
+        return self._file().metadata
+
+    def memory(self) -> dict[str, int]:
+        """Bytes in use: weights_bytes (tensor data mapped from the file), kv_bytes
+        (the KV cache), scratch_bytes (activation buffers)."""
+        return self._core.memory()
+
+    # --------------------------------------------------------------- tokens
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of `text` (SentencePiece, as llama.cpp encodes it); BOS first when
+        add_bos and the vocabulary has one."""
+        return self._core.tokenize(text, add_bos=add_bos)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text of a token sequence; bytes that are not valid UTF-8 become U+FFFD."""
+        return self._core.detokenize(list(ids))
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits of every position: float32 array of shape (len(ids), n_vocab), computed
+        from an empty context (position 0). Raises ValueError for an empty list or an id
+        outside the vocabulary, LimitError when longer than the context."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("logits: need at least one token id")
+        out = np.empty((len(ids), self.n_vocab), dtype=np.float32)
+        self._core.forward(ids, 0, out, True)
+        return out
+
+    # ----------------------------------------------------------- generation
+
+    def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8,
+                 top_k: int = 40, top_p: float = 0.95, seed: int | None = None,
+                 stream: bool = False, stop: str | Sequence[str] | None = None
+                 ) -> str | Iterator[str]:
+        """Continue `prompt`; returns the new text (the prompt is not repeated).
+
+        max_tokens: at most this many tokens. temperature: 0 = greedy; top_k (0 = off),
+        top_p (1 = off) as llama.cpp's sampler chain. seed: for reproducible sampling
+        (None: a random one). stop: a string or strings; generation ends before the first
+        one and it is not included. stream=True returns a generator of text pieces as
+        tokens are produced (only whole UTF-8 characters); closing it stops generation.
+        Afterwards .last_stats holds a GenerationStats.
+
+        Raises LimitError when the prompt is longer than the context, ValueError for bad
+        arguments (checked at the call, also with stream=True).
+        """
+        t0 = time.perf_counter()
+        if not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be an int >= 0 (got {max_tokens!r})")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (got {temperature!r})")
+        if not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (got {top_k!r})")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (got {top_p!r})")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if not all(isinstance(s, str) for s in stops):
+            raise ValueError("stop must be a string or a list of strings")
+        stops = [s for s in stops if s]
+        if seed is None:
+            seed = secrets.randbits(64)
+        ids = self.tokenize(prompt, add_bos=bool(self._core.add_bos))
+        if not ids:
+            raise ValueError("the prompt is empty and the vocabulary has no BOS token")
+        if len(ids) > self.n_ctx:
+            raise LimitError(f"the prompt is {len(ids)} tokens, longer than the context of "
+                             f"{self.n_ctx} tokens")
+        gen = self._core.generate_iter(ids, max_tokens, float(temperature), top_k, float(top_p),
+                                       int(seed) & (2**64 - 1))
+        pieces = self._pieces(gen, ids[-1], stops, t0)
+        return pieces if stream else "".join(pieces)
+
+    def _pieces(self, gen, prev: int, stops: list[str], t0: float) -> Iterator[str]:
+        """Token ids from the C generation -> text pieces, with stop strings applied."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        held = ""            # text not yet yielded: it may be the start of a stop string
+        finish = None
+        ttft = None
+        try:
+            for tok in gen:
+                if ttft is None:
+                    ttft = (time.perf_counter() - t0) * 1e3
+                text = decoder.decode(self._core.piece(tok, prev))
+                prev = tok
+                if not text:
+                    continue
+                if not stops:
+                    yield text
+                    continue
+                held += text
+                cut = _find_stop(held, stops)
+                if cut is not None:
+                    finish = "stop"
+                    if cut:
+                        yield held[:cut]
+                    held = ""
+                    break
+                keep = _partial_stop(held, stops)
+                if len(held) > keep:
+                    yield held[:len(held) - keep]
+                    held = held[len(held) - keep:]
+            if finish is None:
+                held += decoder.decode(b"", final=True)
+                cut = _find_stop(held, stops) if stops else None
+                if cut is not None:
+                    finish, held = "stop", held[:cut]
+                if held:
+                    yield held
+        except GeneratorExit:
+            finish = "cancelled"
+            raise
+        finally:
+            s = gen.stats()
+            gen.close()
+            self.last_stats = _stats(s, finish or s["finish_reason"] or "stop", ttft)
+
+    # -------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Free the weights mapping, KV cache and threads; later calls raise ValueError."""
+        self._core.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._core.closed:
+            return f"Model({self.path!r}, closed)"
+        f = self._file()
+        types = ", ".join(f"{k}: {v}" for k, v in f.type_counts().items())
+        return (f"Model({self.path!r}, architecture={self.architecture}, "
+                f"params={f.n_parameters:,}, size={f.tensor_bytes:,} bytes, types={{{types}}}, "
+                f"n_ctx={self.n_ctx}, threads={self.threads})")
+
+    def _repr_html_(self) -> str:
+        if self._core.closed:
+            return f"<p>Model {html.escape(self.path)} (closed)</p>"
+        f = self._file()
+        mem = self.memory()
+        rows = [
+            ("file", self.path), ("architecture", self.architecture),
+            ("name", f.metadata.get("general.name", "")),
+            ("parameters", f"{f.n_parameters:,}"), ("weights", f"{f.tensor_bytes / 2**20:,.2f} MiB"),
+            ("tensor types", ", ".join(f"{k} x{v}" for k, v in f.type_counts().items())),
+            ("context", f"{self.n_ctx} tokens (trained: "
+                        f"{f.metadata.get(f'{self.architecture}.context_length', '?')})"),
+            ("vocabulary", f"{self.n_vocab} tokens"), ("threads", self.threads),
+            ("KV cache", f"{mem['kv_bytes'] / 2**20:,.2f} MiB"),
+            ("scratch", f"{mem['scratch_bytes'] / 2**20:,.2f} MiB"),
+        ]
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+                       f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<table><caption>gemma4stack.Model</caption>{body}</table>"
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    """Index of the earliest stop string in text, or None."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of text that is a proper prefix of a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+def _stats(s: dict, finish: str, ttft_ms: float | None) -> GenerationStats:
+    def rate(n: int, ms: float) -> float:
+        return n / ms * 1e3 if n and ms > 0 else 0.0
+    return GenerationStats(
+        prompt_tokens=s["prompt_tokens"], completion_tokens=s["completion_tokens"],
+        ttft_ms=ttft_ms if ttft_ms is not None else s["ttft_ms"],
+        prefill_ms=s["prefill_ms"], prefill_tokens_per_s=rate(s["prompt_tokens"], s["prefill_ms"]),
+        decode_ms=s["decode_ms"], decode_tokens_per_s=rate(s["decode_steps"], s["decode_ms"]),
+        finish_reason=finish)
+
+
+# ------------------------------------------------------------------------ CLI
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="generate text from a GGUF model",
+        description="Continue a prompt with a GGUF model. The continuation alone goes to stdout "
+                    "(streamed); speed figures go to stderr.")
+    p.add_argument("--model", required=True, metavar="PATH", help="GGUF file")
+    p.add_argument("--prompt", required=True, metavar="TEXT")
+    p.add_argument("--max-tokens", type=int, default=128, metavar="N")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0: greedy")
+    p.add_argument("--top-k", type=int, default=40, metavar="K", help="0: off")
+    p.add_argument("--top-p", type=float, default=0.95, metavar="P", help="1: off")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="default: random")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop before this text (repeatable)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="default: one per physical core")
+    p.add_argument("--context", type=int, default=None, metavar="N",
+                   help="KV cache tokens (default: the model's, capped at 4096)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    with Model(args.model, threads=args.threads, context=args.context) as m:
+        out = sys.stdout
+        pieces = m.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=True,
+                            stop=args.stop)
+        try:
+            for piece in pieces:
+                out.write(piece)
+                out.flush()
+        finally:
+            pieces.close()
+        if out.isatty():
+            out.write("\n")
+        s = m.last_stats
+        print(f"prompt {s.prompt_tokens} tokens, generated {s.completion_tokens} tokens "
+              f"(finish: {s.finish_reason}); TTFT {s.ttft_ms:.1f} ms; prefill "
+              f"{s.prefill_tokens_per_s:.1f} tokens/s; decode {s.decode_tokens_per_s:.1f} tokens/s; "
+              f"threads {m.threads}", file=sys.stderr)
+    return 0
