@@ -57,6 +57,26 @@ static void unlock_model(ModelObject *self) { PyThread_release_lock(self->lock);
 
 /* list/sequence of ints -> malloc'd int32 array (ValueError outside int32) */
 static int32_t *ids_from_seq(PyObject *seq, Py_ssize_t *n_out) {
+    /* fast path: a contiguous int32 buffer (numpy.int32 array, array('i')) */
+    if (PyObject_CheckBuffer(seq)) {
+        Py_buffer view;
+        if (PyObject_GetBuffer(seq, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) == 0) {
+            const char *fmt = view.format ? view.format : "B";
+            if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
+            if (view.itemsize == 4 && (fmt[0] == 'i' || fmt[0] == 'l') && fmt[1] == '\0') {
+                Py_ssize_t n = view.len / 4;
+                int32_t *ids = PyMem_Malloc(sizeof(int32_t) * (size_t)(n > 0 ? n : 1));
+                if (ids) memcpy(ids, view.buf, (size_t)view.len);
+                PyBuffer_Release(&view);
+                if (!ids) { PyErr_NoMemory(); return NULL; }
+                *n_out = n;
+                return ids;
+            }
+            PyBuffer_Release(&view);
+        } else {
+            PyErr_Clear();
+        }
+    }
     PyObject *fast = PySequence_Fast(seq, "token ids must be a sequence of ints");
     if (!fast) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
