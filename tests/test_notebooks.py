@@ -1,0 +1,112 @@
+"""The notebooks run top to bottom on the installed package and the shared test models, and
+are committed without outputs.
+
+Each is executed with nbclient in a python3 (ipykernel) kernel with a 2-minute budget per
+notebook; any cell error fails the test with the cell's traceback. Plots use the kernel's
+default matplotlib-inline backend, which renders with Agg into PNG outputs (no display
+needed); MPLBACKEND is cleared so a plain "Agg" from the environment cannot hide them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+NB_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+GUIDED = NB_DIR / "gemma4_local_inference.ipynb"
+BENCH = NB_DIR / "benchmarks.ipynb"
+BUDGET_S = 120
+
+
+@pytest.mark.parametrize("path", [GUIDED, BENCH], ids=lambda p: p.name)
+def test_committed_notebook_has_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {i} has stored outputs"
+            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+
+
+def test_guided_notebook_answers_run_speed_cost_first():
+    """The first three cells are detect -> recommend (+chart) -> cost."""
+    nb = nbformat.read(GUIDED, as_version=4)
+    first = [c.source for c in nb.cells[:3]]
+    assert all(c.cell_type == "code" for c in nb.cells[:3])
+    assert "g4.detect()" in first[0]
+    assert "g4.recommend(" in first[1] and "plt." in first[1]
+    assert "g4.cost(" in first[2]
+    # every later code cell is introduced by a markdown cell
+    for prev, cell in zip(nb.cells[3:], nb.cells[4:]):
+        if cell.cell_type == "code" and prev.cell_type == "code":
+            assert "gw.stop()" in cell.source       # the only code-after-code: stopping the gateway
+
+
+def _execute(path: Path, tmp_path: Path, monkeypatch) -> tuple[object, float]:
+    monkeypatch.delenv("MPLBACKEND", raising=False)
+    monkeypatch.setenv("GEMMA4STACK_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.delenv("GEMMA4STACK_MODEL", raising=False)
+    monkeypatch.delenv("GEMMA4STACK_BENCH_MODELS", raising=False)
+    nb = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(nb, timeout=BUDGET_S, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    t0 = time.monotonic()
+    client.execute()
+    return nb, time.monotonic() - t0
+
+
+def _outputs(nb, i):
+    return nb.cells[i].outputs
+
+
+def _text(outputs) -> str:
+    out = []
+    for o in outputs:
+        if o.output_type == "stream":
+            out.append(o.text)
+        elif "data" in o:
+            out.append(o.data.get("text/plain", ""))
+            out.append(o.data.get("text/html", ""))
+    return "\n".join(out)
+
+
+def test_guided_notebook_runs(tmp_path, monkeypatch):
+    nb, seconds = _execute(GUIDED, tmp_path, monkeypatch)
+    assert seconds < BUDGET_S
+    # cell 2 drew the recommend chart, cell 3 shows the cost table
+    assert any("image/png" in o.get("data", {}) for o in _outputs(nb, 1))
+    assert "per 1M generated tokens" in _text(_outputs(nb, 2))
+    text = {i: _text(c.outputs) for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    gen = next(t for i, t in text.items() if "model.generate" in nb.cells[i].source)
+    assert len(gen.strip()) > 20                        # the streamed story
+    bench = next(i for i in text if "g4.bench(" in nb.cells[i].source)
+    assert "tg32" in text[bench] and any("image/png" in o.get("data", {})
+                                         for o in nb.cells[bench].outputs)
+    gw = next(t for i, t in text.items() if "launch(model=MODEL)" in nb.cells[i].source)
+    assert "tier" in gw                                  # the _routing dict was shown
+    assert text[max(text)].strip().endswith("False")    # gw.running after gw.stop()
+
+
+def test_benchmarks_notebook_runs_and_saves_results(tmp_path, monkeypatch):
+    nb, seconds = _execute(BENCH, tmp_path, monkeypatch)
+    assert seconds < BUDGET_S
+    res = tmp_path / "results"
+    assert {"hardware.json", "bench.json", "bench.csv", "roofline.png"} <= {p.name for p in res.iterdir()}
+    rows = json.loads((res / "bench.json").read_text())
+    assert {(r["n_prompt"], r["n_gen"]) for r in rows} == {(64, 0), (0, 32)}
+    assert len(rows) == 4 and all("avg_ts" in r and "roofline_efficiency" in r for r in rows)
+    hw = json.loads((res / "hardware.json").read_text())
+    assert hw["bandwidth_gbs"]["read"] > 0
+    csv_lines = (res / "bench.csv").read_text().strip().splitlines()
+    assert csv_lines[0].startswith("build_commit,") and len(csv_lines) == 5
+    text = "\n".join(_text(c.outputs) for c in nb.cells if c.cell_type == "code")
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        assert "skipping the llama.cpp comparison" in text
