@@ -9,6 +9,7 @@ needed); MPLBACKEND is cleared so a plain "Agg" from the environment cannot hide
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -110,3 +111,41 @@ def test_benchmarks_notebook_runs_and_saves_results(tmp_path, monkeypatch):
         import llama_cpp  # noqa: F401
     except ImportError:
         assert "skipping the llama.cpp comparison" in text
+
+
+FAKE_LLAMA_CPP = '''
+"""Stand-in for llama-cpp-python's high-level API (Llama(model_path, n_ctx, n_batch,
+n_threads, verbose), n_vocab(), reset(), eval(tokens)) that takes a known time per token."""
+import time
+
+class Llama:
+    def __init__(self, model_path, n_ctx=512, n_batch=512, n_threads=None, verbose=True):
+        self.model_path, self.n_ctx, self.n_batch, self.n_threads = model_path, n_ctx, n_batch, n_threads
+        self.n_tokens = 0
+    def n_vocab(self):
+        return 32
+    def reset(self):
+        self.n_tokens = 0
+    def eval(self, tokens):
+        assert all(0 <= t < 32 for t in tokens) and self.n_tokens + len(tokens) <= self.n_ctx
+        self.n_tokens += len(tokens)
+        time.sleep(0.0005 * len(tokens))        # 2000 tokens/s at most
+'''
+
+
+def test_benchmarks_notebook_compares_with_llama_cpp_when_importable(tmp_path, monkeypatch):
+    """The llama.cpp cell's code path, with a fake llama_cpp module on the kernel's path."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "llama_cpp.py").write_text(FAKE_LLAMA_CPP)
+    monkeypatch.setenv("PYTHONPATH", str(fake) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nb, _ = _execute(BENCH, tmp_path, monkeypatch)
+    rows = json.loads((tmp_path / "results" / "llamacpp_comparison.json").read_text())
+    assert [r["model"] for r in rows] == ["TinyStories-656K-Q8_0.gguf", "stories260K.gguf"]
+    ours = {r["model_filename"].rsplit("/", 1)[1] + str(r["n_gen"]): r
+            for r in json.loads((tmp_path / "results" / "bench.json").read_text())}
+    for r in rows:
+        assert r["pp_llamacpp"] <= 2000 and r["tg_llamacpp"] <= 2000     # the fake's ceiling
+        assert r["tg_ratio"] == pytest.approx(r["tg_ours"] / r["tg_llamacpp"])
+        assert r["tg_ours"] == pytest.approx(ours[r["model"] + "32"]["avg_ts"])
+        assert r["threads"] == ours[r["model"] + "32"]["n_threads"]
