@@ -1,12 +1,13 @@
 """`gemma4stack quickstart` end to end on the shared TinyStories-656K-Q8_0.gguf.
 
 Reference: ../shared/models/SOURCES.md gives the greedy continuation of TinyStories-656K from
-BOS: "Once upon a time, there was a little girl named Lily. ...". Prompted with
-"Once upon a time" at temperature 0, the story must continue the same way.
+BOS alone: "Once upon a time, there was a little girl named Lily. She had a toy car that she
+loved very much. ...". With an empty prompt at temperature 0 the story must read the same.
+(A prompt "Once upon a time" tokenizes, as in HF's tokenizer, to pieces the model never emits
+itself - '▁', 'On', 'ce▁', 'upon▁a▁tim', 'e' - so its continuation differs.)
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def _quickstart(*args: str) -> tuple[subprocess.CompletedProcess, float]:
 @pytest.fixture(scope="module")
 def greedy_run(models):
     return _quickstart("--model", str(models / "TinyStories-656K-Q8_0.gguf"),
-                       "--prompt", "Once upon a time", "--max-tokens", "12", "--temperature", "0")
+                       "--prompt", "", "--max-tokens", "24", "--temperature", "0")
 
 
 def test_hardware_and_tier_table(greedy_run):
@@ -46,14 +47,11 @@ def test_hardware_and_tier_table(greedy_run):
 
 
 def test_story_from_the_c_core(greedy_run):
-    if importlib.util.find_spec("gemma4stack.model") is None:
-        pytest.skip("gemma4stack.model (the inference core's Python API) has not landed yet")
     p, seconds = greedy_run
     assert p.returncode == 0, p.stderr
     story = p.stdout.split("== 3. A short story", 1)[1].split("== 4. Next steps", 1)[0]
-    # SOURCES.md: greedy TinyStories-656K continues "Once upon a time" with
-    # ", there was a little girl named Lily." (Q8_0 may drift later, not this early)
-    assert "Once upon a time, there was a little girl" in story
+    # SOURCES.md's greedy reference (the Q8_0 file may drift later on, not this early)
+    assert "Once upon a time, there was a little girl named Lily. She had a toy car" in story
     m = re.search(r"decode ([0-9.]+) tokens/s", story)
     assert m and float(m.group(1)) > 0
     assert seconds < 60
