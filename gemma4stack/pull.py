@@ -120,7 +120,8 @@ def resolve(tag: str, publisher: str | None = None,
     """Map `gemma4:<variant>[:<quant>]` to a GGUFSource.
 
     The prefix `gemma4:` may be omitted; case is ignored. Among entries for the same
-    (variant, quant) a confirmed one wins, then the order of [defaults].publishers.
+    (variant, quant) a confirmed one wins, then a plain file over an Unsloth Dynamic ("UD-")
+    mix (which may hold types the core cannot run), then the order of [defaults].publishers.
     Raises UnknownTagError (a ValueError) naming the known tags.
     """
     cat = load_catalog(catalog)
@@ -143,7 +144,8 @@ def resolve(tag: str, publisher: str | None = None,
 
     def rank(e):
         pub = e["repo"].split("/", 1)[0].lower()
-        return (not e.get("confirmed", False), order.index(pub) if pub in order else len(order))
+        return (not e.get("confirmed", False), "ud-" in e["file"].lower(),
+                order.index(pub) if pub in order else len(order))
 
     e = min(cands, key=rank)
     return GGUFSource(tag=f"gemma4:{variant}:{quant}", variant=variant, quant=quant,

@@ -242,6 +242,8 @@ def test_real_catalog_tag_maps_to_ggml_org_file(env, hub):
     assert (src.repo, src.file, src.quant) == ("ggml-org/gemma-4-E2B-it-GGUF",
                                                "gemma-4-E2B-it-Q4_K_M.gguf", "q4_k_m")
     assert P.resolve("gemma4:e2b", publisher="unsloth").repo == "unsloth/gemma-4-E2B-it-GGUF"
+    # a plain Q4_K_M file beats Unsloth's "UD-" mix, even from a later publisher
+    assert P.resolve("gemma4:26b").file == "google_gemma-4-26B-A4B-it-Q4_K_M.gguf"
     kw = {k: v for k, v in env.items() if k != "catalog"}
     path = P.pull("gemma4:E2B:Q4_K_M", **kw)
     assert P.sha256_file(path) == TINY_SHA256
