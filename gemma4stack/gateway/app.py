@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -347,6 +348,14 @@ class Dispatch(Response):
         return {"id": self.rid, "object": obj, "created": self.created, "model": model,
                 "choices": [choice]}
 
+    def _chunk_template(self, model: str) -> tuple[bytes, bytes]:
+        """(prefix, suffix) of an SSE content chunk around the JSON string of its text;
+        the same bytes _sse(self._chunk(model, text, None)) gives."""
+        mark = "\x00TEXT\x00"
+        whole = _sse(self._chunk(model, mark, None))
+        pre, suf = whole.split(json.dumps(mark).encode())
+        return pre, suf
+
     async def _stream(self, send, rt: TierRuntime, ticket, agen, first, ttft: float):
         model = rt.tier.id
         r0 = self._routing(rt, ttft, None)
@@ -355,17 +364,18 @@ class Dispatch(Response):
         hdrs += [(k.encode(), str(v).encode()) for k, v in _routing_headers(r0).items()
                  if v is not None]
         await send({"type": "http.response.start", "status": 200, "headers": hdrs})
-        body = {"type": "http.response.body", "body": b"", "more_body": True}
+        # content chunks differ only in the text: build them from a prefix and a suffix
+        pre, suf = self._chunk_template(model)
+        dumps = json.dumps
         final = None
         try:
             if type(first) is str:
-                body["body"] = _sse(self._chunk(model, first, None, first=True))
-                await send(body)
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": _sse(self._chunk(model, first, None, first=True))})
                 async for item in agen:
                     if type(item) is str:
-                        body = {"type": "http.response.body",
-                                "body": _sse(self._chunk(model, item, None)), "more_body": True}
-                        await send(body)
+                        await send({"type": "http.response.body", "more_body": True,
+                                    "body": pre + dumps(item, ensure_ascii=False).encode() + suf})
                     else:
                         final = item
             else:
@@ -435,8 +445,14 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
         yield
         await st.aclose()
 
+    kw = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        # FastAPI's own OpenTelemetry wrapper costs ~10 % of a streamed request here;
+        # the gateway has its Prometheus metrics
+        kw["telemetry"] = {"tracing": False, "metrics": False, "logs": False,
+                           "operation_spans": False}
     app = FastAPI(title="gemma4stack gateway", lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None)
+                  redoc_url=None, openapi_url=None, **kw)
     app.state.gateway = st
     cfg = config
 

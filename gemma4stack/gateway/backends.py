@@ -211,7 +211,7 @@ class LocalBackend:
                 max_tokens = req.max_tokens
                 if n_ctx:
                     n_prompt = len(self.model.tokenize(prompt))
-                    room = n_ctx - n_prompt - 1          # -1: the BOS the model may add
+                    room = n_ctx - n_prompt - 1          # tokenize() counts BOS; 1 spare
                     if room < 1:
                         raise client_error(
                             f"This model's maximum context length is {n_ctx} tokens; the "
@@ -279,6 +279,31 @@ def _upstream_error(status: int, body: bytes, tier: str) -> BackendError:
                         "invalid_request_error", param=err.get("param"))
 
 
+async def _read_all(resp: httpx.Response) -> bytes:
+    return b"".join([c async for c in resp.stream])
+
+
+def _sse_data(event: bytes) -> bytes | None:
+    """The data of one server-sent event (its `data:` lines joined), None if it has none."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]                        # the usual one-line event, fast
+    lines = [ln[5:].lstrip(b" ") if ln.startswith(b"data:") else None
+             for ln in event.split(b"\n")]
+    data = [ln for ln in lines if ln is not None]
+    return b"\n".join(data) if data else None
+
+
+_SSL = None
+
+
+def _ssl_context():
+    """One certifi/system SSL context for all clients (each costs ~30 ms to build)."""
+    global _SSL
+    if _SSL is None:
+        _SSL = httpx.create_ssl_context()
+    return _SSL
+
+
 class OpenAIBackend:
     """An OpenAI-compatible server at tier.url (which ends in /v1).
 
@@ -288,16 +313,33 @@ class OpenAIBackend:
     transport: an httpx transport for tests (default: real sockets).
     """
 
+    SHARD = 8    # connections per httpx client (see __init__)
+
     def __init__(self, tier: TierConfig, transport: httpx.AsyncBaseTransport | None = None):
         self.tier = tier
         headers = {"Authorization": f"Bearer {tier.api_key}"} if tier.api_key else {}
         c = tier.connect_timeout_s
-        self.client = httpx.AsyncClient(
-            base_url=tier.url, headers=headers, transport=transport,
-            timeout=httpx.Timeout(connect=c, read=tier.first_byte_timeout_s,
-                                  write=tier.first_byte_timeout_s, pool=tier.total_timeout_s),
-            limits=httpx.Limits(max_connections=tier.max_connections,
-                                max_keepalive_connections=tier.max_connections))
+        timeout = httpx.Timeout(connect=c, read=tier.first_byte_timeout_s,
+                                write=tier.first_byte_timeout_s, pool=tier.total_timeout_s)
+        # httpcore 1.0's pool rescans every connection (a poll() per idle socket) on each
+        # request and release, so its cost grows with the pool: at 64 streams it used more
+        # CPU than everything else together (encode/httpcore#1035, pydantic/httpx2#1169).
+        # Several small pools, least-busy first, keep every scan short.
+        n = max(1, -(-tier.max_connections // self.SHARD))
+        per = -(-tier.max_connections // n)
+        ssl = _ssl_context() if tier.url.startswith("https:") else False
+        # the transport (httpx's connection layer) directly: the client layer on top
+        # (URL merging, auth, redirects, cookies, hooks) cost ~0.3 ms of CPU per request
+        self._pools = [transport] if transport is not None else [
+            httpx.AsyncHTTPTransport(verify=ssl, limits=httpx.Limits(
+                max_connections=per, max_keepalive_connections=per)) for _ in range(n)]
+        self._busy = [0] * len(self._pools)
+        self._timeout = timeout.as_dict()
+        self._urls = {k: httpx.URL(tier.url + p) for k, p in
+                      (("chat", "/chat/completions"), ("completion", "/completions"))}
+        # identity: the raw bytes below are read as sent (no gzip on an SSE stream)
+        self._headers = {"content-type": "application/json", "accept-encoding": "identity",
+                         "user-agent": "gemma4stack-gateway", **headers}
         self.ready = True
 
     def status(self) -> dict:
@@ -318,38 +360,53 @@ class OpenAIBackend:
         return body
 
     async def stream(self, req: GenRequest) -> AsyncIterator[str | Final]:
-        name = self.tier.name
-        path = "/chat/completions" if req.kind == "chat" else "/completions"
-        deadline = time.monotonic() + self.tier.total_timeout_s
+        name, url = self.tier.name, self.tier.url
         chat = req.kind == "chat"
+        deadline = time.monotonic() + self.tier.total_timeout_s
+        i = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[i] += 1
+        resp = None
         try:
-            async with self.client.stream("POST", path, json=self._body(req)) as resp:
-                if resp.status_code >= 400:
-                    raise _upstream_error(resp.status_code, await resp.aread(), name)
-                if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    # a server that ignored stream=true answers with one JSON object
-                    data = json.loads(await resp.aread())
-                    c = (data.get("choices") or [{}])[0]
-                    text = (c.get("message") or {}).get("content") if chat else c.get("text")
-                    if text:
-                        yield text
-                    u = data.get("usage") or {}
-                    yield Final(c.get("finish_reason") or "stop", u.get("prompt_tokens"),
-                                u.get("completion_tokens"))
-                    return
-                finish, usage, done = None, {}, False
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue                       # comments, event:, id:, blank lines
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        done = True
+            request = httpx.Request(
+                "POST", self._urls[req.kind], headers=self._headers,
+                content=json.dumps(self._body(req), ensure_ascii=False).encode(),
+                extensions={"timeout": self._timeout})
+            resp = await self._pools[i].handle_async_request(request)
+            if resp.status_code >= 400:
+                raise _upstream_error(resp.status_code, await _read_all(resp), name)
+            if "text/event-stream" not in resp.headers.get("content-type", ""):
+                # a server that ignored stream=true answers with one JSON object
+                data = json.loads(await _read_all(resp))
+                c = (data.get("choices") or [{}])[0]
+                text = (c.get("message") or {}).get("content") if chat else c.get("text")
+                if text:
+                    yield text
+                u = data.get("usage") or {}
+                yield Final(c.get("finish_reason") or "stop", u.get("prompt_tokens"),
+                            u.get("completion_tokens"))
+                return
+            finish, usage, done, buf = None, {}, False, b""
+            async for raw in resp.stream:
+                buf += raw
+                if b"\r" in buf:                       # SSE allows CRLF line ends
+                    buf = buf.replace(b"\r\n", b"\n")
+                while True:
+                    end = buf.find(b"\n\n")
+                    if end < 0:
                         break
+                    event, buf = buf[:end], buf[end + 2:]
+                    payload = _sse_data(event)
+                    if payload is None:
+                        continue                       # comments, event:/id: only
+                    if payload == b"[DONE]":
+                        done = True       # read on to the end so the connection is reused
+                        continue
                     obj = json.loads(payload)
                     if "error" in obj:
                         e = obj["error"]
                         raise failure("upstream_stream_error", f"tier '{name}' upstream error "
-                                      f"mid-stream: {e.get('message', e) if isinstance(e, dict) else e}")
+                                      f"mid-stream: "
+                                      f"{e.get('message', e) if isinstance(e, dict) else e}")
                     choices = obj.get("choices")
                     if choices:
                         c = choices[0]
@@ -360,31 +417,34 @@ class OpenAIBackend:
                             finish = c["finish_reason"]
                     if obj.get("usage"):
                         usage = obj["usage"]
-                    if time.monotonic() > deadline:
-                        raise failure("timeout", f"tier '{name}': total_timeout_s "
-                                      f"({self.tier.total_timeout_s:g} s) exceeded", status=504)
-                if not done and finish is None:
-                    raise failure("broken_stream", f"tier '{name}': upstream stream ended "
-                                  f"without a finish_reason or [DONE]")
-                yield Final(finish or "stop", usage.get("prompt_tokens"),
-                            usage.get("completion_tokens"))
+                if time.monotonic() > deadline:
+                    raise failure("timeout", f"tier '{name}': total_timeout_s "
+                                  f"({self.tier.total_timeout_s:g} s) exceeded", status=504)
+            if not done and finish is None:
+                raise failure("broken_stream", f"tier '{name}': upstream stream ended "
+                              f"without a finish_reason or [DONE]")
+            yield Final(finish or "stop", usage.get("prompt_tokens"), usage.get("completion_tokens"))
         except httpx.ConnectTimeout:
-            raise failure("connect_timeout", f"tier '{name}': connecting to {self.tier.url} timed "
-                          f"out after {self.tier.connect_timeout_s:g} s", status=504) from None
+            raise failure("connect_timeout", f"tier '{name}': connecting to {url} timed out "
+                          f"after {self.tier.connect_timeout_s:g} s", status=504) from None
         except httpx.ConnectError as e:
-            raise failure("connect", f"tier '{name}': cannot connect to {self.tier.url}: {e}") from None
+            raise failure("connect", f"tier '{name}': cannot connect to {url}: {e}") from None
         except httpx.TimeoutException:
-            raise failure("timeout", f"tier '{name}': no bytes from {self.tier.url} for "
+            raise failure("timeout", f"tier '{name}': no bytes from {url} for "
                           f"{self.tier.first_byte_timeout_s:g} s", status=504) from None
         except (httpx.TransportError, httpx.StreamError) as e:
-            raise failure("connection", f"tier '{name}': connection to {self.tier.url} failed: "
+            raise failure("connection", f"tier '{name}': connection to {url} failed: "
                           f"{type(e).__name__}: {e}") from None
         except (ValueError, KeyError, TypeError, AttributeError) as e:   # bad JSON / shapes
-            raise failure("protocol", f"tier '{name}': malformed response from "
-                          f"{self.tier.url}: {e}") from None
+            raise failure("protocol", f"tier '{name}': malformed response from {url}: {e}") from None
+        finally:
+            self._busy[i] -= 1
+            if resp is not None:
+                await resp.aclose()          # back to the pool (or closed, if unfinished)
 
     async def aclose(self):
-        await self.client.aclose()
+        for p in self._pools:
+            await p.aclose()
 
 
 BackendFactory = Callable[[TierConfig], Any]

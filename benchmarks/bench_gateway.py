@@ -1,0 +1,284 @@
+"""Gateway overhead and resilience, all on 127.0.0.1.
+
+    python benchmarks/bench_gateway.py [--concurrency 64] [--duration 20] [--tokens 16]
+                                       [--delay 0.02] [--soak 600] [--chaos-every 20]
+
+1. Overhead: `concurrency` clients stream chat completions in a loop, first straight to a
+   fake OpenAI-compatible backend (tests/gateway_fakes.py in its own process: `tokens`
+   pieces, `delay` s apart), then through the gateway (launch(), in its own process) to
+   the same backend. Added latency = gateway percentile - direct percentile, for the time
+   to the first token (TTFT) and for the whole stream; plus requests/s.
+2. Soak (--soak S): the same load through a gateway with two remote tiers (heavy ->
+   primary) for S seconds while one backend at a time is SIGKILLed and restarted every
+   `chaos-every` s. Every request must end within 30 s with [DONE], an SSE error event or
+   an HTTP error ("lost" = none of these); the gateway's RSS is sampled throughout.
+
+The client is a minimal asyncio HTTP/1.1 client (keep-alive, chunked, SSE) so that it
+costs the same on both paths. Prints a JSON summary and a Markdown block for RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gemma4stack.gateway import launch  # noqa: E402
+
+BODY = json.dumps({"model": "MODEL", "messages": [{"role": "user", "content": "Tell me a story"}],
+                   "stream": True, "max_tokens": 64})
+
+
+# ----------------------------------------------------------------------------- backends
+
+def start_backend(tokens: int, delay: float, port: int = 0) -> tuple[subprocess.Popen, int]:
+    pf = tempfile.mktemp(prefix="g4fake-")
+    p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gateway_fakes.py"), "--port-file", pf,
+                          "--tokens", str(tokens), "--delay", str(delay), "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while not os.path.exists(pf):
+        if p.poll() is not None or time.monotonic() - t0 > 20:
+            raise RuntimeError("fake backend did not start")
+        time.sleep(0.02)
+    port = int(open(pf).read())
+    os.unlink(pf)
+    return p, port
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process in seconds (/proc/PID/stat fields 14, 15; proc(5))."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def cpu_s(pid: int) -> float:
+    return sum(cpu_times(pid))
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+# ----------------------------------------------------------------------------- client
+
+class Result:
+    __slots__ = ("ok", "kind", "ttft", "total")
+
+    def __init__(self, ok, kind, ttft, total):
+        self.ok, self.kind, self.ttft, self.total = ok, kind, ttft, total
+
+
+async def one_request(reader, writer, host: str, path: str, body: bytes) -> Result:
+    t0 = time.perf_counter()
+    writer.write(b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (path.encode(), host.encode(), len(body), body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    hl = head.lower()
+    if b"content-length:" in hl:
+        n = int(hl.split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(n)
+        return Result(False, f"http_{status}", None, time.perf_counter() - t0)
+    ttft, buf, kind = None, b"", "broken"
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            break
+        data = await reader.readexactly(size + 2)
+        buf += data[:-2]
+        while b"\n\n" in buf:
+            ev, buf = buf.split(b"\n\n", 1)
+            if ev == b"data: [DONE]":
+                kind = "done"
+            elif ev.startswith(b'data: {"error"'):
+                kind = "stream_error"
+            elif ttft is None and ev.startswith(b"data: "):
+                ttft = time.perf_counter() - t0
+    return Result(kind == "done", kind, ttft, time.perf_counter() - t0)
+
+
+async def worker(port: int, path: str, model: str, deadline: float, out: list, timeout: float):
+    body = BODY.replace("MODEL", model).encode()
+    reader = writer = None
+    while time.monotonic() < deadline:
+        try:
+            if writer is None:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            r = await asyncio.wait_for(one_request(reader, writer, "127.0.0.1", path, body), timeout)
+        except asyncio.TimeoutError:
+            r = Result(False, "hung", None, timeout)
+            writer.close()
+            writer = None
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            r = Result(False, "connection", None, 0.0)
+            if writer:
+                writer.close()
+            writer = None
+            await asyncio.sleep(0.05)
+        out.append(r)
+        if r.kind in ("broken", "stream_error") and writer is not None:
+            writer.close()
+            writer = None
+    if writer:
+        writer.close()
+
+
+async def run_load(port: int, path: str, model: str, conc: int, seconds: float,
+                   timeout: float = 30.0) -> tuple[list[Result], float]:
+    out: list[Result] = []
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(port, path, model, t0 + seconds, out, timeout)
+                           for _ in range(conc)))
+    return out, time.monotonic() - t0
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))] if xs else float("nan")
+
+
+def summarize(res: list[Result], elapsed: float) -> dict:
+    ok = [r for r in res if r.ok]
+    ttft = [r.ttft for r in ok]
+    tot = [r.total for r in ok]
+    kinds: dict = {}
+    for r in res:
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    return {"requests": len(res), "ok": len(ok), "outcomes": kinds, "rps": len(ok) / elapsed,
+            "ttft_p50_ms": pct(ttft, 50) * 1e3, "ttft_p99_ms": pct(ttft, 99) * 1e3,
+            "total_p50_ms": pct(tot, 50) * 1e3, "total_p99_ms": pct(tot, 99) * 1e3,
+            "total_mean_ms": statistics.fmean(tot) * 1e3 if tot else float("nan")}
+
+
+# ----------------------------------------------------------------------------- phases
+
+def overhead(args) -> dict:
+    be, port = start_backend(args.tokens, args.delay)
+    cfg = {"server": {"access_log": args.access_log, "log_level": "warning"},
+           "limits": {"requests_per_minute": 0, "tokens_per_minute": 0},
+           "tiers": {"heavy": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1",
+                               "model": "fake"}}}
+    try:
+        with launch(cfg, timeout=60) as gw:
+            asyncio.run(run_load(port, "/v1/chat/completions", "fake", args.concurrency, 2))
+            d, de = asyncio.run(run_load(port, "/v1/chat/completions", "fake",
+                                         args.concurrency, args.duration))
+            asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy", args.concurrency, 2))
+            (u0, s0), (bu0, bs0), m0 = cpu_times(gw.pid), cpu_times(be.pid), os.times()
+            g, ge = asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy",
+                                         args.concurrency, args.duration))
+            (u1, s1), (bu1, bs1), m1 = cpu_times(gw.pid), cpu_times(be.pid), os.times()
+            direct, via = summarize(d, de), summarize(g, ge)
+            n = max(1, len(g))
+            via["cpu_ms_per_request"] = {
+                "gateway_user": (u1 - u0) * 1e3 / n, "gateway_sys": (s1 - s0) * 1e3 / n,
+                "backend": (bu1 + bs1 - bu0 - bs0) * 1e3 / n,
+                "client": (m1.user + m1.system - m0.user - m0.system) * 1e3 / n}
+            via["gateway_cpu_share"] = (u1 + s1 - u0 - s0) / ge
+    finally:
+        be.kill()
+        be.wait()
+    added = {k: via[k] - direct[k] for k in ("ttft_p50_ms", "ttft_p99_ms", "total_p50_ms",
+                                             "total_p99_ms")}
+    return {"direct": direct, "gateway": via, "added": added}
+
+
+def soak(args) -> dict:
+    (a, pa), (b, pb) = start_backend(args.tokens, args.delay), start_backend(args.tokens, args.delay)
+    procs = {"heavy": [a, pa], "primary": [b, pb]}
+    cfg = {"server": {"access_log": False, "log_level": "warning"},
+           "limits": {"requests_per_minute": 0, "tokens_per_minute": 0},
+           "breaker": {"failures": 3, "window_s": 10, "cooldown_s": 3},
+           "tiers": {n: {"backend": "openai", "url": f"http://127.0.0.1:{p}/v1", "model": "fake",
+                         "connect_timeout_s": 1, "first_byte_timeout_s": 5}
+                     for n, (_, p) in procs.items()}}
+    rss, kills = [], 0
+    with launch(cfg, timeout=60) as gw:
+        asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy", args.concurrency, 5))
+        rss.append((0.0, rss_kb(gw.pid)))
+
+        async def chaos(t_end):
+            nonlocal kills
+            victim = "heavy"
+            t0 = time.monotonic()
+            while time.monotonic() + args.chaos_every < t_end:
+                await asyncio.sleep(args.chaos_every)
+                rss.append((time.monotonic() - t0, rss_kb(gw.pid)))
+                p, port = procs[victim]
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                kills += 1
+                await asyncio.sleep(2.0)               # down for 2 s, then back on its port
+                procs[victim] = [await asyncio.to_thread(
+                    lambda: start_backend(args.tokens, args.delay, port)[0]), port]
+                victim = "primary" if victim == "heavy" else "heavy"
+
+        async def main():
+            t_end = time.monotonic() + args.soak
+            load = asyncio.create_task(run_load(gw.port, "/v1/chat/completions", "heavy",
+                                                args.concurrency, args.soak))
+            await chaos(t_end)
+            return await load
+
+        res, el = asyncio.run(main())
+        rss.append((args.soak, rss_kb(gw.pid)))
+        health = gw.health()
+    for p, _ in procs.values():
+        p.kill()
+        p.wait()
+    s = summarize(res, el)
+    lost = sum(1 for r in res if r.kind in ("hung", "broken", "connection"))
+    return {"summary": s, "kills": kills, "lost_or_hung": lost,
+            "rss_kb": rss, "rss_growth_kb": rss[-1][1] - rss[0][1],
+            "breakers_at_end": {t: v["breaker"] for t, v in health["tiers"].items()}}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--duration", type=float, default=20, help="seconds per overhead phase")
+    ap.add_argument("--tokens", type=int, default=16, help="pieces per streamed response")
+    ap.add_argument("--delay", type=float, default=0.02, help="seconds between pieces")
+    ap.add_argument("--soak", type=float, default=0, help="soak seconds (0 = skip)")
+    ap.add_argument("--chaos-every", type=float, default=20, help="kill a backend every S s")
+    ap.add_argument("--access-log", action="store_true", help="keep uvicorn's access log on")
+    ap.add_argument("--json", help="write the summary here")
+    args = ap.parse_args()
+    out = {"args": vars(args), "overhead": overhead(args)}
+    if args.soak:
+        out["soak"] = soak(args)
+    print(json.dumps(out, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    o = out["overhead"]
+    print(f"\n| path | req/s | TTFT P50 ms | TTFT P99 ms | stream P50 ms | stream P99 ms |\n"
+          f"|---|---|---|---|---|---|")
+    for k in ("direct", "gateway"):
+        s = o[k]
+        print(f"| {k} | {s['rps']:.1f} | {s['ttft_p50_ms']:.2f} | {s['ttft_p99_ms']:.2f} | "
+              f"{s['total_p50_ms']:.2f} | {s['total_p99_ms']:.2f} |")
+    a = o["added"]
+    print(f"| added | | {a['ttft_p50_ms']:+.2f} | {a['ttft_p99_ms']:+.2f} | "
+          f"{a['total_p50_ms']:+.2f} | {a['total_p99_ms']:+.2f} |")
+
+
+if __name__ == "__main__":
+    main()
