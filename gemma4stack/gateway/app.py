@@ -17,7 +17,7 @@ import contextlib
 import inspect
 import json
 import logging
-import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -163,7 +163,8 @@ class Dispatch(Response):
         self.finished = False
         self.tried: list[str] = []
         self.reasons: dict[str, str] = {}
-        self.rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + os.urandom(12).hex()
+        # unique, not secret
+        self.rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + f"{random.getrandbits(96):024x}"
         self.created = int(time.time())
         self.obj = "chat.completion" if req.kind == "chat" else "text_completion"
 

@@ -313,20 +313,19 @@ class OpenAIBackend:
     transport: an httpx transport for tests (default: real sockets).
     """
 
-    SHARD = 8    # connections per httpx client (see __init__)
-
     def __init__(self, tier: TierConfig, transport: httpx.AsyncBaseTransport | None = None):
         self.tier = tier
         headers = {"Authorization": f"Bearer {tier.api_key}"} if tier.api_key else {}
         c = tier.connect_timeout_s
         timeout = httpx.Timeout(connect=c, read=tier.first_byte_timeout_s,
                                 write=tier.first_byte_timeout_s, pool=tier.total_timeout_s)
-        # httpcore 1.0's pool rescans every connection (a poll() per idle socket) on each
-        # request and release, so its cost grows with the pool: at 64 streams it used more
-        # CPU than everything else together (encode/httpcore#1035, pydantic/httpx2#1169).
-        # Several small pools, least-busy first, keep every scan short.
-        n = max(1, -(-tier.max_connections // self.SHARD))
-        per = -(-tier.max_connections // n)
+        # httpcore 1.0's pool rescans all its connections on every request and release,
+        # asking each idle one whether its socket is readable (anyio builds a dict of socket
+        # attributes and polls, per connection), so its cost grows with the pool: at 64
+        # streams it took more CPU than everything else together (encode/httpcore#1035,
+        # pydantic/httpx2#1169). One connection per pool, least-busy pool first, makes
+        # every scan one check; up to max_connections pools.
+        n, per = tier.max_connections, 1
         ssl = _ssl_context() if tier.url.startswith("https:") else False
         # the transport (httpx's connection layer) directly: the client layer on top
         # (URL merging, auth, redirects, cookies, hooks) cost ~0.3 ms of CPU per request
@@ -363,8 +362,9 @@ class OpenAIBackend:
         name, url = self.tier.name, self.tier.url
         chat = req.kind == "chat"
         deadline = time.monotonic() + self.tier.total_timeout_s
-        i = min(range(len(self._busy)), key=self._busy.__getitem__)
-        self._busy[i] += 1
+        busy = self._busy
+        i = busy.index(0) if 0 in busy else min(range(len(busy)), key=busy.__getitem__)
+        busy[i] += 1
         resp = None
         try:
             request = httpx.Request(
