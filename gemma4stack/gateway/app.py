@@ -96,7 +96,7 @@ class GatewayState:
         b = config.breaker
         for name, tier in config.tiers.items():
             if tier.is_local:
-                backend = LocalBackend(tier, loader(tier))
+                backend = LocalBackend(tier, loader(tier), config.server.max_tokens)
             else:
                 backend = OpenAIBackend(tier, transport=transport)
             breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=clock,
@@ -187,7 +187,8 @@ class Dispatch(Response):
         except asyncio.CancelledError:
             if not self.disconnected:
                 raise
-            task.uncancel()
+            if hasattr(task, "uncancel"):        # Python >= 3.11
+                task.uncancel()
             self.st.metrics.requests.labels(self.tried[-1] if self.tried else "none",
                                             self.endpoint, "499").inc()
             log.info("client went away; generation cancelled (tier %s)",

@@ -135,8 +135,9 @@ class LocalBackend:
     more raise BackendError("queue_full", 503), which the gateway may route elsewhere.
     """
 
-    def __init__(self, tier: TierConfig, model: Any):
+    def __init__(self, tier: TierConfig, model: Any, max_tokens: int = 8192):
         self.tier, self.model = tier, model
+        self.max_tokens = max_tokens  # used when a request sets none ([server] max_tokens)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"g4gw-{tier.name}")
         self._pending = 0            # admitted and not finished (touched on the loop only)
         self._last_run_s = 1.0       # duration of the last generation, for Retry-After
@@ -201,8 +202,7 @@ class LocalBackend:
                   if v is not None}
             n_ctx = self.n_ctx
             if req.kind == "chat" and self._uses_chat():
-                if req.max_tokens is not None:
-                    kw["max_tokens"] = req.max_tokens
+                kw["max_tokens"] = req.max_tokens or self.max_tokens
                 gen = self.model.chat(req.messages, stream=True, **kw)
             else:
                 prompt = (req.prompt if req.kind == "completion" else
@@ -218,7 +218,7 @@ class LocalBackend:
                             f"prompt has {n_prompt} tokens.", code="context_length_exceeded",
                             param="messages" if req.kind == "chat" else "prompt")
                     max_tokens = room if max_tokens is None else min(max_tokens, room)
-                kw["max_tokens"] = max_tokens if max_tokens is not None else 256
+                kw["max_tokens"] = min(max_tokens or self.max_tokens, self.max_tokens)
                 gen = self.model.generate(prompt, stream=True, **kw)
             try:
                 for piece in gen:

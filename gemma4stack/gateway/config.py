@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:        # Python 3.10
+    import tomli as tomllib        # type: ignore[no-redef]
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
