@@ -195,30 +195,46 @@ def test_not_a_gguf(models):
         Model(models / "stories260K.bin")
 
 
-def write_gguf(path, arch="llama", edit=None, n_vocab=16, n_ff=64):
-    """A tiny llama GGUF with a byte-free toy vocab; edit(tensors) may change tensors."""
+def write_gguf(path, arch="llama", edit=None, n_vocab=16, n_ff=64, n_embd=32, n_head=4,
+               n_head_kv=2, head_dim=None, n_layer=1, output=False, kv=None, seed=0):
+    """A tiny random llama GGUF with a toy vocab (no byte tokens). head_dim: written as
+    attention.key_length when given. kv(writer): extra metadata. edit(tensors): change
+    tensors ((rows, cols) float32 arrays, or (raw uint8 bytes, ggml type) pairs)."""
+    hd = head_dim or n_embd // n_head
     w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(64)
-    w.add_embedding_length(32)
-    w.add_block_count(1)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
     w.add_feed_forward_length(n_ff)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    if head_dim:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(1e-5)
+    if kv:
+        kv(w)
     w.add_tokenizer_model("llama")
     w.add_token_list(["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(n_vocab - 3)])
     w.add_token_scores([0.0] * n_vocab)
     w.add_token_types([2, 3, 3] + [1] * (n_vocab - 3))
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
-    rng = np.random.default_rng(0)
-    t = {"token_embd.weight": (n_vocab, 32), "output_norm.weight": (32,),
-         "blk.0.attn_norm.weight": (32,), "blk.0.ffn_norm.weight": (32,),
-         "blk.0.attn_q.weight": (32, 32), "blk.0.attn_k.weight": (16, 32),
-         "blk.0.attn_v.weight": (16, 32), "blk.0.attn_output.weight": (32, 32),
-         "blk.0.ffn_gate.weight": (n_ff, 32), "blk.0.ffn_up.weight": (n_ff, 32),
-         "blk.0.ffn_down.weight": (32, n_ff)}
-    tensors = {k: rng.standard_normal(s).astype(np.float32) for k, s in t.items()}
+    rng = np.random.default_rng(seed)
+    shapes = {"token_embd.weight": (n_vocab, n_embd), "output_norm.weight": (n_embd,)}
+    if output:
+        shapes["output.weight"] = (n_vocab, n_embd)
+    for i in range(n_layer):
+        b = f"blk.{i}."
+        shapes.update({b + "attn_norm.weight": (n_embd,), b + "ffn_norm.weight": (n_embd,),
+                       b + "attn_q.weight": (n_head * hd, n_embd),
+                       b + "attn_k.weight": (n_head_kv * hd, n_embd),
+                       b + "attn_v.weight": (n_head_kv * hd, n_embd),
+                       b + "attn_output.weight": (n_embd, n_head * hd),
+                       b + "ffn_gate.weight": (n_ff, n_embd), b + "ffn_up.weight": (n_ff, n_embd),
+                       b + "ffn_down.weight": (n_embd, n_ff)})
+    tensors = {k: (rng.standard_normal(s) * (0.3 if len(s) == 2 else 1)).astype(np.float32)
+               for k, s in shapes.items()}
     if edit:
         edit(tensors)
     for k, v in tensors.items():
@@ -231,6 +247,45 @@ def write_gguf(path, arch="llama", edit=None, n_vocab=16, n_ff=64):
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+@pytest.mark.parametrize("variant", ["gqa", "head_dim", "linear_rope", "freq_base", "untied_mha"])
+def test_random_llama_variants_match_transformers(tmp_path, variant):
+    """Hyperparameter paths the shared files do not exercise, each against HF's
+    LlamaForCausalLM on the same random weights (F32, so to float rounding)."""
+    kw = dict(n_layer=2, n_vocab=40, n_embd=64, n_head=4, n_head_kv=2, n_ff=96)
+    hf_kw = {}
+    if variant == "head_dim":                 # head size 32 != 64 / 4
+        kw["head_dim"], hf_kw["head_dim"] = 32, 32
+    elif variant == "linear_rope":
+        kw["kv"] = lambda w: (w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR),
+                              w.add_rope_scaling_factor(4.0))
+        hf_kw["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    elif variant == "freq_base":
+        kw["kv"] = lambda w: w.add_rope_freq_base(500000.0)
+        hf_kw["rope_theta"] = 500000.0
+    elif variant == "untied_mha":
+        kw.update(n_head_kv=4, output=True)
+    path = write_gguf(tmp_path / f"{variant}.gguf", **kw)
+    cfg = transformers.LlamaConfig(
+        vocab_size=kw["n_vocab"], hidden_size=kw["n_embd"], intermediate_size=kw["n_ff"],
+        num_hidden_layers=kw["n_layer"], num_attention_heads=kw["n_head"],
+        num_key_value_heads=kw["n_head_kv"], max_position_embeddings=64, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, **hf_kw)
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    W = gguf_tensors(path)
+    hf.load_state_dict(hf_state_from_gguf(W, kw["n_layer"], kw["n_head"], kw["n_head_kv"]),
+                       strict=False)
+    ids = [1] + [int(i) for i in np.random.default_rng(1).integers(3, kw["n_vocab"], 40)]
+    ours = Model(path).logits(ids)
+    np.testing.assert_allclose(ours, hf_logits(hf, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_yarn_rope_scaling_is_refused(tmp_path):
+    path = write_gguf(tmp_path / "yarn.gguf", kv=lambda w: (
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN), w.add_rope_scaling_factor(4.0)))
+    with pytest.raises(UnsupportedError, match="yarn"):
+        Model(path)
 
 
 def test_tiny_written_model_loads(tmp_path):

@@ -16,6 +16,7 @@
  * weight row is read once per chunk, not once per token.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -81,7 +82,23 @@ static g4_status read_hparams(g4_model *m, llama_hparams *hp, g4_err *err) {
     hp->n_head_kv = (int32_t)u;
     if ((st = g4_hp_f32(m, "attention.layer_norm_rms_epsilon", &hp->eps, err)) != G4_OK) return st;
     if ((st = g4_hp_f32_or(m, "rope.freq_base", 10000.0f, &hp->rope_base, err)) != G4_OK) return st;
-    /* linear RoPE scaling (rope.scaling.type "linear"): positions divided by factor */
+    /* Mixtral-style MoE files also say "llama" but carry expert tensors */
+    if ((st = g4_hp_u32_or(m, "expert_count", 0, &u, err)) != G4_OK) return st;
+    if (u > 0)
+        return g4_err_set(err, G4_ERR_UNSUPPORTED, "llama: mixture-of-experts models (expert_count %u) "
+                          "are not supported", u);
+    /* RoPE scaling: none, or linear (positions divided by factor). Llama 3's
+     * scaling comes as rope_freqs.weight instead. YaRN/LongRoPE are refused
+     * rather than silently run as unscaled. */
+    char key[96];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", m->arch->name);
+    if (g4_gguf_find(m->gguf, key)) {
+        g4_str type;
+        if ((st = g4_gguf_get_str(m->gguf, key, &type, err)) != G4_OK) return st;
+        if (!g4_str_eq(type, "none") && !g4_str_eq(type, "linear"))
+            return g4_err_set(err, G4_ERR_UNSUPPORTED, "llama: rope.scaling.type '%.*s' is not supported "
+                              "(only none and linear)", (int)(type.len > 32 ? 32 : type.len), type.ptr);
+    }
     float factor;
     if ((st = g4_hp_f32_or(m, "rope.scaling.factor", 1.0f, &factor, err)) != G4_OK) return st;
     hp->rope_scale = factor > 0.0f ? 1.0f / factor : 1.0f;
@@ -92,10 +109,19 @@ static g4_status read_hparams(g4_model *m, llama_hparams *hp, g4_err *err) {
     if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv)
         return g4_err_set(err, G4_ERR_FORMAT, "llama: attention.head_count %d is not a multiple of "
                           "attention.head_count_kv %d", hp->n_head, hp->n_head_kv);
-    if (hp->n_embd % hp->n_head)
+    /* head size: attention.key_length when given (llama.cpp n_embd_head_k),
+     * else embedding_length / head_count */
+    const uint32_t dflt_hd = hp->n_embd % hp->n_head ? 0 : (uint32_t)(hp->n_embd / hp->n_head);
+    uint32_t hd_k, hd_v;
+    if ((st = g4_hp_u32_or(m, "attention.key_length", dflt_hd, &hd_k, err)) != G4_OK) return st;
+    if ((st = g4_hp_u32_or(m, "attention.value_length", hd_k, &hd_v, err)) != G4_OK) return st;
+    if (hd_k == 0)
         return g4_err_set(err, G4_ERR_FORMAT, "llama: embedding_length %d is not a multiple of "
                           "attention.head_count %d", hp->n_embd, hp->n_head);
-    hp->head_dim = hp->n_embd / hp->n_head;
+    if (hd_v != hd_k)
+        return g4_err_set(err, G4_ERR_UNSUPPORTED, "llama: attention.key_length %u != value_length %u "
+                          "is not supported", hd_k, hd_v);
+    hp->head_dim = (int32_t)hd_k;
     if ((st = g4_hp_u32_or(m, "rope.dimension_count", (uint32_t)hp->head_dim, &u, err)) != G4_OK) return st;
     hp->n_rot = (int32_t)u;
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2)
