@@ -35,6 +35,7 @@ import argparse
 import html
 import json
 import logging
+import math
 import re
 import struct
 import sys
@@ -62,6 +63,10 @@ FILE_TYPES: dict[str, tuple[int, T]] = {
     "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, T.Q8_0),
     "q4_0": (gguf.LlamaFileType.MOSTLY_Q4_0, T.Q4_0),
 }
+
+# big tensors (the 262144-row embedding tables) are read, converted and written in pieces of
+# about this many elements, so memory stays ~ 64 MB per piece
+_CHUNK_ELEMENTS = 1 << 24
 
 # Gemma 4 tokens the converter makes USER_DEFINED so that they are rendered (conversion/gemma.py)
 GEMMA4_VISIBLE_TOKENS = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
@@ -152,6 +157,21 @@ class SafetensorsDir:
         raw = np.memmap(f, dtype=np.uint8, mode="r", offset=b, shape=(e - b,)) if e > b else \
             np.zeros(0, np.uint8)
         a = raw.view(_ST_DTYPES[dt]).reshape(shape)
+        if dt == "BF16":
+            return (a.astype(np.uint32) << 16).view(np.float32)
+        return np.asarray(a, dtype=np.float32)
+
+    def get_rows(self, name: str, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1 of the tensor seen as 2-D (product of leading dims, last dim),
+        float32; reads only those bytes."""
+        f, dt, shape, b, e, _ = self._where[name]
+        if dt not in _ST_DTYPES:
+            raise ValueError(f"{f}: tensor {name!r} has unsupported dtype {dt}")
+        row = shape[-1] if shape else 1
+        isz = np.dtype(_ST_DTYPES[dt]).itemsize
+        raw = np.memmap(f, dtype=_ST_DTYPES[dt], mode="r", offset=b + r0 * row * isz,
+                        shape=((r1 - r0) * row,))
+        a = raw.reshape(r1 - r0, row)
         if dt == "BF16":
             return (a.astype(np.uint32) << 16).view(np.float32)
         return np.asarray(a, dtype=np.float32)
@@ -471,8 +491,11 @@ _SKIP_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.embed_visi
 
 
 def _hf_tensors(st: SafetensorsDir, arch: str, h: dict[str, Any], n_vocab_real: int
-                ) -> Iterator[tuple[str, Callable[[], np.ndarray], tuple[int, ...]]]:
-    """(GGUF name, loader, numpy shape) for every tensor of the text decoder."""
+                ) -> Iterator[tuple[str, Callable[[], np.ndarray], tuple[int, ...],
+                                    Callable[[int, int], np.ndarray] | None]]:
+    """(GGUF name, loader, numpy shape, row loader or None) for every tensor of the text
+    decoder. The row loader (r0, r1) -> rows of the tensor seen as 2-D is given when the
+    tensor needs no whole-tensor transform, so big tables are converted in chunks."""
     march = {"gemma4": gguf.MODEL_ARCH.GEMMA4, "gemma3": gguf.MODEL_ARCH.GEMMA3,
              "llama": gguf.MODEL_ARCH.LLAMA}[arch]
     tmap = gguf.get_tensor_name_map(march, h["num_hidden_layers"])
@@ -528,7 +551,11 @@ def _hf_tensors(st: SafetensorsDir, arch: str, h: dict[str, Any], n_vocab_real: 
         def load(name: str = name, post: Callable[[np.ndarray], np.ndarray] = post) -> np.ndarray:
             a = post(st.get(name))
             return np.ascontiguousarray(a.reshape(-1) if a.ndim == 0 else a, dtype=np.float32)
-        yield new, load, tuple(shape)
+        rows = None
+        if len(shape) >= 2 and not (arch == "llama" and rest.endswith(("q_proj.weight",
+                                                                        "k_proj.weight"))):
+            rows = (lambda name: lambda r0, r1: st.get_rows(name, r0, r1))(name)
+        yield new, load, tuple(shape), rows
 
 
 def _tensor_type(new: str, shape: tuple[int, ...], want: T) -> T:
@@ -628,7 +655,8 @@ def convert(hf_dir: str | Path, out_path: str | Path, type: str = "f16",
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     # tensor plan
-    plan: list[tuple[str, Callable[[], np.ndarray], tuple[int, ...], T]] = []
+    plan: list[tuple[str, Callable[[], np.ndarray], tuple[int, ...], T,
+                     Callable[[int, int], np.ndarray] | None]] = []
     if arch == "gemma4":
         rp = _rope_parameters(h).get("full_attention", {})
         if rp.get("rope_type", "proportional") != "proportional":
@@ -637,21 +665,40 @@ def convert(hf_dir: str | Path, out_path: str | Path, type: str = "f16",
         p = _gemma4_params(h)
         vals = np.array(rope_freqs_values(p.head_dim_global,
                                           rp.get("partial_rotary_factor", 0.25)), np.float32)
-        plan.append(("rope_freqs.weight", lambda v=vals: v, vals.shape, T.F32))
-    for new, load, shape in _hf_tensors(st, arch, h, n_vocab_real):
-        plan.append((new, load, shape, _tensor_type(new, shape, want)))
+        plan.append(("rope_freqs.weight", lambda v=vals: v, vals.shape, T.F32, None))
+    for new, load, shape, rows in _hf_tensors(st, arch, h, n_vocab_real):
+        plan.append((new, load, shape, _tensor_type(new, shape, want), rows))
 
-    for new, _, shape, t in plan:
+    for new, _, shape, t, _ in plan:
         w.add_tensor_info(new, shape, np.dtype(np.float32), _nbytes(shape, t), raw_dtype=t)
     w.write_header_to_file(out_path)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
+    fout = w.fout[0]
+    w.write_padding(fout, fout.tell())
     counts: dict[str, int] = {}
-    for new, load, shape, t in plan:
-        a = load()
-        if a.shape != shape:
-            raise ValueError(f"{hf_dir}: tensor for {new} has shape {a.shape}, expected {shape}")
-        w.write_tensor_data(_encode(a, t))
+    chunk = _CHUNK_ELEMENTS
+    for new, load, shape, t, rows in plan:
+        n = math.prod(shape)
+        written = 0
+        if rows is not None and n > chunk:
+            n_rows, row = n // shape[-1], shape[-1]
+            step = max(1, chunk // row)
+            for r0 in range(0, n_rows, step):
+                data = _encode(rows(r0, min(n_rows, r0 + step)), t)
+                data.tofile(fout)
+                written += data.nbytes
+        else:
+            a = load()
+            if a.shape != shape:
+                raise ValueError(f"{hf_dir}: tensor for {new} has shape {a.shape}, "
+                                 f"expected {shape}")
+            data = _encode(a, t)
+            data.tofile(fout)
+            written = data.nbytes
+        if written != _nbytes(shape, t):
+            raise AssertionError(f"{new}: wrote {written} bytes, expected {_nbytes(shape, t)}")
+        w.write_padding(fout, written)
         counts[t.name] = counts.get(t.name, 0) + 1
     w.close()
     return ConvertReport(str(out_path), arch, type, len(plan), out_path.stat().st_size,
@@ -664,7 +711,8 @@ def convert(hf_dir: str | Path, out_path: str | Path, type: str = "f16",
 
 def _cli(args: argparse.Namespace) -> int:
     r = convert(args.hf_dir, args.out, type=args.type, name=args.name)
-    print(f"wrote {r.path}: {r.arch}, {r.n_tensors} tensors ({', '.join(f'{k} {v}' for k, v in sorted(r.tensor_types.items()))}), "
+    types = ", ".join(f"{k} {v}" for k, v in sorted(r.tensor_types.items()))
+    print(f"wrote {r.path}: {r.arch}, {r.n_tensors} tensors ({types}), "
           f"{r.file_bytes / 1e6:.1f} MB in {r.seconds:.1f} s", file=sys.stderr)
     return 0
 

@@ -15,7 +15,7 @@ HF transformers' Gemma4TextConfig and llama.cpp's gemma4 support.
 from __future__ import annotations
 
 import html
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import gguf
@@ -23,7 +23,7 @@ import gguf
 __all__ = [
     "GGUF_TYPES", "TensorSpec", "Gemma4Shape", "LlamaShape", "GEMMA4_VARIANTS", "TINYLLAMA",
     "gemma4_tensor_specs", "llama_tensor_specs", "kv_source_layer", "rope_freqs_values",
-    "Q4_K_M_FTYPE", "q4_k_m_types", "never_quantized",
+    "Q4_K_M_FTYPE", "q4_k_m_types",
 ]
 
 T = gguf.GGMLQuantizationType
@@ -299,12 +299,6 @@ def llama_tensor_specs(s: LlamaShape) -> list[TensorSpec]:
 
 # ---------------------------------------------------------------------------------------------
 # Tensor types (llama-quant.cpp)
-
-
-def never_quantized(spec: TensorSpec) -> bool:
-    """llama-quant.cpp tensor_allows_quantization: only 2-D/3-D '*weight' tensors, never norms,
-    never the MoE router (ffn_gate_inp) and never per_layer_model_proj."""
-    return spec.role in ("norm", "router", "keep") or len(spec.shape) < 2
 
 
 def _use_more_bits(i: int, n: int) -> bool:

@@ -47,8 +47,7 @@ from gguf import GGMLQuantizationType as T
 
 from .convert import _meta_gemma4
 from .gguf_arch import (GEMMA4_VARIANTS, TINYLLAMA, Gemma4Shape, LlamaShape, Q4_K_M_FTYPE,
-                        TensorSpec, gemma4_tensor_specs, llama_tensor_specs, never_quantized,
-                        q4_k_m_types, rope_freqs_values)
+                        TensorSpec, gemma4_tensor_specs, llama_tensor_specs, q4_k_m_types, rope_freqs_values)
 
 __all__ = ["SynthReport", "SynthPlan", "plan", "synth", "register_cli", "random_blocks"]
 

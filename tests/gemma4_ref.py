@@ -306,14 +306,20 @@ def _kv_source(swa: list[bool], n_shared: int, il: int) -> int:
     return max(j for j in range(first) if swa[j] == swa[il])
 
 
-def numpy_forward(gguf_path: str | Path, token_ids: list[int] | np.ndarray) -> np.ndarray:
+def numpy_forward(gguf_path: str | Path, token_ids: list[int] | np.ndarray,
+                  trace: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Logits (T, n_vocab) float32 of the GGUF model for token_ids at positions 0..T-1,
-    computed in numpy from the file alone (architectures gemma4, gemma3, llama)."""
+    computed in numpy from the file alone (architectures gemma4, gemma3, llama).
+
+    trace (gemma4 only): if a dict is given, it receives the activations for debugging a port
+    layer by layer: "inp_scaled" (T, H), "ple" (T, L, P), and per layer l: f"{l}.q" (roped,
+    T x nh x hd), f"{l}.attn_out" (residual after attention), f"{l}.ffn_out" (after the FFN
+    residual), f"{l}.out" (after PLE and the layer scalar); "result_norm" (T, H)."""
     m = _GGUF(gguf_path)
     ids = np.asarray(token_ids, dtype=np.int64)
     pos = np.arange(len(ids))
     if m.arch == "gemma4":
-        return _gemma4(m, ids, pos)
+        return _gemma4(m, ids, pos, trace if trace is not None else {})
     if m.arch == "gemma3":
         return _gemma3(m, ids, pos)
     if m.arch == "llama":
@@ -321,7 +327,8 @@ def numpy_forward(gguf_path: str | Path, token_ids: list[int] | np.ndarray) -> n
     raise ValueError(f"numpy_forward: unsupported architecture {m.arch}")
 
 
-def _gemma4(m: _GGUF, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def _gemma4(m: _GGUF, ids: np.ndarray, pos: np.ndarray, tr: dict[str, np.ndarray]
+            ) -> np.ndarray:
     L, H = m.kv("block_count"), m.kv("embedding_length")
     eps = m.kv("attention.layer_norm_rms_epsilon")
     nh = m.per_layer("attention.head_count", L)
@@ -339,11 +346,13 @@ def _gemma4(m: _GGUF, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
     out_w = m.w("output.weight") if m.has("output.weight") else emb
 
     h = emb[ids] * np.float32(math.sqrt(H))
+    tr["inp_scaled"] = h
     if P:
         tokp = m.w("per_layer_token_embd.weight")[ids].reshape(len(ids), L, P) * math.sqrt(P)
         proj = (h @ m.w("per_layer_model_proj.weight").T) * (H ** -0.5)
         proj = _rms(proj.reshape(len(ids), L, P), eps) * m.w("per_layer_proj_norm.weight")
         ple = (proj + tokp) * (2.0 ** -0.5)
+        tr["ple"] = ple
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for il in range(L):
         b = f"blk.{il}."
@@ -355,6 +364,7 @@ def _gemma4(m: _GGUF, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
             q = _rope_neox(q, pos, base_swa, rot_swa)
         else:
             q = _rope_neox(q, pos, base, rot, ff)
+        tr[f"{il}.q"] = q
         if m.has(b + "attn_k.weight"):
             k_raw = (x @ m.w(b + "attn_k.weight").T).reshape(len(ids), nkv[il], hd)
             v_raw = (x @ m.w(b + "attn_v.weight").T).reshape(len(ids), nkv[il], hd) \
@@ -367,6 +377,7 @@ def _gemma4(m: _GGUF, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
         a = _attend(q, k, v, 1.0, W if swa[il] else None)
         a = a @ m.w(b + "attn_output.weight").T
         h = h + _rms(a, eps) * m.w(b + "post_attention_norm.weight")
+        tr[f"{il}.attn_out"] = h
 
         res = h
         xm = _rms(res, eps) * m.w(b + "ffn_norm.weight")
@@ -396,12 +407,16 @@ def _gemma4(m: _GGUF, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
                     y2[t] += we * esc[e] * (down_e[e] @ z)
             y = y1 + _rms(y2, eps) * m.w(b + "post_ffw_norm_2.weight")
         h = res + _rms(y, eps) * m.w(b + "post_ffw_norm.weight")
+        tr[f"{il}.ffn_out"] = h
         if P:
             gt = _gelu(h @ m.w(b + "inp_gate.weight").T) * ple[:, il, :]
             h = h + _rms(gt @ m.w(b + "proj.weight").T, eps) * m.w(b + "post_norm.weight")
         if m.has(b + "layer_output_scale.weight"):
             h = h * m.w(b + "layer_output_scale.weight")[0]
-    logits = (_rms(h, eps) * m.w("output_norm.weight")) @ out_w.T
+        tr[f"{il}.out"] = h
+    hn = _rms(h, eps) * m.w("output_norm.weight")
+    tr["result_norm"] = hn
+    logits = hn @ out_w.T
     if cap:
         logits = cap * np.tanh(logits / cap)
     return logits.astype(np.float32)
