@@ -9,8 +9,10 @@
 
 The forward pass, sampling and the token loop run in C with the GIL released;
 this module turns token ids into text (whole UTF-8 characters only), applies
-stop strings and keeps the timing figures. Each generate() starts from an
-empty context (position 0); one generation runs at a time per Model.
+stop strings and keeps the timing figures. Each generate() gives the same
+result as from an empty context; the KV cache of a prompt prefix shared with
+the previous call (a chat's history) is reused rather than recomputed. One
+generation runs at a time per Model.
 
 Also the `gemma4stack run` command (register_cli).
 """
@@ -42,7 +44,8 @@ class GenerationStats:
     prompt_tokens: tokens prefilled (BOS included). completion_tokens: tokens sampled
     (text cut by a stop string still counts its tokens; the end-of-generation token does not).
     ttft_ms: from the generate() call (tokenization included) to the first sampled token.
-    prefill_ms / prefill_tokens_per_s: the prompt's forward pass in the C core.
+    prefill_ms / prefill_tokens_per_s: the prompt's forward pass in the C core, over the
+    prompt tokens that were not reused from the previous call (cached_tokens, see generate).
     decode_ms / decode_tokens_per_s: the one-token forward passes after it (with sampling),
     0.0 when there were none. finish_reason: "stop" (end-of-generation token or a stop
     string), "length" (max_tokens or the context is full), or "cancelled" (the consumer
@@ -57,6 +60,7 @@ class GenerationStats:
     decode_ms: float
     decode_tokens_per_s: float
     finish_reason: str
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +97,9 @@ class Model:
         self._core = _core.Model(self.path, n_ctx=context or 0, n_threads=threads or 0)
         self._gguf = None
         self.last_stats: GenerationStats | None = None
+        # (epoch, ids): token ids whose K/V the last generation left at positions 0..len-1,
+        # valid while the core's epoch is unchanged (nothing else used the cache)
+        self._kv: tuple[int, list[int]] | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -198,14 +205,38 @@ class Model:
         if len(ids) > self.n_ctx:
             raise LimitError(f"the prompt is {len(ids)} tokens, longer than the context of "
                              f"{self.n_ctx} tokens")
-        gen = self._core.generate_iter(ids, max_tokens, float(temperature), top_k, float(top_p),
-                                       int(seed) & (2**64 - 1))
-        pieces = self._pieces(gen, ids[-1], stops, t0)
+        args = (ids, max_tokens, float(temperature), top_k, float(top_p), int(seed) & (2**64 - 1))
+        n_keep, epoch = self._reusable_prefix(ids)
+        self._kv = None
+        try:
+            gen = self._core.generate_iter(*args, n_keep=n_keep, epoch=epoch)
+        except RuntimeError:
+            if not n_keep:
+                raise
+            gen = self._core.generate_iter(*args)      # the cache changed meanwhile
+        pieces = self._pieces(gen, ids, stops, t0)
         return pieces if stream else "".join(pieces)
 
-    def _pieces(self, gen, prev: int, stops: list[str], t0: float) -> Iterator[str]:
+    def _reusable_prefix(self, ids: list[int]) -> tuple[int, int]:
+        """(n_keep, epoch): how many leading prompt tokens the KV cache still holds from the
+        previous generation (at most len(ids) - 1: the last one is run for its logits).
+        Positions hold the same K/V whether computed in a batch or one by one, so reuse
+        changes speed only, not results."""
+        if self._kv is None:
+            return 0, 0
+        epoch, cached = self._kv
+        n = 0
+        for a, b in zip(cached, ids[:-1]):
+            if a != b:
+                break
+            n += 1
+        return n, epoch
+
+    def _pieces(self, gen, ids: list[int], stops: list[str], t0: float) -> Iterator[str]:
         """Token ids from the C generation -> text pieces, with stop strings applied."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        prev = ids[-1]
+        out: list[int] = []
         held = ""            # text not yet yielded: it may be the start of a stop string
         finish = None
         ttft = None
@@ -213,6 +244,7 @@ class Model:
             for tok in gen:
                 if ttft is None:
                     ttft = (time.perf_counter() - t0) * 1e3
+                out.append(tok)
                 text = decoder.decode(self._core.piece(tok, prev))
                 prev = tok
                 if not text:
@@ -246,6 +278,7 @@ class Model:
             s = gen.stats()
             gen.close()
             self.last_stats = _stats(s, finish or s["finish_reason"] or "stop", ttft)
+            self._kv = (s["epoch"], (ids + out)[:s["n_past"]])
 
     # -------------------------------------------------------------- lifetime
 
@@ -312,9 +345,10 @@ def _stats(s: dict, finish: str, ttft_ms: float | None) -> GenerationStats:
     return GenerationStats(
         prompt_tokens=s["prompt_tokens"], completion_tokens=s["completion_tokens"],
         ttft_ms=ttft_ms if ttft_ms is not None else s["ttft_ms"],
-        prefill_ms=s["prefill_ms"], prefill_tokens_per_s=rate(s["prompt_tokens"], s["prefill_ms"]),
+        prefill_ms=s["prefill_ms"],
+        prefill_tokens_per_s=rate(s["prompt_tokens"] - s["cached_tokens"], s["prefill_ms"]),
         decode_ms=s["decode_ms"], decode_tokens_per_s=rate(s["decode_steps"], s["decode_ms"]),
-        finish_reason=finish)
+        finish_reason=finish, cached_tokens=s["cached_tokens"])
 
 
 # ------------------------------------------------------------------------ CLI

@@ -102,13 +102,14 @@ def test_utf8_split_across_byte_tokens_is_emitted_whole(m260k):
             return iter(ids)
 
         def stats(self):
-            return dict(prompt_tokens=1, completion_tokens=len(ids), decode_steps=len(ids) - 1,
-                        prefill_ms=1.0, ttft_ms=1.0, decode_ms=1.0, finish_reason="length")
+            return dict(prompt_tokens=1, cached_tokens=0, n_past=0, completion_tokens=len(ids),
+                        decode_steps=len(ids) - 1, prefill_ms=1.0, ttft_ms=1.0, decode_ms=1.0,
+                        finish_reason="length", epoch=0)
 
         def close(self):
             pass
 
-    pieces = list(m260k._pieces(FakeGen(), m260k.bos_id, [], 0.0))
+    pieces = list(m260k._pieces(FakeGen(), [m260k.bos_id], [], 0.0))
     assert "".join(pieces) == "é Once€!"
     assert pieces[0] == "é" and "€" in pieces and all("\ufffd" not in p for p in pieces)
     assert m260k.detokenize(ids) == "é Once€!"
@@ -166,6 +167,44 @@ def test_closing_the_stream_cancels_generation(tiny):
     s = tiny.last_stats
     assert s.finish_reason == "cancelled" and s.completion_tokens <= 4 and len(got) == 3
     assert tiny.generate("Once upon a time", max_tokens=5, temperature=0)   # still usable
+
+
+# ------------------------------------------------------------ prefix reuse
+
+
+def test_prefix_reuse_gives_the_same_text_as_a_fresh_model(models):
+    """A chat-like second turn (the first prompt + its answer + more) reuses the cached
+    prefix and produces exactly what a fresh model produces."""
+    path = models / "TinyStories-656K-Q8_0.gguf"
+    m = Model(path)
+    p1 = "Once upon a time"
+    a1 = m.generate(p1, max_tokens=25, temperature=0)
+    assert m.last_stats.cached_tokens == 0
+    p2 = p1 + a1 + " Then"
+    a2 = m.generate(p2, max_tokens=25, temperature=0)
+    s = m.last_stats
+    n1 = len(m.tokenize(p1))
+    assert s.cached_tokens >= n1 and s.prompt_tokens == len(m.tokenize(p2))
+    fresh = Model(path)
+    assert fresh.generate(p2, max_tokens=25, temperature=0) == a2
+    assert fresh.last_stats.cached_tokens == 0
+    # the same prompt again: everything but the last prompt token is reused
+    assert m.generate(p2, max_tokens=25, temperature=0) == a2
+    assert m.last_stats.cached_tokens == s.prompt_tokens - 1
+    # sampling with a seed also agrees with a fresh model
+    b = m.generate(p2, max_tokens=25, seed=7)
+    assert m.last_stats.cached_tokens > 0 and fresh.generate(p2, max_tokens=25, seed=7) == b
+
+
+def test_no_reuse_after_another_call_used_the_cache(tiny):
+    tiny.generate("Once upon a time", max_tokens=10, temperature=0)
+    tiny.logits([1, 5, 6, 7, 8, 9])            # overwrites positions 0..5
+    a = tiny.generate("Once upon a time", max_tokens=10, temperature=0)
+    assert tiny.last_stats.cached_tokens == 0
+    assert a.startswith(", a little girl named Lily")
+    # the C side refuses a stale epoch outright
+    with pytest.raises(RuntimeError, match="KV cache changed"):
+        tiny._core.generate_iter([1, 147, 201], 5, n_keep=2, epoch=tiny._core.epoch + 12345)
 
 
 # ----------------------------------------------------------------- stats

@@ -38,6 +38,11 @@ g4_gen *g4_gen_create(g4_model *m, const int32_t *prompt, int32_t n_prompt,
                    n_prompt, n_ctx);
         return NULL;
     }
+    if (p->n_keep < 0 || p->n_keep >= n_prompt) {
+        g4_err_set(err, G4_ERR_INVALID, "generate: n_keep %d must be in 0..%d (at least one prompt "
+                   "token is run to get logits)", p->n_keep, n_prompt - 1);
+        return NULL;
+    }
     if (p->max_tokens < 0) {
         g4_err_set(err, G4_ERR_INVALID, "generate: max_tokens %d is negative", p->max_tokens);
         return NULL;
@@ -63,6 +68,7 @@ g4_gen *g4_gen_create(g4_model *m, const int32_t *prompt, int32_t n_prompt,
     g->max_tokens = p->max_tokens;
     g4_sampler_init(&g->sampler, p->temperature, p->top_k, p->top_p, p->seed);
     g->st.n_prompt = n_prompt;
+    g->st.n_cached = p->n_keep;
     return g;
 }
 
@@ -74,7 +80,8 @@ g4_status g4_gen_next(g4_gen *g, int32_t *token, g4_err *err) {
     const double t0 = now_ms();
     g4_status s;
     if (!g->started) {
-        s = g4_model_forward(g->m, g->prompt, g->st.n_prompt, 0, g->logits, 0, err);
+        const int32_t k = g->st.n_cached;
+        s = g4_model_forward(g->m, g->prompt + k, g->st.n_prompt - k, k, g->logits, 0, err);
         if (s != G4_OK) return s;
         g->started = 1;
         g->pos = g->st.n_prompt;
@@ -100,7 +107,11 @@ g4_status g4_gen_next(g4_gen *g, int32_t *token, g4_err *err) {
     return G4_OK;
 }
 
-g4_gen_stats g4_gen_get_stats(const g4_gen *g) { return g->st; }
+g4_gen_stats g4_gen_get_stats(const g4_gen *g) {
+    g4_gen_stats s = g->st;
+    s.n_past = g->started ? g->pos : g->st.n_cached;
+    return s;
+}
 
 void g4_gen_free(g4_gen *g) {
     if (!g) return;

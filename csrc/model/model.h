@@ -63,6 +63,8 @@ typedef struct g4_gen_params {
     int32_t top_k;           /* <= 0: off */
     float top_p;             /* >= 1: off */
     uint64_t seed;
+    int32_t n_keep;          /* prompt tokens [0, n_keep) are already in the KV cache at
+                                their positions (prefix reuse); 0 <= n_keep < n_prompt */
 } g4_gen_params;
 
 typedef enum g4_finish {
@@ -72,13 +74,16 @@ typedef enum g4_finish {
 } g4_finish;
 
 typedef struct g4_gen_stats {
-    int32_t n_prompt;        /* prompt tokens prefilled */
+    int32_t n_prompt;        /* prompt tokens (n_cached of them reused from the cache) */
+    int32_t n_cached;        /* prompt tokens not recomputed (g4_gen_params.n_keep) */
     int32_t n_generated;     /* tokens returned so far */
     int32_t n_decode;        /* single-token forward passes after the prefill */
-    double prefill_ms;       /* the prompt's forward pass */
+    double prefill_ms;       /* the forward pass of the n_prompt - n_cached new prompt tokens */
     double ttft_ms;          /* prefill + first sample: time to the first token */
     double decode_ms;        /* the n_decode forward passes and their sampling */
     g4_finish finish;
+    int32_t n_past;          /* KV positions 0..n_past-1 now hold prompt + returned tokens
+                                (the last returned token is only there if it was fed back) */
 } g4_gen_stats;
 
 typedef struct g4_gen g4_gen;

@@ -269,12 +269,13 @@ static PyObject *Model_memory(ModelObject *self, PyObject *unused) {
 }
 
 static PyObject *Model_generate_iter(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed", NULL};
+    static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed",
+                             "n_keep", "epoch", NULL};
     PyObject *prompt_obj;
     g4_gen_params p = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0 };
-    unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififK:generate_iter", kwlist, &prompt_obj, &p.max_tokens,
-                                     &p.temperature, &p.top_k, &p.top_p, &seed))
+    unsigned long long seed = 0, want_epoch = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififKiK:generate_iter", kwlist, &prompt_obj, &p.max_tokens,
+                                     &p.temperature, &p.top_k, &p.top_p, &seed, &p.n_keep, &want_epoch))
         return NULL;
     p.seed = seed;
     Py_ssize_t n;
@@ -282,6 +283,14 @@ static PyObject *Model_generate_iter(ModelObject *self, PyObject *args, PyObject
     if (!ids) return NULL;
     if (n > INT32_MAX) n = INT32_MAX;
     if (lock_model(self) < 0) { PyMem_Free(ids); return NULL; }
+    if (p.n_keep > 0 && self->epoch != want_epoch) {
+        /* someone used the cache since the caller looked: nothing to reuse */
+        unlock_model(self);
+        PyMem_Free(ids);
+        PyErr_SetString(PyExc_RuntimeError, "generate_iter: n_keep given but the KV cache changed "
+                        "since `epoch` (another call used the model)");
+        return NULL;
+    }
     g4_err err;
     g4_gen *gen = g4_gen_create(self->m, ids, (int32_t)n, &p, &err);
     uint64_t epoch = ++self->epoch;
@@ -321,6 +330,13 @@ static PyObject *Model_get_arch(ModelObject *self, void *c) {
 
 static PyObject *Model_get_closed(ModelObject *self, void *c) { return PyBool_FromLong(self->m == NULL); }
 
+static PyObject *Model_get_epoch(ModelObject *self, void *c) {
+    if (lock_model(self) < 0) return NULL;
+    unsigned long long e = self->epoch;
+    unlock_model(self);
+    return PyLong_FromUnsignedLongLong(e);
+}
+
 static PyObject *Model_is_eog(ModelObject *self, PyObject *arg) {
     long id = PyLong_AsLong(arg);
     if (id == -1 && PyErr_Occurred()) return NULL;
@@ -341,8 +357,12 @@ static PyMethodDef Model_methods[] = {
      "forward(tokens, pos, logits_out, all_logits=False): run tokens at positions pos.. (GIL released);\n"
      "logits_out: writable float32 buffer of n_vocab (or len(tokens) * n_vocab with all_logits) floats"},
     {"generate_iter", (PyCFunction)(void (*)(void))Model_generate_iter, METH_VARARGS | METH_KEYWORDS,
-     "generate_iter(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0) -> Generation\n"
-     "An iterator of generated token ids, starting from position 0; each step runs with the GIL released."},
+     "generate_iter(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0, n_keep=0,\n"
+     "              epoch=0) -> Generation\n"
+     "An iterator of generated token ids; each step runs with the GIL released. The prompt starts at\n"
+     "position 0; with n_keep > 0 its first n_keep tokens are taken as already in the KV cache, which\n"
+     "must not have been touched since `epoch` (the value of Model.epoch after the generation that\n"
+     "left them there); otherwise RuntimeError."},
     {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Forget the KV cache (invalidates running generations)."},
     {"memory", (PyCFunction)Model_memory, METH_NOARGS, "memory() -> dict(weights_bytes, kv_bytes, scratch_bytes)"},
     {"is_eog", (PyCFunction)Model_is_eog, METH_O, "is_eog(id) -> bool: generation stops at this token"},
@@ -359,6 +379,8 @@ static PyGetSetDef Model_getset[] = {
     {"add_bos", (getter)Model_get_add_bos, NULL, "1 when the vocab prepends BOS by default", NULL},
     {"arch", (getter)Model_get_arch, NULL, "general.architecture", NULL},
     {"closed", (getter)Model_get_closed, NULL, "True after close()", NULL},
+    {"epoch", (getter)Model_get_epoch, NULL,
+     "KV cache owner counter: changes whenever forward/reset/generate_iter takes the cache", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -416,16 +438,20 @@ static PyObject *Gen_close(GenObject *self, PyObject *unused) {
 static PyObject *Gen_stats(GenObject *self, PyObject *unused) {
     g4_gen_stats s = self->gen ? g4_gen_get_stats(self->gen) : self->closed_stats;
     const char *finish = s.finish == G4_FINISH_STOP ? "stop" : s.finish == G4_FINISH_LENGTH ? "length" : NULL;
-    return Py_BuildValue("{s:i,s:i,s:i,s:d,s:d,s:d,s:z}",
-                         "prompt_tokens", s.n_prompt, "completion_tokens", s.n_generated,
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:d,s:d,s:d,s:z,s:K}",
+                         "prompt_tokens", s.n_prompt, "cached_tokens", s.n_cached, "n_past", s.n_past,
+                         "completion_tokens", s.n_generated,
                          "decode_steps", s.n_decode, "prefill_ms", s.prefill_ms, "ttft_ms", s.ttft_ms,
-                         "decode_ms", s.decode_ms, "finish_reason", finish);
+                         "decode_ms", s.decode_ms, "finish_reason", finish,
+                         "epoch", (unsigned long long)self->epoch);
 }
 
 static PyMethodDef Gen_methods[] = {
     {"stats", (PyCFunction)Gen_stats, METH_NOARGS,
-     "stats() -> dict(prompt_tokens, completion_tokens, decode_steps, prefill_ms, ttft_ms, decode_ms,\n"
-     "finish_reason: None while running, 'stop' (end-of-generation token) or 'length')"},
+     "stats() -> dict(prompt_tokens, cached_tokens, n_past, completion_tokens, decode_steps, prefill_ms,\n"
+     "ttft_ms, decode_ms, finish_reason: None while running, 'stop' (end-of-generation token) or\n"
+     "'length', epoch: the model epoch this generation owns). n_past: KV positions holding\n"
+     "prompt + returned tokens, reusable with generate_iter(n_keep=..., epoch=...)."},
     {"close", (PyCFunction)Gen_close, METH_NOARGS, "Stop early and free the generation's buffers."},
     {NULL, NULL, 0, NULL},
 };
