@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import signal
 import statistics
 import subprocess
@@ -115,9 +116,11 @@ async def one_request(reader, writer, host: str, path: str, body: bytes) -> Resu
     return Result(kind == "done", kind, ttft, time.perf_counter() - t0)
 
 
-async def worker(port: int, path: str, model: str, deadline: float, out: list, timeout: float):
+async def worker(port: int, path: str, model: str, deadline: float, out: list, timeout: float,
+                 stagger: float = 0.0):
     body = BODY.replace("MODEL", model).encode()
     reader = writer = None
+    await asyncio.sleep(random.uniform(0, stagger))   # spread the streams' phases
     while time.monotonic() < deadline:
         try:
             if writer is None:
@@ -141,11 +144,14 @@ async def worker(port: int, path: str, model: str, deadline: float, out: list, t
         writer.close()
 
 
+STAGGER = 0.0   # seconds; set from --stagger
+
+
 async def run_load(port: int, path: str, model: str, conc: int, seconds: float,
                    timeout: float = 30.0) -> tuple[list[Result], float]:
     out: list[Result] = []
     t0 = time.monotonic()
-    await asyncio.gather(*(worker(port, path, model, t0 + seconds, out, timeout)
+    await asyncio.gather(*(worker(port, path, model, t0 + seconds, out, timeout, STAGGER)
                            for _ in range(conc)))
     return out, time.monotonic() - t0
 
@@ -259,9 +265,15 @@ def main():
     ap.add_argument("--delay", type=float, default=0.02, help="seconds between pieces")
     ap.add_argument("--soak", type=float, default=0, help="soak seconds (0 = skip)")
     ap.add_argument("--chaos-every", type=float, default=20, help="kill a backend every S s")
+    ap.add_argument("--stagger", type=float, default=None,
+                    help="start each client at a random time in [0, S] s so the streams are "
+                         "out of phase (default: one stream's duration, tokens x delay; "
+                         "0 = all start together, a thundering herd)")
     ap.add_argument("--access-log", action="store_true", help="keep uvicorn's access log on")
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args()
+    global STAGGER
+    STAGGER = args.tokens * args.delay if args.stagger is None else args.stagger
     out = {"args": vars(args), "overhead": overhead(args)}
     if args.soak:
         out["soak"] = soak(args)
