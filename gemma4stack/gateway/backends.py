@@ -22,7 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -446,5 +446,3 @@ class OpenAIBackend:
         for p in self._pools:
             await p.aclose()
 
-
-BackendFactory = Callable[[TierConfig], Any]
