@@ -465,3 +465,22 @@ def test_metrics_count_requests_tokens_latency(stack, gguf):
     assert val[("gemma4stack_request_latency_seconds_count", (("tier", "fast"),))] == 1
     assert val[("gemma4stack_ttft_seconds_count", (("tier", "primary"),))] == 1
     assert val[("gemma4stack_breaker_state", (("tier", "heavy"),))] == 0
+
+
+def test_fastapi_validation_errors_become_openai_400(stack, gguf):
+    """FastAPI's own RequestValidationError (422 by default) is answered as a 400 error object."""
+    import asyncio
+    from fastapi.exceptions import RequestValidationError
+    from starlette.requests import Request
+
+    gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf}}})
+    handler = gw.app.exception_handlers[RequestValidationError]
+    exc = RequestValidationError([{"type": "int_parsing", "loc": ("query", "limit"),
+                                   "msg": "Input should be a valid integer", "input": "x"}])
+    req = Request({"type": "http", "method": "GET", "path": "/v1/models", "headers": [],
+                   "query_string": b"limit=x"})
+    resp = asyncio.run(handler(req, exc))
+    assert resp.status_code == 400
+    err = json.loads(resp.body)["error"]
+    assert err == {"message": "Invalid value for 'limit': Input should be a valid integer",
+                   "type": "invalid_request_error", "param": "limit", "code": "invalid_value"}
