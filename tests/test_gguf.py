@@ -252,7 +252,8 @@ def test_type_table_matches_gguf_py():
         assert name == t.name and b == blck
         # gguf-py keeps Q8_1 at 40 bytes (an old float d/s layout); ggml's block_q8_1 is 36
         assert s == (36 if t == GGMLQuantizationType.Q8_1 else size), t.name
-        assert supported == (t.name in {"F32", "F16", "BF16", "Q8_0", "Q4_0"})
+        assert supported == (t.name in {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                                         "Q4_K", "Q5_K", "Q6_K"})
     with pytest.raises(ValueError):
         _core.type_info(4)
     with pytest.raises(gemma4stack.UnsupportedError, match="Q4_K"):

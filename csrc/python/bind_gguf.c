@@ -7,6 +7,9 @@
  *   dequantize(type, data, n) -> bytes (n float32)
  *   quantize(type, data) -> bytes (data: a float32 buffer)
  *   matvec(type, w, rows, cols, x) -> bytes (rows float32), the scalar reference
+ *   matmul(type, w, rows, cols, x, nt) -> bytes (nt x rows float32), the active ISA
+ *   vec_dot_type(type) -> int
+ *   isa() -> str; set_isa(name); isas() -> {name: available}
  *
  * Thin by design: the C core validates; here we only convert.
  */
@@ -156,12 +159,13 @@ static PyObject *py_type_info(PyObject *self, PyObject *args) {
                          g4_type_supported(type) ? Py_True : Py_False);
 }
 
-/* Check `type` computes and n fits its blocks; 0 with an exception set otherwise. */
-static int check_type_n(unsigned int type, Py_ssize_t n) {
-    if (!g4_type_supported(type)) {
+/* Check `ok` (the type has the needed support) and that n fits its blocks;
+ * 0 with an exception set otherwise. */
+static int check_type_n(unsigned int type, Py_ssize_t n, int ok, const char *what) {
+    if (!ok) {
         g4_err err;
         const char *name = g4_type_name(type);
-        g4_err_set(&err, G4_ERR_UNSUPPORTED, "no compute support for type %s (id %u)", name ? name : "?", type);
+        g4_err_set(&err, G4_ERR_UNSUPPORTED, "no %s for type %s (id %u)", what, name ? name : "?", type);
         g4py_raise(&err);
         return 0;
     }
@@ -179,7 +183,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "Iy*n:dequantize", &type, &src, &n)) return NULL;
     PyObject *out = NULL;
-    if (!check_type_n(type, n)) goto done;
+    if (!check_type_n(type, n, g4_type_can_dequantize(type), "dequantizer")) goto done;
     size_t need = g4_row_size(type, n);
     if ((size_t)src.len < need) {
         PyErr_Format(PyExc_ValueError, "%zd %s elements need %zu bytes, got %zd", n, g4_type_name(type), need, src.len);
@@ -206,7 +210,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "quantize: data must be a float32 buffer");
         goto done;
     }
-    if (!check_type_n(type, n)) goto done;
+    if (!check_type_n(type, n, g4_type_can_quantize(type), "quantizer")) goto done;
     out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)g4_row_size(type, n));
     if (!out) goto done;
     void *dst = PyBytes_AS_STRING(out);
@@ -224,7 +228,7 @@ static PyObject *py_matvec(PyObject *self, PyObject *args) {
     Py_ssize_t rows, cols;
     if (!PyArg_ParseTuple(args, "Iy*nny*:matvec", &type, &w, &rows, &cols, &x)) return NULL;
     PyObject *out = NULL;
-    if (!check_type_n(type, cols)) goto done;
+    if (!check_type_n(type, cols, g4_type_supported(type), "compute support")) goto done;
     size_t row = g4_row_size(type, cols), need;
     if (rows < 0 || __builtin_mul_overflow(row, (size_t)rows, &need) || (size_t)w.len < need ||
         x.len != cols * (Py_ssize_t)sizeof(float)) {
@@ -244,6 +248,71 @@ done:
     return out;
 }
 
+static PyObject *py_matmul(PyObject *self, PyObject *args) {
+    unsigned int type;
+    Py_buffer w, x;
+    Py_ssize_t rows, cols, nt;
+    if (!PyArg_ParseTuple(args, "Iy*nny*n:matmul", &type, &w, &rows, &cols, &x, &nt)) return NULL;
+    PyObject *out = NULL;
+    void *xq = NULL;
+    if (!check_type_n(type, cols, g4_type_supported(type), "compute support")) goto done;
+    const uint32_t vdt = g4_vec_dot_type(type);
+    size_t row = g4_row_size(type, cols), xrow = g4_row_size(vdt, cols), need, xneed;
+    if (rows < 0 || nt < 1 || __builtin_mul_overflow(row, (size_t)rows, &need) || (size_t)w.len < need ||
+        __builtin_mul_overflow((size_t)nt, (size_t)cols * sizeof(float), &xneed) || (size_t)x.len != xneed) {
+        PyErr_Format(PyExc_ValueError, "matmul: need %zd x %zd %s weights and %zd x %zd float32 inputs",
+                     rows, cols, g4_type_name(type), nt, cols);
+        goto done;
+    }
+    xq = PyMem_Malloc(xrow * (size_t)nt + 64);
+    out = PyBytes_FromStringAndSize(NULL, nt * rows * (Py_ssize_t)sizeof(float));
+    if (!xq || !out) { Py_CLEAR(out); PyErr_NoMemory(); goto done; }
+    float *y = (float *)PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < nt; t++)   /* activations quantized once, on the active ISA */
+        g4_quantize_row(vdt, (const float *)x.buf + t * cols, (uint8_t *)xq + (size_t)t * xrow, cols);
+    g4_matmul_rows_vq(type, w.buf, cols, xq, xrow, nt, y, rows, 0, rows);
+    Py_END_ALLOW_THREADS
+done:
+    PyMem_Free(xq);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&x);
+    return out;
+}
+
+static PyObject *py_vec_dot_type(PyObject *self, PyObject *args) {
+    unsigned int type;
+    if (!PyArg_ParseTuple(args, "I:vec_dot_type", &type)) return NULL;
+    return PyLong_FromUnsignedLong(g4_vec_dot_type(type));
+}
+
+/* ---- ISA selection ---- */
+
+static PyObject *py_isa(PyObject *self, PyObject *noargs) {
+    return PyUnicode_FromString(g4_isa_name(g4_isa_active()));
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s:set_isa", &name)) return NULL;
+    int isa = g4_isa_from_name(name);
+    if (isa < 0) return PyErr_Format(PyExc_ValueError, "unknown ISA %R (scalar, avx2, avxvnni, avx512, "
+                                     "avx512vnni, neon, neondot)", PyTuple_GET_ITEM(args, 0));
+    if (!g4_quant_set_isa(isa)) {
+        g4_err err;
+        g4_err_set(&err, G4_ERR_UNSUPPORTED, "ISA %s is not available on this CPU or build", name);
+        return g4py_raise(&err);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_isas(PyObject *self, PyObject *noargs) {
+    PyObject *d = PyDict_New();
+    for (int i = 0; d && i < G4_ISA_COUNT; i++)
+        if (PyDict_SetItemString(d, g4_isa_name(i), g4_isa_available(i) ? Py_True : Py_False) < 0) Py_CLEAR(d);
+    return d;
+}
+
 PyMethodDef g4py_gguf_methods[] = {
     {"gguf_read", py_gguf_read, METH_VARARGS,
      "gguf_read(path) -> dict: header, metadata and tensor index of a GGUF file.\n"
@@ -256,6 +325,16 @@ PyMethodDef g4py_gguf_methods[] = {
      "quantize(type, data) -> bytes: float32 buffer encoded as `type` (ggml reference rounding)."},
     {"matvec", py_matvec, METH_VARARGS,
      "matvec(type, w, rows, cols, x) -> bytes: rows float32 dot products, the scalar reference\n"
-     "(x quantized to Q8_0 for Q4_0/Q8_0 weights, as llama.cpp does)."},
+     "(x quantized to g4_vec_dot_type(type), as llama.cpp does)."},
+    {"matmul", py_matmul, METH_VARARGS,
+     "matmul(type, w, rows, cols, x, nt) -> bytes: nt x rows float32, token t row r at [t * rows + r];\n"
+     "x (nt x cols float32) quantized once, then the tiled kernels of the active ISA."},
+    {"vec_dot_type", py_vec_dot_type, METH_VARARGS,
+     "vec_dot_type(type) -> int: the type activations are quantized to for `type` weights."},
+    {"isa", py_isa, METH_NOARGS, "isa() -> str: the instruction set the kernels use now."},
+    {"set_isa", py_set_isa, METH_VARARGS,
+     "set_isa(name): use that ISA's kernels (tests, comparisons). ValueError for an unknown name,\n"
+     "UnsupportedError when this CPU or build lacks it."},
+    {"isas", py_isas, METH_NOARGS, "isas() -> {name: available} for every ISA name."},
     {NULL, NULL, 0, NULL},
 };

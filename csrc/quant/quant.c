@@ -1,13 +1,23 @@
 /* quant.c - the type table, fp16/bf16 conversions and row-level dispatch.
  *
  * Sections: the type table (every ggml_type, so any GGUF's layout is sized
- * right), half-precision conversions, row dequantize/quantize, matvec.
- * The block kernels themselves are in quant_ref.c (scalar references).
+ * right), half-precision conversions, row dequantize/quantize, the scalar
+ * kernel table, ISA selection, matvec/matmul.
+ * The block kernels themselves are in quant_ref.c (scalar references) and
+ * kernels_<isa>.c (vectorized, see kernels.h).
  */
 #include "quant.h"
+#include "kernels.h"
 
+#include <cblas.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
 
 /* ---------------------------------------------------------------------------
  * The type table
@@ -26,16 +36,16 @@ static const type_info TYPES[G4_TYPE_COUNT] = {
     [G4_TYPE_F32]     = {"F32",     1,   4,   1},
     [G4_TYPE_F16]     = {"F16",     1,   2,   1},
     [G4_TYPE_Q4_0]    = {"Q4_0",    32,  18,  1},
-    [G4_TYPE_Q4_1]    = {"Q4_1",    32,  20,  0},
-    [G4_TYPE_Q5_0]    = {"Q5_0",    32,  22,  0},
-    [G4_TYPE_Q5_1]    = {"Q5_1",    32,  24,  0},
+    [G4_TYPE_Q4_1]    = {"Q4_1",    32,  20,  1},
+    [G4_TYPE_Q5_0]    = {"Q5_0",    32,  22,  1},
+    [G4_TYPE_Q5_1]    = {"Q5_1",    32,  24,  1},
     [G4_TYPE_Q8_0]    = {"Q8_0",    32,  34,  1},
     [G4_TYPE_Q8_1]    = {"Q8_1",    32,  36,  0},
     [G4_TYPE_Q2_K]    = {"Q2_K",    256, 84,  0},
     [G4_TYPE_Q3_K]    = {"Q3_K",    256, 110, 0},
-    [G4_TYPE_Q4_K]    = {"Q4_K",    256, 144, 0},
-    [G4_TYPE_Q5_K]    = {"Q5_K",    256, 176, 0},
-    [G4_TYPE_Q6_K]    = {"Q6_K",    256, 210, 0},
+    [G4_TYPE_Q4_K]    = {"Q4_K",    256, 144, 1},
+    [G4_TYPE_Q5_K]    = {"Q5_K",    256, 176, 1},
+    [G4_TYPE_Q6_K]    = {"Q6_K",    256, 210, 1},
     [G4_TYPE_Q8_K]    = {"Q8_K",    256, 292, 0},
     [G4_TYPE_IQ2_XXS] = {"IQ2_XXS", 256, 66,  0},
     [G4_TYPE_IQ2_XS]  = {"IQ2_XS",  256, 74,  0},
@@ -134,6 +144,21 @@ g4_bf16 g4_fp32_to_bf16(float f) {
  * Rows
  * ------------------------------------------------------------------------- */
 
+static const g4_kernels *kernels(void);
+
+int g4_type_can_dequantize(uint32_t type) {
+    return g4_type_supported(type) || type == G4_TYPE_Q8_1 || type == G4_TYPE_Q8_K;
+}
+
+int g4_type_can_quantize(uint32_t type) {
+    switch (type) {
+    case G4_TYPE_F32: case G4_TYPE_F16: case G4_TYPE_BF16: case G4_TYPE_Q8_0: case G4_TYPE_Q4_0:
+    case G4_TYPE_Q4_1: case G4_TYPE_Q5_0: case G4_TYPE_Q5_1: case G4_TYPE_Q8_1: case G4_TYPE_Q8_K:
+        return 1;
+    }
+    return 0;
+}
+
 void g4_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
     switch (type) {
     case G4_TYPE_F32: memmove(dst, src, (size_t)n * sizeof(float)); return;
@@ -149,6 +174,14 @@ void g4_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
     }
     case G4_TYPE_Q8_0: g4_dequantize_row_q8_0(src, dst, n); return;
     case G4_TYPE_Q4_0: g4_dequantize_row_q4_0(src, dst, n); return;
+    case G4_TYPE_Q4_1: g4_dequantize_row_q4_1(src, dst, n); return;
+    case G4_TYPE_Q5_0: g4_dequantize_row_q5_0(src, dst, n); return;
+    case G4_TYPE_Q5_1: g4_dequantize_row_q5_1(src, dst, n); return;
+    case G4_TYPE_Q8_1: g4_dequantize_row_q8_1(src, dst, n); return;
+    case G4_TYPE_Q4_K: g4_dequantize_row_q4_K(src, dst, n); return;
+    case G4_TYPE_Q5_K: g4_dequantize_row_q5_K(src, dst, n); return;
+    case G4_TYPE_Q6_K: g4_dequantize_row_q6_K(src, dst, n); return;
+    case G4_TYPE_Q8_K: g4_dequantize_row_q8_K(src, dst, n); return;
     default:
         for (int64_t i = 0; i < n; i++) dst[i] = NAN;
     }
@@ -156,83 +189,311 @@ void g4_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
 
 int g4_quantize_row(uint32_t type, const float *src, void *dst, int64_t n) {
     size_t bs = g4_blck_size(type);
-    if (!g4_type_supported(type) || n < 0 || n % (int64_t)bs) return 0;
+    if (!g4_type_can_quantize(type) || n < 0 || n % (int64_t)bs) return 0;
     switch (type) {
     case G4_TYPE_F32: memmove(dst, src, (size_t)n * sizeof(float)); return 1;
-    case G4_TYPE_F16: {
-        uint8_t *p = dst;
-        for (int64_t i = 0; i < n; i++) { g4_fp16 h = g4_fp32_to_fp16(src[i]); memcpy(p + 2 * i, &h, 2); }
+    case G4_TYPE_F16:
+        if (((uintptr_t)dst & 1) == 0) { kernels()->fp32_to_fp16(src, dst, n); return 1; }
+        for (int64_t i = 0; i < n; i++) { g4_fp16 h = g4_fp32_to_fp16(src[i]); memcpy((uint8_t *)dst + 2 * i, &h, 2); }
         return 1;
-    }
     case G4_TYPE_BF16: {
         uint8_t *p = dst;
         for (int64_t i = 0; i < n; i++) { g4_bf16 h = g4_fp32_to_bf16(src[i]); memcpy(p + 2 * i, &h, 2); }
         return 1;
     }
-    case G4_TYPE_Q8_0: g4_quantize_row_q8_0(src, dst, n); return 1;
+    case G4_TYPE_Q8_0: kernels()->quantize_q8_0(src, dst, n); return 1;
+    case G4_TYPE_Q8_K: kernels()->quantize_q8_K(src, dst, n); return 1;
     case G4_TYPE_Q4_0: g4_quantize_row_q4_0(src, dst, n); return 1;
+    case G4_TYPE_Q4_1: g4_quantize_row_q4_1(src, dst, n); return 1;
+    case G4_TYPE_Q5_0: g4_quantize_row_q5_0(src, dst, n); return 1;
+    case G4_TYPE_Q5_1: g4_quantize_row_q5_1(src, dst, n); return 1;
+    case G4_TYPE_Q8_1: g4_quantize_row_q8_1(src, dst, n); return 1;
     }
     return 0;
 }
 
 /* ---------------------------------------------------------------------------
- * Matrix-vector product over a range of rows (see quant.h for the numerics)
+ * The scalar kernel table: the references behind the kernel interface. It is
+ * the "scalar" ISA and fills every entry another ISA leaves NULL.
+ * ------------------------------------------------------------------------- */
+
+#define SCALAR_GEMM(name, wt, xt, dot)                                                       \
+    static void gemm_##name##_scalar(int64_t n, const uint8_t *w, size_t ws, int64_t nr,     \
+                                     const uint8_t *x, size_t xs, int64_t nt, float *y,      \
+                                     int64_t ldy) {                                         \
+        for (int64_t t = 0; t < nt; t++)                                                     \
+            for (int64_t r = 0; r < nr; r++)                                                 \
+                y[t * ldy + r] = dot(n, (const wt *)(w + (size_t)r * ws), (const xt *)(x + (size_t)t * xs)); \
+    }
+SCALAR_GEMM(f32, float, float, g4_vec_dot_f32)
+SCALAR_GEMM(f16, g4_fp16, float, g4_vec_dot_f16_f32)
+SCALAR_GEMM(bf16, g4_bf16, float, g4_vec_dot_bf16_f32)
+SCALAR_GEMM(q8_0, block_q8_0, block_q8_0, g4_vec_dot_q8_0_q8_0)
+SCALAR_GEMM(q4_0, block_q4_0, block_q8_0, g4_vec_dot_q4_0_q8_0)
+SCALAR_GEMM(q4_1, block_q4_1, block_q8_1, g4_vec_dot_q4_1_q8_1)
+SCALAR_GEMM(q5_0, block_q5_0, block_q8_0, g4_vec_dot_q5_0_q8_0)
+SCALAR_GEMM(q5_1, block_q5_1, block_q8_1, g4_vec_dot_q5_1_q8_1)
+SCALAR_GEMM(q4_K, block_q4_K, block_q8_K, g4_vec_dot_q4_K_q8_K)
+SCALAR_GEMM(q5_K, block_q5_K, block_q8_K, g4_vec_dot_q5_K_q8_K)
+SCALAR_GEMM(q6_K, block_q6_K, block_q8_K, g4_vec_dot_q6_K_q8_K)
+
+static float dot_f32_scalar(int64_t n, const float *a, const float *b) { return g4_vec_dot_f32(n, a, b); }
+static float dot_f16_f32_scalar(int64_t n, const g4_fp16 *a, const float *b) { return g4_vec_dot_f16_f32(n, a, b); }
+static void axpy_f16_scalar(int64_t n, float a, const g4_fp16 *x, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * g4_fp16_to_fp32(x[i]);
+}
+static void fp32_to_fp16_scalar(const float *x, g4_fp16 *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g4_fp32_to_fp16(x[i]);
+}
+static void fp16_to_fp32_scalar(const g4_fp16 *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = g4_fp16_to_fp32(x[i]);
+}
+
+static const g4_kernels kernels_scalar = {
+    .isa = G4_ISA_SCALAR,
+    .quantize_q8_0 = g4_quantize_row_q8_0,
+    .quantize_q8_K = g4_quantize_row_q8_K,
+    .gemm = {
+        [G4_TYPE_F32] = gemm_f32_scalar, [G4_TYPE_F16] = gemm_f16_scalar, [G4_TYPE_BF16] = gemm_bf16_scalar,
+        [G4_TYPE_Q8_0] = gemm_q8_0_scalar, [G4_TYPE_Q4_0] = gemm_q4_0_scalar, [G4_TYPE_Q4_1] = gemm_q4_1_scalar,
+        [G4_TYPE_Q5_0] = gemm_q5_0_scalar, [G4_TYPE_Q5_1] = gemm_q5_1_scalar, [G4_TYPE_Q4_K] = gemm_q4_K_scalar,
+        [G4_TYPE_Q5_K] = gemm_q5_K_scalar, [G4_TYPE_Q6_K] = gemm_q6_K_scalar,
+    },
+    .dot_f32 = dot_f32_scalar,
+    .dot_f16_f32 = dot_f16_f32_scalar,
+    .axpy_f16 = axpy_f16_scalar,
+    .fp32_to_fp16 = fp32_to_fp16_scalar,
+    .fp16_to_fp32 = fp16_to_fp32_scalar,
+};
+
+/* ---------------------------------------------------------------------------
+ * ISA selection
+ *
+ * Each available ISA gets a merged table (its entries, the scalar ones where
+ * it has none), built once; switching ISA swaps one pointer.
+ * ------------------------------------------------------------------------- */
+
+static const char *const ISA_NAMES[G4_ISA_COUNT] = {
+    "scalar", "avx2", "avxvnni", "avx512", "avx512vnni", "neon", "neondot",
+};
+
+const char *g4_isa_name(int isa) { return isa >= 0 && isa < G4_ISA_COUNT ? ISA_NAMES[isa] : NULL; }
+
+int g4_isa_from_name(const char *name) {
+    for (int i = 0; name && i < G4_ISA_COUNT; i++)
+        if (!strcmp(name, ISA_NAMES[i])) return i;
+    return -1;
+}
+
+/* The ISA's table if this build has it (NULL otherwise). */
+static const g4_kernels *isa_table(int isa) {
+    switch (isa) {
+    case G4_ISA_SCALAR: return &kernels_scalar;
+#if defined(__x86_64__)
+    case G4_ISA_AVX2: return &g4_kernels_avx2;
+    case G4_ISA_AVXVNNI: return &g4_kernels_avxvnni;
+    case G4_ISA_AVX512: return &g4_kernels_avx512;
+    case G4_ISA_AVX512VNNI: return &g4_kernels_avx512vnni;
+#endif
+#if defined(__aarch64__)
+    case G4_ISA_NEON: return &g4_kernels_neon;
+    case G4_ISA_NEONDOT: return &g4_kernels_neondot;
+#endif
+    }
+    return NULL;
+}
+
+/* What the CPU (and OS: libgcc checks XCR0 for the AVX/AVX-512 state) supports. */
+static int cpu_has(int isa) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                       __builtin_cpu_supports("avx512vl");
+    switch (isa) {
+    case G4_ISA_AVX2: return avx2;
+    case G4_ISA_AVXVNNI: return avx2 && __builtin_cpu_supports("avxvnni");
+    case G4_ISA_AVX512: return avx512;
+    case G4_ISA_AVX512VNNI: return avx512 && __builtin_cpu_supports("avx512vnni");
+    }
+#elif defined(__aarch64__)
+    const unsigned long hw = getauxval(AT_HWCAP);
+    switch (isa) {
+    case G4_ISA_NEON: return (hw & HWCAP_ASIMD) != 0;
+    case G4_ISA_NEONDOT: return (hw & HWCAP_ASIMD) && (hw & HWCAP_ASIMDDP);
+    }
+#endif
+    return isa == G4_ISA_SCALAR;
+}
+
+int g4_isa_available(int isa) { return isa_table(isa) != NULL && cpu_has(isa); }
+
+int g4_isa_best(void) {
+    /* fastest first: VNNI over plain AVX-512, 512-bit over 256-bit */
+    static const int order[] = {G4_ISA_AVX512VNNI, G4_ISA_AVX512, G4_ISA_AVXVNNI, G4_ISA_AVX2,
+                                G4_ISA_NEONDOT, G4_ISA_NEON};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (g4_isa_available(order[i])) return order[i];
+    return G4_ISA_SCALAR;
+}
+
+static g4_kernels merged[G4_ISA_COUNT];
+static const g4_kernels *active_kernels;
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+
+static void merge(int isa) {
+    const g4_kernels *t = isa_table(isa), *s = &kernels_scalar;
+    g4_kernels *m = &merged[isa];
+    *m = *t;
+    m->isa = isa;
+#define FILL(f) if (!m->f) m->f = s->f
+    FILL(quantize_q8_0); FILL(quantize_q8_K); FILL(dot_f32); FILL(dot_f16_f32); FILL(axpy_f16);
+    FILL(fp32_to_fp16); FILL(fp16_to_fp32);
+#undef FILL
+    for (int ty = 0; ty < G4_TYPE_COUNT; ty++)
+        if (!m->gemm[ty]) m->gemm[ty] = s->gemm[ty];
+}
+
+static void isa_init(void) {
+    for (int i = 0; i < G4_ISA_COUNT; i++)
+        if (g4_isa_available(i)) merge(i);
+    int isa = g4_isa_best();
+    const char *env = getenv("GEMMA4STACK_ISA");
+    if (env && *env) {
+        int want = g4_isa_from_name(env);
+        if (want < 0)
+            fprintf(stderr, "gemma4stack: GEMMA4STACK_ISA=%s is not one of scalar, avx2, avxvnni, avx512, "
+                            "avx512vnni, neon, neondot; using %s\n", env, ISA_NAMES[isa]);
+        else if (!g4_isa_available(want))
+            fprintf(stderr, "gemma4stack: GEMMA4STACK_ISA=%s is not available on this CPU or build; using %s\n",
+                    env, ISA_NAMES[isa]);
+        else
+            isa = want;
+    }
+    __atomic_store_n(&active_kernels, &merged[isa], __ATOMIC_RELEASE);
+    /* Threads come from our own pool (csrc/common/threadpool.c); OpenBLAS
+       threads under each of ours would oversubscribe the cores. */
+    openblas_set_num_threads(1);
+}
+
+static const g4_kernels *kernels(void) {
+    const g4_kernels *k = __atomic_load_n(&active_kernels, __ATOMIC_ACQUIRE);
+    if (k) return k;
+    pthread_once(&isa_once, isa_init);
+    return __atomic_load_n(&active_kernels, __ATOMIC_ACQUIRE);
+}
+
+int g4_isa_active(void) { return kernels()->isa; }
+
+int g4_quant_set_isa(int isa) {
+    kernels();   /* the merged tables exist after the first call */
+    if (!g4_isa_available(isa)) return 0;
+    __atomic_store_n(&active_kernels, &merged[isa], __ATOMIC_RELEASE);
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------
+ * Matrix-vector and matrix-matrix products (see quant.h for the numerics)
  * ------------------------------------------------------------------------- */
 
 uint32_t g4_vec_dot_type(uint32_t type) {
     switch (type) {
-    case G4_TYPE_Q4_0: case G4_TYPE_Q8_0: return G4_TYPE_Q8_0;
+    case G4_TYPE_Q4_0: case G4_TYPE_Q5_0: case G4_TYPE_Q8_0: return G4_TYPE_Q8_0;
+    case G4_TYPE_Q4_1: case G4_TYPE_Q5_1: return G4_TYPE_Q8_1;
+    case G4_TYPE_Q4_K: case G4_TYPE_Q5_K: case G4_TYPE_Q6_K: return G4_TYPE_Q8_K;
     case G4_TYPE_F32: case G4_TYPE_F16: case G4_TYPE_BF16: return G4_TYPE_F32;
     }
     return G4_TYPE_COUNT;
 }
 
-/* Partial dots over blocks [0, nb) continuing from `acc` (quant_ref.c). */
-float g4_ref_dot_q8_0_q8_0_acc(float acc, int64_t nb, const block_q8_0 *w, const block_q8_0 *x);
-float g4_ref_dot_q4_0_q8_0_acc(float acc, int64_t nb, const block_q4_0 *w, const block_q8_0 *x);
+/* Activation token rows per call of a gemm kernel: the chunk of quantized
+   activations is swept once per tile of weight rows, so it should stay in L2. */
+#define MATMUL_X_CHUNK_BYTES (256 * 1024)
 
-void g4_matvec_rows_vq(uint32_t type, const void *W, int64_t cols,
-                       const void *xq, float *y, int64_t r0, int64_t r1) {
-    const size_t stride = g4_row_size(type, cols);
-    const uint8_t *w = W;
-    for (int64_t r = r0; r < r1; r++) {
-        const void *row = w + (size_t)r * stride;
-        switch (type) {
-        case G4_TYPE_F32:  y[r] = g4_vec_dot_f32(cols, row, xq); break;
-        case G4_TYPE_F16:  y[r] = g4_vec_dot_f16_f32(cols, row, xq); break;
-        case G4_TYPE_BF16: y[r] = g4_vec_dot_bf16_f32(cols, row, xq); break;
-        case G4_TYPE_Q8_0: y[r] = g4_vec_dot_q8_0_q8_0(cols, row, xq); break;
-        case G4_TYPE_Q4_0: y[r] = g4_vec_dot_q4_0_q8_0(cols, row, xq); break;
-        default: y[r] = NAN;
-        }
+void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *xq, size_t x_stride,
+                       int64_t nt, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    const g4_kernels *k = kernels();
+    const size_t ws = g4_row_size(type, cols);
+    g4_gemm_fn fn = type < G4_TYPE_COUNT ? k->gemm[type] : NULL;
+    if (r1 <= r0 || nt <= 0) return;
+    if (!fn || !ws) {
+        for (int64_t t = 0; t < nt; t++)
+            for (int64_t r = r0; r < r1; r++) Y[t * ldy + r] = NAN;
+        return;
+    }
+    const uint8_t *w = (const uint8_t *)W + (size_t)r0 * ws;
+    if (type == G4_TYPE_F32 && nt >= 4 && k->isa != G4_ISA_SCALAR && x_stride % sizeof(float) == 0) {
+        /* Y[t][r] = sum_k X[t][k] W[r][k]: X (nt x cols) times W^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nt, (blasint)(r1 - r0), (blasint)cols,
+                    1.0f, xq, (blasint)(x_stride / sizeof(float)), (const float *)w, (blasint)cols,
+                    0.0f, Y + r0, (blasint)ldy);
+        return;
+    }
+    int64_t chunk = (int64_t)(MATMUL_X_CHUNK_BYTES / (x_stride ? x_stride : 1));
+    chunk = chunk < 8 ? 8 : chunk & ~(int64_t)7;
+    for (int64_t t0 = 0; t0 < nt; t0 += chunk) {
+        int64_t tn = nt - t0 < chunk ? nt - t0 : chunk;
+        fn(cols, w, ws, r1 - r0, (const uint8_t *)xq + (size_t)t0 * x_stride, x_stride, tn, Y + t0 * ldy + r0, ldy);
     }
 }
 
-/* Activation blocks quantized at a time on the stack (256 * 34 = 8.5 KiB). */
-#define MATVEC_CHUNK_BLOCKS 256
+void g4_matvec_rows_vq(uint32_t type, const void *W, int64_t cols,
+                       const void *xq, float *y, int64_t r0, int64_t r1) {
+    g4_matmul_rows_vq(type, W, cols, xq, g4_row_size(g4_vec_dot_type(type), cols), 1, y, 0, r0, r1);
+}
+
+/* Reference partial dot of nb weight blocks with activation blocks, from acc. */
+static float ref_dot_acc(uint32_t type, float acc, int64_t nb, const void *w, const void *x) {
+    switch (type) {
+    case G4_TYPE_Q8_0: return g4_ref_dot_q8_0_q8_0_acc(acc, nb, w, x);
+    case G4_TYPE_Q4_0: return g4_ref_dot_q4_0_q8_0_acc(acc, nb, w, x);
+    case G4_TYPE_Q4_1: return g4_ref_dot_q4_1_q8_1_acc(acc, nb, w, x);
+    case G4_TYPE_Q5_0: return g4_ref_dot_q5_0_q8_0_acc(acc, nb, w, x);
+    case G4_TYPE_Q5_1: return g4_ref_dot_q5_1_q8_1_acc(acc, nb, w, x);
+    case G4_TYPE_Q4_K: return g4_ref_dot_q4_K_q8_K_acc(acc, nb, w, x);
+    case G4_TYPE_Q5_K: return g4_ref_dot_q5_K_q8_K_acc(acc, nb, w, x);
+    case G4_TYPE_Q6_K: return g4_ref_dot_q6_K_q8_K_acc(acc, nb, w, x);
+    }
+    return NAN;
+}
+
+/* Elements of x quantized at a time on the stack (8192 -> 256 Q8_0 blocks,
+   8.5 KiB, or 32 Q8_K blocks, 9.1 KiB). */
+#define MATVEC_CHUNK 8192
 
 void g4_matvec_rows(uint32_t type, const void *W, int64_t cols,
                     const float *x, float *y, int64_t r0, int64_t r1) {
-    if (g4_vec_dot_type(type) != G4_TYPE_Q8_0) {   /* float weights: x is used as is */
-        g4_matvec_rows_vq(type, W, cols, x, y, r0, r1);
+    const uint32_t vdt = g4_vec_dot_type(type);
+    if (vdt == G4_TYPE_F32) {   /* float weights: x is used as is */
+        const size_t stride = g4_row_size(type, cols);
+        for (int64_t r = r0; r < r1; r++) {
+            const void *row = (const uint8_t *)W + (size_t)r * stride;
+            y[r] = type == G4_TYPE_F32 ? g4_vec_dot_f32(cols, row, x)
+                 : type == G4_TYPE_F16 ? g4_vec_dot_f16_f32(cols, row, x) : g4_vec_dot_bf16_f32(cols, row, x);
+        }
         return;
     }
-    /* Quantize x chunk by chunk and carry each row's running sum across chunks
-       in y[r]; block order and float additions are those of one whole-row
-       vec_dot, so the result equals g4_matvec_rows_vq bit for bit. */
-    const size_t stride = g4_row_size(type, cols);
-    const size_t wblock = g4_type_size(type);
-    const int64_t nb = cols / QK8_0;
-    block_q8_0 xq[MATVEC_CHUNK_BLOCKS];
+    if (vdt == G4_TYPE_COUNT || !g4_row_size(type, cols)) {
+        for (int64_t r = r0; r < r1; r++) y[r] = NAN;
+        return;
+    }
+    /* Quantize x chunk by chunk with the reference quantizer and carry each
+       row's running sum across chunks in y[r]; block order and float additions
+       are those of one whole-row reference vec_dot, bit for bit. */
+    const size_t stride = g4_row_size(type, cols), wblock = g4_type_size(type);
+    const int64_t bs = (int64_t)g4_blck_size(type);
+    _Alignas(64) uint8_t xq[MATVEC_CHUNK / QK_K * sizeof(block_q8_K) + MATVEC_CHUNK / QK8_1 * sizeof(block_q8_1)];
     for (int64_t r = r0; r < r1; r++) y[r] = 0.0f;
-    for (int64_t b0 = 0; b0 < nb; b0 += MATVEC_CHUNK_BLOCKS) {
-        int64_t nbc = nb - b0 < MATVEC_CHUNK_BLOCKS ? nb - b0 : MATVEC_CHUNK_BLOCKS;
-        g4_quantize_row_q8_0(x + b0 * QK8_0, xq, nbc * QK8_0);
+    for (int64_t c0 = 0; c0 < cols; c0 += MATVEC_CHUNK) {
+        const int64_t nc = cols - c0 < MATVEC_CHUNK ? cols - c0 : MATVEC_CHUNK;
+        switch (vdt) {
+        case G4_TYPE_Q8_0: g4_quantize_row_q8_0(x + c0, (block_q8_0 *)xq, nc); break;
+        case G4_TYPE_Q8_1: g4_quantize_row_q8_1(x + c0, (block_q8_1 *)xq, nc); break;
+        case G4_TYPE_Q8_K: g4_quantize_row_q8_K(x + c0, (block_q8_K *)xq, nc); break;
+        }
         for (int64_t r = r0; r < r1; r++) {
-            const uint8_t *row = (const uint8_t *)W + (size_t)r * stride + (size_t)b0 * wblock;
-            y[r] = type == G4_TYPE_Q8_0
-                 ? g4_ref_dot_q8_0_q8_0_acc(y[r], nbc, (const block_q8_0 *)row, xq)
-                 : g4_ref_dot_q4_0_q8_0_acc(y[r], nbc, (const block_q4_0 *)row, xq);
+            const uint8_t *row = (const uint8_t *)W + (size_t)r * stride + (size_t)(c0 / bs) * wblock;
+            y[r] = ref_dot_acc(type, y[r], nc / bs, row, xq);
         }
     }
 }

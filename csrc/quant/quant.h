@@ -36,6 +36,39 @@ typedef uint16_t g4_bf16;   /* bfloat16, raw bits */
 typedef struct { g4_fp16 d; uint8_t qs[QK4_0 / 2]; } block_q4_0;   /* 18 bytes */
 #define QK8_0 32
 typedef struct { g4_fp16 d; int8_t qs[QK8_0]; } block_q8_0;         /* 34 bytes */
+/* x ~= d * q + m, q in [0,15]; byte j: element j (low nibble), j + 16 (high). */
+#define QK4_1 32
+typedef struct { g4_fp16 d; g4_fp16 m; uint8_t qs[QK4_1 / 2]; } block_q4_1;   /* 20 bytes */
+/* x ~= d * (q - 16), q in [0,31]: low 4 bits as Q4_0, bit 4 of element j is
+   bit j of the little-endian uint32 qh. Q5_1: x ~= d * q + m. */
+#define QK5_0 32
+typedef struct { g4_fp16 d; uint8_t qh[4]; uint8_t qs[QK5_0 / 2]; } block_q5_0;   /* 22 bytes */
+#define QK5_1 32
+typedef struct { g4_fp16 d; g4_fp16 m; uint8_t qh[4]; uint8_t qs[QK5_1 / 2]; } block_q5_1;   /* 24 bytes */
+/* The activation type for Q4_1/Q5_1 weights: Q8_0 plus s = d * sum(qs)
+   (rounded to fp16 from the fp32 d, as quantize_row_q8_1_ref does). */
+#define QK8_1 32
+typedef struct { g4_fp16 d; g4_fp16 s; int8_t qs[QK8_1]; } block_q8_1;   /* 36 bytes */
+
+/* K-quants: super-blocks of QK_K = 256 (ggml-common.h; llama.cpp PR #1684).
+ * Q4_K/Q5_K: 8 sub-blocks of 32, x ~= d * sc[j] * q - dmin * m[j], with the
+ * 6-bit sc/m packed in 12 bytes (see g4_q4_K_scales). qs byte l of 32-byte
+ * chunk c holds element 64c + l (low nibble) and 64c + 32 + l (high nibble).
+ * Q5_K adds bit 4 of element 64c + l in bit 2c of qh[l], of 64c + 32 + l in
+ * bit 2c + 1. Q6_K: 16 sub-blocks of 16 with int8 scales, x ~= d * sc * (q - 32);
+ * in each 128-element half, ql byte l (l < 64) holds element l (low nibble)
+ * and l + 64 (high), and qh byte l (l < 32) bits 2k..2k+1 the top two bits of
+ * element l + 32k. */
+#define QK_K 256
+#define K_SCALE_SIZE 12
+typedef struct { g4_fp16 d; g4_fp16 dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qs[QK_K / 2]; } block_q4_K;   /* 144 */
+typedef struct { g4_fp16 d; g4_fp16 dmin; uint8_t scales[K_SCALE_SIZE]; uint8_t qh[QK_K / 8];
+                 uint8_t qs[QK_K / 2]; } block_q5_K;                                                        /* 176 */
+typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; g4_fp16 d; } block_q6_K;  /* 210 */
+/* The activation type for K-quant weights: fp32 d, 256 int8 and the sum of
+   each 16 of them (bsums), so the weights' offsets (mins, -32) cost one
+   small dot per block instead of one per element. */
+typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;                       /* 292 */
 
 /* Name as ggml spells it ("Q4_0", "F32", ...), or NULL for an unknown id. */
 const char *g4_type_name(uint32_t type);
@@ -56,9 +89,10 @@ g4_bf16 g4_fp32_to_bf16(float f);         /* round to nearest even */
  * without compute support (g4_type_supported() == 0) dst is filled with NaN,
  * so a missed check shows up loudly instead of as plausible numbers. */
 void g4_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
-/* Quantize n float32 values into `type` (Q8_0, Q4_0, F16, BF16, F32);
- * reference rounding as in ggml-quants.c quantize_row_*_ref. Returns 0 for
- * an unsupported target type. */
+/* Quantize n float32 values into `type` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q8_1,
+ * Q8_K, F16, BF16, F32); reference rounding as in ggml-quants.c
+ * quantize_row_*_ref, bit-identical on every ISA. Returns 0 for a target type
+ * without a quantizer (the K-quant weight types among them). */
 int g4_quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
 
 /* y[r] = dot(W row r, x) for r in [r0, r1): W has `cols` columns of `type`,
@@ -81,18 +115,25 @@ void g4_matvec_rows(uint32_t type, const void *W, int64_t cols,
  * For F32/F16/BF16 weights x stays float32 (llama.cpp rounds x to F16/BF16
  * for those; keeping fp32 is at least as accurate) and sums are in double.
  *
+ * Q5_0 pairs with Q8_0 too, Q4_1/Q5_1 with Q8_1, the K-quants with Q8_K.
+ *
  * Callers that run many row ranges over the same x (threads splitting rows)
  * convert x once with g4_quantize_row(g4_vec_dot_type(type), ...) and call
- * g4_matvec_rows_vq; g4_matvec_rows does the conversion itself on each call
- * (in chunks on the stack, no allocation). Both give bit-identical results. */
+ * g4_matvec_rows_vq (or g4_matmul_rows_vq for a batch of tokens), which use
+ * the vectorized kernels of the active ISA; g4_matvec_rows is the scalar
+ * reference and does the conversion itself on each call (in chunks on the
+ * stack, no allocation). With the scalar ISA active both give bit-identical
+ * results; otherwise they differ by float rounding only (see below). */
 
 /* The type x must be in for g4_matvec_rows_vq / vec_dot with `type` weights:
- * G4_TYPE_Q8_0 for Q4_0/Q8_0, G4_TYPE_F32 for F32/F16/BF16, or
- * G4_TYPE_COUNT when `type` has no compute support. */
+ * G4_TYPE_Q8_0 for Q4_0/Q5_0/Q8_0, G4_TYPE_Q8_1 for Q4_1/Q5_1, G4_TYPE_Q8_K
+ * for Q4_K/Q5_K/Q6_K, G4_TYPE_F32 for F32/F16/BF16, or G4_TYPE_COUNT when
+ * `type` has no compute support. */
 uint32_t g4_vec_dot_type(uint32_t type);
 
 /* Like g4_matvec_rows, with x already in g4_vec_dot_type(type) layout
- * (g4_row_size(g4_vec_dot_type(type), cols) bytes). */
+ * (g4_row_size(g4_vec_dot_type(type), cols) bytes), on the active ISA
+ * (g4_matmul_rows_vq with one token). */
 void g4_matvec_rows_vq(uint32_t type, const void *W, int64_t cols,
                        const void *xq, float *y, int64_t r0, int64_t r1);
 
@@ -107,4 +148,91 @@ float g4_vec_dot_f32(int64_t n, const float *w, const float *x);
 float g4_vec_dot_f16_f32(int64_t n, const g4_fp16 *w, const float *x);
 float g4_vec_dot_bf16_f32(int64_t n, const g4_bf16 *w, const float *x);
 
+/* References for the other block types (quant_ref.c). Quantizers as
+ * ggml-quants.c quantize_row_*_ref; Q8_K rounds half to even (nearest_int)
+ * and maps the element of largest magnitude to -127 (iscale = -127 / max).
+ * Dequantizers as dequantize_row_*. Dots: an exact int32 sum per block, then
+ * float scaling and a sequential float sum over blocks:
+ *   Q4_1.Q8_1, Q5_1.Q8_1: acc += sumi * (d_w * d_x) + m_w * s_x
+ *   Q5_0.Q8_0: as Q4_0 with q - 16
+ *   Q4_K/Q5_K.Q8_K: sumi = sum_j sc_j * sum(q * x), summ = sum_j m_j * bsum_j;
+ *                   acc += (d_w * d_x) * sumi; acc -= (dmin_w * d_x) * summ
+ *   Q6_K.Q8_K: sumi = sum_s sc_s * sum((q - 32) * x); acc += (d_w * d_x) * sumi */
+void g4_quantize_row_q4_1(const float *x, block_q4_1 *y, int64_t n);
+void g4_quantize_row_q5_0(const float *x, block_q5_0 *y, int64_t n);
+void g4_quantize_row_q5_1(const float *x, block_q5_1 *y, int64_t n);
+void g4_quantize_row_q8_1(const float *x, block_q8_1 *y, int64_t n);
+void g4_quantize_row_q8_K(const float *x, block_q8_K *y, int64_t n);
+void g4_dequantize_row_q4_1(const block_q4_1 *x, float *y, int64_t n);
+void g4_dequantize_row_q5_0(const block_q5_0 *x, float *y, int64_t n);
+void g4_dequantize_row_q5_1(const block_q5_1 *x, float *y, int64_t n);
+void g4_dequantize_row_q8_1(const block_q8_1 *x, float *y, int64_t n);
+void g4_dequantize_row_q4_K(const block_q4_K *x, float *y, int64_t n);
+void g4_dequantize_row_q5_K(const block_q5_K *x, float *y, int64_t n);
+void g4_dequantize_row_q6_K(const block_q6_K *x, float *y, int64_t n);
+void g4_dequantize_row_q8_K(const block_q8_K *x, float *y, int64_t n);
+float g4_vec_dot_q4_1_q8_1(int64_t n, const block_q4_1 *w, const block_q8_1 *x);
+float g4_vec_dot_q5_0_q8_0(int64_t n, const block_q5_0 *w, const block_q8_0 *x);
+float g4_vec_dot_q5_1_q8_1(int64_t n, const block_q5_1 *w, const block_q8_1 *x);
+float g4_vec_dot_q4_K_q8_K(int64_t n, const block_q4_K *w, const block_q8_K *x);
+float g4_vec_dot_q5_K_q8_K(int64_t n, const block_q5_K *w, const block_q8_K *x);
+float g4_vec_dot_q6_K_q8_K(int64_t n, const block_q6_K *w, const block_q8_K *x);
+
+/* The 8 6-bit scales and 8 6-bit mins of a Q4_K/Q5_K block, unpacked from
+ * its 12 scale bytes (ggml-quants.c get_scale_min_k4). */
+void g4_q4_K_scales(const uint8_t packed[K_SCALE_SIZE], uint8_t sc[8], uint8_t m[8]);
+
+/* 1 when g4_quantize_row / g4_dequantize_row handle `type` (the compute
+ * types plus the activation types Q8_1 and Q8_K, which are not weights). */
+int g4_type_can_quantize(uint32_t type);
+int g4_type_can_dequantize(uint32_t type);
+
+/* ---- vectorized kernels, chosen at run time -----------------------------------
+ * Every kernel has a scalar reference above; the vectorized paths compute the
+ * same exact int32 per block (activations are quantized bit-identically on
+ * every ISA) and differ from the reference only in the order of the float
+ * scalings and additions. An ISA is used when this build has it and the CPU
+ * reports it (__builtin_cpu_supports on x86, getauxval(AT_HWCAP) on Arm).
+ * The environment variable GEMMA4STACK_ISA=<name> forces one at the first
+ * kernel call; an unknown or unavailable name prints a warning on stderr and
+ * the best available ISA is used instead. */
+typedef enum g4_isa {
+    G4_ISA_SCALAR = 0,      /* the references */
+    G4_ISA_AVX2 = 1,        /* AVX2 + FMA + F16C: maddubs/madd */
+    G4_ISA_AVXVNNI = 2,     /* AVX2 + AVX-VNNI (VEX vpdpbusd), 256-bit */
+    G4_ISA_AVX512 = 3,      /* AVX-512 F/BW/VL: maddubs/madd, mask registers */
+    G4_ISA_AVX512VNNI = 4,  /* AVX-512 + VNNI (EVEX vpdpbusd) */
+    G4_ISA_NEON = 5,        /* AArch64 Advanced SIMD: smull/sadalp */
+    G4_ISA_NEONDOT = 6,     /* AArch64 + dotprod (sdot) */
+    G4_ISA_COUNT = 7,
+} g4_isa;
+
+const char *g4_isa_name(int isa);              /* "scalar", "avx2", ...; NULL if out of range */
+int g4_isa_from_name(const char *name);        /* -1 for an unknown name */
+int g4_isa_available(int isa);                 /* compiled in and supported by this CPU */
+int g4_isa_best(void);                         /* the fastest available */
+int g4_isa_active(void);                       /* the one in use */
+/* Use `isa` from now on (tests, comparisons). Returns 0 and changes nothing
+ * when it is not available. Not synchronized with kernels running on other
+ * threads: switch between matmuls. */
+int g4_quant_set_isa(int isa);
+
+/* Y[t * ldy + r] = dot(W row r, activation row t) for r in [r0, r1) and
+ * t in [0, nt), with the active ISA. xq holds nt activation rows in
+ * g4_vec_dot_type(type) layout, x_stride bytes apart (at least
+ * g4_row_size(g4_vec_dot_type(type), cols)). Tiled over rows and tokens so a
+ * weight block is loaded once per tile of tokens (prefill) and an activation
+ * block once per tile of rows (decode). */
+void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *xq, size_t x_stride,
+                       int64_t nt, float *Y, int64_t ldy, int64_t r0, int64_t r1);
+
+/* Float helpers on the active ISA, for attention over an F16 KV cache.
+ * Conversions round to nearest even exactly as g4_fp32_to_fp16. */
+float g4_dot_f32(int64_t n, const float *a, const float *b);
+float g4_dot_f16_f32(int64_t n, const g4_fp16 *a, const float *b);
+void g4_axpy_f16(int64_t n, float a, const g4_fp16 *x, float *y);   /* y += a * x */
+void g4_fp32_to_fp16_row(const float *x, g4_fp16 *y, int64_t n);
+void g4_fp16_to_fp32_row(const g4_fp16 *x, float *y, int64_t n);
+
 #endif
+

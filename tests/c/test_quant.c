@@ -37,11 +37,11 @@ START_TEST(test_type_table) {
     static const struct { uint32_t t; const char *name; size_t blck, size; int sup; } want[] = {
         {G4_TYPE_F32, "F32", 1, 4, 1},     {G4_TYPE_F16, "F16", 1, 2, 1},     {G4_TYPE_BF16, "BF16", 1, 2, 1},
         {G4_TYPE_Q4_0, "Q4_0", 32, 18, 1}, {G4_TYPE_Q8_0, "Q8_0", 32, 34, 1},
-        {G4_TYPE_Q4_1, "Q4_1", 32, 20, 0}, {G4_TYPE_Q5_0, "Q5_0", 32, 22, 0}, {G4_TYPE_Q5_1, "Q5_1", 32, 24, 0},
+        {G4_TYPE_Q4_1, "Q4_1", 32, 20, 1}, {G4_TYPE_Q5_0, "Q5_0", 32, 22, 1}, {G4_TYPE_Q5_1, "Q5_1", 32, 24, 1},
         {G4_TYPE_Q8_1, "Q8_1", 32, 36, 0},
         {G4_TYPE_Q2_K, "Q2_K", 256, 84, 0},  {G4_TYPE_Q3_K, "Q3_K", 256, 110, 0},
-        {G4_TYPE_Q4_K, "Q4_K", 256, 144, 0}, {G4_TYPE_Q5_K, "Q5_K", 256, 176, 0},
-        {G4_TYPE_Q6_K, "Q6_K", 256, 210, 0}, {G4_TYPE_Q8_K, "Q8_K", 256, 292, 0},
+        {G4_TYPE_Q4_K, "Q4_K", 256, 144, 1}, {G4_TYPE_Q5_K, "Q5_K", 256, 176, 1},
+        {G4_TYPE_Q6_K, "Q6_K", 256, 210, 1}, {G4_TYPE_Q8_K, "Q8_K", 256, 292, 0},
         {G4_TYPE_I8, "I8", 1, 1, 0}, {G4_TYPE_I16, "I16", 1, 2, 0}, {G4_TYPE_I32, "I32", 1, 4, 0},
         {G4_TYPE_I64, "I64", 1, 8, 0}, {G4_TYPE_F64, "F64", 1, 8, 0},
         {G4_TYPE_IQ4_NL, "IQ4_NL", 32, 18, 0}, {G4_TYPE_IQ4_XS, "IQ4_XS", 256, 136, 0},
@@ -53,8 +53,17 @@ START_TEST(test_type_table) {
         ck_assert_uint_eq(g4_type_size(want[i].t), want[i].size);
         ck_assert_int_eq(g4_type_supported(want[i].t), want[i].sup);
     }
+    /* the block structs are ggml-common.h's (its static_asserts give these sizes) */
     ck_assert_uint_eq(sizeof(block_q8_0), 34);
     ck_assert_uint_eq(sizeof(block_q4_0), 18);
+    ck_assert_uint_eq(sizeof(block_q4_1), 20);
+    ck_assert_uint_eq(sizeof(block_q5_0), 22);
+    ck_assert_uint_eq(sizeof(block_q5_1), 24);
+    ck_assert_uint_eq(sizeof(block_q8_1), 36);
+    ck_assert_uint_eq(sizeof(block_q4_K), 144);
+    ck_assert_uint_eq(sizeof(block_q5_K), 176);
+    ck_assert_uint_eq(sizeof(block_q6_K), 210);
+    ck_assert_uint_eq(sizeof(block_q8_K), 292);
     /* removed and out-of-range ids */
     const uint32_t gone[] = {4, 5, 31, 32, 33, 36, 37, 38, G4_TYPE_COUNT, 1000, UINT32_MAX};
     for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++) {
@@ -70,7 +79,11 @@ START_TEST(test_type_table) {
     ck_assert_uint_eq(g4_row_size(G4_TYPE_F64, INT64_MAX), 0);   /* overflows size_t */
     ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q4_0), G4_TYPE_Q8_0);
     ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_BF16), G4_TYPE_F32);
-    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q4_K), G4_TYPE_COUNT);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q4_K), G4_TYPE_Q8_K);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q6_K), G4_TYPE_Q8_K);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q4_1), G4_TYPE_Q8_1);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q5_0), G4_TYPE_Q8_0);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_IQ4_XS), G4_TYPE_COUNT);
 }
 END_TEST
 
@@ -306,7 +319,7 @@ START_TEST(test_float_rows) {
     /* unsupported types: quantize refuses, dequantize poisons with NaN */
     ck_assert(!g4_quantize_row(G4_TYPE_Q4_K, x, h, 256));
     ck_assert(!g4_quantize_row(G4_TYPE_Q8_0, x, h, 33));
-    g4_dequantize_row(G4_TYPE_Q4_K, h, y, 256);
+    g4_dequantize_row(G4_TYPE_IQ4_XS, h, y, 256);
     ck_assert(isnan(y[0]) && isnan(y[255]));
 }
 END_TEST
@@ -376,7 +389,10 @@ START_TEST(test_matvec) {
             ck_assert(fabs(y[r] - e) <= 1e-6 * (fabs(e) + 1));
         }
     }
-    /* Q8_0 / Q4_0: g4_matvec_rows (chunked) == g4_matvec_rows_vq (whole x) == vec_dot, bit for bit */
+    /* Q8_0 / Q4_0: g4_matvec_rows (chunked) == g4_matvec_rows_vq (whole x) == vec_dot, bit for bit,
+       with the scalar kernels (the vectorized ones are checked in test_kernels.c) */
+    const int isa = g4_isa_active();
+    ck_assert(g4_quant_set_isa(G4_ISA_SCALAR));
     const uint32_t qt[] = {G4_TYPE_Q8_0, G4_TYPE_Q4_0};
     ck_assert(g4_quantize_row(g4_vec_dot_type(G4_TYPE_Q8_0), x, xq, C));
     for (int k = 0; k < 2; k++) {
@@ -395,8 +411,9 @@ START_TEST(test_matvec) {
             ck_assert_msg(fabs(y[r] - ref[r]) < tol, "type %u row %d: %g vs %g", qt[k], r, y[r], ref[r]);
         }
     }
+    ck_assert(g4_quant_set_isa(isa));
     /* unsupported weights: NaN, not garbage */
-    g4_matvec_rows(G4_TYPE_Q4_K, wq, 256, x, y, 0, 1);
+    g4_matvec_rows(G4_TYPE_IQ4_XS, wq, 256, x, y, 0, 1);
     ck_assert(isnan(y[0]));
 }
 END_TEST

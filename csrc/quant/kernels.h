@@ -1,0 +1,53 @@
+/* kernels.h - the per-ISA kernel table (internal to csrc/quant/).
+ *
+ * Each ISA file (kernels_avx2.c, kernels_avx512.c, kernels_neon.c) defines
+ * one or two g4_kernels tables; quant.c picks one at run time and falls back
+ * to the scalar table (kernels_scalar in quant.c) for any NULL entry. The ISA
+ * files are compiled with the same flags as everything else (setup.py has one
+ * set of flags for all of csrc/): every function in them carries its own
+ * __attribute__((target(...))), and a file for another architecture compiles
+ * to nothing, so only dispatch decides what runs.
+ */
+#ifndef G4_QUANT_KERNELS_H
+#define G4_QUANT_KERNELS_H
+
+#include "quant.h"
+
+/* y[t * ldy + r] = dot(weight row r, activation row t) for r < nr, t < nt.
+ * Weight row r starts at w + r * w_stride, activation row t at x + t * x_stride
+ * (in the weight type's vec_dot_type layout); n = columns. */
+typedef void (*g4_gemm_fn)(int64_t n, const uint8_t *w, size_t w_stride, int64_t nr,
+                           const uint8_t *x, size_t x_stride, int64_t nt, float *y, int64_t ldy);
+
+typedef struct g4_kernels {
+    int isa;                                   /* g4_isa */
+    /* activation quantizers; must be bit-identical to the references */
+    void (*quantize_q8_0)(const float *x, block_q8_0 *y, int64_t n);
+    void (*quantize_q8_K)(const float *x, block_q8_K *y, int64_t n);
+    g4_gemm_fn gemm[G4_TYPE_COUNT];            /* by weight type */
+    float (*dot_f32)(int64_t n, const float *a, const float *b);
+    float (*dot_f16_f32)(int64_t n, const g4_fp16 *a, const float *b);
+    void (*axpy_f16)(int64_t n, float a, const g4_fp16 *x, float *y);
+    void (*fp32_to_fp16)(const float *x, g4_fp16 *y, int64_t n);
+    void (*fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n);
+} g4_kernels;
+
+#if defined(__x86_64__)
+extern const g4_kernels g4_kernels_avx2, g4_kernels_avxvnni, g4_kernels_avx512, g4_kernels_avx512vnni;
+#endif
+#if defined(__aarch64__)
+extern const g4_kernels g4_kernels_neon, g4_kernels_neondot;
+#endif
+
+/* Partial reference dots continuing from `acc` over nb blocks (quant_ref.c),
+ * so a row can be computed in chunks with the reference's float order. */
+float g4_ref_dot_q8_0_q8_0_acc(float acc, int64_t nb, const block_q8_0 *w, const block_q8_0 *x);
+float g4_ref_dot_q4_0_q8_0_acc(float acc, int64_t nb, const block_q4_0 *w, const block_q8_0 *x);
+float g4_ref_dot_q4_1_q8_1_acc(float acc, int64_t nb, const block_q4_1 *w, const block_q8_1 *x);
+float g4_ref_dot_q5_0_q8_0_acc(float acc, int64_t nb, const block_q5_0 *w, const block_q8_0 *x);
+float g4_ref_dot_q5_1_q8_1_acc(float acc, int64_t nb, const block_q5_1 *w, const block_q8_1 *x);
+float g4_ref_dot_q4_K_q8_K_acc(float acc, int64_t nb, const block_q4_K *w, const block_q8_K *x);
+float g4_ref_dot_q5_K_q8_K_acc(float acc, int64_t nb, const block_q5_K *w, const block_q8_K *x);
+float g4_ref_dot_q6_K_q8_K_acc(float acc, int64_t nb, const block_q6_K *w, const block_q8_K *x);
+
+#endif

@@ -1,0 +1,553 @@
+/* kernels_x86.h - the x86-64 integer-dot kernels, written once and compiled
+ * once per ISA. Included (only) by kernels_avx2.c and kernels_avx512.c, which
+ * define before including it:
+ *
+ *   TGT               __attribute__((target(...))) for every function here
+ *   SFX(name)         name##_<isa>, so each inclusion has its own symbols
+ *   DPBUSD(acc, u, s) acc + per int32 lane the sum of 4 u8 x s8 products
+ *                     (vpdpbusd, or vpmaddubsw + vpmaddwd + vpaddd)
+ *   DPWSSD(acc, a, b) acc + per int32 lane the sum of 2 s16 x s16 products
+ *   HAVE_AVX512VL     1 when AVX-512 BW/VL instructions may be used on ymm
+ *   RT, TT            register tile of the 32-block types: rows x tokens
+ *   RT_K, TT_K        register tile of the K-quants
+ *
+ * Structure of every matmul kernel (see g4_gemm_fn in kernels.h): rows are
+ * walked in tiles of RT, tokens in tiles of TT; for each tile one pass over
+ * the blocks unpacks each weight block once and dots it with the TT token
+ * blocks, so weights are read from memory once per TT tokens and each
+ * activation block is loaded once per RT rows. Per block the integer dot is
+ * exact (int32 lanes of 4-byte groups, as the references' int32 sums); the
+ * scale d_w * d_x is applied in float per lane, and the 8 lanes are summed at
+ * the end of the row - the only difference from the reference is that float
+ * order. The vpmaddubsw path cannot saturate: its unsigned operand is at most
+ * 63 (Q6_K) or 128 (|Q8_0 weight|), the signed one at most 127 in magnitude
+ * (activations are quantized to [-127, 127]), and 2 * 128 * 127 < 32767.
+ *
+ * The approach follows ggml-cpu/arch/x86/quants.c (mul_sum_us8_pairs,
+ * bytes_from_nibbles_32, the K-quant scale shuffles); the tiling over rows
+ * and tokens follows the idea of llamafile's tinyBLAS (sgemm.cpp) and ggml's
+ * repacked gemm kernels, without repacking the weights.
+ */
+
+#ifndef G4_KERNELS_X86_ONCE
+#define INL static inline __attribute__((always_inline)) TGT
+#define KRN static TGT
+/* The tile loops must be unrolled completely so the accumulator arrays live
+   in registers; GCC's heuristics alone leave them on the stack. */
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+
+/* ---------------------------------------------------------------------------
+ * Small helpers
+ * ------------------------------------------------------------------------- */
+
+/* fp16 at p (any alignment) broadcast to 8 floats: vpbroadcastw + vcvtph2ps */
+INL __m256 SFX(bcast_f16)(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm256_cvtph_ps(_mm_set1_epi16((short)h));
+}
+
+INL float SFX(f16)(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
+INL float SFX(hsum)(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INL __m256i SFX(loadu)(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15)
+   then the high nibbles (elements 16..31), as in block_q4_0. */
+INL __m256i SFX(nibbles32)(const uint8_t *qs) {
+    const __m128i q = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i v = _mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+}
+
+/* The 32 bits of a Q5 qh as 32 bytes: 0x10 where the bit is set. */
+INL __m256i SFX(bits32)(const uint8_t *qh) {
+    uint32_t m;
+    memcpy(&m, qh, 4);
+#if HAVE_AVX512VL
+    return _mm256_maskz_mov_epi8((__mmask32)m, _mm256_set1_epi8(0x10));
+#else
+    /* byte j takes byte j/8 of m, keeps bit j%8, and becomes 0x10 if it was set */
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)m),
+                                    _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                                      0x0101010101010101, 0x0000000000000000));
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+#endif
+}
+
+/* ---------------------------------------------------------------------------
+ * Activation quantizers, bit-identical to the references in quant_ref.c
+ * ------------------------------------------------------------------------- */
+
+/* roundf (half away from zero) of 8 floats, NaN -> 0: trunc, then +-1 where
+   the dropped fraction is >= 0.5 (the difference is exact below 2^23). */
+INL __m256i SFX(roundf_epi32)(__m256 v) {
+    const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    const __m256 sign = _mm256_and_ps(v, _mm256_set1_ps(-0.0f));
+    const __m256 frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(v, t));
+    const __m256 up = _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ),
+                                    _mm256_or_ps(sign, _mm256_set1_ps(1.0f)));
+    const __m256 r = _mm256_and_ps(_mm256_add_ps(t, up), _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+    return _mm256_cvttps_epi32(r);
+}
+
+/* 4 x 8 int32 (each within int8 range) -> 32 int8 in order */
+INL __m256i SFX(pack32)(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i ab = _mm256_packs_epi32(a, b), cd = _mm256_packs_epi32(c, d);
+    return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+INL float SFX(hmax)(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+KRN void SFX(quantize_q8_0)(const float *x, block_q8_0 *y, int64_t n) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
+        __m256 v[4], m = _mm256_setzero_ps();
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            m = _mm256_max_ps(_mm256_and_ps(v[k], absmask), m);   /* a NaN lane keeps m, as fmaxf */
+        }
+        const float amax = SFX(hmax)(m);
+        const float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+        const g4_fp16 h = (g4_fp16)_cvtss_sh(d, 0);   /* round to nearest even, as g4_fp32_to_fp16 */
+        memcpy(&y[b].d, &h, 2);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q[4];
+        UNROLL
+        for (int k = 0; k < 4; k++) q[k] = SFX(roundf_epi32)(_mm256_mul_ps(v[k], vid));
+        _mm256_storeu_si256((__m256i *)y[b].qs, SFX(pack32)(q[0], q[1], q[2], q[3]));
+    }
+}
+
+KRN void SFX(quantize_q8_K)(const float *x, block_q8_K *y, int64_t n) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < QK_K / 8; k++) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absmask), m);
+        const float amax = SFX(hmax)(m);
+        if (!(amax > 0.0f)) { g4_quantize_row_q8_K(x, &y[b], QK_K); continue; }   /* all zero */
+        /* the first element of largest magnitude, sign kept (the reference's max) */
+        int first = 0;
+        const __m256 va = _mm256_set1_ps(amax);
+        for (int k = 0; k < QK_K / 8; k++) {
+            int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), absmask), va, _CMP_EQ_OQ));
+            if (mask) { first = 8 * k + __builtin_ctz((unsigned)mask); break; }
+        }
+        const float iscale = -127.0f / x[first];
+        const __m256 vs = _mm256_set1_ps(iscale);
+        for (int k = 0; k < QK_K / 32; k++) {
+            __m256i q[4];
+            UNROLL
+            for (int j = 0; j < 4; j++) {
+                const __m256 p = _mm256_mul_ps(vs, _mm256_loadu_ps(x + 32 * k + 8 * j));
+                /* cvtps rounds half to even under the default MXCSR, as nearest_int */
+                __m256i iv = _mm256_cvtps_epi32(_mm256_and_ps(p, _mm256_cmp_ps(p, p, _CMP_ORD_Q)));
+                q[j] = _mm256_min_epi32(iv, _mm256_set1_epi32(127));
+            }
+            _mm256_storeu_si256((__m256i *)(y[b].qs + 32 * k), SFX(pack32)(q[0], q[1], q[2], q[3]));
+        }
+        for (int s = 0; s < QK_K / 16; s++) {
+            int sum = 0;
+            for (int j = 0; j < 16; j++) sum += y[b].qs[16 * s + j];
+            y[b].bsums[s] = (int16_t)sum;
+        }
+        y[b].d = 1.0f / iscale;
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * 32-element block types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+ * ------------------------------------------------------------------------- */
+
+#ifndef G4_KERNELS_X86_ONCE
+enum { KQ4_0, KQ4_1, KQ5_0, KQ5_1, KQ8_0 };
+enum { KQ4_K, KQ5_K, KQ6_K };
+enum { KF32, KF16, KBF16 };
+#endif
+
+/* One R x T tile (R <= RT, T <= TT, both compile-time after inlining). */
+INL void SFX(tile32)(const int kind, const int R, const int T, int64_t nb, const uint8_t *w, size_t ws,
+                     const uint8_t *x, size_t xs, float *y, int64_t ldy) {
+    const size_t wbs = kind == KQ4_0 ? 18 : kind == KQ4_1 ? 20 : kind == KQ5_0 ? 22 : kind == KQ5_1 ? 24 : 34;
+    const int has_m = kind == KQ4_1 || kind == KQ5_1;
+    const size_t xbs = has_m ? sizeof(block_q8_1) : sizeof(block_q8_0);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256 acc[RT][TT];
+    float accm[RT][TT];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int t = 0; t < T; t++) { acc[r][t] = _mm256_setzero_ps(); accm[r][t] = 0.0f; }
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wv[RT], wa[RT];
+        __m256 dw[RT];
+        float mw[RT];
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            const uint8_t *p = w + (size_t)r * ws + (size_t)b * wbs;
+            dw[r] = SFX(bcast_f16)(p);
+            switch (kind) {
+            case KQ4_0: wv[r] = SFX(nibbles32)(p + 2); break;
+            case KQ4_1: mw[r] = SFX(f16)(p + 2); wv[r] = SFX(nibbles32)(p + 4); break;
+            case KQ5_0: wv[r] = _mm256_or_si256(SFX(nibbles32)(p + 6), SFX(bits32)(p + 2)); break;
+            case KQ5_1: mw[r] = SFX(f16)(p + 2); wv[r] = _mm256_or_si256(SFX(nibbles32)(p + 8), SFX(bits32)(p + 4)); break;
+            default: wv[r] = SFX(loadu)(p + 2); wa[r] = _mm256_abs_epi8(wv[r]); break;
+            }
+        }
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const uint8_t *q = x + (size_t)t * xs + (size_t)b * xbs;
+            const __m256i xv = SFX(loadu)(q + xbs - 32);
+            const __m256 dx = SFX(bcast_f16)(q);
+            /* Q4_0/Q5_0 store q + 8 / q + 16: start each lane at -8 / -16 times its x */
+            __m256i off = zero;
+            if (kind == KQ4_0) off = _mm256_sub_epi32(zero, DPBUSD(zero, _mm256_set1_epi8(8), xv));
+            if (kind == KQ5_0) off = _mm256_sub_epi32(zero, DPBUSD(zero, _mm256_set1_epi8(16), xv));
+            const float sx = has_m ? SFX(f16)(q + 2) : 0.0f;
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                const __m256i p = kind == KQ8_0 ? DPBUSD(zero, wa[r], _mm256_sign_epi8(xv, wv[r]))
+                                                : DPBUSD(off, wv[r], xv);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(dw[r], dx), acc[r][t]);
+                if (has_m) accm[r][t] += mw[r] * sx;
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int t = 0; t < T; t++) y[t * ldy + r] = SFX(hsum)(acc[r][t]) + accm[r][t];
+}
+
+/* Full tiles with the constant RT x TT, the edges one row / one token at a time. */
+#ifndef G4_KERNELS_X86_ONCE
+#define GEMM_DRIVER(fname, tile, kind, RTILE, TTILE, bsize)                                           \
+    KRN void fname(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x, size_t xs,   \
+                   int64_t nt, float *y, int64_t ldy) {                                              \
+        const int64_t nb = n / (bsize);                                                              \
+        int64_t r = 0;                                                                               \
+        for (; r + (RTILE) <= nr; r += (RTILE)) {                                                    \
+            int64_t t = 0;                                                                           \
+            for (; t + (TTILE) <= nt; t += (TTILE))                                                  \
+                tile(kind, RTILE, TTILE, nb, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);  \
+            for (; t < nt; t++) tile(kind, RTILE, 1, nb, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy); \
+        }                                                                                            \
+        for (; r < nr; r++) {                                                                        \
+            int64_t t = 0;                                                                           \
+            for (; t + (TTILE) <= nt; t += (TTILE))                                                  \
+                tile(kind, 1, TTILE, nb, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy);      \
+            for (; t < nt; t++) tile(kind, 1, 1, nb, w + r * ws, ws, x + t * xs, xs, y + t * ldy + r, ldy); \
+        }                                                                                            \
+    }
+#endif
+
+GEMM_DRIVER(SFX(gemm_q4_0), SFX(tile32), KQ4_0, RT, TT, 32)
+GEMM_DRIVER(SFX(gemm_q4_1), SFX(tile32), KQ4_1, RT, TT, 32)
+GEMM_DRIVER(SFX(gemm_q5_0), SFX(tile32), KQ5_0, RT, TT, 32)
+GEMM_DRIVER(SFX(gemm_q5_1), SFX(tile32), KQ5_1, RT, TT, 32)
+GEMM_DRIVER(SFX(gemm_q8_0), SFX(tile32), KQ8_0, RT, TT, 32)
+
+/* ---------------------------------------------------------------------------
+ * K-quants: Q4_K, Q5_K, Q6_K against Q8_K
+ * ------------------------------------------------------------------------- */
+
+/* Q4_K/Q5_K scales: the 12 packed bytes as 8 scales and 8 mins, one byte
+   each (the layout in g4_q4_K_scales, done on 32-bit words). */
+INL void SFX(k4_scales)(const uint8_t *s, uint8_t sc[8], uint8_t mn[8]) {
+    uint32_t u[3], o[4];
+    memcpy(u, s, 12);
+    o[0] = u[0] & 0x3f3f3f3fu;                                           /* sc 0..3 */
+    o[1] = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);          /* sc 4..7 */
+    o[2] = u[1] & 0x3f3f3f3fu;                                           /* m 0..3 */
+    o[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);   /* m 4..7 */
+    memcpy(sc, o, 8);
+    memcpy(mn, o + 2, 8);
+}
+
+/* Q6_K: the int16 scales of the two 16-element halves of 32-element vector
+   v (0..7) of a block, as [sc16[2v] x 8 | sc16[2v+1] x 8]. */
+INL __m256i SFX(q6_scale_pair)(__m256i sc16, int v) {
+#if HAVE_AVX512VL
+    const __m256i idx = _mm256_setr_epi16(2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v, 2 * v,
+                                          2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1,
+                                          2 * v + 1, 2 * v + 1, 2 * v + 1, 2 * v + 1);
+    return _mm256_permutexvar_epi16(idx, sc16);
+#else
+    /* dword v holds the pair; broadcast it, then pick its low / high word per 128-bit lane */
+    const __m256i d = _mm256_permutevar8x32_epi32(sc16, _mm256_set1_epi32(v));
+    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1,
+                                                   2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+#endif
+}
+
+INL void SFX(tileK)(const int kind, const int R, const int T, int64_t nb, const uint8_t *w, size_t ws,
+                    const uint8_t *x, size_t xs, float *y, int64_t ldy) {
+    const size_t wbs = kind == KQ4_K ? sizeof(block_q4_K) : kind == KQ5_K ? sizeof(block_q5_K) : sizeof(block_q6_K);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30), b4 = _mm256_set1_epi8(0x10);
+    __m256 acc[RT_K][TT_K];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256 dw[RT_K], dmw[RT_K], dx[TT_K];
+        __m256i isum[RT_K][TT_K];
+        const uint8_t *wb[RT_K], *xb[TT_K];
+        UNROLL
+        for (int r = 0; r < R; r++) wb[r] = w + (size_t)r * ws + (size_t)b * wbs;
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            xb[t] = x + (size_t)t * xs + (size_t)b * sizeof(block_q8_K);
+            dx[t] = _mm256_broadcast_ss((const float *)xb[t]);
+        }
+        if (kind == KQ6_K) {
+            __m256i sc16[RT_K];
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                const block_q6_K *q6 = (const block_q6_K *)wb[r];
+                dw[r] = SFX(bcast_f16)((const uint8_t *)&q6->d);
+                sc16[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q6->scales));
+                /* the -32 offset: -32 * sum_s sc_s * bsum_s, lane-wise */
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const __m256i bs = _mm256_loadu_si256((const __m256i *)((const block_q8_K *)xb[t])->bsums);
+                    isum[r][t] = _mm256_slli_epi32(_mm256_sub_epi32(_mm256_setzero_si256(),
+                                                                    _mm256_madd_epi16(sc16[r], bs)), 5);
+                }
+            }
+            UNROLL
+            for (int h = 0; h < 2; h++) {
+                UNROLL
+                for (int r = 0; r < R; r++) {
+                    const block_q6_K *q6 = (const block_q6_K *)wb[r];
+                    const __m256i l0 = SFX(loadu)(q6->ql + 64 * h), l1 = SFX(loadu)(q6->ql + 64 * h + 32);
+                    const __m256i hb = SFX(loadu)(q6->qh + 32 * h);
+                    __m256i qv[4];
+                    qv[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2));
+                    qv[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2));
+                    qv[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(hb, m2));
+                    qv[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2));
+                    UNROLL
+                    for (int k = 0; k < 4; k++) {
+                        const __m256i scp = SFX(q6_scale_pair)(sc16[r], 4 * h + k);
+                        UNROLL
+                        for (int t = 0; t < T; t++) {
+                            const __m256i xv = SFX(loadu)((const uint8_t *)((const block_q8_K *)xb[t])->qs + 128 * h + 32 * k);
+                            isum[r][t] = DPWSSD(isum[r][t], _mm256_maddubs_epi16(qv[k], xv), scp);
+                        }
+                    }
+                }
+            }
+            UNROLL
+            for (int r = 0; r < R; r++)
+                UNROLL
+                for (int t = 0; t < T; t++)
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_mul_ps(dw[r], dx[t]), acc[r][t]);
+            continue;
+        }
+        /* Q4_K / Q5_K */
+        uint8_t sc[RT_K][8], mn[RT_K][8];
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            dw[r] = SFX(bcast_f16)(wb[r]);
+            dmw[r] = SFX(bcast_f16)(wb[r] + 2);
+            SFX(k4_scales)(wb[r] + 4, sc[r], mn[r]);
+            UNROLL
+            for (int t = 0; t < T; t++) isum[r][t] = _mm256_setzero_si256();
+        }
+        UNROLL
+        for (int c = 0; c < 4; c++) {
+            UNROLL
+            for (int r = 0; r < R; r++) {
+                const uint8_t *qs = wb[r] + (kind == KQ4_K ? 16 : 48) + 32 * c;
+                const __m256i qv = SFX(loadu)(qs);
+                __m256i lo = _mm256_and_si256(qv, m4), hi = _mm256_and_si256(_mm256_srli_epi16(qv, 4), m4);
+                if (kind == KQ5_K) {
+                    /* bit 2c of qh[l] -> bit 4 of element l, bit 2c+1 -> of element 32 + l */
+                    const __m256i qh = SFX(loadu)(wb[r] + 16);
+                    __m256i hl, hh;
+                    switch (c) {
+                    case 0: hl = _mm256_slli_epi16(qh, 4); hh = _mm256_slli_epi16(qh, 3); break;
+                    case 1: hl = _mm256_slli_epi16(qh, 2); hh = _mm256_slli_epi16(qh, 1); break;
+                    case 2: hl = qh; hh = _mm256_srli_epi16(qh, 1); break;
+                    default: hl = _mm256_srli_epi16(qh, 2); hh = _mm256_srli_epi16(qh, 3); break;
+                    }
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(hl, b4));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(hh, b4));
+                }
+                const __m256i sl = _mm256_set1_epi16(sc[r][2 * c]), sh = _mm256_set1_epi16(sc[r][2 * c + 1]);
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const int8_t *xq = ((const block_q8_K *)xb[t])->qs + 64 * c;
+                    const __m256i xl = SFX(loadu)((const uint8_t *)xq), xh = SFX(loadu)((const uint8_t *)xq + 32);
+                    isum[r][t] = DPWSSD(isum[r][t], _mm256_maddubs_epi16(lo, xl), sl);
+                    isum[r][t] = DPWSSD(isum[r][t], _mm256_maddubs_epi16(hi, xh), sh);
+                }
+            }
+        }
+        UNROLL
+        for (int r = 0; r < R; r++) {
+            const __m128i m16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)mn[r]));
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                /* mins: sum_j m_j * (bsums[2j] + bsums[2j+1]), 4 lanes */
+                const block_q8_K *q8 = (const block_q8_K *)xb[t];
+                const __m128i bs0 = _mm_loadu_si128((const __m128i *)q8->bsums);
+                const __m128i bs1 = _mm_loadu_si128((const __m128i *)(q8->bsums + 8));
+                const __m128i mm = _mm_madd_epi16(m16, _mm_hadd_epi16(bs0, bs1));
+                const __m256 fm = _mm256_cvtepi32_ps(_mm256_zextsi128_si256(mm));
+                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][t]), _mm256_mul_ps(dw[r], dx[t]), acc[r][t]);
+                acc[r][t] = _mm256_fnmadd_ps(fm, _mm256_mul_ps(dmw[r], dx[t]), acc[r][t]);
+            }
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int t = 0; t < T; t++) y[t * ldy + r] = SFX(hsum)(acc[r][t]);
+}
+
+GEMM_DRIVER(SFX(gemm_q4_K), SFX(tileK), KQ4_K, RT_K, TT_K, QK_K)
+GEMM_DRIVER(SFX(gemm_q5_K), SFX(tileK), KQ5_K, RT_K, TT_K, QK_K)
+GEMM_DRIVER(SFX(gemm_q6_K), SFX(tileK), KQ6_K, RT_K, TT_K, QK_K)
+
+/* ---------------------------------------------------------------------------
+ * Float weights (F32, F16, BF16) with float32 activations
+ * ------------------------------------------------------------------------- */
+
+/* 8 weights at element i of a row, as floats */
+INL __m256 SFX(load_wf)(const int kind, const uint8_t *row, int64_t i) {
+    if (kind == KF32) return _mm256_loadu_ps((const float *)row + i);
+    const __m128i h = _mm_loadu_si128((const __m128i *)(row + 2 * i));
+    if (kind == KF16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));   /* bf16: exact */
+}
+
+INL float SFX(load_wf1)(const int kind, const uint8_t *row, int64_t i) {
+    if (kind == KF32) { float f; memcpy(&f, row + 4 * i, 4); return f; }
+    uint16_t h;
+    memcpy(&h, row + 2 * i, 2);
+    return kind == KF16 ? g4_fp16_to_fp32(h) : g4_bf16_to_fp32(h);
+}
+
+INL void SFX(tileF)(const int kind, const int R, const int T, int64_t n, const uint8_t *w, size_t ws,
+                    const uint8_t *x, size_t xs, float *y, int64_t ldy) {
+    __m256 acc[RT][TT];
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 wv[RT];
+        UNROLL
+        for (int r = 0; r < R; r++) wv[r] = SFX(load_wf)(kind, w + (size_t)r * ws, i);
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m256 xv = _mm256_loadu_ps((const float *)(x + (size_t)t * xs) + i);
+            UNROLL
+            for (int r = 0; r < R; r++) acc[r][t] = _mm256_fmadd_ps(wv[r], xv, acc[r][t]);
+        }
+    }
+    UNROLL
+    for (int r = 0; r < R; r++)
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            float s = SFX(hsum)(acc[r][t]);
+            for (int64_t j = i; j < n; j++)
+                s += SFX(load_wf1)(kind, w + (size_t)r * ws, j) * ((const float *)(x + (size_t)t * xs))[j];
+            y[t * ldy + r] = s;
+        }
+}
+
+GEMM_DRIVER(SFX(gemm_f32), SFX(tileF), KF32, RT, TT, 1)
+GEMM_DRIVER(SFX(gemm_f16), SFX(tileF), KF16, RT, TT, 1)
+GEMM_DRIVER(SFX(gemm_bf16), SFX(tileF), KBF16, RT, TT, 1)
+
+/* ---------------------------------------------------------------------------
+ * Float helpers for attention (F16 KV cache)
+ * ------------------------------------------------------------------------- */
+
+KRN float SFX(dot_f32)(int64_t n, const float *a, const float *b) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = SFX(hsum)(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+KRN float SFX(dot_f16_f32)(int64_t n, const g4_fp16 *a, const float *b) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i + 8))), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + i))), _mm256_loadu_ps(b + i), s0);
+    float s = SFX(hsum)(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += g4_fp16_to_fp32(a[i]) * b[i];
+    return s;
+}
+
+KRN void SFX(axpy_f16)(int64_t n, float a, const g4_fp16 *x, float *y) {
+    const __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))),
+                                                _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * g4_fp16_to_fp32(x[i]);
+}
+
+KRN void SFX(fp32_to_fp16)(const float *x, g4_fp16 *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) y[i] = g4_fp32_to_fp16(x[i]);
+}
+
+KRN void SFX(fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i))));
+    for (; i < n; i++) y[i] = g4_fp16_to_fp32(x[i]);
+}
+
+/* The table entries this inclusion provides (the including file adds .isa). */
+#ifndef G4_KERNELS_X86_ONCE
+#define G4_KERNELS_X86_ONCE
+#define X86_KERNEL_ENTRIES                                                                           \
+    .quantize_q8_0 = SFX(quantize_q8_0), .quantize_q8_K = SFX(quantize_q8_K),                        \
+    .gemm = {                                                                                        \
+        [G4_TYPE_F32] = SFX(gemm_f32), [G4_TYPE_F16] = SFX(gemm_f16), [G4_TYPE_BF16] = SFX(gemm_bf16), \
+        [G4_TYPE_Q4_0] = SFX(gemm_q4_0), [G4_TYPE_Q4_1] = SFX(gemm_q4_1), [G4_TYPE_Q5_0] = SFX(gemm_q5_0), \
+        [G4_TYPE_Q5_1] = SFX(gemm_q5_1), [G4_TYPE_Q8_0] = SFX(gemm_q8_0), [G4_TYPE_Q4_K] = SFX(gemm_q4_K), \
+        [G4_TYPE_Q5_K] = SFX(gemm_q5_K), [G4_TYPE_Q6_K] = SFX(gemm_q6_K),                            \
+    },                                                                                               \
+    .dot_f32 = SFX(dot_f32), .dot_f16_f32 = SFX(dot_f16_f32), .axpy_f16 = SFX(axpy_f16),             \
+    .fp32_to_fp16 = SFX(fp32_to_fp16), .fp16_to_fp32 = SFX(fp16_to_fp32)
+#endif
