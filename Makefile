@@ -64,3 +64,110 @@ test: deps test-c test-py
 
 clean:
 	rm -rf build tests/c/build gemma4stack/*.so *.egg-info
+
+# ---- Hardening: fuzzing (libFuzzer) and sanitizers --------------------------------------
+#   make fuzz          each harness in csrc/fuzz/ for FUZZ_SECONDS (default 60) s
+#   make fuzz-smoke    each harness for FUZZ_SMOKE_SECONDS (default 5) s, after replaying
+#                      the committed crash inputs (tests/data/fuzz-regress/); part of make test
+#   make test-asan     the Check tests, the fuzz regression inputs and the seeds, and pytest
+#                      over the extension, all built with -fsanitize=address,undefined
+# libFuzzer and the sanitizer runtimes come from Debian's clang (14 on bookworm) and
+# libclang-rt-14-dev; only these targets install them.
+FUZZ_DEB_PKGS := clang libclang-rt-14-dev
+FUZZ_CC ?= clang
+FUZZ_HARNESSES := gguf tokenizer vocab chat hwloc
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 5
+FUZZ_JOBS ?= 1
+FUZZ_DIR := build/fuzz
+HDRS := $(shell find csrc -name '*.h')
+CORE_HDRS := $(filter-out csrc/fuzz/%,$(HDRS))
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_CFLAGS := -O1 -g -std=gnu11 -Wall -Wno-unused-parameter -pthread -Icsrc $(SAN_FLAGS) \
+               -include csrc/fuzz/clang_compat.h $(shell pkg-config --cflags hwloc openblas 2>/dev/null)
+SAN_LIBS := -lhwloc -lopenblas -lm -ldl -pthread
+FUZZ_OBJS := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(C_SRCS))
+
+.PHONY: fuzz-sysdeps fuzz-build fuzz-seeds fuzz fuzz-smoke fuzz-regress test-asan test-asan-c test-asan-py
+
+fuzz-sysdeps:
+	@missing=""; for p in $(FUZZ_DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(FUZZ_DIR)/obj/%.o: %.c $(CORE_HDRS) csrc/fuzz/clang_compat.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_DIR)/libg4.a: $(FUZZ_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_DIR)/fuzz_%: csrc/fuzz/fuzz_%.c $(FUZZ_DIR)/libg4.a $(HDRS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_DIR)/libg4.a $(SAN_LIBS) -o $@
+
+fuzz-build: fuzz-sysdeps
+	$(MAKE) $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_HARNESSES))
+
+fuzz-seeds:
+	$(PYTHON) csrc/fuzz/make_seeds.py $(FUZZ_DIR)
+
+fuzz: fuzz-build fuzz-seeds
+	$(PYTHON) csrc/fuzz/run_fuzz.py --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --dir $(FUZZ_DIR) $(FUZZ_HARNESSES)
+
+# The crash inputs found so far must pass before new ones are looked for.
+fuzz-regress: fuzz-build
+	@set -e; for h in $(FUZZ_HARNESSES); do \
+	  if [ -d tests/data/fuzz-regress/$$h ]; then $(FUZZ_DIR)/fuzz_$$h -runs=0 tests/data/fuzz-regress/$$h; fi; done
+
+fuzz-smoke: fuzz-build fuzz-seeds fuzz-regress
+	$(PYTHON) csrc/fuzz/run_fuzz.py --seconds $(FUZZ_SMOKE_SECONDS) --dir $(FUZZ_DIR) $(FUZZ_HARNESSES)
+
+# ---- test-asan: GCC's ASan + UBSan over the C core, its tests and the extension ----
+ASAN_DIR := build/asan
+ASAN_FLAGS := -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -pthread -Icsrc $(SAN_FLAGS) \
+              $(shell pkg-config --cflags hwloc openblas 2>/dev/null)
+ASAN_OBJS := $(patsubst %.c,$(ASAN_DIR)/obj/%.o,$(C_SRCS))
+ASAN_C_TESTS := $(patsubst tests/c/%.c,$(ASAN_DIR)/%,$(wildcard tests/c/test_*.c))
+ASAN_REPLAY := $(addprefix $(ASAN_DIR)/replay_,$(FUZZ_HARNESSES))
+# Python is not built with ASan: the runtime must be loaded first (LD_PRELOAD), and
+# CPython's and numpy's own allocations look leaked at exit, so leak checks are off there.
+ASAN_PRELOAD = $(shell $(CC) -print-file-name=libasan.so) $(shell $(CC) -print-file-name=libubsan.so)
+ASAN_PY_ENV = LD_PRELOAD="$(ASAN_PRELOAD)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+              UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+ASAN_PYTEST ?= tests
+
+$(ASAN_DIR)/obj/%.o: %.c $(CORE_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_FLAGS) -c $< -o $@
+
+$(ASAN_DIR)/libg4.a: $(ASAN_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(ASAN_DIR)/test_%: tests/c/test_%.c $(ASAN_DIR)/libg4.a tests/c/g4test.h
+	$(CC) $(ASAN_FLAGS) $< $(ASAN_DIR)/libg4.a $(shell pkg-config --libs check 2>/dev/null) $(SAN_LIBS) -o $@
+
+$(ASAN_DIR)/replay_%: csrc/fuzz/fuzz_%.c csrc/fuzz/replay_main.c $(ASAN_DIR)/libg4.a $(HDRS)
+	$(CC) $(ASAN_FLAGS) $< csrc/fuzz/replay_main.c $(ASAN_DIR)/libg4.a $(SAN_LIBS) -o $@
+
+test-asan-c: sysdeps $(ASAN_C_TESTS) $(ASAN_REPLAY) fuzz-seeds
+	@set -e; for t in $(ASAN_C_TESTS); do echo "== $$t (ASan+UBSan)"; CK_FORK=yes $$t; done
+	@set -e; for h in $(FUZZ_HARNESSES); do \
+	  $(ASAN_DIR)/replay_$$h $(FUZZ_DIR)/seeds/$$h $$(ls -d tests/data/fuzz-regress/$$h 2>/dev/null); done
+
+# The extension is built with GEMMA4STACK_SANITIZE=1 in a copy of the tree, so the
+# in-place extension others use stays as it is.
+test-asan-py: deps
+	rm -rf $(ASAN_DIR)/py && mkdir -p $(ASAN_DIR)/py
+	tar -c --exclude=./build --exclude=./.git --exclude='*.so' --exclude=__pycache__ \
+	    --exclude=./tests/c/build --exclude='*.egg-info' . | tar -x -C $(ASAN_DIR)/py
+	cd $(ASAN_DIR)/py && GEMMA4STACK_SANITIZE=1 CFLAGS="-fno-sanitize-recover=all" \
+	    $(PYTHON) setup.py -q build_ext --inplace 2>&1 | grep -E "error|warning" ; true
+	cd $(ASAN_DIR)/py && $(ASAN_PY_ENV) $(PYTHON) -c "import gemma4stack._core as c, sys; \
+	    sys.exit(0 if c.__file__.startswith('$(CURDIR)/$(ASAN_DIR)/py/') else 'not the sanitized copy: ' + c.__file__)"
+	cd $(ASAN_DIR)/py && $(ASAN_PY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_PYTEST)
+
+test-asan: test-asan-c test-asan-py
