@@ -35,10 +35,16 @@ struct g4_arch {
     g4_status (*forward)(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
                          float *logits, int all_logits, g4_err *err);
     g4_model_memory (*memory)(const g4_model *m);
+    /* Optional (NULL: every cached prefix is reusable): how many of the first
+     * n_keep positions a forward at position n_keep can build on, given what
+     * the KV cache still holds (a sliding-window ring buffer forgets). */
+    int32_t (*kv_keep)(const g4_model *m, int32_t n_keep);
 };
 
 /* Architectures known to this build (defined in their own files). */
 extern const g4_arch g4_arch_llama;
+extern const g4_arch g4_arch_gemma4;
+extern const g4_arch g4_arch_gemma3;
 
 /* ---- loader helpers for architecture files (model.c) ---------------------
  * Hyperparameters are read as "<general.architecture>.<suffix>" (llama.cpp's
@@ -65,6 +71,18 @@ g4_status g4_model_vec(const g4_model *m, const char *name, int64_t n, int optio
                        const float **out, g4_err *err);
 g4_status g4_model_blk_vec(const g4_model *m, int il, const char *suffix, int64_t n, int optional,
                            const float **out, g4_err *err);
+
+/* A per-layer hyperparameter that llama.cpp reads with get_key_or_arr
+ * ("gemma4.feed_forward_length", "gemma4.attention.head_count_kv"): a scalar
+ * for every layer or an array of n_layer integers (any integer type, BOOL
+ * arrays as 0/1). Absent: dflt[il] when dflt is given, else an error naming
+ * the key; an array of another length is an error too. */
+g4_status g4_hp_u32_layers(const g4_model *m, const char *suffix, int n_layer, const uint32_t *dflt,
+                           uint32_t *out, g4_err *err);
+
+/* As g4_model_blk_tensor for a 3-D tensor ne0 x ne1 x ne2 (expert stacks). */
+g4_status g4_model_blk_tensor3(const g4_model *m, int il, const char *suffix, int64_t ne0, int64_t ne1,
+                               int64_t ne2, int optional, const g4_tensor **out, g4_err *err);
 
 /* Final context length from the requested m->n_ctx and m->n_ctx_train
  * (<= 0: n_ctx_train capped at G4_DEFAULT_CTX_CAP). G4_ERR_LIMIT above G4_MAX_CTX. */

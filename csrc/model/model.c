@@ -20,9 +20,11 @@
 
 /* ------------------------------------------------ architecture registry */
 
-/* general.architecture value -> implementation. Add gemma4, gemma3 here. */
+/* general.architecture value -> implementation. */
 static const g4_arch *const g4_archs[] = {
     &g4_arch_llama,
+    &g4_arch_gemma4,
+    &g4_arch_gemma3,
 };
 #define N_ARCHS (sizeof g4_archs / sizeof g4_archs[0])
 
@@ -90,6 +92,39 @@ g4_status g4_hp_f32_or(const g4_model *m, const char *suffix, float dflt, float 
     return g4_gguf_get_f32_or(m->gguf, key, dflt, out, err);
 }
 
+g4_status g4_hp_u32_layers(const g4_model *m, const char *suffix, int n_layer, const uint32_t *dflt,
+                           uint32_t *out, g4_err *err) {
+    char key[256];
+    arch_key(m, suffix, key, sizeof key);
+    const g4_gguf_kv *kv = g4_gguf_find(m->gguf, key);
+    if (!kv) {
+        if (!dflt) return g4_err_set(err, G4_ERR_FORMAT, "missing key '%s'", key);
+        for (int il = 0; il < n_layer; il++) out[il] = dflt[il];
+        return G4_OK;
+    }
+    if (kv->type != G4_GGUF_ARRAY) {
+        uint32_t v;
+        g4_status st = g4_gguf_get_u32(m->gguf, key, &v, err);
+        if (st != G4_OK) return st;
+        for (int il = 0; il < n_layer; il++) out[il] = v;
+        return G4_OK;
+    }
+    if (kv->arr_len != (uint64_t)n_layer)
+        return g4_err_set(err, G4_ERR_FORMAT, "key '%s' is an array of %llu values, expected one per layer (%d)",
+                          key, (unsigned long long)kv->arr_len, n_layer);
+    for (int il = 0; il < n_layer; il++) {
+        int64_t v;
+        if (kv->arr_type == G4_GGUF_BOOL) v = kv->data[il] != 0;
+        else if (!g4_gguf_arr_i64(kv, (uint64_t)il, &v))
+            return g4_err_set(err, G4_ERR_FORMAT, "key '%s' is an array of %s, expected integers",
+                              key, g4_gguf_vtype_name(kv->arr_type));
+        if (v < 0 || v > UINT32_MAX)
+            return g4_err_set(err, G4_ERR_FORMAT, "key '%s'[%d] = %" PRId64 " is out of range", key, il, v);
+        out[il] = (uint32_t)v;
+    }
+    return G4_OK;
+}
+
 /* ---------------------------------------------------------------- tensors */
 
 static void shape_str(char *buf, size_t cap, const int64_t *ne, int n_dims) {
@@ -99,8 +134,9 @@ static void shape_str(char *buf, size_t cap, const int64_t *ne, int n_dims) {
     if (off < cap) snprintf(buf + off, cap - off, "]");
 }
 
-g4_status g4_model_tensor(const g4_model *m, const char *name, int64_t ne0, int64_t ne1,
-                          int optional, const g4_tensor **out, g4_err *err) {
+/* The checks of g4_model_tensor for any expected shape want[0..n_dims). */
+static g4_status check_tensor(const g4_model *m, const char *name, const int64_t *want_in, int want_dims,
+                              int optional, const g4_tensor **out, g4_err *err) {
     *out = NULL;
     const g4_tensor *t = g4_gguf_find_tensor(m->gguf, name);
     if (!t) {
@@ -108,8 +144,8 @@ g4_status g4_model_tensor(const g4_model *m, const char *name, int64_t ne0, int6
         return g4_err_set(err, G4_ERR_FORMAT, "tensor '%s' is missing", name);
     }
     /* expected shape, padded with 1s as ggml pads unused dims */
-    int64_t want[G4_MAX_DIMS] = { ne0, ne1 > 0 ? ne1 : 1, 1, 1 };
-    const int want_dims = ne1 > 0 ? 2 : 1;
+    int64_t want[G4_MAX_DIMS] = { 1, 1, 1, 1 };
+    for (int i = 0; i < want_dims; i++) want[i] = want_in[i];
     for (int i = 0; i < G4_MAX_DIMS; i++) {
         if (t->ne[i] != want[i]) {
             char ws[96], fs[96];
@@ -130,6 +166,20 @@ g4_status g4_model_tensor(const g4_model *m, const char *name, int64_t ne0, int6
                           name, t->ne[0], g4_type_name(t->type), g4_blck_size(t->type));
     *out = t;
     return G4_OK;
+}
+
+g4_status g4_model_tensor(const g4_model *m, const char *name, int64_t ne0, int64_t ne1,
+                          int optional, const g4_tensor **out, g4_err *err) {
+    const int64_t want[2] = { ne0, ne1 > 0 ? ne1 : 1 };
+    return check_tensor(m, name, want, ne1 > 0 ? 2 : 1, optional, out, err);
+}
+
+g4_status g4_model_blk_tensor3(const g4_model *m, int il, const char *suffix, int64_t ne0, int64_t ne1,
+                               int64_t ne2, int optional, const g4_tensor **out, g4_err *err) {
+    char name[256];
+    snprintf(name, sizeof name, "blk.%d.%s", il, suffix);
+    const int64_t want[3] = { ne0, ne1, ne2 };
+    return check_tensor(m, name, want, 3, optional, out, err);
 }
 
 g4_status g4_model_blk_tensor(const g4_model *m, int il, const char *suffix, int64_t ne0, int64_t ne1,
@@ -252,6 +302,12 @@ int32_t g4_model_n_ctx(const g4_model *m) { return m->n_ctx; }
 int32_t g4_model_n_threads(const g4_model *m) { return m->n_threads; }
 
 g4_model_memory g4_model_memory_usage(const g4_model *m) { return m->arch->memory(m); }
+
+int32_t g4_model_kv_keep(const g4_model *m, int32_t n_keep) {
+    if (n_keep <= 0) return 0;
+    if (n_keep > m->n_ctx) n_keep = m->n_ctx;
+    return m->arch->kv_keep ? m->arch->kv_keep(m, n_keep) : n_keep;
+}
 
 /* ---------------------------------------------------------------- forward */
 

@@ -41,6 +41,12 @@ int32_t g4_model_n_ctx(const g4_model *m);
 int32_t g4_model_n_threads(const g4_model *m);
 g4_model_memory g4_model_memory_usage(const g4_model *m);
 
+/* Prefix reuse: of the positions 0..n_keep-1 the KV cache holds from earlier
+ * forwards, how many a forward starting at n_keep can build on: n_keep, or
+ * less when the cache no longer holds what that position looks back at (a
+ * sliding-window layer keeps a ring of window + batch positions). */
+int32_t g4_model_kv_keep(const g4_model *m, int32_t n_keep);
+
 /* Run tokens[0..n) at positions pos..pos+n-1, appending to the KV cache
  * (entries at >= pos are overwritten). logits: float32, either
  * [n][n_vocab] when all_logits is nonzero or [n_vocab] for the last token.
