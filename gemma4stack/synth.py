@@ -115,6 +115,11 @@ def plan(variant: str = "e2b", arch: str = "gemma4", type: str = "q4_0",
             raise ValueError(f"unknown --variant {variant!r}; expected one of "
                              f"{', '.join(GEMMA4_VARIANTS)}")
         shape: Gemma4Shape | LlamaShape = GEMMA4_VARIANTS[variant]
+        if layers is not None and layers < 2:
+            # one layer would be global only; llama.cpp's iSWA cache aborts without a
+            # sliding layer (GGML_ASSERT(hparams.is_swa_any()))
+            raise ValueError("--layers must be at least 2 for gemma4 (one sliding and one "
+                             "global layer)")
         if layers:
             shape = shape.with_layers(layers)
         if n_vocab:
