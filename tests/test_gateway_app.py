@@ -119,7 +119,8 @@ def test_chat_stream_format_usage_and_routing(stack, gguf):
                                           stream_options={"include_usage": True})
     assert status == 200 and done
     assert headers["content-type"].startswith("text/event-stream")
-    assert headers["x-gemma4stack-tier"] == "fast"
+    assert headers["x-gemma4stack-tier"] == "fast" and float(headers["x-gemma4stack-ttft-ms"]) >= 0
+    assert "x-gemma4stack-completion-tokens" not in headers     # not known when headers go
     assert {e["object"] for e in ev} == {"chat.completion.chunk"} and len({e["id"] for e in ev}) == 1
     assert ev[0]["choices"][0]["delta"]["role"] == "assistant"
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in ev if e["choices"])

@@ -363,8 +363,9 @@ class Dispatch(Response):
         r0 = self._routing(rt, ttft, None)
         hdrs = [(b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        # what is known before the first byte; the rest comes in the last chunk's _routing
         hdrs += [(k.encode(), str(v).encode()) for k, v in _routing_headers(r0).items()
-                 if v is not None]
+                 if k in _STREAM_HEADERS]
         await send({"type": "http.response.start", "status": 200, "headers": hdrs})
         # content chunks differ only in the text: build them from a prefix and a suffix
         pre, suf = self._chunk_template(model)
@@ -417,6 +418,10 @@ class Dispatch(Response):
         out = b"".join(_sse(c) for c in tail) + b"data: [DONE]\n\n"
         self.finished = True
         await send({"type": "http.response.body", "body": out, "more_body": False})
+
+
+_STREAM_HEADERS = {"x-gemma4stack-tier", "x-gemma4stack-model", "x-gemma4stack-ttft-ms",
+                   "x-gemma4stack-fallback-chain"}
 
 
 def _routing_headers(r: dict) -> dict:
