@@ -8,6 +8,7 @@
  *   quantize(type, data) -> bytes (data: a float32 buffer)
  *   matvec(type, w, rows, cols, x) -> bytes (rows float32), the scalar reference
  *   matmul(type, w, rows, cols, x, nt) -> bytes (nt x rows float32), the active ISA
+ *   repack(type, w, rows, cols, inverse=False) -> bytes; matmul_x8(type, wp, rows, cols, x, nt)
  *   vec_dot_type(type) -> int
  *   isa() -> str; set_isa(name); isas() -> {name: available}
  *
@@ -280,6 +281,62 @@ done:
     return out;
 }
 
+/* repack(type, w, rows, cols, inverse=False) -> bytes */
+static PyObject *py_repack(PyObject *self, PyObject *args) {
+    unsigned int type;
+    Py_buffer w;
+    Py_ssize_t rows, cols;
+    int inverse = 0;
+    if (!PyArg_ParseTuple(args, "Iy*nn|p:repack", &type, &w, &rows, &cols, &inverse)) return NULL;
+    PyObject *out = NULL;
+    size_t need = g4_row_size(type, cols) * (size_t)(rows > 0 ? rows : 0);
+    if (!g4_repack_supported(type, rows, cols) || (size_t)w.len != need) {
+        PyErr_Format(PyExc_ValueError, "repack: %zd x %zd %s (%zd bytes) has no repacked form", rows, cols,
+                     g4_type_name(type) ? g4_type_name(type) : "?", w.len);
+        goto done;
+    }
+    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)need);
+    if (!out) goto done;
+    void *dst = PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    if (inverse) g4_unrepack(type, w.buf, rows, cols, dst);
+    else g4_repack(type, w.buf, rows, cols, dst);
+    Py_END_ALLOW_THREADS
+done:
+    PyBuffer_Release(&w);
+    return out;
+}
+
+/* matmul_x8(type, wp, rows, cols, x, nt) -> bytes, wp from repack() */
+static PyObject *py_matmul_x8(PyObject *self, PyObject *args) {
+    unsigned int type;
+    Py_buffer w, x;
+    Py_ssize_t rows, cols, nt;
+    if (!PyArg_ParseTuple(args, "Iy*nny*n:matmul_x8", &type, &w, &rows, &cols, &x, &nt)) return NULL;
+    PyObject *out = NULL;
+    void *xa = NULL;
+    const size_t arow = g4_act_row_size(type, cols);
+    if (!g4_repack_supported(type, rows, cols) || (size_t)w.len != g4_row_size(type, cols) * (size_t)rows ||
+        nt < 1 || (size_t)x.len != (size_t)nt * (size_t)cols * sizeof(float)) {
+        PyErr_Format(PyExc_ValueError, "matmul_x8: need repacked %zd x %zd weights and %zd x %zd float32 inputs",
+                     rows, cols, nt, cols);
+        goto done;
+    }
+    xa = PyMem_Malloc(arow * (size_t)nt);
+    out = PyBytes_FromStringAndSize(NULL, nt * rows * (Py_ssize_t)sizeof(float));
+    if (!xa || !out) { Py_CLEAR(out); PyErr_NoMemory(); goto done; }
+    float *y = (float *)PyBytes_AS_STRING(out);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < nt; t++) g4_quantize_act(type, (const float *)x.buf + t * cols, cols, (uint8_t *)xa + (size_t)t * arow);
+    g4_matmul_rows_x8(type, w.buf, cols, xa, arow, nt, y, rows, 0, rows);
+    Py_END_ALLOW_THREADS
+done:
+    PyMem_Free(xa);
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&x);
+    return out;
+}
+
 static PyObject *py_vec_dot_type(PyObject *self, PyObject *args) {
     unsigned int type;
     if (!PyArg_ParseTuple(args, "I:vec_dot_type", &type)) return NULL;
@@ -329,6 +386,11 @@ PyMethodDef g4py_gguf_methods[] = {
     {"matmul", py_matmul, METH_VARARGS,
      "matmul(type, w, rows, cols, x, nt) -> bytes: nt x rows float32, token t row r at [t * rows + r];\n"
      "x (nt x cols float32) quantized once, then the tiled kernels of the active ISA."},
+    {"repack", py_repack, METH_VARARGS,
+     "repack(type, w, rows, cols, inverse=False) -> bytes: weights interleaved 8 rows at a time\n"
+     "for the vectorized kernels (or back to GGUF order); ValueError when the type has no such form."},
+    {"matmul_x8", py_matmul_x8, METH_VARARGS,
+     "matmul_x8(type, wp, rows, cols, x, nt) -> bytes: as matmul, with weights from repack()."},
     {"vec_dot_type", py_vec_dot_type, METH_VARARGS,
      "vec_dot_type(type) -> int: the type activations are quantized to for `type` weights."},
     {"isa", py_isa, METH_NOARGS, "isa() -> str: the instruction set the kernels use now."},

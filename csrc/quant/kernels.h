@@ -25,6 +25,9 @@ typedef struct g4_kernels {
     void (*quantize_q8_0)(const float *x, block_q8_0 *y, int64_t n);
     void (*quantize_q8_K)(const float *x, block_q8_K *y, int64_t n);
     g4_gemm_fn gemm[G4_TYPE_COUNT];            /* by weight type */
+    /* repacked weights (repack.c): w = the first group of 8 rows, w_stride =
+       bytes per group, nr a multiple of 8, x rows from g4_quantize_act */
+    g4_gemm_fn gemm_x8[G4_TYPE_COUNT];
     float (*dot_f32)(int64_t n, const float *a, const float *b);
     float (*dot_f16_f32)(int64_t n, const g4_fp16 *a, const float *b);
     void (*axpy_f16)(int64_t n, float a, const g4_fp16 *x, float *y);
@@ -49,5 +52,9 @@ float g4_ref_dot_q5_1_q8_1_acc(float acc, int64_t nb, const block_q5_1 *w, const
 float g4_ref_dot_q4_K_q8_K_acc(float acc, int64_t nb, const block_q4_K *w, const block_q8_K *x);
 float g4_ref_dot_q5_K_q8_K_acc(float acc, int64_t nb, const block_q5_K *w, const block_q8_K *x);
 float g4_ref_dot_q6_K_q8_K_acc(float acc, int64_t nb, const block_q6_K *w, const block_q8_K *x);
+
+/* The scalar kernel for repacked weights (repack.c). */
+void g4_gemm_x8_scalar(uint32_t type, int64_t n, const uint8_t *w, int64_t nr,
+                       const uint8_t *x, size_t xs, int64_t nt, float *y, int64_t ldy);
 
 #endif

@@ -10,6 +10,12 @@
  */
 #include "kernels.h"
 
+/* The repacked kernels promise the references' float steps exactly: no
+   contraction of a separate multiply and add into an FMA. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include <string.h>
@@ -22,6 +28,10 @@
 
 #define TGT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl")))
 #define SFX(name) name##_avx512
+#define HAVE_VNNI 0
+#define TX32 8
+#define TXK4 4
+#define TXK6 4
 #define DPBUSD(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
 #define DPWSSD(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
 #include "kernels_x86.h"
@@ -30,9 +40,17 @@ const g4_kernels g4_kernels_avx512 = {.isa = G4_ISA_AVX512, X86_KERNEL_ENTRIES};
 #undef SFX
 #undef DPBUSD
 #undef DPWSSD
+#undef HAVE_VNNI
+#undef TX32
+#undef TXK4
+#undef TXK6
 
 #define TGT __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define SFX(name) name##_avx512vnni
+#define HAVE_VNNI 1
+#define TX32 8
+#define TXK4 4
+#define TXK6 2
 #define DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 #define DPWSSD(acc, a, b) _mm256_dpwssd_epi32((acc), (a), (b))
 #include "kernels_x86.h"

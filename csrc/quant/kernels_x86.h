@@ -432,6 +432,327 @@ GEMM_DRIVER(SFX(gemm_q5_K), SFX(tileK), KQ5_K, RT_K, TT_K, QK_K)
 GEMM_DRIVER(SFX(gemm_q6_K), SFX(tileK), KQ6_K, RT_K, TT_K, QK_K)
 
 /* ---------------------------------------------------------------------------
+ * Repacked weights (repack.c): a ymm holds the same 4 bytes of 8 rows, so
+ * each row's integer dot accumulates in its own int32 lane against
+ * broadcast activations; the 8 scales of a block column are one load, and
+ * the 8 results one store. Every lane holds the whole block sum of its row,
+ * and the float steps (d_w * d_x, times the sum, added to the row's total,
+ * blocks in order) are the reference's, without FMA contraction: the
+ * results are bit-identical to the scalar references.
+ * ------------------------------------------------------------------------- */
+
+/* 4 bytes at p broadcast to the 8 lanes (vpbroadcastd / an embedded {1to8}) */
+INL __m256i SFX(bc4)(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* byte j of every dword, zero-extended to 32 bits (pair=0), or the int16
+   pair (byte j, byte j) for vpmaddwd (pair=1) */
+INL __m256i SFX(dword_byte)(__m256i v, const int j, const int pair) {
+    const char z = (char)0x80, b = (char)j;
+    const __m256i idx = pair ? _mm256_setr_epi8(b, z, b, z, b + 4, z, b + 4, z, b + 8, z, b + 8, z, b + 12, z, b + 12, z,
+                                                b, z, b, z, b + 4, z, b + 4, z, b + 8, z, b + 8, z, b + 12, z, b + 12, z)
+                             : _mm256_setr_epi8(b, z, z, z, b + 4, z, z, z, b + 8, z, z, z, b + 12, z, z, z,
+                                                b, z, z, z, b + 4, z, z, z, b + 8, z, z, z, b + 12, z, z, z);
+    return _mm256_shuffle_epi8(v, idx);
+}
+
+/* Software prefetch of the weights PF_AHEAD bytes ahead of the block
+   column in use. The hardware prefetchers follow one ascending stream well,
+   but a Q6_K column is read as three interleaved streams and the L2
+   streamer then falls behind DRAM latency (measured: 3 GB/s instead of
+   12 GB/s per core without this). ~100 ns of DRAM latency at ~25 GB/s is
+   ~2.5 KB: 4 KB ahead leaves margin. Groups are contiguous, so running past
+   the end of a group prefetches the next one. */
+#ifndef PF_AHEAD
+#define PF_AHEAD 4096
+#endif
+INL void SFX(prefetch)(const uint8_t *p, size_t n) {
+    for (size_t off = 0; off < n; off += 64) _mm_prefetch((const char *)(p + PF_AHEAD + off), _MM_HINT_T0);
+}
+
+/* Q4_0 / Q8_0: T tokens x 8 rows */
+INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
+                         float *y, int64_t ldy) {
+    const size_t gbs = kind == KQ4_0 ? 8 * sizeof(block_q4_0) : 8 * sizeof(block_q8_0);
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc[TX32];
+    const uint8_t *xr[TX32];
+    const int16_t *xsum[TX32];
+    UNROLL
+    for (int t = 0; t < T; t++) {
+        acc[t] = _mm256_setzero_ps();
+        xr[t] = x + (size_t)t * xs;
+        xsum[t] = (const int16_t *)(xr[t] + (size_t)nb * sizeof(block_q8_0));
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *gb = w + (size_t)b * gbs;
+        SFX(prefetch)(gb, gbs);
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)gb));
+        __m256i ai[TX32];
+        const uint8_t *xq[TX32];
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            xq[t] = xr[t] + (size_t)b * sizeof(block_q8_0) + 2;
+            int16_t sx;
+            memcpy(&sx, xsum[t] + b, 2);
+            /* the stored values are q + 8 (Q4_0) and q + 128 (repacked Q8_0) */
+            ai[t] = _mm256_set1_epi32((kind == KQ4_0 ? -8 : -128) * (int32_t)sx);
+#if !HAVE_VNNI
+            if (kind == KQ8_0) ai[t] = _mm256_setzero_si256();   /* signed weights below instead */
+#endif
+        }
+        /* with few tokens, two accumulators per token halve the dependency
+           chain of vpdpbusd (latency ~5 cycles) inside a block */
+        __m256i a2[TX32];
+        UNROLL
+        for (int t = 0; t < T; t++) a2[t] = _mm256_setzero_si256();
+#define ACC2(t, k) (*((T <= 2 && ((k) & 1)) ? &a2[t] : &ai[t]))
+        if (kind == KQ4_0) {
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    ACC2(t, 0) = DPBUSD(ACC2(t, 0), lo, SFX(bc4)(xq[t] + 4 * k));
+                    ACC2(t, 1) = DPBUSD(ACC2(t, 1), hi, SFX(bc4)(xq[t] + 16 + 4 * k));
+                }
+            }
+        } else {
+            UNROLL
+            for (int k = 0; k < 8; k++) {
+                const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
+#if HAVE_VNNI
+                UNROLL
+                for (int t = 0; t < T; t++) ACC2(t, k) = DPBUSD(ACC2(t, k), v, SFX(bc4)(xq[t] + 4 * k));
+#else
+                /* vpmaddubsw would saturate on q + 128: back to signed, sign trick */
+                const __m256i ws = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), wa = _mm256_abs_epi8(ws);
+                UNROLL
+                for (int t = 0; t < T; t++)
+                    ACC2(t, k) = DPBUSD(ACC2(t, k), wa, _mm256_sign_epi8(SFX(bc4)(xq[t] + 4 * k), ws));
+#endif
+            }
+        }
+#undef ACC2
+        UNROLL
+        for (int t = 0; t < T; t++) ai[t] = _mm256_add_epi32(ai[t], a2[t]);
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m256 s = _mm256_mul_ps(d8, SFX(bcast_f16)(xq[t] - 2));
+            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_cvtepi32_ps(ai[t]), s));
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+}
+
+/* Q4_K: T tokens x 8 rows */
+INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
+                           float *y, int64_t ldy) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m6 = _mm256_set1_epi8(0x3f), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[TXK4];
+    UNROLL
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *gb = w + (size_t)b * 8 * sizeof(block_q4_K);
+        SFX(prefetch)(gb, 8 * sizeof(block_q4_K));
+        const block_q8_K *q8[TXK4];
+        UNROLL
+        for (int t = 0; t < T; t++) q8[t] = (const block_q8_K *)(x + (size_t)t * xs) + b;
+        /* the 6-bit scales and mins of the 8 rows (g4_q4_K_scales, lane-wise) */
+        const __m256i u0 = SFX(loadu)(gb + 32), u1 = SFX(loadu)(gb + 64), u2 = SFX(loadu)(gb + 96);
+        const __m256i scA = _mm256_and_si256(u0, m6);
+        const __m256i scB = _mm256_or_si256(_mm256_and_si256(u2, m4), _mm256_and_si256(_mm256_srli_epi32(u0, 2), m30));
+        const __m256i mA = _mm256_and_si256(u1, m6);
+        const __m256i mB = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), m4),
+                                           _mm256_and_si256(_mm256_srli_epi32(u1, 2), m30));
+        /* mins: sum_j m_j * (bsums[2j] + bsums[2j+1]) with vpmaddwd on (m_2i, m_2i+1) pairs */
+        const char z = (char)0x80;
+        const __m256i ip0 = _mm256_setr_epi8(0, z, 1, z, 4, z, 5, z, 8, z, 9, z, 12, z, 13, z,
+                                             0, z, 1, z, 4, z, 5, z, 8, z, 9, z, 12, z, 13, z);
+        const __m256i ip1 = _mm256_setr_epi8(2, z, 3, z, 6, z, 7, z, 10, z, 11, z, 14, z, 15, z,
+                                             2, z, 3, z, 6, z, 7, z, 10, z, 11, z, 14, z, 15, z);
+        const __m256i mp[4] = {_mm256_shuffle_epi8(mA, ip0), _mm256_shuffle_epi8(mA, ip1),
+                               _mm256_shuffle_epi8(mB, ip0), _mm256_shuffle_epi8(mB, ip1)};
+        __m256i isum[TXK4], msum[TXK4];
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m128i bsp = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)q8[t]->bsums),
+                                               _mm_loadu_si128((const __m128i *)(q8[t]->bsums + 8)));
+            const __m256i bb = _mm256_broadcastsi128_si256(bsp);
+            __m256i ms = _mm256_madd_epi16(mp[0], _mm256_shuffle_epi32(bb, 0x00));
+            ms = _mm256_add_epi32(ms, _mm256_madd_epi16(mp[1], _mm256_shuffle_epi32(bb, 0x55)));
+            ms = _mm256_add_epi32(ms, _mm256_madd_epi16(mp[2], _mm256_shuffle_epi32(bb, 0xaa)));
+            msum[t] = _mm256_add_epi32(ms, _mm256_madd_epi16(mp[3], _mm256_shuffle_epi32(bb, 0xff)));
+            isum[t] = _mm256_setzero_si256();
+        }
+        UNROLL
+        for (int c = 0; c < 4; c++) {
+            const __m256i sv = c < 2 ? scA : scB;
+#if HAVE_VNNI
+            const __m256i scl = SFX(dword_byte)(sv, (2 * c) % 4, 0), sch = SFX(dword_byte)(sv, (2 * c + 1) % 4, 0);
+            __m256i pl[TXK4], ph[TXK4], pl2[TXK4], ph2[TXK4];   /* the 2s: shorter chains for one token */
+            UNROLL
+            for (int t = 0; t < T; t++) pl[t] = ph[t] = pl2[t] = ph2[t] = _mm256_setzero_si256();
+#else
+            const __m256i scl = SFX(dword_byte)(sv, (2 * c) % 4, 1), sch = SFX(dword_byte)(sv, (2 * c + 1) % 4, 1);
+#endif
+            UNROLL
+            for (int q = 0; q < 8; q++) {
+                const __m256i v = SFX(loadu)(gb + 128 + 32 * (8 * c + q));
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const int8_t *xq = q8[t]->qs + 64 * c + 4 * q;
+#if HAVE_VNNI
+                    if (T == 1 && (q & 1)) {
+                        pl2[t] = DPBUSD(pl2[t], lo, SFX(bc4)(xq));
+                        ph2[t] = DPBUSD(ph2[t], hi, SFX(bc4)(xq + 32));
+                    } else {
+                        pl[t] = DPBUSD(pl[t], lo, SFX(bc4)(xq));
+                        ph[t] = DPBUSD(ph[t], hi, SFX(bc4)(xq + 32));
+                    }
+#else
+                    isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(lo, SFX(bc4)(xq)), scl);
+                    isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(hi, SFX(bc4)(xq + 32)), sch);
+#endif
+                }
+            }
+#if HAVE_VNNI
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                pl[t] = _mm256_add_epi32(pl[t], pl2[t]);
+                ph[t] = _mm256_add_epi32(ph[t], ph2[t]);
+                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(_mm256_mullo_epi32(pl[t], scl),
+                                                                     _mm256_mullo_epi32(ph[t], sch)));
+            }
+#endif
+        }
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)gb));
+        const __m256 dm8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(gb + 16)));
+        UNROLL
+        for (int t = 0; t < T; t++) {
+            const __m256 dx = _mm256_broadcast_ss(&q8[t]->d);
+            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(isum[t])));
+            acc[t] = _mm256_sub_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(dm8, dx), _mm256_cvtepi32_ps(msum[t])));
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+}
+
+/* Q6_K: T tokens x 8 rows */
+INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
+                           float *y, int64_t ldy) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc[TXK6];
+    UNROLL
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *gb = w + (size_t)b * 8 * sizeof(block_q6_K);
+        SFX(prefetch)(gb, 8 * sizeof(block_q6_K));
+        const block_q8_K *q8[TXK6];
+        __m256i isum[TXK6];
+        UNROLL
+        for (int t = 0; t < T; t++) { q8[t] = (const block_q8_K *)(x + (size_t)t * xs) + b; isum[t] = _mm256_setzero_si256(); }
+        /* the -32 offset: -32 * sum_s sc_s * bsums_s, on (sc_2i, sc_2i+1) int16 pairs */
+        UNROLL
+        for (int i = 0; i < 8; i++) {
+            const __m128i v = _mm_loadu_si128((const __m128i *)(gb + 16 + 16 * i));
+            const __m256i scp = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, _mm_srli_si128(v, 8)));
+            UNROLL
+            for (int t = 0; t < T; t++) isum[t] = DPWSSD(isum[t], scp, SFX(bc4)(q8[t]->bsums + 2 * i));
+        }
+        UNROLL
+        for (int t = 0; t < T; t++) isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(isum[t], 5));
+        UNROLL
+        for (int s = 0; s < 4; s++) {
+            /* scales of the sub-blocks s, 4+s, 8+s, 12+s: the quants of groups m = 4s..4s+3 fall there */
+            __m256i sc[4];
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                const __m128i v = _mm_loadl_epi64((const __m128i *)(gb + 16 + 8 * (4 * k + s)));
+#if HAVE_VNNI
+                sc[k] = _mm256_cvtepi8_epi32(v);
+#else
+                sc[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));   /* (sc, sc) int16 pairs for vpmaddwd */
+#endif
+            }
+#if HAVE_VNNI
+            __m256i p[TXK6][4];
+            UNROLL
+            for (int t = 0; t < T; t++)
+                UNROLL
+                for (int k = 0; k < 4; k++) p[t][k] = _mm256_setzero_si256();
+#endif
+            UNROLL
+            for (int mm = 0; mm < 4; mm++) {
+                const int m = 4 * s + mm;
+                const __m256i l0 = SFX(loadu)(gb + 144 + 32 * m), l1 = SFX(loadu)(gb + 144 + 32 * (m + 16));
+                const __m256i h = SFX(loadu)(gb + 1168 + 32 * m);
+                __m256i e[4];
+                e[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+                e[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+                e[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+                e[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                       _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+                UNROLL
+                for (int t = 0; t < T; t++)
+                    UNROLL
+                    for (int k = 0; k < 4; k++) {
+                        const __m256i xv = SFX(bc4)(q8[t]->qs + 64 * k + 4 * m);
+#if HAVE_VNNI
+                        p[t][k] = DPBUSD(p[t][k], e[k], xv);
+#else
+                        isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(e[k], xv), sc[k]);
+#endif
+                    }
+            }
+#if HAVE_VNNI
+            UNROLL
+            for (int t = 0; t < T; t++)
+                UNROLL
+                for (int k = 0; k < 4; k++) isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(p[t][k], sc[k]));
+#endif
+        }
+        const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)gb));
+        UNROLL
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(_mm256_mul_ps(d8, _mm256_broadcast_ss(&q8[t]->d)),
+                                                         _mm256_cvtepi32_ps(isum[t])));
+    }
+    UNROLL
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+}
+
+/* Groups of 8 rows outer (their block columns stay in L1/L2 while the
+   token tiles pass), tiles of tokens inner, the last tokens one at a time. */
+#define GEMM_X8_DRIVER(fname, call, TTILE, bsize)                                                    \
+    KRN void fname(int64_t n, const uint8_t *w, size_t gs, int64_t nr, const uint8_t *x, size_t xs,   \
+                   int64_t nt, float *y, int64_t ldy) {                                              \
+        const int64_t nb = n / (bsize);                                                              \
+        for (int64_t g = 0; g < nr / 8; g++) {                                                       \
+            const uint8_t *wg = w + (size_t)g * gs;                                                  \
+            int64_t t = 0;                                                                           \
+            for (; t + (TTILE) <= nt; t += (TTILE)) call(TTILE, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); \
+            for (; t < nt; t++) call(1, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);           \
+        }                                                                                            \
+    }
+#define X8_Q4_0(T, ...) SFX(tile_x8_32)(KQ4_0, T, __VA_ARGS__)
+#define X8_Q8_0(T, ...) SFX(tile_x8_32)(KQ8_0, T, __VA_ARGS__)
+GEMM_X8_DRIVER(SFX(gemm_x8_q4_0), X8_Q4_0, TX32, 32)
+GEMM_X8_DRIVER(SFX(gemm_x8_q8_0), X8_Q8_0, TX32, 32)
+GEMM_X8_DRIVER(SFX(gemm_x8_q4_K), SFX(tile_x8_q4_K), TXK4, QK_K)
+GEMM_X8_DRIVER(SFX(gemm_x8_q6_K), SFX(tile_x8_q6_K), TXK6, QK_K)
+#undef X8_Q4_0
+#undef X8_Q8_0
+#undef GEMM_X8_DRIVER
+
+/* ---------------------------------------------------------------------------
  * Float weights (F32, F16, BF16) with float32 activations
  * ------------------------------------------------------------------------- */
 
@@ -547,6 +868,10 @@ KRN void SFX(fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n) {
         [G4_TYPE_Q4_0] = SFX(gemm_q4_0), [G4_TYPE_Q4_1] = SFX(gemm_q4_1), [G4_TYPE_Q5_0] = SFX(gemm_q5_0), \
         [G4_TYPE_Q5_1] = SFX(gemm_q5_1), [G4_TYPE_Q8_0] = SFX(gemm_q8_0), [G4_TYPE_Q4_K] = SFX(gemm_q4_K), \
         [G4_TYPE_Q5_K] = SFX(gemm_q5_K), [G4_TYPE_Q6_K] = SFX(gemm_q6_K),                            \
+    },                                                                                               \
+    .gemm_x8 = {                                                                                     \
+        [G4_TYPE_Q4_0] = SFX(gemm_x8_q4_0), [G4_TYPE_Q8_0] = SFX(gemm_x8_q8_0),                      \
+        [G4_TYPE_Q4_K] = SFX(gemm_x8_q4_K), [G4_TYPE_Q6_K] = SFX(gemm_x8_q6_K),                      \
     },                                                                                               \
     .dot_f32 = SFX(dot_f32), .dot_f16_f32 = SFX(dot_f16_f32), .axpy_f16 = SFX(axpy_f16),             \
     .fp32_to_fp16 = SFX(fp32_to_fp16), .fp16_to_fp32 = SFX(fp16_to_fp32)

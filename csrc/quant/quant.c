@@ -237,6 +237,18 @@ SCALAR_GEMM(q4_K, block_q4_K, block_q8_K, g4_vec_dot_q4_K_q8_K)
 SCALAR_GEMM(q5_K, block_q5_K, block_q8_K, g4_vec_dot_q5_K_q8_K)
 SCALAR_GEMM(q6_K, block_q6_K, block_q8_K, g4_vec_dot_q6_K_q8_K)
 
+#define SCALAR_GEMM_X8(name, type)                                                           \
+    static void gemm_x8_##name##_scalar(int64_t n, const uint8_t *w, size_t ws, int64_t nr,  \
+                                        const uint8_t *x, size_t xs, int64_t nt, float *y,   \
+                                        int64_t ldy) {                                      \
+        (void)ws;                                                                            \
+        g4_gemm_x8_scalar(type, n, w, nr, x, xs, nt, y, ldy);                                \
+    }
+SCALAR_GEMM_X8(q4_0, G4_TYPE_Q4_0)
+SCALAR_GEMM_X8(q8_0, G4_TYPE_Q8_0)
+SCALAR_GEMM_X8(q4_K, G4_TYPE_Q4_K)
+SCALAR_GEMM_X8(q6_K, G4_TYPE_Q6_K)
+
 static float dot_f32_scalar(int64_t n, const float *a, const float *b) { return g4_vec_dot_f32(n, a, b); }
 static float dot_f16_f32_scalar(int64_t n, const g4_fp16 *a, const float *b) { return g4_vec_dot_f16_f32(n, a, b); }
 static void axpy_f16_scalar(int64_t n, float a, const g4_fp16 *x, float *y) {
@@ -258,6 +270,10 @@ static const g4_kernels kernels_scalar = {
         [G4_TYPE_Q8_0] = gemm_q8_0_scalar, [G4_TYPE_Q4_0] = gemm_q4_0_scalar, [G4_TYPE_Q4_1] = gemm_q4_1_scalar,
         [G4_TYPE_Q5_0] = gemm_q5_0_scalar, [G4_TYPE_Q5_1] = gemm_q5_1_scalar, [G4_TYPE_Q4_K] = gemm_q4_K_scalar,
         [G4_TYPE_Q5_K] = gemm_q5_K_scalar, [G4_TYPE_Q6_K] = gemm_q6_K_scalar,
+    },
+    .gemm_x8 = {
+        [G4_TYPE_Q4_0] = gemm_x8_q4_0_scalar, [G4_TYPE_Q8_0] = gemm_x8_q8_0_scalar,
+        [G4_TYPE_Q4_K] = gemm_x8_q4_K_scalar, [G4_TYPE_Q6_K] = gemm_x8_q6_K_scalar,
     },
     .dot_f32 = dot_f32_scalar,
     .dot_f16_f32 = dot_f16_f32_scalar,
@@ -350,8 +366,10 @@ static void merge(int isa) {
     FILL(quantize_q8_0); FILL(quantize_q8_K); FILL(dot_f32); FILL(dot_f16_f32); FILL(axpy_f16);
     FILL(fp32_to_fp16); FILL(fp16_to_fp32);
 #undef FILL
-    for (int ty = 0; ty < G4_TYPE_COUNT; ty++)
+    for (int ty = 0; ty < G4_TYPE_COUNT; ty++) {
         if (!m->gemm[ty]) m->gemm[ty] = s->gemm[ty];
+        if (!m->gemm_x8[ty]) m->gemm_x8[ty] = s->gemm_x8[ty];
+    }
 }
 
 static void isa_init(void) {
@@ -434,6 +452,26 @@ void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *x
     for (int64_t t0 = 0; t0 < nt; t0 += chunk) {
         int64_t tn = nt - t0 < chunk ? nt - t0 : chunk;
         fn(cols, w, ws, r1 - r0, (const uint8_t *)xq + (size_t)t0 * x_stride, x_stride, tn, Y + t0 * ldy + r0, ldy);
+    }
+}
+
+void g4_matmul_rows_x8(uint32_t type, const void *Wp, int64_t cols, const void *xa, size_t x_stride,
+                       int64_t nt, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
+    const g4_kernels *k = kernels();
+    const size_t gs = g4_row_size(type, cols) * G4_REPACK_ROWS;
+    g4_gemm_fn fn = type < G4_TYPE_COUNT ? k->gemm_x8[type] : NULL;
+    if (r1 <= r0 || nt <= 0) return;
+    if (!fn || !gs || r0 % G4_REPACK_ROWS || r1 % G4_REPACK_ROWS) {
+        for (int64_t t = 0; t < nt; t++)
+            for (int64_t r = r0; r < r1; r++) Y[t * ldy + r] = NAN;
+        return;
+    }
+    const uint8_t *w = (const uint8_t *)Wp + (size_t)(r0 / G4_REPACK_ROWS) * gs;
+    int64_t chunk = (int64_t)(MATMUL_X_CHUNK_BYTES / (x_stride ? x_stride : 1));
+    chunk = chunk < 8 ? 8 : chunk & ~(int64_t)7;
+    for (int64_t t0 = 0; t0 < nt; t0 += chunk) {
+        int64_t tn = nt - t0 < chunk ? nt - t0 : chunk;
+        fn(cols, w, gs, r1 - r0, (const uint8_t *)xa + (size_t)t0 * x_stride, x_stride, tn, Y + t0 * ldy + r0, ldy);
     }
 }
 

@@ -226,6 +226,34 @@ int g4_quant_set_isa(int isa);
 void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *xq, size_t x_stride,
                        int64_t nt, float *Y, int64_t ldy, int64_t r0, int64_t r1);
 
+/* ---- weights repacked for the vectorized kernels ----------------------------
+ * A weight matrix can be rearranged once at load into groups of 8 rows
+ * interleaved 4 bytes at a time (repack.c explains the layouts), as llama.cpp
+ * repacks Q4_0/Q4_K for its CPU kernels: each row's dot then accumulates in
+ * its own vector lane and a block's 8 scales are one load. Same size as the
+ * original. Supported: Q4_0, Q8_0, Q4_K, Q6_K with rows a multiple of 8.
+ * The layout does not depend on the ISA (set_isa may switch between calls). */
+#define G4_REPACK_ROWS 8
+int g4_repack_supported(uint32_t type, int64_t rows, int64_t cols);
+/* dst: g4_row_size(type, cols) * rows bytes (64-byte aligned is best).
+ * Returns 0 (dst untouched) when not supported. g4_unrepack is the inverse. */
+int g4_repack(uint32_t type, const void *W, int64_t rows, int64_t cols, void *dst);
+int g4_unrepack(uint32_t type, const void *Wp, int64_t rows, int64_t cols, void *dst);
+
+/* Activations for repacked weights, one row per token: the
+ * g4_vec_dot_type(type) row followed, for Q8_0, by the int16 sum of each
+ * block's 32 quants (the kernels fold Q4_0's -8 and the repacked Q8_0's -128
+ * offsets into it), padded to a multiple of 64 bytes. g4_quantize_act
+ * writes one such row (0 for a type without compute support). */
+size_t g4_act_row_size(uint32_t type, int64_t cols);
+int g4_quantize_act(uint32_t type, const float *x, int64_t cols, void *dst);
+
+/* As g4_matmul_rows_vq for repacked weights Wp (all rows of the matrix) and
+ * activation rows from g4_quantize_act, x_stride bytes apart
+ * (>= g4_act_row_size). r0 and r1 must be multiples of 8. */
+void g4_matmul_rows_x8(uint32_t type, const void *Wp, int64_t cols, const void *xa, size_t x_stride,
+                       int64_t nt, float *Y, int64_t ldy, int64_t r0, int64_t r1);
+
 /* Float helpers on the active ISA, for attention over an F16 KV cache.
  * Conversions round to nearest even exactly as g4_fp32_to_fp16. */
 float g4_dot_f32(int64_t n, const float *a, const float *b);
