@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
+import httpcore
 import httpx
 
 from .config import TierConfig
@@ -304,6 +305,19 @@ def _ssl_context():
     return _SSL
 
 
+def _transport(url: str, ssl, connections: int) -> httpx.AsyncHTTPTransport:
+    """httpx's transport; for http:// with netstream.TCPBackend under its connection pool
+    (same httpcore pool and HTTP/1.1 code, about a third less CPU per streamed request)."""
+    t = httpx.AsyncHTTPTransport(verify=ssl, limits=httpx.Limits(
+        max_connections=connections, max_keepalive_connections=connections))
+    if url.startswith("http:") and hasattr(t, "_pool"):
+        from .netstream import TCPBackend
+        t._pool = httpcore.AsyncConnectionPool(
+            max_connections=connections, max_keepalive_connections=connections,
+            network_backend=TCPBackend())
+    return t
+
+
 class OpenAIBackend:
     """An OpenAI-compatible server at tier.url (which ends in /v1).
 
@@ -330,8 +344,7 @@ class OpenAIBackend:
         # the transport (httpx's connection layer) directly: the client layer on top
         # (URL merging, auth, redirects, cookies, hooks) cost ~0.3 ms of CPU per request
         self._pools = [transport] if transport is not None else [
-            httpx.AsyncHTTPTransport(verify=ssl, limits=httpx.Limits(
-                max_connections=per, max_keepalive_connections=per)) for _ in range(n)]
+            _transport(tier.url, ssl, per) for _ in range(n)]
         self._busy = [0] * len(self._pools)
         self._timeout = timeout.as_dict()
         self._urls = {k: httpx.URL(tier.url + p) for k, p in
