@@ -485,3 +485,19 @@ def test_fastapi_validation_errors_become_openai_400(stack, gguf):
     err = json.loads(resp.body)["error"]
     assert err == {"message": "Invalid value for 'limit': Input should be a valid integer",
                    "type": "invalid_request_error", "param": "limit", "code": "invalid_value"}
+
+
+def test_upstream_restart_does_not_fail_on_stale_keepalive(stack, gguf):
+    """A pooled keep-alive connection to an upstream that restarted is dropped, not used."""
+    up = FakeUpstream(name="A").start()
+    port = up.port
+    gw = GW(stack, {"tiers": {"heavy": {"backend": "openai", "url": up.url, "model": "big"},
+                              "fast": {"backend": "local", "model": gguf}}})
+    assert gw.chat("heavy").json()["_routing"]["tier"] == "heavy"
+    up.stop()                                          # closes its end of the idle connection
+    up2 = stack.enter_context(FakeUpstream(name="B", port=port))
+    time.sleep(0.05)
+    for _ in range(3):
+        d = gw.chat("heavy").json()
+        assert d["_routing"]["fallback_chain"] == "heavy" and d["model"] == "big"
+    assert len(up2.requests) == 3
