@@ -306,7 +306,7 @@ def test_memory_pressure_routes_auto_past_local(stack, gguf):
 
 def test_local_queue_full_503_and_one_generation_at_a_time(stack, gguf):
     gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf, "queue_size": 1}}},
-            model=FakeModel(delay_s=0.05, story=8))
+            model=FakeModel(delay_s=0.1, story=8))   # 0.8 s each
     results = []
 
     def call():
