@@ -211,6 +211,24 @@ def reference_logits(hf_dir: str | Path, token_ids: list[int] | np.ndarray) -> n
     return out.logits[0].float().numpy().astype(np.float32)
 
 
+def reference_greedy(hf_dir: str | Path, token_ids: list[int], n_new: int) -> list[int]:
+    """HF transformers' greedy continuation (n_new token ids) of token_ids, decoding one token
+    at a time with its KV cache (no EOS stop, no logits processors)."""
+    import torch
+
+    cfg = Path(hf_dir) / "config.json"
+    model = _hf_model(str(Path(hf_dir).resolve()), cfg.stat().st_mtime)
+    out: list[int] = []
+    with torch.no_grad():
+        res = model(input_ids=torch.tensor([list(map(int, token_ids))]), use_cache=True)
+        for _ in range(n_new):
+            nxt = int(res.logits[0, -1].argmax())
+            out.append(nxt)
+            res = model(input_ids=torch.tensor([[nxt]]), past_key_values=res.past_key_values,
+                        use_cache=True)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # numpy forward pass over a GGUF (gemma4, gemma3, llama)
 
