@@ -6,13 +6,17 @@
     ...     for piece in m.generate("The cat", stream=True):   # text as it is produced
     ...         print(piece, end="", flush=True)
     ...     m.last_stats                                          # GenerationStats
+    >>> with Model("gemma-4-E2B-it-Q4_0.gguf") as m:              # a model with a chat template
+    ...     m.chat([{"role": "user", "content": "Hello!"}], max_tokens=64)
 
 The forward pass, sampling and the token loop run in C with the GIL released;
 this module turns token ids into text (whole UTF-8 characters only), applies
 stop strings and keeps the timing figures. Each generate() gives the same
 result as from an empty context; the KV cache of a prompt prefix shared with
 the previous call (a chat's history) is reused rather than recomputed. One
-generation runs at a time per Model.
+generation runs at a time per Model. chat() renders the GGUF's
+tokenizer.chat_template with jinja2 as HF transformers' apply_chat_template
+does, and stops at the end-of-turn token.
 
 Also the `gemma4stack run` command (register_cli).
 """
@@ -20,19 +24,22 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import functools
 import html
+import json
 import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from gemma4stack import _core
-from gemma4stack._core import LimitError
+from gemma4stack._core import LimitError, UnsupportedError
 
 __all__ = ["Model", "GenerationStats", "register_cli"]
 
@@ -78,7 +85,7 @@ def _fmt(v: Any) -> str:
 class Model:
     """A GGUF model loaded by the C core.
 
-    path: a .gguf file (llama architecture today). threads: forward-pass threads
+    path: a .gguf file (architectures llama, gemma4, gemma3). threads: forward-pass threads
     (None: one per physical core). context: KV cache length in tokens (None: the
     model's trained context, capped at 4096).
 
@@ -146,10 +153,11 @@ class Model:
 
     # --------------------------------------------------------------- tokens
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids of `text` (SentencePiece, as llama.cpp encodes it); BOS first when
-        add_bos and the vocabulary has one."""
-        return self._core.tokenize(text, add_bos=add_bos)
+    def tokenize(self, text: str, add_bos: bool = True, parse_special: bool = False) -> list[int]:
+        """Token ids of `text` (as llama.cpp encodes it); BOS first when add_bos and the
+        vocabulary has one. parse_special: control-token text such as "<|turn>" becomes that
+        token (chat prompts) instead of being spelled out."""
+        return self._core.tokenize(text, add_bos=add_bos, parse_special=parse_special)
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Text of a token sequence; bytes that are not valid UTF-8 become U+FFFD."""
@@ -185,27 +193,20 @@ class Model:
         arguments (checked at the call, also with stream=True).
         """
         t0 = time.perf_counter()
-        if not isinstance(max_tokens, int) or max_tokens < 0:
-            raise ValueError(f"max_tokens must be an int >= 0 (got {max_tokens!r})")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (got {temperature!r})")
-        if not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (got {top_k!r})")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (got {top_p!r})")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if not all(isinstance(s, str) for s in stops):
-            raise ValueError("stop must be a string or a list of strings")
-        stops = [s for s in stops if s]
-        if seed is None:
-            seed = secrets.randbits(64)
+        args = _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop)
         ids = self.tokenize(prompt, add_bos=bool(self._core.add_bos))
+        return self._generate_ids(ids, args, stream, t0)
+
+    def _generate_ids(self, ids: list[int], args: tuple, stream: bool, t0: float
+                      ) -> str | Iterator[str]:
+        """Run the C generation over prompt ids; args from _check_sampling."""
+        max_tokens, temperature, top_k, top_p, seed, stops = args
         if not ids:
             raise ValueError("the prompt is empty and the vocabulary has no BOS token")
         if len(ids) > self.n_ctx:
             raise LimitError(f"the prompt is {len(ids)} tokens, longer than the context of "
                              f"{self.n_ctx} tokens")
-        args = (ids, max_tokens, float(temperature), top_k, float(top_p), int(seed) & (2**64 - 1))
+        args = (ids, max_tokens, temperature, top_k, top_p, seed)
         n_keep, epoch = self._reusable_prefix(ids)
         self._kv = None
         try:
@@ -216,6 +217,62 @@ class Model:
             gen = self._core.generate_iter(*args)      # the cache changed meanwhile
         pieces = self._pieces(gen, ids, stops, t0)
         return pieces if stream else "".join(pieces)
+
+    # ------------------------------------------------------------------ chat
+
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's tokenizer.chat_template (a jinja2 template), None when it has none."""
+        return self._core.gguf_str("tokenizer.chat_template")
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
+                            add_generation_prompt: bool = True, **template_kwargs: Any) -> str:
+        """The prompt text for `messages` (dicts with "role" and "content"), rendered from the
+        GGUF's tokenizer.chat_template as HF transformers' apply_chat_template(tokenize=False)
+        does: sandboxed jinja2 with trim_blocks/lstrip_blocks, raise_exception, strftime_now,
+        a tojson that keeps non-ASCII, and bos_token / eos_token (the vocabulary's strings).
+        add_generation_prompt: end with the opening of the model's turn. template_kwargs are
+        passed to the template (e.g. tools=[...], enable_thinking=True).
+
+        Raises UnsupportedError when the GGUF has no chat template, jinja2.TemplateError when
+        the template fails (raise_exception in it included), TypeError for a message that is
+        not a mapping."""
+        template = self.chat_template
+        if not template:
+            raise UnsupportedError(f"{self.path}: the GGUF has no tokenizer.chat_template; "
+                                   "use generate() with a prompt in the model's own format")
+        special = {}
+        for name, tid in (("bos_token", self._core.bos_id), ("eos_token", self._core.eos_id)):
+            text = self._core.token_text(tid) if tid >= 0 else None
+            if text is not None:
+                special[name] = text
+        return render_chat_template(template, messages, add_generation_prompt,
+                                    **{**special, **template_kwargs})
+
+    def chat(self, messages: Sequence[Mapping[str, Any]], max_tokens: int = 128,
+             temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+             seed: int | None = None, stream: bool = False,
+             stop: str | Sequence[str] | None = None, add_generation_prompt: bool = True,
+             **template_kwargs: Any) -> str | Iterator[str]:
+        """The model's reply to a conversation: `messages` rendered with apply_chat_template,
+        tokenized with special tokens parsed (so "<|turn>" in the template is one token, as
+        HF's tokenizer(add_special_tokens=False) does; BOS is added only when the template
+        did not start with it and the vocabulary asks for it), then generated until the
+        end-of-turn token (<turn|>, <end_of_turn>, EOS: the tokenizer's end-of-generation set),
+        which is not part of the reply. Sampling arguments, stream and stop as generate();
+        .last_stats afterwards. A conversation that extends the previous one reuses its KV
+        cache for the shared prefix.
+
+        Raises UnsupportedError when the GGUF has no chat template, LimitError when the
+        rendered prompt is longer than the context, ValueError for bad arguments."""
+        t0 = time.perf_counter()
+        args = _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop)
+        text = self.apply_chat_template(messages, add_generation_prompt, **template_kwargs)
+        ids = self.tokenize(text, add_bos=False, parse_special=True)
+        bos = self._core.bos_id
+        if self._core.add_bos and bos >= 0 and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return self._generate_ids(ids, args, stream, t0)
 
     def _reusable_prefix(self, ids: list[int]) -> tuple[int, int]:
         """(n_keep, epoch): how many leading prompt tokens the KV cache still holds from the
@@ -230,7 +287,8 @@ class Model:
             if a != b:
                 break
             n += 1
-        return n, epoch
+        # a sliding-window layer's ring buffer may no longer hold what position n looks at
+        return (self._core.kv_keep(n) if n else 0), epoch
 
     def _pieces(self, gen, ids: list[int], stops: list[str], t0: float) -> Iterator[str]:
         """Token ids from the C generation -> text pieces, with stop strings applied."""
@@ -322,6 +380,104 @@ class Model:
         return f"<table><caption>gemma4stack.Model</caption>{body}</table>"
 
 
+def _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop) -> tuple:
+    """Validated (max_tokens, temperature, top_k, top_p, seed, stops) for the C generation;
+    ValueError naming the bad argument."""
+    if not isinstance(max_tokens, int) or max_tokens < 0:
+        raise ValueError(f"max_tokens must be an int >= 0 (got {max_tokens!r})")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (got {temperature!r})")
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (got {top_k!r})")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (got {top_p!r})")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(s, str) for s in stops):
+        raise ValueError("stop must be a string or a list of strings")
+    stops = [s for s in stops if s]
+    if seed is None:
+        seed = secrets.randbits(64)
+    return (max_tokens, float(temperature), top_k, float(top_p), int(seed) & (2**64 - 1), stops)
+
+
+# ----------------------------------------------------------------------- chat templates
+
+@functools.lru_cache(maxsize=8)
+def _compile_chat_template(template: str):
+    """A jinja2 template in the environment HF transformers gives chat templates
+    (utils/chat_template_utils.py): ImmutableSandboxedEnvironment (templates from the Hub are
+    untrusted code), trim_blocks + lstrip_blocks, the loopcontrols extension, a {% generation %}
+    block rendered as its body, and the globals raise_exception / strftime_now."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Generation(jinja2.ext.Extension):
+        # HF marks assistant spans with {% generation %}...{% endgeneration %}; we only render
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        # jinja's own tojson escapes HTML characters; HF's does not
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_Generation, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def _plain(value: Any) -> Any:
+    """Messages as plain JSON-like data (dicts, lists, str, numbers), so the sandboxed template
+    never sees the caller's objects (pydantic models are dumped)."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if callable(getattr(value, "model_dump", None)):
+        return _plain(value.model_dump())
+    if isinstance(value, str):          # subclasses (enums...) back to the base type
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    return f"<{type(value).__name__}>"
+
+
+def render_chat_template(template: str, messages: Sequence[Mapping[str, Any]],
+                         add_generation_prompt: bool = True, **kwargs: Any) -> str:
+    """Render a chat template (jinja2 source) for messages, as HF's apply_chat_template
+    (tokenize=False) renders it: the template sees messages, add_generation_prompt, tools and
+    documents (None unless given) and every other keyword (bos_token, eos_token, ...).
+    Raises TypeError for a message that is not a mapping, jinja2.TemplateError from the
+    template."""
+    msgs = _plain(list(messages))
+    for m in msgs:
+        if not isinstance(m, dict):
+            raise TypeError(f"chat messages must be mappings with 'role' and 'content', got {m!r}")
+    kw = {"tools": None, "documents": None, **_plain(kwargs)}
+    return _compile_chat_template(template).render(
+        messages=msgs, add_generation_prompt=add_generation_prompt, **kw)
+
+
 def _find_stop(text: str, stops: list[str]) -> int | None:
     """Index of the earliest stop string in text, or None."""
     hits = [i for i in (text.find(s) for s in stops) if i >= 0]
@@ -371,15 +527,22 @@ def register_cli(subparsers) -> None:
                    help="default: one per physical core")
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="KV cache tokens (default: the model's, capped at 4096)")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user message through the GGUF's chat template")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    t_load = time.perf_counter()
     with Model(args.model, threads=args.threads, context=args.context) as m:
+        load_ms = (time.perf_counter() - t_load) * 1e3
         out = sys.stdout
-        pieces = m.generate(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=True,
-                            stop=args.stop)
+        kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, seed=args.seed, stream=True, stop=args.stop)
+        if args.chat:
+            pieces = m.chat([{"role": "user", "content": args.prompt}], **kw)
+        else:
+            pieces = m.generate(args.prompt, **kw)
         try:
             for piece in pieces:
                 out.write(piece)
@@ -389,7 +552,8 @@ def _run(args: argparse.Namespace) -> int:
         if out.isatty():
             out.write("\n")
         s = m.last_stats
-        print(f"prompt {s.prompt_tokens} tokens, generated {s.completion_tokens} tokens "
+        print(f"load {load_ms:.0f} ms; "
+              f"prompt {s.prompt_tokens} tokens, generated {s.completion_tokens} tokens "
               f"(finish: {s.finish_reason}); TTFT {s.ttft_ms:.1f} ms; prefill "
               f"{s.prefill_tokens_per_s:.1f} tokens/s; decode {s.decode_tokens_per_s:.1f} tokens/s; "
               f"threads {m.threads}", file=sys.stderr)

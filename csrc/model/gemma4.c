@@ -282,7 +282,10 @@ static g4_status load_moe(g4_model *m, gemma4 *G, int il, g4_err *err) {
      * gate_up_proj.chunk(2)) or the older separate stacks */
     if ((st = g4_model_blk_tensor3(m, il, "ffn_gate_up_exps.weight", H, 2 * I, E, 1, &l->gate_up_exps, err))) return st;
     if (!l->gate_up_exps) {
-        if ((st = g4_model_blk_tensor3(m, il, "ffn_gate_exps.weight", H, I, E, 0, &l->gate_exps, err))) return st;
+        if ((st = g4_model_blk_tensor3(m, il, "ffn_gate_exps.weight", H, I, E, 1, &l->gate_exps, err))) return st;
+        if (!l->gate_exps)
+            return g4_err_set(err, G4_ERR_FORMAT, "tensor 'blk.%d.ffn_gate_up_exps.weight' (or ffn_gate_exps + "
+                              "ffn_up_exps) is missing", il);
         if ((st = g4_model_blk_tensor3(m, il, "ffn_up_exps.weight", H, I, E, 0, &l->up_exps, err))) return st;
     }
     if ((st = g4_model_blk_tensor3(m, il, "ffn_down_exps.weight", I, H, E, 0, &l->down_exps, err))) return st;

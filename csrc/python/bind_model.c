@@ -346,6 +346,41 @@ static PyObject *Model_is_eog(ModelObject *self, PyObject *arg) {
     return PyBool_FromLong(r);
 }
 
+static PyObject *Model_kv_keep(ModelObject *self, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (lock_model(self) < 0) return NULL;
+    int32_t k = g4_model_kv_keep(self->m, n < 0 ? 0 : n > INT32_MAX ? INT32_MAX : (int32_t)n);
+    unlock_model(self);
+    return PyLong_FromLong(k);
+}
+
+/* The raw vocabulary string of a token (control tokens included), or None. */
+static PyObject *Model_token_text(ModelObject *self, PyObject *arg) {
+    long id = PyLong_AsLong(arg);
+    if (id == -1 && PyErr_Occurred()) return NULL;
+    if (lock_model(self) < 0) return NULL;
+    const g4_tokenizer *t = g4_model_tokenizer(self->m);
+    size_t len = 0;
+    const char *s = id >= 0 && id < g4_tokenizer_n_vocab(t) ? g4_tokenizer_token(t, (int32_t)id, &len) : NULL;
+    PyObject *out = s ? PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "replace") : (Py_INCREF(Py_None), Py_None);
+    unlock_model(self);
+    return out;
+}
+
+/* A string metadata value of the GGUF (e.g. tokenizer.chat_template), or None when absent. */
+static PyObject *Model_gguf_str(ModelObject *self, PyObject *arg) {
+    const char *key = PyUnicode_AsUTF8(arg);
+    if (!key) return NULL;
+    if (lock_model(self) < 0) return NULL;
+    const g4_gguf_kv *kv = g4_gguf_find(g4_model_gguf(self->m), key);
+    g4_str v;
+    PyObject *out = kv && g4_gguf_kv_str(kv, &v) ? PyUnicode_DecodeUTF8(v.ptr, (Py_ssize_t)v.len, "replace")
+                                                 : (Py_INCREF(Py_None), Py_None);
+    unlock_model(self);
+    return out;
+}
+
 static PyMethodDef Model_methods[] = {
     {"tokenize", (PyCFunction)(void (*)(void))Model_tokenize, METH_VARARGS | METH_KEYWORDS,
      "tokenize(text, add_bos=True, parse_special=False) -> list[int]"},
@@ -366,6 +401,13 @@ static PyMethodDef Model_methods[] = {
     {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Forget the KV cache (invalidates running generations)."},
     {"memory", (PyCFunction)Model_memory, METH_NOARGS, "memory() -> dict(weights_bytes, kv_bytes, scratch_bytes)"},
     {"is_eog", (PyCFunction)Model_is_eog, METH_O, "is_eog(id) -> bool: generation stops at this token"},
+    {"kv_keep", (PyCFunction)Model_kv_keep, METH_O,
+     "kv_keep(n) -> int: how many of the first n cached positions a generation can reuse (n or fewer:\n"
+     "a sliding-window ring buffer may have overwritten what position n looks back at)"},
+    {"token_text", (PyCFunction)Model_token_text, METH_O,
+     "token_text(id) -> str | None: the token's vocabulary string (control tokens included)"},
+    {"gguf_str", (PyCFunction)Model_gguf_str, METH_O,
+     "gguf_str(key) -> str | None: a string metadata value of the GGUF, None when absent or not a string"},
     {"close", (PyCFunction)Model_close, METH_NOARGS, "Free the weights mapping, KV cache and threads."},
     {NULL, NULL, 0, NULL},
 };
