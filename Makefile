@@ -8,12 +8,12 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 SHARED ?= $(abspath ../shared)
 MODEL ?= $(SHARED)/models/TinyStories-656K-Q8_0.gguf
-DEB_PKGS := python3-dev libhwloc-dev libopenblas-dev check pkg-config
+DEB_PKGS := python3-dev libhwloc-dev libopenblas-dev check pkg-config gcc-aarch64-linux-gnu qemu-user
 CC ?= cc
 
 export GEMMA4STACK_SHARED ?= $(SHARED)
 
-.PHONY: all deps sysdeps install demo test test-c test-py clean
+.PHONY: all deps sysdeps install demo test test-c test-arm test-py clean
 
 all: install
 
@@ -57,10 +57,27 @@ tests/c/build/%: tests/c/%.c tests/c/build/libg4.a tests/c/g4test.h
 test-c: sysdeps $(C_TESTS)
 	@set -e; for t in $(C_TESTS); do echo "== $$t"; CK_FORK=yes $$t; done
 
+# ---- Arm: the NEON kernels cross-compiled, their tests run under qemu-user ----
+# Only csrc/quant/ and its Check test (tests/c/arm/check.h stands in for
+# libcheck, which Debian does not ship for cross builds). Two CPUs: plain
+# NEON (Cortex-A72) and NEON with the dotprod extension (qemu's "max").
+ARM_CC ?= aarch64-linux-gnu-gcc
+QEMU_AARCH64 ?= qemu-aarch64
+ARM_SRCS := $(sort $(wildcard csrc/quant/*.c)) csrc/common/err.c
+
+tests/c/build/arm/test_kernels: $(ARM_SRCS) $(wildcard csrc/quant/*.h) tests/c/test_kernels.c tests/c/arm/check.h tests/c/g4test.h
+	@mkdir -p $(@D)
+	$(ARM_CC) -O2 -std=gnu11 -Wall -Wextra -Wno-unused-parameter -static -Itests/c/arm -Icsrc -Itests/c \
+	  $(ARM_SRCS) tests/c/test_kernels.c -lm -o $@
+
+test-arm: sysdeps tests/c/build/arm/test_kernels
+	$(QEMU_AARCH64) -cpu cortex-a72 tests/c/build/arm/test_kernels
+	$(QEMU_AARCH64) -cpu max tests/c/build/arm/test_kernels
+
 test-py: deps
 	$(PYTHON) -m pytest -q tests
 
-test: deps test-c test-py
+test: deps test-c test-arm test-py
 
 clean:
 	rm -rf build tests/c/build gemma4stack/*.so *.egg-info

@@ -9,7 +9,10 @@
 #include "quant.h"
 #include "kernels.h"
 
+#if __has_include(<cblas.h>)   /* OpenBLAS; absent in the standalone Arm test build */
 #include <cblas.h>
+#define G4_HAVE_CBLAS 1
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -389,9 +392,11 @@ static void isa_init(void) {
             isa = want;
     }
     __atomic_store_n(&active_kernels, &merged[isa], __ATOMIC_RELEASE);
+#ifdef G4_HAVE_CBLAS
     /* Threads come from our own pool (csrc/common/threadpool.c); OpenBLAS
        threads under each of ours would oversubscribe the cores. */
     openblas_set_num_threads(1);
+#endif
 }
 
 static const g4_kernels *kernels(void) {
@@ -440,6 +445,7 @@ void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *x
         return;
     }
     const uint8_t *w = (const uint8_t *)W + (size_t)r0 * ws;
+#ifdef G4_HAVE_CBLAS
     if (type == G4_TYPE_F32 && nt >= 4 && k->isa != G4_ISA_SCALAR && x_stride % sizeof(float) == 0) {
         /* Y[t][r] = sum_k X[t][k] W[r][k]: X (nt x cols) times W^T */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (blasint)nt, (blasint)(r1 - r0), (blasint)cols,
@@ -447,6 +453,7 @@ void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *x
                     0.0f, Y + r0, (blasint)ldy);
         return;
     }
+#endif
     int64_t chunk = (int64_t)(MATMUL_X_CHUNK_BYTES / (x_stride ? x_stride : 1));
     chunk = chunk < 8 ? 8 : chunk & ~(int64_t)7;
     for (int64_t t0 = 0; t0 < nt; t0 += chunk) {
@@ -535,3 +542,13 @@ void g4_matvec_rows(uint32_t type, const void *W, int64_t cols,
         }
     }
 }
+
+/* ---------------------------------------------------------------------------
+ * Float helpers (attention over an F16 KV cache)
+ * ------------------------------------------------------------------------- */
+
+float g4_dot_f32(int64_t n, const float *a, const float *b) { return kernels()->dot_f32(n, a, b); }
+float g4_dot_f16_f32(int64_t n, const g4_fp16 *a, const float *b) { return kernels()->dot_f16_f32(n, a, b); }
+void g4_axpy_f16(int64_t n, float a, const g4_fp16 *x, float *y) { kernels()->axpy_f16(n, a, x, y); }
+void g4_fp32_to_fp16_row(const float *x, g4_fp16 *y, int64_t n) { kernels()->fp32_to_fp16(x, y, n); }
+void g4_fp16_to_fp32_row(const g4_fp16 *x, float *y, int64_t n) { kernels()->fp16_to_fp32(x, y, n); }
