@@ -232,6 +232,7 @@ uint64_t g4_model_weights_bytes(const g4_model *m) {
  * (tokenizer, architecture) whose messages name only a key or tensor. */
 static void prefix_path(g4_err *err, const char *path) {
     if (!err) return;
+    if (strncmp(err->msg, path, strlen(path)) == 0) return;   /* the GGUF reader's messages have it */
     char tmp[sizeof err->msg];
     memcpy(tmp, err->msg, sizeof tmp);
     tmp[sizeof tmp - 1] = '\0';
