@@ -20,6 +20,86 @@
 
 /* ---- topology ----------------------------------------------------------------- */
 
+/* hwloc 2.9 (Debian bookworm) dereferences NULL while loading an XML whose
+ * <object> has a cpuset but no complete_cpuset, or a nodeset but no
+ * complete_nodeset: the process dies (found by csrc/fuzz/fuzz_hwloc.c; fixed
+ * upstream by open-mpi/hwloc PR #783 "xml: reject imported object missing
+ * complete_cpuset/nodeset"). lstopo always writes the sets in pairs, so such a
+ * file is malformed; refuse it before hwloc reads it. hwloc's own minimal XML
+ * parser reads broken quoting its own way, so start tags must be well formed
+ * (XML 1.0 section 3.1: name="value" pairs apart by spaces, no '<' in a
+ * value), which every file libxml2 or lstopo accepts is. */
+typedef struct xml_scan { FILE *f; int line; } xml_scan;
+
+static int xs_get(xml_scan *x) {
+    int c = getc(x->f);
+    if (c == '\n') x->line++;
+    return c;
+}
+
+static int xs_space(int c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
+static int xs_namechar(int c) {
+    return c == '_' || c == ':' || c == '-' || c == '.' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c >= 0x80;
+}
+
+/* After "<name": the attributes up to '>'. Sets bits 1..4 of *sets for
+   cpuset, complete_cpuset, nodeset, complete_nodeset. 0, or -1 when malformed. */
+static int xs_attributes(xml_scan *x, int c, int *sets) {
+    static const char *const names[] = {"cpuset", "complete_cpuset", "nodeset", "complete_nodeset"};
+    for (;;) {
+        if (!xs_space(c) && c != '/' && c != '>') return -1;   /* a space before each attribute */
+        while (xs_space(c)) c = xs_get(x);
+        if (c == '/') c = xs_get(x);
+        if (c == '>') return 0;
+        char name[32];
+        size_t n = 0;
+        while (xs_namechar(c)) { if (n < sizeof name - 1) name[n++] = (char)c; c = xs_get(x); }
+        name[n] = 0;
+        while (xs_space(c)) c = xs_get(x);
+        if (!n || c != '=') return -1;
+        do c = xs_get(x); while (xs_space(c));
+        if (c != '"' && c != '\'') return -1;
+        int q = c;
+        while ((c = xs_get(x)) != q)
+            if (c == EOF || c == '<') return -1;
+        for (int i = 0; i < 4; i++)
+            if (!strcmp(name, names[i])) *sets |= 1 << i;
+        c = xs_get(x);
+    }
+}
+
+static g4_status check_xml_sets(const char *path, g4_err *err) {
+    xml_scan x = {fopen(path, "rb"), 1};
+    if (!x.f) return g4_err_errno(err, errno, "cannot open hwloc XML topology %s", path);
+    g4_status st = G4_OK;
+    for (int c = xs_get(&x); st == G4_OK && c != EOF; c = xs_get(&x)) {
+        if (c != '<') continue;
+        int line = x.line;
+        c = xs_get(&x);
+        if (c == '?' || c == '!' || c == '/') {   /* declarations, comments, end tags */
+            while (c != EOF && c != '>') c = xs_get(&x);
+            continue;
+        }
+        char name[16];
+        size_t n = 0;
+        while (xs_namechar(c)) { if (n < sizeof name - 1) name[n++] = (char)c; c = xs_get(&x); }
+        name[n] = 0;
+        int sets = 0;
+        if (!n || xs_attributes(&x, c, &sets) < 0)
+            st = g4_err_set(err, G4_ERR_INVALID, "%s line %d: malformed XML tag <%s", path, line, name);
+        else if (!strcmp(name, "object") && (((sets & 1) != 0) != ((sets & 2) != 0) ||
+                                             ((sets & 4) != 0) != ((sets & 8) != 0)))
+            st = g4_err_set(err, G4_ERR_INVALID,
+                            "%s line %d: an <object> has a cpuset or nodeset without its complete_ twin "
+                            "(lstopo writes both; hwloc " HWLOC_VERSION " would crash on this file)",
+                            path, line);
+    }
+    fclose(x.f);
+    return st;
+}
+
 /* A readable check before hwloc sees the file: a missing path becomes
  * FileNotFoundError naming it, a binary or text file a clear ValueError,
  * instead of hwloc's generic load failure. */
@@ -38,7 +118,7 @@ static g4_status check_xml_file(const char *path, g4_err *err) {
         return g4_err_set(err, G4_ERR_INVALID,
                           "%s is not an XML file (expected a topology exported by hwloc, e.g. `lstopo machine.xml`)",
                           path);
-    return G4_OK;
+    return check_xml_sets(path, err);
 }
 
 /* build_topology / free_topology: with_io keeps GPUs (and, filtered by
