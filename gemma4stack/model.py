@@ -101,7 +101,10 @@ class Model:
         if context is not None and context < 1:
             raise ValueError(f"context must be >= 1 tokens (got {context})")
         self.path = os.fspath(path)
-        self._core = _core.Model(self.path, n_ctx=context or 0, n_threads=threads or 0)
+        # the core takes an int32; anything larger is far over its context cap,
+        # which then raises LimitError naming GEMMA4STACK_MAX_CONTEXT
+        n_ctx = min(context, 2**31 - 1) if context else 0
+        self._core = _core.Model(self.path, n_ctx=n_ctx, n_threads=threads or 0)
         self._gguf = None
         self.last_stats: GenerationStats | None = None
         # (epoch, ids): token ids whose K/V the last generation left at positions 0..len-1,

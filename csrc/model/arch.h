@@ -85,9 +85,11 @@ g4_status g4_model_blk_tensor3(const g4_model *m, int il, const char *suffix, in
                                int64_t ne2, int optional, const g4_tensor **out, g4_err *err);
 
 /* Final context length from the requested m->n_ctx and m->n_ctx_train
- * (<= 0: n_ctx_train capped at G4_DEFAULT_CTX_CAP). G4_ERR_LIMIT above G4_MAX_CTX. */
+ * (<= 0: n_ctx_train capped at G4_DEFAULT_CTX_CAP). G4_ERR_LIMIT above G4_MAX_CTX
+ * or $GEMMA4STACK_MAX_CONTEXT, before the KV cache is allocated. */
 #define G4_DEFAULT_CTX_CAP 4096
 #define G4_MAX_CTX (1 << 20)
+#define G4_MAX_CTX_ENV "GEMMA4STACK_MAX_CONTEXT"   /* raises or lowers G4_MAX_CTX */
 g4_status g4_model_resolve_ctx(g4_model *m, g4_err *err);
 
 /* Bytes of all tensor data in the file (what the mapping holds for weights). */

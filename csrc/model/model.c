@@ -214,9 +214,21 @@ g4_status g4_model_resolve_ctx(g4_model *m, g4_err *err) {
         int32_t n = m->n_ctx_train > 0 ? m->n_ctx_train : G4_DEFAULT_CTX_CAP;
         m->n_ctx = n < G4_DEFAULT_CTX_CAP ? n : G4_DEFAULT_CTX_CAP;
     }
-    if (m->n_ctx > G4_MAX_CTX)
-        return g4_err_set(err, G4_ERR_LIMIT, "context of %d tokens is above the maximum of %d",
-                          m->n_ctx, G4_MAX_CTX);
+    /* The KV cache is sized by n_ctx, so the cap is checked before it is
+       allocated; like the GGUF reader's caps it can be raised from the
+       environment. */
+    long long cap = G4_MAX_CTX;
+    const char *env = getenv(G4_MAX_CTX_ENV);
+    if (env && *env) {
+        char *end;
+        cap = strtoll(env, &end, 10);
+        if (*end || cap <= 0)
+            return g4_err_set(err, G4_ERR_INVALID, "%s='%s' is not a positive integer", G4_MAX_CTX_ENV, env);
+    }
+    if (m->n_ctx > cap)
+        return g4_err_set(err, G4_ERR_LIMIT,
+                          "context of %d tokens exceeds the cap of %lld tokens (raise it with "
+                          G4_MAX_CTX_ENV "=<n>; the KV cache grows with it)", m->n_ctx, cap);
     return G4_OK;
 }
 
