@@ -117,3 +117,20 @@ def test_json_config_same_shape(tmp_path, models):
     assert again.tiers["fast"].to_dict() == cfg.tiers["fast"].to_dict()
     with pytest.raises(ConfigError, match="must be a table"):
         parse_config({"tiers": {"fast": 3}})
+
+
+def test_readme_config_reference_parses(models, monkeypatch):
+    """The TOML block in README.md's Gateway section is a valid config (with a real GGUF)."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Gateway\n"):]
+    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    block = block.replace("models/gemma-4-e2b-it-Q4_K_M.gguf",
+                          str(models / "TinyStories-656K-Q8_0.gguf"))
+    monkeypatch.setenv("GEMMA4STACK_API_KEYS", "k1")
+    monkeypatch.setenv("HEAVY_API_KEY", "k2")
+    cfg = parse_config(tomllib.loads(block), source="README.md")
+    assert set(cfg.tiers) == {"fast", "heavy"} and cfg.auth.api_keys[-1] == "k1"
