@@ -501,3 +501,27 @@ def test_upstream_restart_does_not_fail_on_stale_keepalive(stack, gguf):
         d = gw.chat("heavy").json()
         assert d["_routing"]["fallback_chain"] == "heavy" and d["model"] == "big"
     assert len(up2.requests) == 3
+
+
+class ChatModel(FakeModel):
+    """A FakeModel with a chat template: the gateway must hand it the messages."""
+    chat_template = "{% for m in messages %}...{% endfor %}"
+
+    def chat(self, messages, stream=False, **kw):
+        self.calls.append(dict(messages=messages, **kw))
+        gen = self._gen("chat", kw.get("max_tokens", 128))
+        return gen if stream else "".join(gen)
+
+
+def test_local_chat_template_used_when_the_model_has_one(stack, gguf):
+    gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf},
+                              "raw": {"backend": "local", "model": gguf,
+                                      "chat_template": "raw", "id": "tiny-raw"}}},
+            model=ChatModel())
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    r = gw.chat("fast", messages=msgs, max_tokens=3, seed=5)
+    assert r.json()["choices"][0]["message"]["content"] == " w0 w1 w2"
+    assert gw.model.calls[-1] == {"messages": msgs, "max_tokens": 3, "seed": 5}
+    # chat_template = "raw": the contents joined, through generate(), no template
+    gw.chat("raw", messages=msgs)
+    assert gw.model.calls[-1]["prompt"] == "Be brief.\nhi"
