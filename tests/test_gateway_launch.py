@@ -7,6 +7,7 @@ Model.generate called directly (same prompt, seed, greedy sampling).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_launch_remote_tier_with_openai_client(up):
             openai.OpenAI(base_url=gw.base_url, api_key="wrong", max_retries=0).models.list()
         assert httpx.get(gw.url + "/health").json()["tiers"]["heavy"]["up"] is True
         assert "sk-launch-secret-123" not in gw.logs()
+        # the config copy with the key is gone once the child has read it
+        assert not any("sk-launch-secret-123" in f.read_text(errors="replace")
+                       for f in gw.log_path.parent.iterdir() if f.is_file())
         assert "gateway on http://127.0.0.1:" in gw.logs()
         pid = gw.pid
     assert gw.proc.returncode is not None          # stopped by the context manager
@@ -109,7 +113,7 @@ def test_no_orphan_when_parent_is_killed(up, in_thread):
         cfg = {_remote_cfg(up.url)!r}
         def go():
             gw = launch(cfg, timeout=30)
-            print(gw.pid, gw.port, flush=True)
+            print(gw.pid, gw.port, gw.log_path.parent, flush=True)
         if {in_thread}:
             t = threading.Thread(target=go); t.start(); t.join()
         else:
@@ -118,7 +122,8 @@ def test_no_orphan_when_parent_is_killed(up, in_thread):
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        pid, port = map(int, parent.stdout.readline().split())
+        pid, port, workdir = parent.stdout.readline().split()
+        pid, port = int(pid), int(port)
         assert _alive(pid)
         assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
         parent.send_signal(signal.SIGKILL)
@@ -130,6 +135,8 @@ def test_no_orphan_when_parent_is_killed(up, in_thread):
     finally:
         parent.kill()
         parent.wait()
+        if "workdir" in locals():
+            shutil.rmtree(workdir, ignore_errors=True)   # its launcher died before cleanup
 
 
 # ----------------------------------------------------------------------------- real model

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent-pid", type=int, help="exit when this process dies")
     p.add_argument("--pdeathsig", action="store_true",
                    help="also use prctl(PR_SET_PDEATHSIG) (parent's forking thread must live on)")
+    p.add_argument("--delete-config", action="store_true",
+                   help="remove the config file once read (launch() passes a copy with keys)")
     args = p.parse_args(argv)
     if args.parent_pid:
         from .server import watch_parent
@@ -30,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"gateway: config error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if args.delete_config and args.config:
+            try:
+                os.unlink(args.config)
+            except OSError:
+                pass
     from .server import serve
     try:
         return serve(cfg, port_file=args.port_file)

@@ -97,7 +97,8 @@ class Gateway:
             return rc
 
     def cleanup(self):
-        """stop() and remove the temporary directory (config copy, logs)."""
+        """stop() and remove the temporary directory (logs; the config copy with the API
+        keys is deleted by the child as soon as it has read it)."""
         self.stop()
         shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -150,14 +151,14 @@ def launch(config: str | os.PathLike | dict | GatewayConfig | None = None,
     if port is not None:
         cfg.server.port = port
 
-    workdir = Path(tempfile.mkdtemp(prefix="g4gw-"))       # 0700: the copy holds API keys
+    workdir = Path(tempfile.mkdtemp(prefix="g4gw-"))    # 0700; the config copy holds API keys
     cfg_path = workdir / "gateway.json"
     fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(cfg.to_dict(secrets=True), f)
     port_file = workdir / "port"
     cmd = [python, "-m", "gemma4stack.gateway", "--config", str(cfg_path),
-           "--port-file", str(port_file), "--parent-pid", str(os.getpid())]
+           "--port-file", str(port_file), "--parent-pid", str(os.getpid()), "--delete-config"]
     if threading.current_thread() is threading.main_thread():
         cmd.append("--pdeathsig")      # safe: this thread lives as long as the process
     child_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
@@ -170,10 +171,11 @@ def launch(config: str | os.PathLike | dict | GatewayConfig | None = None,
         gw = _wait_ready(proc, cfg, workdir, port_file, timeout)
         return gw
     finally:
-        if gw is None:
+        if gw is None:                # the error message carries the log tail
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(5)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait_ready(proc, cfg: GatewayConfig, workdir: Path, port_file: Path, timeout: float) -> Gateway:
@@ -209,6 +211,6 @@ def _wait_ready(proc, cfg: GatewayConfig, workdir: Path, port_file: Path, timeou
 def _stop_all():
     for gw in list(_live):
         try:
-            gw.stop(timeout=5)
+            gw.cleanup()
         except Exception:   # noqa: BLE001 - best effort at exit
             pass
