@@ -290,6 +290,14 @@ g4_model *g4_model_load(const char *path, const g4_model_params *params, g4_err 
         prefix_path(err, path);
         goto fail;
     }
+    /* llama.cpp sizes token_embd by the tokenizer (llama_model::load_tensors,
+     * n_vocab = vocab.n_tokens()), so a file whose embedding rows and token
+     * list disagree is inconsistent: ids past either end would be out of range. */
+    if (m->n_vocab != g4_tokenizer_n_vocab(m->tok)) {
+        g4_err_set(err, G4_ERR_FORMAT, "%s: token_embd.weight has %d rows but tokenizer.ggml.tokens has %d tokens",
+                   path, m->n_vocab, g4_tokenizer_n_vocab(m->tok));
+        goto fail;
+    }
     return m;
 fail:
     g4_model_free(m);
