@@ -125,6 +125,11 @@ $(FUZZ_DIR)/libg4.a: $(FUZZ_OBJS)
 $(FUZZ_DIR)/fuzz_%: csrc/fuzz/fuzz_%.c $(FUZZ_DIR)/libg4.a $(HDRS)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_DIR)/libg4.a $(SAN_LIBS) -o $@
 
+# The harnesses without libFuzzer, on the normal build (tests/test_fuzz_regress.py replays
+# tests/data/fuzz-regress/<harness>/ and the malformed-GGUF corpus with them).
+tests/c/build/replay_%: csrc/fuzz/fuzz_%.c csrc/fuzz/replay_main.c tests/c/build/libg4.a $(HDRS)
+	$(CC) $(C_FLAGS) $< csrc/fuzz/replay_main.c tests/c/build/libg4.a $(C_LIBS) -o $@
+
 fuzz-build: fuzz-sysdeps
 	$(MAKE) $(addprefix $(FUZZ_DIR)/fuzz_,$(FUZZ_HARNESSES))
 
@@ -170,10 +175,14 @@ $(ASAN_DIR)/test_%: tests/c/test_%.c $(ASAN_DIR)/libg4.a tests/c/g4test.h
 $(ASAN_DIR)/replay_%: csrc/fuzz/fuzz_%.c csrc/fuzz/replay_main.c $(ASAN_DIR)/libg4.a $(HDRS)
 	$(CC) $(ASAN_FLAGS) $< csrc/fuzz/replay_main.c $(ASAN_DIR)/libg4.a $(SAN_LIBS) -o $@
 
+# Leaks are checked here (not in Python); see csrc/fuzz/lsan.supp for the one suppressed.
+ASAN_C_ENV := CK_TIMEOUT_MULTIPLIER=10 ASAN_OPTIONS=fast_unwind_on_malloc=0:detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/csrc/fuzz/lsan.supp \
+              UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
 test-asan-c: sysdeps $(ASAN_C_TESTS) $(ASAN_REPLAY) fuzz-seeds
-	@set -e; for t in $(ASAN_C_TESTS); do echo "== $$t (ASan+UBSan)"; CK_FORK=yes $$t; done
+	@set -e; for t in $(ASAN_C_TESTS); do echo "== $$t (ASan+UBSan)"; CK_FORK=yes $(ASAN_C_ENV) $$t; done
 	@set -e; for h in $(FUZZ_HARNESSES); do \
-	  $(ASAN_DIR)/replay_$$h $(FUZZ_DIR)/seeds/$$h $$(ls -d tests/data/fuzz-regress/$$h 2>/dev/null); done
+	  $(ASAN_C_ENV) $(ASAN_DIR)/replay_$$h $(FUZZ_DIR)/seeds/$$h $$(ls -d tests/data/fuzz-regress/$$h 2>/dev/null); done
 
 # The extension is built with GEMMA4STACK_SANITIZE=1 in a copy of the tree, so the
 # in-place extension others use stays as it is.

@@ -11,6 +11,11 @@ MANIFEST.txt has one line per case: `file<TAB>status<TAB>keyword`, where status 
 the g4_status name our reader must return (FORMAT -> GGUFError, UNSUPPORTED ->
 UnsupportedError, LIMIT -> LimitError; OK for the valid_*.gguf controls) and keyword
 is a word the error message must contain. tests/c/test_gguf.c and tests/test_gguf.py both read it.
+
+MODEL_MANIFEST.txt lists the model_*.gguf files: valid GGUF files (the reader opens them) whose
+metadata contradicts their tensors (token_embd rows vs the vocab, head counts that do not
+divide, block_count beyond the tensors, ...), with the Python exception gemma4stack.Model must
+raise and a keyword of its message: `file<TAB>exception<TAB>keyword` (OK for the control).
 """
 from __future__ import annotations
 
@@ -202,6 +207,76 @@ def make_nested(path: Path, depth: int) -> bytes:
     return data
 
 
+# ---- models whose metadata contradicts their tensors (checked by Model, not the reader) ------
+
+TINY = {"n_embd": 8, "n_head": 2, "n_head_kv": 1, "n_ff": 16, "n_layer": 1, "n_vocab": 16}
+
+
+def make_tiny_llama(path: Path, arch: str = "llama", hp: dict | None = None, vocab_size: int | None = None,
+                    embd_rows: int | None = None, n_layer_tensors: int | None = None,
+                    ffn_up_cols: int | None = None, norm_f16: bool = False) -> bytes:
+    """A 1-layer llama (dim 8, 2 heads / 1 KV head, ffn 16, SPM vocab of 16) with random F32
+    weights, written by GGUFWriter; the keyword arguments make its metadata and tensors disagree."""
+    h = dict(TINY, **(hp or {}))
+    rng = np.random.default_rng(1)
+    f32 = lambda *shape: (rng.standard_normal(shape) * 0.1).astype(np.float32)
+    tokens = ["<unk>", "<s>", "</s>", "\u2581", "a", "b", "c", "d", "e", "\u2581a", "\u2581b", "ab", "cd",
+              "\u2581ab", "de", "\u2581cd"]
+    w = GGUFWriter(path, arch=arch)
+    w.add_context_length(64)
+    w.add_embedding_length(h["n_embd"])
+    w.add_block_count(h["n_layer"])
+    w.add_feed_forward_length(h["n_ff"])
+    w.add_head_count(h["n_head"])
+    w.add_head_count_kv(h["n_head_kv"])
+    w.add_layer_norm_rms_eps(1e-5)
+    if vocab_size is not None:
+        w.add_vocab_size(vocab_size)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0, 0.0, 0.0] + [-float(i) for i in range(len(tokens) - 3)])
+    w.add_token_types([2, 3, 3] + [1] * (len(tokens) - 3))
+    E, F, V = TINY["n_embd"], TINY["n_ff"], embd_rows or len(tokens)
+    Q, KV = E, E // TINY["n_head"] * TINY["n_head_kv"]
+    w.add_tensor("token_embd.weight", f32(V, E))
+    norm = f32(E).astype(np.float16) if norm_f16 else f32(E)
+    w.add_tensor("output_norm.weight", norm)
+    for il in range(TINY["n_layer"] if n_layer_tensors is None else n_layer_tensors):
+        w.add_tensor(f"blk.{il}.attn_norm.weight", f32(E))
+        w.add_tensor(f"blk.{il}.attn_q.weight", f32(Q, E))
+        w.add_tensor(f"blk.{il}.attn_k.weight", f32(KV, E))
+        w.add_tensor(f"blk.{il}.attn_v.weight", f32(KV, E))
+        w.add_tensor(f"blk.{il}.attn_output.weight", f32(E, Q))
+        w.add_tensor(f"blk.{il}.ffn_norm.weight", f32(E))
+        w.add_tensor(f"blk.{il}.ffn_gate.weight", f32(F, E))
+        w.add_tensor(f"blk.{il}.ffn_up.weight", f32(ffn_up_cols or F, E))
+        w.add_tensor(f"blk.{il}.ffn_down.weight", f32(E, F))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def model_cases(tmp: Path) -> dict[str, tuple[bytes, str, str]]:
+    """name -> (file bytes, Python exception Model(path) must raise, keyword in its message).
+    Each file is a valid GGUF (the reader opens it); only loading it as a model must fail."""
+    m = lambda **kw: make_tiny_llama(tmp, **kw)
+    return {
+        "model_embd_rows_not_vocab": (m(embd_rows=20), "GGUFError", "token_embd.weight"),
+        "model_vocab_size_not_embd": (m(vocab_size=32), "GGUFError", "token_embd.weight"),
+        "model_heads_do_not_divide_embd": (m(hp={"n_head": 3}), "GGUFError", "head_count 3"),
+        "model_kv_heads_do_not_divide": (m(hp={"n_head_kv": 3}), "GGUFError", "head_count_kv 3"),
+        "model_head_count_zero": (m(hp={"n_head": 0}), "GGUFError", "head_count"),
+        "model_block_count_beyond_tensors": (m(hp={"n_layer": 3}), "GGUFError", "blk.1."),
+        "model_ffn_shape_not_ff_length": (m(ffn_up_cols=12), "GGUFError", "blk.0.ffn_up.weight"),
+        "model_norm_not_f32": (m(norm_f16=True), "UnsupportedError", "output_norm.weight"),
+        "model_unknown_architecture": (m(arch="mamba"), "UnsupportedError", "mamba"),
+    }
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     base_path = out / "_base.tmp"
@@ -219,7 +294,16 @@ def main(out: Path) -> None:
     (out / "valid_base.gguf").write_bytes(base)
     (out / "valid_nested.gguf").write_bytes(make_nested(out / "_nested.tmp", 8))
     lines += ["valid_base.gguf\tOK\t-\n", "valid_nested.gguf\tOK\t-\n"]
+    # models: readable files (so not in MANIFEST.txt) that Model must refuse, listed with the
+    # exception and keyword in MODEL_MANIFEST.txt (tests/test_fuzz_regress.py reads it)
+    model_lines = []
+    (out / "valid_tiny_llama.gguf").write_bytes(make_tiny_llama(out / "_model.tmp"))
+    model_lines.append("valid_tiny_llama.gguf\tOK\t-\n")
+    for name, (data, exc, keyword) in model_cases(out / "_model.tmp").items():
+        (out / f"{name}.gguf").write_bytes(data)
+        model_lines.append(f"{name}.gguf\t{exc}\t{keyword}\n")
     (out / "MANIFEST.txt").write_text("".join(lines))
+    (out / "MODEL_MANIFEST.txt").write_text("".join(model_lines))
 
 
 if __name__ == "__main__":
