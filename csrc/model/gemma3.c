@@ -71,7 +71,6 @@ typedef struct gemma3 {
     gemma3_layer *layers;
     g4_kv *kv;               /* [n_layer] */
     uint64_t kv_bytes;
-    int64_t kv_end;
     g4_rope rope, rope_swa;
     gemma3_scratch s;
 } gemma3;
@@ -269,7 +268,7 @@ static g4_model_memory gemma3_memory(const g4_model *m) {
 static int32_t gemma3_kv_keep(const g4_model *m, int32_t n_keep) {
     const gemma3 *G3 = m->impl;
     for (int il = 0; il < G3->hp.n_layer; il++)
-        if (!g4_kv_can_resume(&G3->kv[il], n_keep, G3->kv_end)) return 0;
+        if (!g4_kv_can_resume(&G3->kv[il], n_keep)) return 0;
     return n_keep;
 }
 
@@ -318,7 +317,7 @@ static void forward_chunk(g4_model *m, gemma3 *G3, const int32_t *tok, int n, in
         for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * H, s->x + t * H, l->ffn_norm, H, hp->eps);
         g4_matmul(m->pool, l->ffn_gate, s->xb, H, s->hb, F, n, s->xq);
         g4_matmul(m->pool, l->ffn_up, s->xb, H, s->hb2, F, n, s->xq);
-        g4_geglu(s->hb, s->hb, s->hb2, n * F);
+        g4_geglu_vec(s->hb, s->hb, s->hb2, n * F);
         g4_matmul(m->pool, l->ffn_down, s->hb, F, s->xb, H, n, s->xq);
         for (int t = 0; t < n; t++) {
             g4_rmsnorm(s->xb + t * H, s->xb + t * H, l->post_ffw_norm, H, hp->eps);
@@ -344,7 +343,6 @@ static g4_status gemma3_forward(g4_model *m, const int32_t *tokens, int32_t n, i
         forward_chunk(m, G3, tokens + c, nb, (int64_t)pos + c,
                       all_logits ? logits + (size_t)c * G3->hp.n_vocab : logits, all_logits, last);
     }
-    G3->kv_end = (int64_t)pos + n;
     return G4_OK;
 }
 

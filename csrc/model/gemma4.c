@@ -114,7 +114,6 @@ typedef struct gemma4 {
     gemma4_layer *layers;
     g4_kv *kv;               /* [n_layer]; k == NULL on KV-shared layers */
     uint64_t kv_bytes;
-    int64_t kv_end;          /* positions 0..kv_end-1 were written last */
     g4_rope rope, rope_swa;
     gemma4_scratch s;
 } gemma4;
@@ -438,7 +437,7 @@ static g4_model_memory gemma4_memory(const g4_model *m) {
 static int32_t gemma4_kv_keep(const g4_model *m, int32_t n_keep) {
     const gemma4 *G = m->impl;
     for (int il = 0; il < G->hp.n_layer; il++)
-        if (G->kv[il].k && !g4_kv_can_resume(&G->kv[il], n_keep, G->kv_end)) return 0;
+        if (G->kv[il].k && !g4_kv_can_resume(&G->kv[il], n_keep)) return 0;
     return n_keep;
 }
 
@@ -527,7 +526,7 @@ static void experts(g4_model *m, gemma4 *G, const gemma4_layer *l, int n) {
             g4_matmul(m->pool, &g, s->ex, H, s->eh, 2 * I, cnt, s->xq);
             g4_matmul(m->pool, &u, s->ex, H, s->eh + I, 2 * I, cnt, s->xq);
         }
-        for (int c = 0; c < cnt; c++) g4_geglu(s->eh + c * 2 * I, s->eh + c * 2 * I, s->eh + c * 2 * I + I, I);
+        for (int c = 0; c < cnt; c++) g4_geglu_vec(s->eh + c * 2 * I, s->eh + c * 2 * I, s->eh + c * 2 * I + I, I);
         const g4_tensor d = g4_expert_view(l->down_exps, e);
         g4_matmul(m->pool, &d, s->eh, 2 * I, s->eo, H, cnt, s->xq);
         for (int c = 0; c < cnt; c++) {
@@ -548,7 +547,7 @@ static void ffn_block(g4_model *m, gemma4 *G, int il, int n) {
     for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * H, s->x + t * H, l->ffn_norm, H, hp->eps);
     g4_matmul(m->pool, l->ffn_gate, s->xb, H, s->hb, F, n, s->xq);
     g4_matmul(m->pool, l->ffn_up, s->xb, H, s->hb2, F, n, s->xq);
-    g4_geglu(s->hb, s->hb, s->hb2, n * F);
+    g4_geglu_vec(s->hb, s->hb, s->hb2, n * F);
     g4_matmul(m->pool, l->ffn_down, s->hb, F, s->xb2, H, n, s->xq);
 
     if (l->ffn_gate_inp) {
@@ -585,7 +584,7 @@ static void ple_block(g4_model *m, gemma4 *G, int il, int n) {
     gemma4_scratch *s = &G->s;
     const int64_t H = hp->n_embd, P = hp->n_embd_per_layer, LP = (int64_t)hp->n_layer * P;
     g4_matmul(m->pool, l->inp_gate, s->x, H, s->pg, P, n, s->xq);
-    for (int t = 0; t < n; t++) g4_geglu(s->pg + t * P, s->pg + t * P, s->ple + t * LP + il * P, P);
+    for (int t = 0; t < n; t++) g4_geglu_vec(s->pg + t * P, s->pg + t * P, s->ple + t * LP + il * P, P);
     g4_matmul(m->pool, l->proj, s->pg, P, s->xb, H, n, s->xq);
     for (int t = 0; t < n; t++) {
         g4_rmsnorm(s->xb + t * H, s->xb + t * H, l->post_norm, H, hp->eps);
@@ -655,7 +654,6 @@ static g4_status gemma4_forward(g4_model *m, const int32_t *tokens, int32_t n, i
         forward_chunk(m, G, tokens + c, nb, (int64_t)pos + c,
                       all_logits ? logits + (size_t)c * G->hp.n_vocab : logits, all_logits, last);
     }
-    G->kv_end = (int64_t)pos + n;
     return G4_OK;
 }
 

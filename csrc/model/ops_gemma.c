@@ -11,10 +11,220 @@
 
 #include "../quant/quant.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define G4_X86 1
+#endif
+
+/* ---------------------------------------------------- vector kernels (x86)
+ * Float loops the compiler cannot vectorize on its own at -O3 without
+ * -march (a reduction, tanh): AVX-512 and AVX2+FMA versions chosen from the
+ * ISA the quant kernels use (g4_isa_active, so GEMMA4STACK_ISA=scalar also
+ * selects the plain C below, the reference the tests compare against).
+ * exp(x) as Cephes' expf: x = k ln2 + r, |r| <= ln2/2, a degree-6 polynomial
+ * for e^r (relative error ~1e-7), then scaled by 2^k. */
+
+enum { VEC_SCALAR = 0, VEC_AVX2 = 1, VEC_AVX512 = 2 };
+
+static int vec_level(void) {
+#ifdef G4_X86
+    const int isa = g4_isa_active();
+    if (isa == G4_ISA_AVX512 || isa == G4_ISA_AVX512VNNI) return VEC_AVX512;
+    if (isa == G4_ISA_AVX2 || isa == G4_ISA_AVXVNNI) return VEC_AVX2;
+#endif
+    return VEC_SCALAR;
+}
+
+static float dot_scalar(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* GELU, tanh approximation (Hendrycks & Gimpel 2016), as HF's gelu_pytorch_tanh:
+ * 0.5 g (1 + tanh(u)) = g / (1 + e^(-2u)), u = sqrt(2/pi) (g + 0.044715 g^3). */
+#define GELU_C 0.7978845608028654f
+
+#ifdef G4_X86
+#define EXP_CONSTS                                                                   \
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f, log2e = 1.44269504088896341f; \
+    const float p0 = 1.9875691500e-4f, p1 = 1.3981999507e-3f, p2 = 8.3334519073e-3f,   \
+                p3 = 4.1665795894e-2f, p4 = 1.6666665459e-1f, p5 = 5.0000001201e-1f
+
+__attribute__((target("avx512f")))
+static float dot_avx512(const float *a, const float *b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx512f")))
+static void axpy_avx512(float *y, float a, const float *x, int n) {
+    const __m512 va = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+__attribute__((target("avx512f")))
+static inline __m512 exp_avx512(__m512 x) {
+    EXP_CONSTS;
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(log2e)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(ln2_hi), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(ln2_lo), r);
+    __m512 p = _mm512_set1_ps(p0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(p1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(p2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(p3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(p4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(p5));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, k);
+}
+
+__attribute__((target("avx512f")))
+static void geglu_avx512(float *out, const float *gate, const float *up, int64_t n) {
+    const __m512 c = _mm512_set1_ps(GELU_C), c3 = _mm512_set1_ps(0.044715f), m2 = _mm512_set1_ps(-2.0f);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate + i);
+        const __m512 u = _mm512_mul_ps(c, _mm512_fmadd_ps(_mm512_mul_ps(c3, g), _mm512_mul_ps(g, g), g));
+        const __m512 e = exp_avx512(_mm512_mul_ps(m2, u));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up + i)));
+    }
+    if (i < n) g4_geglu(out + i, gate + i, up + i, n - i);
+}
+
+/* cap tanh(x / cap) = cap (1 - 2 / (1 + e^(2x / cap))): absolute error ~1e-7 cap */
+__attribute__((target("avx512f")))
+static void softcap_avx512(float *x, int64_t n, float cap) {
+    const __m512 two_inv = _mm512_set1_ps(2.0f / cap), vcap = _mm512_set1_ps(cap);
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = exp_avx512(_mm512_mul_ps(_mm512_loadu_ps(x + i), two_inv));
+        const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(one, e)));
+        _mm512_storeu_ps(x + i, _mm512_mul_ps(vcap, t));
+    }
+    for (; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
+}
+
+__attribute__((target("avx2,fma")))
+static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float s = _mm_cvtss_f32(h);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+__attribute__((target("avx2,fma")))
+static void axpy_avx2(float *y, float a, const float *x, int n) {
+    const __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+__attribute__((target("avx2,fma")))
+static inline __m256 exp_avx2(__m256 x) {
+    EXP_CONSTS;
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(log2e)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(ln2_hi), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(ln2_lo), r);
+    __m256 p = _mm256_set1_ps(p0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(p1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(p2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(p3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(p4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(p5));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* 2^k through the exponent bits: k in [-126, 127] after the clamp */
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2,fma")))
+static void geglu_avx2(float *out, const float *gate, const float *up, int64_t n) {
+    const __m256 c = _mm256_set1_ps(GELU_C), c3 = _mm256_set1_ps(0.044715f), m2 = _mm256_set1_ps(-2.0f);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 u = _mm256_mul_ps(c, _mm256_fmadd_ps(_mm256_mul_ps(c3, g), _mm256_mul_ps(g, g), g));
+        const __m256 e = exp_avx2(_mm256_mul_ps(m2, u));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+    }
+    if (i < n) g4_geglu(out + i, gate + i, up + i, n - i);
+}
+#endif
+
+typedef float (*dot_fn)(const float *, const float *, int);
+typedef void (*axpy_fn)(float *, float, const float *, int);
+
+static dot_fn pick_dot(void) {
+#ifdef G4_X86
+    switch (vec_level()) {
+    case VEC_AVX512: return dot_avx512;
+    case VEC_AVX2: return dot_avx2;
+    }
+#endif
+    return dot_scalar;
+}
+
+static axpy_fn pick_axpy(void) {
+#ifdef G4_X86
+    switch (vec_level()) {
+    case VEC_AVX512: return axpy_avx512;
+    case VEC_AVX2: return axpy_avx2;
+    }
+#endif
+    return axpy_scalar;
+}
+
+void g4_geglu_vec(float *out, const float *gate, const float *up, int64_t n) {
+#ifdef G4_X86
+    switch (vec_level()) {
+    case VEC_AVX512: geglu_avx512(out, gate, up, n); return;
+    case VEC_AVX2: geglu_avx2(out, gate, up, n); return;
+    }
+#endif
+    g4_geglu(out, gate, up, n);
+}
+
 /* ------------------------------------------------------------ elementwise */
 
 void g4_softcap(float *x, int64_t n, float cap) {
     if (!(cap > 0.0f)) return;
+#ifdef G4_X86
+    if (vec_level() == VEC_AVX512) { softcap_avx512(x, n, cap); return; }
+#endif
     const float inv = 1.0f / cap;
     for (int64_t i = 0; i < n; i++) x[i] = cap * tanhf(x[i] * inv);
 }
@@ -44,11 +254,13 @@ g4_status g4_kv_build(g4_kv *kv, int64_t n_rows, int dim_k, int dim_v, int windo
     const size_t nk = (size_t)n_rows * (size_t)dim_k, nv = (size_t)n_rows * (size_t)dim_v;
     kv->k = calloc(nk ? nk : 1, sizeof(float));
     kv->v = calloc(nv ? nv : 1, sizeof(float));
-    if (!kv->k || !kv->v) {
+    kv->pos = malloc(sizeof(int64_t) * (size_t)(n_rows > 0 ? n_rows : 1));
+    if (!kv->k || !kv->v || !kv->pos) {
         g4_kv_free(kv);
         return g4_err_set(err, G4_ERR_NOMEM, "cannot allocate a KV cache of %lld positions (%zu MiB)",
                           (long long)n_rows, (nk + nv) * sizeof(float) >> 20);
     }
+    for (int64_t r = 0; r < n_rows; r++) kv->pos[r] = -1;
     kv->n_rows = n_rows;
     kv->dim_k = dim_k;
     kv->dim_v = dim_v;
@@ -60,41 +272,31 @@ g4_status g4_kv_build(g4_kv *kv, int64_t n_rows, int dim_k, int dim_v, int windo
 void g4_kv_free(g4_kv *kv) {
     free(kv->k);
     free(kv->v);
+    free(kv->pos);
     kv->k = kv->v = NULL;
+    kv->pos = NULL;
 }
 
 void g4_kv_store(g4_kv *kv, int64_t pos0, int n, const float *k, int64_t ldk,
                  const float *v, int64_t ldv) {
     for (int t = 0; t < n; t++) {
         const int64_t row = (pos0 + t) % kv->n_rows;
+        kv->pos[row] = pos0 + t;
         memcpy(kv->k + row * kv->dim_k, k + t * ldk, sizeof(float) * (size_t)kv->dim_k);
         memcpy(kv->v + row * kv->dim_v, v + t * ldv, sizeof(float) * (size_t)kv->dim_v);
     }
 }
 
-int g4_kv_can_resume(const g4_kv *kv, int64_t n_keep, int64_t n_end) {
-    if (n_keep > n_end) return 0;
+int g4_kv_can_resume(const g4_kv *kv, int64_t n_keep) {
     int64_t first = 0;   /* oldest position a query at n_keep looks at */
     if (kv->window > 0 && n_keep - kv->window + 1 > 0) first = n_keep - kv->window + 1;
-    if (n_keep == 0) return 1;
-    /* position p sits in row p % n_rows until a later q = p + n_rows is written */
-    return n_end - first <= kv->n_rows;
+    if (n_keep - first > kv->n_rows) return 0;
+    for (int64_t p = first; p < n_keep; p++)
+        if (kv->pos[p % kv->n_rows] != p) return 0;
+    return 1;
 }
 
 /* ------------------------------------------------------------- attention */
-
-/* Dot product with independent partial sums, so the compiler keeps them in
- * vector lanes (no -ffast-math needed to reassociate). */
-static float dot_f32(const float *a, const float *b, int n) {
-    float acc[16] = {0};
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int j = 0; j < 16; j++) acc[j] += a[i + j] * b[i + j];
-    float s = 0.0f;
-    for (; i < n; i++) s += a[i] * b[i];
-    for (int j = 0; j < 16; j++) s += acc[j];
-    return s;
-}
 
 static int64_t att_stride(int64_t n_ctx) { return (n_ctx + 15) / 16 * 16; }
 
@@ -105,6 +307,7 @@ typedef struct kv_attn_job {
     int64_t pos0; int n;
     float *out; int64_t ldo;
     float *att; int64_t n_ctx;
+    dot_fn dot; axpy_fn axpy;
 } kv_attn_job;
 
 static void kv_attn_worker(void *arg, int ith, int nth) {
@@ -128,7 +331,7 @@ static void kv_attn_worker(void *arg, int ith, int nth) {
         const float *qh = j->q + t * j->ldq + (int64_t)h * dk;
         for (int64_t p = start; p <= pos; p++) {
             const float *kp = kv->k + (p % kv->n_rows) * kv->dim_k + (int64_t)kvh * dk;
-            float s = dot_f32(qh, kp, dk) * a->scale;
+            float s = j->dot(qh, kp, dk) * a->scale;
             if (a->softcap > 0.0f) s = a->softcap * tanhf(s / a->softcap);
             att[p - start] = s;
         }
@@ -138,8 +341,7 @@ static void kv_attn_worker(void *arg, int ith, int nth) {
         memset(oh, 0, sizeof(float) * (size_t)dv);
         for (int64_t p = start; p <= pos; p++) {
             const float *vp = kv->v + (p % kv->n_rows) * kv->dim_v + (int64_t)kvh * dv;
-            const float w = att[p - start];
-            for (int d = 0; d < dv; d++) oh[d] += w * vp[d];
+            j->axpy(oh, att[p - start], vp, dv);
         }
     }
 }
@@ -150,7 +352,7 @@ static void kv_attn_worker(void *arg, int ith, int nth) {
 void g4_attention_kv(g4_pool *pool, const g4_attn *a, const float *q, int64_t ldq,
                      const g4_kv *kv, int64_t pos0, int n, float *out, int64_t ldo,
                      float *att, int64_t n_ctx) {
-    kv_attn_job j = { a, q, ldq, kv, pos0, n, out, ldo, att, n_ctx };
+    kv_attn_job j = { a, q, ldq, kv, pos0, n, out, ldo, att, n_ctx, pick_dot(), pick_axpy() };
     const int64_t keys = a->window > 0 && a->window < pos0 + n ? a->window : pos0 + n;
     if ((int64_t)n * a->n_head * keys * (a->head_dim_k + a->head_dim_v) < KV_ATTN_MIN_PARALLEL)
         kv_attn_worker(&j, 0, 1);

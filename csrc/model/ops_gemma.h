@@ -19,6 +19,12 @@
  * (HF Gemma4ForCausalLM.forward, llama.cpp ggml_softcap). cap <= 0: nothing. */
 void g4_softcap(float *x, int64_t n, float cap);
 
+/* out[i] = gelu_tanh(gate[i]) * up[i] as ops.h g4_geglu, vectorized (AVX-512 or
+ * AVX2 by the active ISA, see quant.h): gelu(g) = g / (1 + e^(-2u)), the same
+ * function in another form, with a polynomial exp (relative error ~1e-7).
+ * The scalar ISA runs g4_geglu itself. out may alias gate. */
+void g4_geglu_vec(float *out, const float *gate, const float *up, int64_t n);
+
 /* x[i] *= s */
 void g4_scale(float *x, int64_t n, float s);
 
@@ -37,6 +43,7 @@ void g4_rmsnorm_heads(float *x, int n_heads, int head_dim, const float *w, float
  * needs the window - 1 positions before it). */
 typedef struct g4_kv {
     float *k, *v;            /* [n_rows][dim_k], [n_rows][dim_v]; NULL when unused */
+    int64_t *pos;            /* [n_rows] position each row holds, -1: none yet */
     int64_t n_rows;
     int dim_k, dim_v;        /* n_head_kv * head_dim_k / head_dim_v */
     int window;              /* > 0: sliding window this cache serves (ring buffer) */
@@ -55,11 +62,12 @@ void g4_kv_free(g4_kv *kv);
 void g4_kv_store(g4_kv *kv, int64_t pos0, int n, const float *k, int64_t ldk,
                  const float *v, int64_t ldv);
 
-/* Whether a forward at position n_keep can build on what the cache holds
- * after positions 0..n_end-1 were last written (in increasing order): every
- * position the window of n_keep looks back at, max(0, n_keep - window + 1)
- * .. n_keep - 1, must not have been overwritten by a later one. */
-int g4_kv_can_resume(const g4_kv *kv, int64_t n_keep, int64_t n_end);
+/* Whether a forward at position n_keep can build on what the cache holds:
+ * every position its window looks back at, max(0, n_keep - window + 1) ..
+ * n_keep - 1 (all earlier positions on a global layer), is still in its row
+ * (a ring row is overwritten by any later write of a position n_rows apart,
+ * including one from a longer earlier history). */
+int g4_kv_can_resume(const g4_kv *kv, int64_t n_keep);
 
 /* Causal attention of n queries at positions pos0..pos0+n-1 over kv (which
  * already holds them), GQA, a->window as in g4_attention (a key p is seen
