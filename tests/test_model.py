@@ -153,8 +153,8 @@ def test_metadata_memory_and_repr(models):
         assert md["general.name"] == r.fields["general.name"].contents()
         mem = m.memory()
         assert mem["weights_bytes"] == sum(int(t.n_bytes) for t in r.tensors)
-        # K and V: 2 layers x 128 positions x (4 kv heads x 16) floats each
-        assert mem["kv_bytes"] == 2 * 2 * 128 * 64 * 4
+        # K and V: 2 layers x 128 positions x (4 kv heads x 16) halves each (F16 cache, as llama.cpp)
+        assert mem["kv_bytes"] == 2 * 2 * 128 * 64 * 2
         assert mem["scratch_bytes"] > 0
         text = repr(m)
         assert "llama" in text and "Q8_0: 15" in text and "F32: 5" in text and "n_ctx=128" in text

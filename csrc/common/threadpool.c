@@ -18,9 +18,20 @@
  *
  * Nothing is allocated per job; the only allocation is the thread array at
  * create time.
+ *
+ * Placement: each worker is pinned (hwloc_set_thread_cpubind) to its own
+ * physical core, one PU per core so SMT siblings are not doubled up, within
+ * the CPUs this process may use, performance cores first when hwloc reports
+ * CPU kinds (hybrid P/E parts: hwloc_cpukinds ranks kinds by efficiency).
+ * The caller (share 0) is not pinned - it is the application's thread - and
+ * the first core is left for it. GEMMA4STACK_PIN=0 turns pinning off.
+ * A job may have more shares than threads (g4_pool_run_n): claiming shares
+ * from the counter then balances cores of different speed (P/E) and cores
+ * that other processes are using.
  */
 #include "threadpool.h"
 
+#include <hwloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -49,6 +60,7 @@
 typedef struct g4_worker {
     struct g4_pool *pool;
     pthread_t thread;
+    hwloc_bitmap_t cpuset;      /* the core it pins itself to, or NULL */
 } g4_worker;
 
 /* The job's function and argument. Two slots, used by alternate jobs: a
@@ -58,6 +70,7 @@ typedef struct g4_worker {
 typedef struct job_slot {
     _Atomic(g4_pool_fn) fn;
     _Atomic(void *) ctx;
+    atomic_int n;               /* shares of the job */
 } job_slot;
 
 struct g4_pool {
@@ -76,14 +89,17 @@ struct g4_pool {
     pthread_mutex_t mu;
     pthread_cond_t cv_job;      /* workers sleep here between jobs */
     pthread_cond_t cv_done;     /* the caller sleeps here waiting for the last share */
+
+    hwloc_topology_t topo;      /* for pinning; NULL when not pinning */
+    void *cache;                /* g4_pool_set_cache */
+    void (*free_cache)(void *);
 };
 
 /* ------------------------------------------------------------- shares */
 
 /* Claim and run shares of job `seq` until none is left. Returns 1 when this
  * thread finished the job's last share. */
-static int run_shares(g4_pool *p, uint32_t seq, g4_pool_fn fn, void *ctx) {
-    const int n = p->n_threads;
+static int run_shares(g4_pool *p, uint32_t seq, g4_pool_fn fn, void *ctx, int n) {
     int finished_last = 0;
     uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
     while (STATE_SEQ(s) == seq && STATE_NEXT(s) < (uint32_t)n) {
@@ -102,6 +118,7 @@ static int run_shares(g4_pool *p, uint32_t seq, g4_pool_fn fn, void *ctx) {
 static void *worker_main(void *arg) {
     g4_worker *w = arg;
     g4_pool *p = w->pool;
+    if (w->cpuset) hwloc_set_thread_cpubind(p->topo, pthread_self(), w->cpuset, HWLOC_CPUBIND_THREAD);   /* best effort */
     /* the sequence starts at 0 and job 1 is the first real one */
     uint32_t seen = 0;
     for (;;) {
@@ -129,7 +146,8 @@ static void *worker_main(void *arg) {
         const job_slot *js = &p->slot[seen & 1];
         g4_pool_fn fn = atomic_load_explicit(&js->fn, memory_order_relaxed);
         void *ctx = atomic_load_explicit(&js->ctx, memory_order_relaxed);
-        if (run_shares(p, seen, fn, ctx)) {
+        const int n = atomic_load_explicit(&js->n, memory_order_relaxed);
+        if (run_shares(p, seen, fn, ctx, n)) {
             /* the last share: wake the caller in case it went to sleep */
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->cv_done);
@@ -137,6 +155,57 @@ static void *worker_main(void *arg) {
         }
     }
     return NULL;
+}
+
+/* --------------------------------------------------------------- placement */
+
+/* One PU of each physical core this process may run on, most performant
+ * kind first; fills sets[0..cap) and returns how many. */
+static int core_sets(hwloc_topology_t topo, hwloc_bitmap_t *sets, int cap) {
+    hwloc_bitmap_t allowed = hwloc_bitmap_alloc(), kind = hwloc_bitmap_alloc();
+    int n = 0;
+    if (!allowed || !kind) goto done;
+    if (hwloc_get_cpubind(topo, allowed, HWLOC_CPUBIND_PROCESS) != 0)
+        hwloc_bitmap_copy(allowed, hwloc_topology_get_allowed_cpuset(topo));
+    /* kinds come least efficient (E cores) first, so walk them from the
+       last; with one kind or unranked kinds, one pass in topology order */
+    const int n_kinds = hwloc_cpukinds_get_nr(topo, 0);
+    int eff = -1;
+    const int ranked = n_kinds > 1 && hwloc_cpukinds_get_info(topo, (unsigned)n_kinds - 1, kind, &eff, NULL, NULL, 0) == 0
+                       && eff >= 0;
+    const int n_cores = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+    for (int k = ranked ? n_kinds - 1 : 0; k >= 0 && n < cap; k--) {
+        if (ranked && hwloc_cpukinds_get_info(topo, (unsigned)k, kind, NULL, NULL, NULL, 0) != 0) continue;
+        for (int c = 0; c < n_cores && n < cap; c++) {
+            hwloc_obj_t core = hwloc_get_obj_by_type(topo, HWLOC_OBJ_CORE, (unsigned)c);
+            if (!core || !core->cpuset || !hwloc_bitmap_intersects(core->cpuset, allowed)) continue;
+            if (ranked && !hwloc_bitmap_intersects(core->cpuset, kind)) continue;
+            hwloc_bitmap_t set = hwloc_bitmap_alloc();
+            if (!set) goto done;
+            hwloc_bitmap_and(set, core->cpuset, allowed);
+            hwloc_bitmap_singlify(set);   /* one PU: SMT siblings share the core's vector units */
+            sets[n++] = set;
+        }
+        if (!ranked) break;
+    }
+done:
+    hwloc_bitmap_free(kind);
+    hwloc_bitmap_free(allowed);
+    return n;
+}
+
+/* Give worker i (share i + 1) core i + 1: core 0 is left to the caller. */
+static void place_workers(g4_pool *p) {
+    const char *env = getenv("GEMMA4STACK_PIN");
+    if (env && !strcmp(env, "0")) return;
+    if (hwloc_topology_init(&p->topo) != 0) { p->topo = NULL; return; }
+    if (hwloc_topology_load(p->topo) != 0) { hwloc_topology_destroy(p->topo); p->topo = NULL; return; }
+    hwloc_bitmap_t sets[256];
+    const int n = core_sets(p->topo, sets, 256);
+    for (int i = 0; i < n; i++) {
+        if (i >= 1 && i - 1 < p->n_threads - 1) p->workers[i - 1].cpuset = sets[i];
+        else hwloc_bitmap_free(sets[i]);
+    }
 }
 
 /* ------------------------------------------------------------ build/free */
@@ -153,7 +222,11 @@ g4_pool *g4_pool_create(int n_threads, g4_err *err) {
     atomic_init(&p->done, 0);
     atomic_init(&p->stop, 0);
     atomic_init(&p->n_sleeping, 0);
-    for (int i = 0; i < 2; i++) { atomic_init(&p->slot[i].fn, NULL); atomic_init(&p->slot[i].ctx, NULL); }
+    for (int i = 0; i < 2; i++) {
+        atomic_init(&p->slot[i].fn, NULL);
+        atomic_init(&p->slot[i].ctx, NULL);
+        atomic_init(&p->slot[i].n, 0);
+    }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_job, NULL);
     pthread_cond_init(&p->cv_done, NULL);
@@ -164,6 +237,7 @@ g4_pool *g4_pool_create(int n_threads, g4_err *err) {
             g4_err_set(err, G4_ERR_NOMEM, "thread pool: out of memory");
             return NULL;
         }
+        place_workers(p);
         for (int i = 0; i < n_threads - 1; i++) {
             g4_worker *w = &p->workers[i];
             w->pool = p;
@@ -190,22 +264,40 @@ void g4_pool_free(g4_pool *p) {
     pthread_cond_destroy(&p->cv_job);
     pthread_cond_destroy(&p->cv_done);
     pthread_mutex_destroy(&p->mu);
+    if (p->workers)
+        for (int i = 0; i < p->n_threads - 1; i++) hwloc_bitmap_free(p->workers[i].cpuset);
+    if (p->topo) hwloc_topology_destroy(p->topo);
+    if (p->free_cache) p->free_cache(p->cache);
     free(p->workers);
     free(p);
+}
+
+void *g4_pool_cache(const g4_pool *p) { return p ? p->cache : NULL; }
+
+void g4_pool_set_cache(g4_pool *p, void *cache, void (*free_cache)(void *)) {
+    p->cache = cache;
+    p->free_cache = free_cache;
 }
 
 int g4_pool_size(const g4_pool *p) { return p ? p->n_threads : 1; }
 
 /* ------------------------------------------------------------------- run */
 
-void g4_pool_run(g4_pool *p, g4_pool_fn fn, void *ctx) {
-    if (!p || p->n_threads == 1) { fn(ctx, 0, 1); return; }
+void g4_pool_run(g4_pool *p, g4_pool_fn fn, void *ctx) { g4_pool_run_n(p, fn, ctx, g4_pool_size(p)); }
+
+void g4_pool_run_n(g4_pool *p, g4_pool_fn fn, void *ctx, int n) {
+    if (n < 1) return;
+    if (!p || p->n_threads == 1) {
+        for (int i = 0; i < n; i++) fn(ctx, i, n);
+        return;
+    }
 
     /* only this thread writes state's sequence, so a plain read is current */
     const uint32_t seq = STATE_SEQ(atomic_load_explicit(&p->state, memory_order_relaxed)) + 1;
     job_slot *js = &p->slot[seq & 1];
     atomic_store_explicit(&js->fn, fn, memory_order_relaxed);
     atomic_store_explicit(&js->ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&js->n, n, memory_order_relaxed);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
     atomic_store(&p->state, STATE(seq, 0));          /* publish (seq_cst, see worker_main) */
     if (atomic_load(&p->n_sleeping) > 0) {
@@ -214,10 +306,9 @@ void g4_pool_run(g4_pool *p, g4_pool_fn fn, void *ctx) {
         pthread_mutex_unlock(&p->mu);
     }
 
-    run_shares(p, seq, fn, ctx);
+    run_shares(p, seq, fn, ctx, n);
 
     /* wait for shares that workers claimed and are still running */
-    const int n = p->n_threads;
     for (int i = 0; i < G4_POOL_SPIN; i++) {
         if (atomic_load_explicit(&p->done, memory_order_acquire) == n) return;
         G4_CPU_RELAX();

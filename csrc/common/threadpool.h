@@ -22,4 +22,15 @@ void g4_pool_free(g4_pool *p);
 int g4_pool_size(const g4_pool *p);
 void g4_pool_run(g4_pool *p, g4_pool_fn fn, void *ctx);
 
+/* As g4_pool_run with n_shares shares: fn(ctx, ith, n_shares) runs once for
+ * each ith, on whichever thread claims it. More shares than threads balance
+ * cores of different speed (P/E cores) and cores busy with other work. */
+void g4_pool_run_n(g4_pool *p, g4_pool_fn fn, void *ctx, int n_shares);
+
+/* One slot for data that lives as long as the pool (the model): ops.c keeps
+ * the model's repacked weights there. free_cache(cache) runs at
+ * g4_pool_free. */
+void *g4_pool_cache(const g4_pool *p);
+void g4_pool_set_cache(g4_pool *p, void *cache, void (*free_cache)(void *));
+
 #endif

@@ -11,9 +11,15 @@
  * rotate-half, but convert_hf_to_gguf.py permutes the rows of attn_q/attn_k
  * so that adjacent-pair rotation is exact for them too; llama2.c exports
  * (stories260K) were trained with adjacent pairs and need no permutation.
- * The KV cache is float32, [layer][position][n_head_kv * head_dim].
- * The prompt is processed in chunks of up to LLAMA_BATCH tokens so each
- * weight row is read once per chunk, not once per token.
+ * The KV cache is IEEE half float, [layer][position][n_head_kv * head_dim],
+ * as llama.cpp's default (type_k = type_v = f16): half the memory and the
+ * memory traffic of float32 per attended position. A model whose K
+ * projection is F32 (an unquantized reference model) keeps a float32 cache,
+ * so it still reproduces float32 references to float rounding.
+ * The prompt goes through every layer as one batch of up to LLAMA_BATCH
+ * tokens (llama.cpp's default n_ubatch): each matmul is a matrix-matrix
+ * product whose kernels read each weight block once per tile of tokens, so
+ * a prompt costs about one pass over the weights, not one per token.
  */
 #include <math.h>
 #include <stdio.h>
@@ -22,8 +28,9 @@
 
 #include "arch.h"
 #include "ops.h"
+#include "../quant/quant.h"
 
-#define LLAMA_BATCH 64
+#define LLAMA_BATCH 512
 
 /* ---------------------------------------------------------------- structs */
 
@@ -45,6 +52,7 @@ typedef struct llama_scratch {
     float *xb;       /* [n_batch][n_embd] normed input / matmul output */
     float *q;        /* [n_batch][n_head * head_dim] */
     float *xb2;      /* [n_batch][n_head * head_dim] attention output */
+    float *kb, *vb;  /* [n_batch][n_head_kv * head_dim] new keys/values before conversion to F16 */
     float *hb, *hb2; /* [n_batch][n_ff] */
     float *cs;       /* [n_batch][n_rot] rope cos/sin per position */
     float *att;      /* attention scores, g4_attention_scratch() */
@@ -59,7 +67,8 @@ typedef struct llama {
     const float *output_norm;
     const float *rope_freqs;   /* optional rope_freqs.weight (Llama 3.1 scaling) */
     llama_layer *layers;
-    float *k_cache, *v_cache;  /* [n_layer][n_ctx][n_head_kv * head_dim] */
+    void *k_cache, *v_cache;   /* [n_layer][n_ctx][n_head_kv * head_dim] of fp16 (or float when !kv_f16) */
+    int kv_f16;
     size_t kv_bytes;
     g4_rope rope;
     g4_attn attn;
@@ -171,12 +180,14 @@ static g4_status load_weights(g4_model *m, llama *L, g4_err *err) {
 static g4_status build_kv(g4_model *m, llama *L, g4_err *err) {
     const size_t kv_dim = (size_t)L->hp.n_head_kv * L->hp.head_dim;
     const size_t per = (size_t)L->hp.n_layer * (size_t)m->n_ctx * kv_dim;
-    L->k_cache = calloc(per, sizeof(float));
-    L->v_cache = calloc(per, sizeof(float));
+    L->kv_f16 = L->layers[0].wk->type != G4_TYPE_F32;
+    const size_t elt = L->kv_f16 ? sizeof(uint16_t) : sizeof(float);
+    L->k_cache = calloc(per, elt);
+    L->v_cache = calloc(per, elt);
     if (!L->k_cache || !L->v_cache)
         return g4_err_set(err, G4_ERR_NOMEM, "llama: cannot allocate a %d-token KV cache (%zu MiB)",
-                          m->n_ctx, 2 * per * sizeof(float) >> 20);
-    L->kv_bytes = 2 * per * sizeof(float);
+                          m->n_ctx, 2 * per * elt >> 20);
+    L->kv_bytes = 2 * per * elt;
     return G4_OK;
 }
 
@@ -193,12 +204,14 @@ static g4_status build_scratch(g4_model *m, llama *L, g4_err *err) {
     llama_scratch *s = &L->s;
     const size_t B = (size_t)(m->n_ctx < LLAMA_BATCH ? m->n_ctx : LLAMA_BATCH);
     const size_t E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * hp->head_dim, F = (size_t)hp->n_ff;
+    const size_t KV = (size_t)hp->n_head_kv * hp->head_dim;
     size_t max_cols = E > Q ? E : Q;
     if (F > max_cols) max_cols = F;
     const size_t sizes[] = {
         B * E, B * E, B * Q, B * Q, B * F, B * F, B * (size_t)hp->n_rot,
         (size_t)g4_attention_scratch(m->n_ctx, m->n_threads),
         (size_t)g4_matmul_scratch((int64_t)max_cols, (int)B) / sizeof(float) + 16,
+        B * KV, B * KV,
     };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] * sizeof(float) + 63) / 64 * 64;
@@ -216,6 +229,8 @@ static g4_status build_scratch(g4_model *m, llama *L, g4_err *err) {
     s->cs = carve(&p, sizes[6]);
     s->att = carve(&p, sizes[7]);
     s->xq = carve(&p, sizes[8]);
+    s->kb = carve(&p, sizes[9]);
+    s->vb = carve(&p, sizes[10]);
     s->bytes = total;
     return G4_OK;
 }
@@ -280,19 +295,31 @@ static void forward_chunk(g4_model *m, llama *L, const int32_t *tok, int n, int6
 
     for (int il = 0; il < hp->n_layer; il++) {
         const llama_layer *l = &L->layers[il];
-        float *kc = L->k_cache + il * layer_kv, *vc = L->v_cache + il * layer_kv;
+        const size_t elt = L->kv_f16 ? sizeof(uint16_t) : sizeof(float);
+        char *kc = (char *)L->k_cache + (size_t)(il * layer_kv) * elt, *vc = (char *)L->v_cache + (size_t)(il * layer_kv) * elt;
 
-        /* attention: q, and k/v written straight into this chunk's cache rows */
+        /* attention: q, k, v; k roped, then k and v rounded into the F16 cache */
         for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, l->attn_norm, E, hp->eps);
         g4_matmul(m->pool, l->wq, s->xb, E, s->q, Q, n, s->xq);
-        g4_matmul(m->pool, l->wk, s->xb, E, kc + pos0 * KV, KV, n, s->xq);
-        g4_matmul(m->pool, l->wv, s->xb, E, vc + pos0 * KV, KV, n, s->xq);
+        g4_matmul(m->pool, l->wk, s->xb, E, s->kb, KV, n, s->xq);
+        g4_matmul(m->pool, l->wv, s->xb, E, s->vb, KV, n, s->xq);
         for (int t = 0; t < n; t++) {
             const float *cs = s->cs + t * hp->n_rot;
             g4_rope_apply(&L->rope, cs, s->q + t * Q, hp->n_head, hp->head_dim);
-            g4_rope_apply(&L->rope, cs, kc + (pos0 + t) * KV, hp->n_head_kv, hp->head_dim);
+            g4_rope_apply(&L->rope, cs, s->kb + t * KV, hp->n_head_kv, hp->head_dim);
         }
-        g4_attention(m->pool, &L->attn, s->q, Q, kc, KV, vc, KV, pos0, n, s->xb2, Q, s->att, m->n_ctx);
+        /* positions pos0.. are contiguous rows of the cache */
+        if (L->kv_f16) {
+            g4_fp32_to_fp16_row(s->kb, (uint16_t *)kc + pos0 * KV, n * KV);
+            g4_fp32_to_fp16_row(s->vb, (uint16_t *)vc + pos0 * KV, n * KV);
+            g4_attention_f16(m->pool, &L->attn, s->q, Q, (const uint16_t *)kc, KV, (const uint16_t *)vc, KV,
+                             pos0, n, s->xb2, Q, s->att, m->n_ctx);
+        } else {
+            memcpy((float *)kc + pos0 * KV, s->kb, sizeof(float) * (size_t)(n * KV));
+            memcpy((float *)vc + pos0 * KV, s->vb, sizeof(float) * (size_t)(n * KV));
+            g4_attention(m->pool, &L->attn, s->q, Q, (const float *)kc, KV, (const float *)vc, KV,
+                         pos0, n, s->xb2, Q, s->att, m->n_ctx);
+        }
         g4_matmul(m->pool, l->wo, s->xb2, Q, s->xb, E, n, s->xq);
         g4_add(s->x, s->xb, n * E);
 

@@ -2,12 +2,17 @@
  *
  * Formulas follow ggml's CPU ops (ggml/src/ggml-cpu/ops.cpp: rms_norm,
  * soft_max, rope, swiglu) so results line up with llama.cpp; the matmul
- * delegates each row to the quant kernels (g4_matvec_rows).
+ * quantizes the activations once and hands row ranges of repacked weights
+ * to the vectorized kernels (quant.h: g4_matmul_rows_x8, g4_matmul_rows_vq).
  */
 #include "ops.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "../quant/quant.h"
 
@@ -106,65 +111,224 @@ void g4_rope_apply(const g4_rope *r, const float *cs, float *x, int n_heads, int
 
 /* ------------------------------------------------------- threaded matmul */
 
-#define G4_ROW_ALIGN 16          /* 16 floats = one 64-byte cache line of output */
-#define G4_BLOCK_BYTES (32 * 1024)  /* weight rows reused across tokens: about L1 */
+/* Output rows per share are a multiple of 16: 64 bytes of float output, so
+ * two threads never write the same cache line, and a multiple of the 8-row
+ * groups of repacked weights. */
+#define G4_ROW_ALIGN 16
+/* Shares per thread: the pool deals shares to whichever thread is free, so
+ * a few per thread even out cores of different speed or cores busy with
+ * other processes, at one atomic claim (~50 ns) each. */
+#define G4_SHARES_PER_THREAD 4
 /* Multiply-adds below which a job runs on the calling thread only (~10 us of scalar work). */
 #define G4_MIN_PARALLEL_WORK (32 * 1024)
 
+/* ---- repacked weights, made the first time a matrix is used ----
+ * The vectorized kernels are fastest on weights interleaved 8 rows at a
+ * time (quant.h, g4_repack): that is a copy of the matrix in another order,
+ * made once per model like llama.cpp's CPU_REPACK buffers. Matrices are
+ * repacked on first use rather than at load so tensors never multiplied
+ * (embedding tables only read row by row, Gemma's per-layer embeddings) are
+ * not copied. The copies live in a hash table on the model's pool (freed
+ * with it), keyed by the tensor's data and shape - not by the g4_tensor
+ * address, which architectures may build on the stack for views (experts).
+ * After repacking, the file pages of the original are dropped from this
+ * process (MADV_DONTNEED on the read-only file mapping: they come back from
+ * the page cache if read again, e.g. by an embedding lookup), so the
+ * resident set holds one copy of each matrix, as with llama.cpp.
+ * GEMMA4STACK_REPACK=0 turns it off. */
+
+typedef struct packed_entry {
+    const void *data;
+    uint32_t type;
+    int64_t ne0, ne1;
+    void *packed;            /* NULL: not repackable (cached so we do not retry) */
+} packed_entry;
+
+typedef struct packed_cache {
+    packed_entry *e;
+    size_t cap, n;           /* cap a power of two; open addressing */
+    int enabled;
+} packed_cache;
+
+static void packed_cache_free(void *arg) {
+    packed_cache *c = arg;
+    if (!c) return;
+    for (size_t i = 0; i < c->cap; i++) free(c->e[i].packed);
+    free(c->e);
+    free(c);
+}
+
+static size_t packed_slot(const packed_cache *c, const g4_tensor *W) {
+    uintptr_t h = (uintptr_t)W->data;
+    h ^= h >> 17;
+    h *= 0x9e3779b97f4a7c15ull;
+    for (size_t i = (size_t)(h >> 20) & (c->cap - 1);; i = (i + 1) & (c->cap - 1)) {
+        const packed_entry *e = &c->e[i];
+        if (!e->data || (e->data == W->data && e->type == W->type && e->ne0 == W->ne[0] && e->ne1 == W->ne[1]))
+            return i;
+    }
+}
+
+static int packed_grow(packed_cache *c) {
+    const size_t cap = c->cap ? 2 * c->cap : 256;
+    packed_entry *old = c->e;
+    const size_t old_cap = c->cap;
+    packed_entry *e = calloc(cap, sizeof *e);
+    if (!e) return 0;
+    c->e = e;
+    c->cap = cap;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i].data) {
+            g4_tensor t = {0};
+            t.data = old[i].data; t.type = old[i].type; t.ne[0] = old[i].ne0; t.ne[1] = old[i].ne1;
+            c->e[packed_slot(c, &t)] = old[i];
+        }
+    free(old);
+    return 1;
+}
+
+/* Whether [p, p + n) lies in a file-backed mapping of this process
+ * (/proc/self/maps lines with an inode): only there is MADV_DONTNEED a
+ * harmless page drop rather than zeroing of anonymous memory. */
+static int in_file_mapping(const void *p, size_t n) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (!f) return 0;
+    char line[512];
+    int found = 0;
+    const uintptr_t a = (uintptr_t)p, b = a + n;
+    while (!found && fgets(line, sizeof line, f)) {
+        unsigned long lo, hi, inode;
+        char perms[8];
+        if (sscanf(line, "%lx-%lx %7s %*s %*s %lu", &lo, &hi, perms, &inode) == 4)
+            found = a >= lo && b <= hi && inode != 0 && perms[1] == '-';
+    }
+    fclose(f);
+    return found;
+}
+
+static void drop_pages(const void *p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
+    if (b > a && in_file_mapping(p, n)) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+typedef struct repack_job {
+    const g4_tensor *W;
+    void *dst;
+    int64_t groups_per_share;
+} repack_job;
+
+static void repack_worker(void *arg, int ith, int nth) {
+    const repack_job *j = arg;
+    const int64_t groups = j->W->ne[1] / G4_REPACK_ROWS;
+    const int64_t g0 = ith * j->groups_per_share;
+    int64_t g1 = g0 + j->groups_per_share;
+    if (g1 > groups) g1 = groups;
+    if (g0 >= g1) return;
+    const size_t gs = g4_row_size(j->W->type, j->W->ne[0]) * G4_REPACK_ROWS;
+    g4_repack(j->W->type, (const uint8_t *)j->W->data + (size_t)g0 * gs, (g1 - g0) * G4_REPACK_ROWS,
+              j->W->ne[0], (uint8_t *)j->dst + (size_t)g0 * gs);
+}
+
+/* The repacked copy of W, made now if this is its first use; NULL when W has
+ * no repacked form (or memory ran out: the plain kernels still work). */
+static const void *packed_weights(g4_pool *pool, const g4_tensor *W) {
+    if (!pool || W->ne[2] != 1 || W->ne[3] != 1 || !g4_repack_supported(W->type, W->ne[1], W->ne[0])) return NULL;
+    packed_cache *c = g4_pool_cache(pool);
+    if (!c) {
+        if (!(c = calloc(1, sizeof *c))) return NULL;
+        const char *env = getenv("GEMMA4STACK_REPACK");
+        c->enabled = !(env && !strcmp(env, "0"));
+        g4_pool_set_cache(pool, c, packed_cache_free);
+    }
+    if (!c->enabled) return NULL;
+    if (c->cap) {
+        const packed_entry *e = &c->e[packed_slot(c, W)];
+        if (e->data) return e->packed;
+    }
+    if ((c->n + 1) * 2 > c->cap && !packed_grow(c)) return NULL;
+    const size_t bytes = g4_row_size(W->type, W->ne[0]) * (size_t)W->ne[1];
+    void *dst = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (dst) {
+        const int64_t groups = W->ne[1] / G4_REPACK_ROWS;
+        const int shares = g4_pool_size(pool) * G4_SHARES_PER_THREAD;
+        repack_job j = { W, dst, (groups + shares - 1) / shares };
+        g4_pool_run_n(pool, repack_worker, &j, shares);
+        drop_pages(W->data, bytes);
+    }
+    packed_entry *e = &c->e[packed_slot(c, W)];
+    *e = (packed_entry){ W->data, W->type, W->ne[0], W->ne[1], dst };
+    c->n++;
+    return dst;
+}
+
+/* ---- the matmul job ---- */
+
 typedef struct matmul_job {
     const g4_tensor *W;
-    const char *xq; size_t ldxq;     /* activations in vec_dot_type, row stride in bytes */
+    const void *packed;              /* repacked W, or NULL */
+    const float *x; int64_t ldx;     /* float activations */
+    char *xq; size_t ldxq;           /* quantized activations (or x itself for float weights) */
     float *y; int64_t ldy;
     int n;
+    int64_t rows_per_share;
 } matmul_job;
+
+static void quantize_worker(void *arg, int ith, int nth) {
+    const matmul_job *j = arg;
+    for (int t = ith; t < j->n; t += nth) {
+        if (j->packed) g4_quantize_act(j->W->type, j->x + t * j->ldx, j->W->ne[0], j->xq + (size_t)t * j->ldxq);
+        else g4_quantize_row(g4_vec_dot_type(j->W->type), j->x + t * j->ldx, j->xq + (size_t)t * j->ldxq, j->W->ne[0]);
+    }
+}
 
 static void matmul_worker(void *arg, int ith, int nth) {
     const matmul_job *j = arg;
     const int64_t rows = j->W->ne[1], cols = j->W->ne[0];
-    const int64_t n_chunks = (rows + G4_ROW_ALIGN - 1) / G4_ROW_ALIGN;
-    int64_t r0 = n_chunks * ith / nth * G4_ROW_ALIGN;
-    int64_t r1 = n_chunks * (ith + 1) / nth * G4_ROW_ALIGN;
+    const int64_t r0 = ith * j->rows_per_share;
+    int64_t r1 = r0 + j->rows_per_share;
     if (r1 > rows) r1 = rows;
     if (r0 >= r1) return;
-    if (j->n == 1) {
-        g4_matvec_rows_vq(j->W->type, j->W->data, cols, j->xq, j->y, r0, r1);
-        return;
-    }
-    const size_t row_bytes = g4_row_size(j->W->type, cols);
-    int64_t blk = row_bytes ? (int64_t)(G4_BLOCK_BYTES / row_bytes) : 1;
-    if (blk < 1) blk = 1;
-    for (int64_t rb = r0; rb < r1; rb += blk) {
-        const int64_t re = rb + blk < r1 ? rb + blk : r1;
-        for (int t = 0; t < j->n; t++)
-            g4_matvec_rows_vq(j->W->type, j->W->data, cols, j->xq + (size_t)t * j->ldxq,
-                              j->y + t * j->ldy, rb, re);
-    }
+    /* all n tokens at once: the kernels tile over tokens and rows, so each
+       weight block is read once per tile of tokens */
+    if (j->packed) g4_matmul_rows_x8(j->W->type, j->packed, cols, j->xq, j->ldxq, j->n, j->y, j->ldy, r0, r1);
+    else g4_matmul_rows_vq(j->W->type, j->W->data, cols, j->xq, j->ldxq, j->n, j->y, j->ldy, r0, r1);
 }
 
 int64_t g4_matmul_scratch(int64_t cols, int n) {
-    /* every vec_dot_type takes at most 4 bytes per element (F32 is the widest) */
-    return (int64_t)n * cols * (int64_t)sizeof(float);
+    /* a quantized activation row (g4_act_row_size: at most 1.14 bytes per
+       element + 64 bytes of padding) is at most 4 bytes per element */
+    const int64_t row = cols * (int64_t)sizeof(float) > cols * 2 + 64 ? cols * (int64_t)sizeof(float) : cols * 2 + 64;
+    return (int64_t)n * row;
 }
 
 void g4_matmul(g4_pool *pool, const g4_tensor *W, const float *x, int64_t ldx,
                float *y, int64_t ldy, int n, void *xq) {
-    const int64_t cols = W->ne[0];
+    const int64_t rows = W->ne[1], cols = W->ne[0];
     const uint32_t vdt = g4_vec_dot_type(W->type);
-    matmul_job j = { W, (const char *)x, (size_t)ldx * sizeof(float), y, ldy, n };
+    const int small = (int64_t)n * cols * rows < G4_MIN_PARALLEL_WORK;
+    matmul_job j = { W, small ? NULL : packed_weights(pool, W), x, ldx, (char *)x,
+                     (size_t)ldx * sizeof(float), y, ldy, n, 0 };
     if (vdt != G4_TYPE_F32) {
-        /* quantize the activations once, on the calling thread: n*cols work
-         * against the matmul's n*cols*rows */
-        const size_t rs = g4_row_size(vdt, cols);
-        for (int t = 0; t < n; t++)
-            g4_quantize_row(vdt, x + t * ldx, (char *)xq + (size_t)t * rs, cols);
+        /* the activations are quantized once per matmul, into shared scratch */
         j.xq = xq;
-        j.ldxq = rs;
+        j.ldxq = j.packed ? g4_act_row_size(W->type, cols) : g4_row_size(vdt, cols);
+        if (n >= 4 && !small) g4_pool_run(pool, quantize_worker, &j);
+        else quantize_worker(&j, 0, 1);
     }
     /* Handing a job to the workers costs about a microsecond even when they
      * are spinning, and far more when one has to be woken or is descheduled;
      * a small matrix (the 64x64 layers of stories260K) is done sooner alone. */
-    if ((int64_t)n * cols * W->ne[1] < G4_MIN_PARALLEL_WORK) matmul_worker(&j, 0, 1);
-    else g4_pool_run(pool, matmul_worker, &j);
+    if (small) {
+        j.rows_per_share = rows;
+        matmul_worker(&j, 0, 1);
+        return;
+    }
+    int shares = g4_pool_size(pool) * G4_SHARES_PER_THREAD;
+    int64_t per = (rows + shares - 1) / shares;
+    per = (per + G4_ROW_ALIGN - 1) / G4_ROW_ALIGN * G4_ROW_ALIGN;
+    j.rows_per_share = per;
+    g4_pool_run_n(pool, matmul_worker, &j, (int)((rows + per - 1) / per));
 }
 
 /* ------------------------------------------------------------- attention */
@@ -178,8 +342,9 @@ int64_t g4_attention_scratch(int64_t n_ctx, int n_threads) {
 typedef struct attn_job {
     const g4_attn *a;
     const float *q; int64_t ldq;
-    const float *k; int64_t ldk;
-    const float *v; int64_t ldv;
+    const void *k; int64_t ldk;      /* float or fp16 rows, strides in elements */
+    const void *v; int64_t ldv;
+    int f16;
     int64_t pos0; int n;
     float *out; int64_t ldo;
     float *att; int64_t n_ctx;
@@ -192,9 +357,13 @@ static void attn_worker(void *arg, int ith, int nth) {
     const int dk = a->head_dim_k, dv = a->head_dim_v;
     float *att = j->att + att_stride(j->n_ctx) * ith;
     const int64_t n_pairs = (int64_t)j->n * a->n_head;
+    const float *kf = j->k, *vf = j->v;
+    const uint16_t *kh = j->k, *vh = j->v;
 
     /* round-robin: later tokens attend to more keys, so dealing pairs in
-     * turn keeps the threads' shares even under the causal mask */
+     * turn keeps the threads' shares even under the causal mask. The dots
+     * and the weighted sums of V rows run on the quant kernels' vector
+     * helpers (F16 rows are converted in registers). */
     for (int64_t idx = ith; idx < n_pairs; idx += nth) {
         const int t = (int)(idx / a->n_head), h = (int)(idx % a->n_head);
         const int kvh = h / group;
@@ -205,9 +374,8 @@ static void attn_worker(void *arg, int ith, int nth) {
 
         const float *qh = j->q + t * j->ldq + (int64_t)h * dk;
         for (int64_t p = start; p <= pos; p++) {
-            const float *kp = j->k + p * j->ldk + (int64_t)kvh * dk;
-            float s = 0.0f;
-            for (int d = 0; d < dk; d++) s += qh[d] * kp[d];
+            const int64_t off = p * j->ldk + (int64_t)kvh * dk;
+            float s = j->f16 ? g4_dot_f16_f32(dk, kh + off, qh) : g4_dot_f32(dk, kf + off, qh);
             s *= a->scale;
             if (a->softcap > 0.0f) s = a->softcap * tanhf(s / a->softcap);
             att[p - start] = s;
@@ -217,11 +385,21 @@ static void attn_worker(void *arg, int ith, int nth) {
         float *oh = j->out + t * j->ldo + (int64_t)h * dv;
         memset(oh, 0, sizeof(float) * (size_t)dv);
         for (int64_t p = start; p <= pos; p++) {
-            const float *vp = j->v + p * j->ldv + (int64_t)kvh * dv;
-            const float w = att[p - start];
-            for (int d = 0; d < dv; d++) oh[d] += w * vp[d];
+            const int64_t off = p * j->ldv + (int64_t)kvh * dv;
+            if (j->f16) g4_axpy_f16(dv, att[p - start], vh + off, oh);
+            else g4_axpy_f32(dv, att[p - start], vf + off, oh);
         }
     }
+}
+
+static void attention(g4_pool *pool, attn_job *j) {
+    const g4_attn *a = j->a;
+    /* work ~ query heads x keys x (k + v dims); see g4_matmul */
+    const int64_t keys = a->window > 0 && a->window < j->pos0 + j->n ? a->window : j->pos0 + j->n;
+    if ((int64_t)j->n * a->n_head * keys * (a->head_dim_k + a->head_dim_v) < G4_MIN_PARALLEL_WORK)
+        attn_worker(j, 0, 1);
+    else
+        g4_pool_run(pool, attn_worker, j);
 }
 
 void g4_attention(g4_pool *pool, const g4_attn *a,
@@ -229,11 +407,15 @@ void g4_attention(g4_pool *pool, const g4_attn *a,
                   const float *k, int64_t ldk, const float *v, int64_t ldv,
                   int64_t pos0, int n, float *out, int64_t ldo,
                   float *att, int64_t n_ctx) {
-    attn_job j = { a, q, ldq, k, ldk, v, ldv, pos0, n, out, ldo, att, n_ctx };
-    /* work ~ query heads x keys x (k + v dims); see g4_matmul */
-    const int64_t keys = a->window > 0 && a->window < pos0 + n ? a->window : pos0 + n;
-    if ((int64_t)n * a->n_head * keys * (a->head_dim_k + a->head_dim_v) < G4_MIN_PARALLEL_WORK)
-        attn_worker(&j, 0, 1);
-    else
-        g4_pool_run(pool, attn_worker, &j);
+    attn_job j = { a, q, ldq, k, ldk, v, ldv, 0, pos0, n, out, ldo, att, n_ctx };
+    attention(pool, &j);
+}
+
+void g4_attention_f16(g4_pool *pool, const g4_attn *a,
+                      const float *q, int64_t ldq,
+                      const uint16_t *k, int64_t ldk, const uint16_t *v, int64_t ldv,
+                      int64_t pos0, int n, float *out, int64_t ldo,
+                      float *att, int64_t n_ctx) {
+    attn_job j = { a, q, ldq, k, ldk, v, ldv, 1, pos0, n, out, ldo, att, n_ctx };
+    attention(pool, &j);
 }

@@ -74,10 +74,12 @@ void g4_rope_apply(const g4_rope *r, const float *cs, float *x, int n_heads, int
  * r < W->ne[1]. As in ggml's mul_mat, x is first converted once to the
  * weight type's vec_dot_type (Q8_0 for Q8_0/Q4_0 weights, see quant.h) into
  * xq, scratch of g4_matmul_scratch(cols, n) bytes (unused for float weights).
- * Rows are then split between the pool's threads in ranges of 16 rows
- * (64 bytes of float output, so two threads never write the same cache
- * line); within a range, blocks of rows are reused for all n tokens while
- * they are hot in cache. Each row is computed by g4_matvec_rows_vq. */
+ * Rows are then split into shares of a multiple of 16 rows (64 bytes of
+ * float output, so two threads never write the same cache line), a few
+ * shares per thread, claimed by whichever thread is free. A matrix with a
+ * repacked form (quant.h g4_repack: Q4_0, Q8_0, Q4_K, Q6_K) is repacked the
+ * first time it is multiplied, once per model; the kernels tile over tokens
+ * and rows, so each weight block is read once per tile of tokens. */
 void g4_matmul(g4_pool *pool, const g4_tensor *W, const float *x, int64_t ldx,
                float *y, int64_t ldy, int n, void *xq);
 
@@ -109,6 +111,15 @@ void g4_attention(g4_pool *pool, const g4_attn *a,
                   const float *k, int64_t ldk, const float *v, int64_t ldv,
                   int64_t pos0, int n, float *out, int64_t ldo,
                   float *att, int64_t n_ctx);
+
+/* The same over a KV cache of IEEE half floats (the KV cache type llama.cpp
+ * uses by default): k and v rows are fp16 bits, strides in elements.
+ * Scores and the weighted sum are accumulated in float32. */
+void g4_attention_f16(g4_pool *pool, const g4_attn *a,
+                      const float *q, int64_t ldq,
+                      const uint16_t *k, int64_t ldk, const uint16_t *v, int64_t ldv,
+                      int64_t pos0, int n, float *out, int64_t ldo,
+                      float *att, int64_t n_ctx);
 
 int64_t g4_attention_scratch(int64_t n_ctx, int n_threads);
 

@@ -31,6 +31,7 @@ typedef struct g4_kernels {
     float (*dot_f32)(int64_t n, const float *a, const float *b);
     float (*dot_f16_f32)(int64_t n, const g4_fp16 *a, const float *b);
     void (*axpy_f16)(int64_t n, float a, const g4_fp16 *x, float *y);
+    void (*axpy_f32)(int64_t n, float a, const float *x, float *y);
     void (*fp32_to_fp16)(const float *x, g4_fp16 *y, int64_t n);
     void (*fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n);
 } g4_kernels;

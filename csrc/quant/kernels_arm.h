@@ -201,6 +201,12 @@ KRN void SFX(axpy_f16)(int64_t n, float a, const g4_fp16 *x, float *y) {
     for (; i < n; i++) y[i] += a * g4_fp16_to_fp32(x[i]);
 }
 
+KRN void SFX(axpy_f32)(int64_t n, float a, const float *x, float *y) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_n_f32(vld1q_f32(y + i), vld1q_f32(x + i), a));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 KRN void SFX(fp32_to_fp16)(const float *x, g4_fp16 *y, int64_t n) {
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) vst1_u16(y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
@@ -387,5 +393,6 @@ ARM_GEMM_X8(SFX(gemm_x8_q6_K), AQ6_K, SFX(tile_x8), QK_K)
         [G4_TYPE_Q4_K] = SFX(gemm_x8_q4_K), [G4_TYPE_Q6_K] = SFX(gemm_x8_q6_K),                      \
     },                                                                                               \
     .dot_f32 = SFX(dot_f32), .dot_f16_f32 = SFX(dot_f16_f32), .axpy_f16 = SFX(axpy_f16),             \
+    .axpy_f32 = SFX(axpy_f32),                                                                       \
     .fp32_to_fp16 = SFX(fp32_to_fp16), .fp16_to_fp32 = SFX(fp16_to_fp32)
 #endif

@@ -257,6 +257,9 @@ static float dot_f16_f32_scalar(int64_t n, const g4_fp16 *a, const float *b) { r
 static void axpy_f16_scalar(int64_t n, float a, const g4_fp16 *x, float *y) {
     for (int64_t i = 0; i < n; i++) y[i] += a * g4_fp16_to_fp32(x[i]);
 }
+static void axpy_f32_scalar(int64_t n, float a, const float *x, float *y) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
 static void fp32_to_fp16_scalar(const float *x, g4_fp16 *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = g4_fp32_to_fp16(x[i]);
 }
@@ -281,6 +284,7 @@ static const g4_kernels kernels_scalar = {
     .dot_f32 = dot_f32_scalar,
     .dot_f16_f32 = dot_f16_f32_scalar,
     .axpy_f16 = axpy_f16_scalar,
+    .axpy_f32 = axpy_f32_scalar,
     .fp32_to_fp16 = fp32_to_fp16_scalar,
     .fp16_to_fp32 = fp16_to_fp32_scalar,
 };
@@ -366,7 +370,7 @@ static void merge(int isa) {
     *m = *t;
     m->isa = isa;
 #define FILL(f) if (!m->f) m->f = s->f
-    FILL(quantize_q8_0); FILL(quantize_q8_K); FILL(dot_f32); FILL(dot_f16_f32); FILL(axpy_f16);
+    FILL(quantize_q8_0); FILL(quantize_q8_K); FILL(dot_f32); FILL(dot_f16_f32); FILL(axpy_f16); FILL(axpy_f32);
     FILL(fp32_to_fp16); FILL(fp16_to_fp32);
 #undef FILL
     for (int ty = 0; ty < G4_TYPE_COUNT; ty++) {
@@ -550,5 +554,6 @@ void g4_matvec_rows(uint32_t type, const void *W, int64_t cols,
 float g4_dot_f32(int64_t n, const float *a, const float *b) { return kernels()->dot_f32(n, a, b); }
 float g4_dot_f16_f32(int64_t n, const g4_fp16 *a, const float *b) { return kernels()->dot_f16_f32(n, a, b); }
 void g4_axpy_f16(int64_t n, float a, const g4_fp16 *x, float *y) { kernels()->axpy_f16(n, a, x, y); }
+void g4_axpy_f32(int64_t n, float a, const float *x, float *y) { kernels()->axpy_f32(n, a, x, y); }
 void g4_fp32_to_fp16_row(const float *x, g4_fp16 *y, int64_t n) { kernels()->fp32_to_fp16(x, y, n); }
 void g4_fp16_to_fp32_row(const g4_fp16 *x, float *y, int64_t n) { kernels()->fp16_to_fp32(x, y, n); }

@@ -259,6 +259,7 @@ void g4_matmul_rows_x8(uint32_t type, const void *Wp, int64_t cols, const void *
 float g4_dot_f32(int64_t n, const float *a, const float *b);
 float g4_dot_f16_f32(int64_t n, const g4_fp16 *a, const float *b);
 void g4_axpy_f16(int64_t n, float a, const g4_fp16 *x, float *y);   /* y += a * x */
+void g4_axpy_f32(int64_t n, float a, const float *x, float *y);     /* y += a * x */
 void g4_fp32_to_fp16_row(const float *x, g4_fp16 *y, int64_t n);
 void g4_fp16_to_fp32_row(const g4_fp16 *x, float *y, int64_t n);
 
