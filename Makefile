@@ -93,6 +93,7 @@ clean:
 FUZZ_DEB_PKGS := clang libclang-rt-14-dev
 FUZZ_CC ?= clang
 FUZZ_HARNESSES := gguf tokenizer vocab chat hwloc
+FUZZ_PY_HARNESSES := chat_py
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 5
 FUZZ_JOBS ?= 1
@@ -105,7 +106,7 @@ FUZZ_CFLAGS := -O1 -g -std=gnu11 -Wall -Wno-unused-parameter -pthread -Icsrc $(S
 SAN_LIBS := -lhwloc -lopenblas -lm -ldl -pthread
 FUZZ_OBJS := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(C_SRCS))
 
-.PHONY: fuzz-sysdeps fuzz-build fuzz-seeds fuzz fuzz-smoke fuzz-regress test-asan test-asan-c test-asan-py
+.PHONY: fuzz-sysdeps fuzz-pydeps fuzz-build fuzz-seeds fuzz fuzz-smoke fuzz-regress test-asan test-asan-c test-asan-py
 
 fuzz-sysdeps:
 	@missing=""; for p in $(FUZZ_DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -136,16 +137,21 @@ fuzz-build: fuzz-sysdeps
 fuzz-seeds:
 	$(PYTHON) csrc/fuzz/make_seeds.py $(FUZZ_DIR)
 
-fuzz: fuzz-build fuzz-seeds
-	$(PYTHON) csrc/fuzz/run_fuzz.py --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --dir $(FUZZ_DIR) $(FUZZ_HARNESSES)
+# atheris (PyPI) for the Python chat-path harness: the extra "fuzz" of pyproject.toml
+fuzz-pydeps:
+	@$(PYTHON) -c "import atheris" 2>/dev/null || $(PIP) install -q 'atheris>=2.3'
+
+fuzz: deps fuzz-build fuzz-seeds fuzz-pydeps
+	$(PYTHON) csrc/fuzz/run_fuzz.py --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) --dir $(FUZZ_DIR) \
+	    $(FUZZ_HARNESSES) $(FUZZ_PY_HARNESSES)
 
 # The crash inputs found so far must pass before new ones are looked for.
 fuzz-regress: fuzz-build
 	@set -e; for h in $(FUZZ_HARNESSES); do \
 	  if [ -d tests/data/fuzz-regress/$$h ]; then $(FUZZ_DIR)/fuzz_$$h -runs=0 tests/data/fuzz-regress/$$h; fi; done
 
-fuzz-smoke: fuzz-build fuzz-seeds fuzz-regress
-	$(PYTHON) csrc/fuzz/run_fuzz.py --seconds $(FUZZ_SMOKE_SECONDS) --dir $(FUZZ_DIR) $(FUZZ_HARNESSES)
+fuzz-smoke: deps fuzz-build fuzz-seeds fuzz-pydeps fuzz-regress
+	$(PYTHON) csrc/fuzz/run_fuzz.py --seconds $(FUZZ_SMOKE_SECONDS) --dir $(FUZZ_DIR) $(FUZZ_HARNESSES) $(FUZZ_PY_HARNESSES)
 
 # ---- test-asan: GCC's ASan + UBSan over the C core, its tests and the extension ----
 ASAN_DIR := build/asan
@@ -179,7 +185,7 @@ $(ASAN_DIR)/replay_%: csrc/fuzz/fuzz_%.c csrc/fuzz/replay_main.c $(ASAN_DIR)/lib
 ASAN_C_ENV := CK_TIMEOUT_MULTIPLIER=10 ASAN_OPTIONS=fast_unwind_on_malloc=0:detect_leaks=1 LSAN_OPTIONS=suppressions=$(CURDIR)/csrc/fuzz/lsan.supp \
               UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
-test-asan-c: sysdeps $(ASAN_C_TESTS) $(ASAN_REPLAY) fuzz-seeds
+test-asan-c: sysdeps deps $(ASAN_C_TESTS) $(ASAN_REPLAY) fuzz-seeds
 	@set -e; for t in $(ASAN_C_TESTS); do echo "== $$t (ASan+UBSan)"; CK_FORK=yes $(ASAN_C_ENV) $$t; done
 	@set -e; for h in $(FUZZ_HARNESSES); do \
 	  $(ASAN_C_ENV) $(ASAN_DIR)/replay_$$h $(FUZZ_DIR)/seeds/$$h $$(ls -d tests/data/fuzz-regress/$$h 2>/dev/null); done

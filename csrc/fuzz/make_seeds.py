@@ -3,7 +3,8 @@
     python csrc/fuzz/make_seeds.py [OUT_DIR]          # default build/fuzz
 
 Writes OUT_DIR/seeds/<harness>/ for gguf, tokenizer, vocab, chat and hwloc, and
-OUT_DIR/gemma4-toy-vocab.gguf, the "gemma4" vocab fuzz_tokenizer and fuzz_chat load.
+OUT_DIR/gemma4-toy-vocab.gguf, the "gemma4" vocab fuzz_tokenizer and fuzz_chat load, and
+OUT_DIR/chat-toy.gguf, a 1-layer model with that vocab and a chat template (fuzz_chat_py.py).
 Everything is derived at run time from the shared test data ($GEMMA4STACK_SHARED, default
 ../shared: models/*.gguf, the llama.cpp tokenizer inputs, hwloc-xml/*.xml) and from
 tests/data/bad-gguf/, so nothing shared is copied into the repository. Deterministic.
@@ -16,6 +17,7 @@ Seeds:
   tokenizer  llama.cpp's tokenizer test inputs and chat-shaped strings, for each vocab/flags.
   vocab      real vocabs (stories260K, the gemma4 toy) in fuzz_vocab.c's input layout.
   chat       message lists in fuzz_chat.c's layout, markers inside contents among them.
+  chat_py    the same conversations as bytes for fuzz_chat_py.py.
   hwloc      the shared hwloc XML topologies.
 """
 from __future__ import annotations
@@ -167,7 +169,31 @@ def gemma4_toy_vocab(dst: Path, tmp: Path) -> tuple[list[str], list[int], list[s
            ("tokenizer.ggml.unknown_token_id", UINT32, tokens.index("<unk>")),
            ("tokenizer.ggml.add_bos_token", BOOL, True), ("tokenizer.ggml.add_space_prefix", BOOL, False)]
     write_gguf(dst, kvs, [])
+    chat_toy_model(dst.with_name("chat-toy.gguf"), kvs)
     return tokens, types, merges
+
+
+def chat_toy_model(dst: Path, vocab_kvs: list) -> None:
+    """A 1-layer llama (dim 8) with the gemma4 toy vocab and tests/gemma4_ref.CHAT_TEMPLATE:
+    the smallest file gemma4stack.Model.chat runs, for csrc/fuzz/fuzz_chat_py.py."""
+    import gemma4_ref as R
+    rng = np.random.default_rng(2)
+    n_vocab = len(dict((k, v) for k, _, v in vocab_kvs)["tokenizer.ggml.tokens"][1])
+    E, F, KV = 8, 16, 4
+    kvs = [("general.architecture", STRING, "llama"), ("llama.context_length", UINT32, 256),
+           ("llama.embedding_length", UINT32, E), ("llama.block_count", UINT32, 1),
+           ("llama.feed_forward_length", UINT32, F), ("llama.attention.head_count", UINT32, 2),
+           ("llama.attention.head_count_kv", UINT32, 1),
+           ("llama.attention.layer_norm_rms_epsilon", FLOAT32, 1e-5),
+           ("tokenizer.chat_template", STRING, R.CHAT_TEMPLATE)]
+    kvs += [kv for kv in vocab_kvs if kv[0] != "general.architecture"]
+    f32 = lambda *ne: (rng.standard_normal(int(np.prod(ne))) * 0.1).astype(np.float32).tobytes()
+    tensors = [("token_embd.weight", [E, n_vocab], 0, f32(E, n_vocab)), ("output_norm.weight", [E], 0, f32(E))]
+    for name, ne in (("attn_norm", [E]), ("attn_q", [E, E]), ("attn_k", [E, KV]), ("attn_v", [E, KV]),
+                     ("attn_output", [E, E]), ("ffn_norm", [E]), ("ffn_gate", [E, F]), ("ffn_up", [E, F]),
+                     ("ffn_down", [F, E])):
+        tensors.append((f"blk.0.{name}.weight", ne, 0, f32(*ne)))
+    write_gguf(dst, kvs, tensors)
 
 
 # ---- tokenizer, vocab and chat seeds -------------------------------------------------------
@@ -258,12 +284,22 @@ def chat_seeds(out: Path) -> None:
         (out / f"chat-{k}").write_bytes(b"\0".join(bytes([r]) + c for r, c in msgs))
 
 
+def chat_py_seeds(out: Path) -> None:
+    """fuzz_chat_py.py reads its input with atheris' FuzzedDataProvider; any bytes will do,
+    these only start it with markers and non-ASCII text in view."""
+    for k, msgs in enumerate(CHATS):
+        (out / f"chat-{k}").write_bytes(bytes([len(msgs), 0]) + b"\x01".join(c for _, c in msgs))
+
+
+HARNESSES = ("gguf", "tokenizer", "vocab", "chat", "chat_py", "hwloc")
+
+
 def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "build/fuzz"
     shared = Path(os.environ.get("GEMMA4STACK_SHARED") or REPO.parent / "shared")
     models = shared / "models"
     seeds = out / "seeds"
-    for h in ("gguf", "tokenizer", "vocab", "chat", "hwloc"):
+    for h in HARNESSES:
         shutil.rmtree(seeds / h, ignore_errors=True)
         (seeds / h).mkdir(parents=True)
     gguf_seeds(seeds / "gguf", models)
@@ -273,9 +309,10 @@ def main() -> int:
     tokenizer_seeds(seeds / "tokenizer", models)
     vocab_seeds(seeds / "vocab", models, toy)
     chat_seeds(seeds / "chat")
+    chat_py_seeds(seeds / "chat_py")
     for p in sorted((shared / "hwloc-xml").glob("*.xml")):
         shutil.copyfile(p, seeds / "hwloc" / p.name)
-    counts = {h: len(list((seeds / h).iterdir())) for h in ("gguf", "tokenizer", "vocab", "chat", "hwloc")}
+    counts = {h: len(list((seeds / h).iterdir())) for h in HARNESSES}
     print("seeds in", seeds, counts)
     return 0
 

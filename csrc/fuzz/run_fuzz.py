@@ -2,12 +2,12 @@
 
     python csrc/fuzz/run_fuzz.py [--seconds N] [--jobs J] [--dir build/fuzz] HARNESS...
 
-Each harness build/fuzz/fuzz_<h> runs over build/fuzz/corpus/<h> (kept between runs, new
+Each harness build/fuzz/fuzz_<h> (or csrc/fuzz/fuzz_<h>.py for the atheris ones) runs over build/fuzz/corpus/<h> (kept between runs, new
 inputs are added there) and build/fuzz/seeds/<h>, for N seconds, `-jobs`-free (one process
 each; --jobs runs up to J harnesses at once). Crashes land in build/fuzz/crashes/<h>/;
 logs in build/fuzz/logs/<h>.log. Prints one line per harness with libFuzzer's own figures:
 executions, exec/s, cov (edges) and ft (features) of the last status line, corpus size,
-crashes. Exit status 1 when any harness crashed (or did not start).
+crashes found in this run. Exit status 1 when any harness crashed (or did not start).
 """
 from __future__ import annotations
 
@@ -19,20 +19,23 @@ import time
 from pathlib import Path
 
 # -max_len per harness: GGUF and XML seeds are tens of KiB; texts and message lists small.
-MAX_LEN = {"gguf": 131072, "hwloc": 131072, "tokenizer": 4096, "vocab": 8192, "chat": 8192}
+MAX_LEN = {"gguf": 131072, "hwloc": 131072, "tokenizer": 4096, "vocab": 8192, "chat": 8192, "chat_py": 4096}
+# Python harnesses (atheris) run as scripts; the others are build/fuzz/fuzz_<h> binaries.
+PY_HARNESSES = {"chat_py": Path(__file__).with_name("fuzz_chat_py.py")}
 STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 
 
 def command(d: Path, h: str, seconds: int) -> list[str]:
     for sub in ("corpus", "crashes", "logs"):
         (d / sub / h).mkdir(parents=True, exist_ok=True)
-    return [str(d / f"fuzz_{h}"), str(d / "corpus" / h), str(d / "seeds" / h),
+    exe = [sys.executable, str(PY_HARNESSES[h])] if h in PY_HARNESSES else [str(d / f"fuzz_{h}")]
+    return exe + [str(d / "corpus" / h), str(d / "seeds" / h),
             f"-max_total_time={seconds}", f"-max_len={MAX_LEN.get(h, 4096)}", "-timeout=20",
             "-rss_limit_mb=4096", "-print_final_stats=1", "-reload=0",
             f"-artifact_prefix={d / 'crashes' / h}/"]
 
 
-def summarize(h: str, log: str, rc: int, d: Path) -> dict:
+def summarize(h: str, log: str, rc: int, d: Path, before: set[str]) -> dict:
     last = None
     for line in log.splitlines():
         m = STATUS.match(line)
@@ -40,7 +43,7 @@ def summarize(h: str, log: str, rc: int, d: Path) -> dict:
             last = m
     execs = re.search(r"stat::number_of_executed_units: (\d+)", log)
     rate = re.search(r"stat::average_exec_per_sec:\s+(\d+)", log)
-    crashes = sorted(p.name for p in (d / "crashes" / h).iterdir())
+    crashes = sorted(p.name for p in (d / "crashes" / h).iterdir() if p.name not in before)   # new ones
     return {"harness": h, "rc": rc, "execs": int(execs.group(1)) if execs else (int(last.group(1)) if last else 0),
             "exec_s": int(rate.group(1)) if rate else 0,
             "cov": int(last.group(2)) if last else 0, "ft": int(last.group(3)) if last else 0,
@@ -55,11 +58,12 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=Path("build/fuzz"))
     ap.add_argument("--nice", type=int, default=0, help="niceness of the fuzzers (0: none)")
     a = ap.parse_args()
-    pending, running, results = list(a.harness), [], []
+    pending, running, results, before = list(a.harness), [], [], {}
     while pending or running:
         while pending and len(running) < a.jobs:
             h = pending.pop(0)
             cmd = command(a.dir, h, a.seconds)
+            before[h] = {p.name for p in (a.dir / "crashes" / h).iterdir()}
             if a.nice:
                 cmd = ["nice", "-n", str(a.nice)] + cmd
             log = open(a.dir / "logs" / f"{h}.log", "w")
@@ -72,7 +76,7 @@ def main() -> int:
                 continue
             log.close()
             running.remove(item)
-            results.append(summarize(h, (a.dir / "logs" / f"{h}.log").read_text(errors="replace"), p.returncode, a.dir))
+            results.append(summarize(h, (a.dir / "logs" / f"{h}.log").read_text(errors="replace"), p.returncode, a.dir, before[h]))
     print(f"{'harness':<10} {'execs':>12} {'exec/s':>8} {'cov':>6} {'ft':>7} {'corpus':>7}  crashes")
     bad = 0
     for r in sorted(results, key=lambda r: a.harness.index(r["harness"])):
