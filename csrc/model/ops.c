@@ -361,9 +361,10 @@ static void attn_worker(void *arg, int ith, int nth) {
     const uint16_t *kh = j->k, *vh = j->v;
 
     /* round-robin: later tokens attend to more keys, so dealing pairs in
-     * turn keeps the threads' shares even under the causal mask. The dots
-     * and the weighted sums of V rows run on the quant kernels' vector
-     * helpers (F16 rows are converted in registers). */
+     * turn keeps the threads' shares even under the causal mask. The scores
+     * of a head over all its keys, and the weighted sum of their V rows, are
+     * one call each to the quant kernels' vector helpers (F16 rows are
+     * converted in registers; the output row stays in registers over keys). */
     for (int64_t idx = ith; idx < n_pairs; idx += nth) {
         const int t = (int)(idx / a->n_head), h = (int)(idx % a->n_head);
         const int kvh = h / group;
@@ -373,22 +374,19 @@ static void attn_worker(void *arg, int ith, int nth) {
         const int64_t len = pos - start + 1;
 
         const float *qh = j->q + t * j->ldq + (int64_t)h * dk;
-        for (int64_t p = start; p <= pos; p++) {
-            const int64_t off = p * j->ldk + (int64_t)kvh * dk;
-            float s = j->f16 ? g4_dot_f16_f32(dk, kh + off, qh) : g4_dot_f32(dk, kf + off, qh);
-            s *= a->scale;
+        const int64_t koff = start * j->ldk + (int64_t)kvh * dk, voff = start * j->ldv + (int64_t)kvh * dv;
+        if (j->f16) g4_dot_f16_rows(len, dk, kh + koff, j->ldk, qh, att);
+        else g4_dot_f32_rows(len, dk, kf + koff, j->ldk, qh, att);
+        for (int64_t p = 0; p < len; p++) {
+            float s = att[p] * a->scale;
             if (a->softcap > 0.0f) s = a->softcap * tanhf(s / a->softcap);
-            att[p - start] = s;
+            att[p] = s;
         }
         g4_softmax(att, len);
 
         float *oh = j->out + t * j->ldo + (int64_t)h * dv;
-        memset(oh, 0, sizeof(float) * (size_t)dv);
-        for (int64_t p = start; p <= pos; p++) {
-            const int64_t off = p * j->ldv + (int64_t)kvh * dv;
-            if (j->f16) g4_axpy_f16(dv, att[p - start], vh + off, oh);
-            else g4_axpy_f32(dv, att[p - start], vf + off, oh);
-        }
+        if (j->f16) g4_wsum_f16_rows(len, dv, vh + voff, j->ldv, att, oh);
+        else g4_wsum_f32_rows(len, dv, vf + voff, j->ldv, att, oh);
     }
 }
 

@@ -32,6 +32,10 @@ typedef struct g4_kernels {
     float (*dot_f16_f32)(int64_t n, const g4_fp16 *a, const float *b);
     void (*axpy_f16)(int64_t n, float a, const g4_fp16 *x, float *y);
     void (*axpy_f32)(int64_t n, float a, const float *x, float *y);
+    void (*dot_f16_rows)(int64_t n, int64_t dim, const g4_fp16 *K, int64_t ldk, const float *q, float *out);
+    void (*wsum_f16_rows)(int64_t n, int64_t dim, const g4_fp16 *V, int64_t ldv, const float *w, float *out);
+    void (*dot_f32_rows)(int64_t n, int64_t dim, const float *K, int64_t ldk, const float *q, float *out);
+    void (*wsum_f32_rows)(int64_t n, int64_t dim, const float *V, int64_t ldv, const float *w, float *out);
     void (*fp32_to_fp16)(const float *x, g4_fp16 *y, int64_t n);
     void (*fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n);
 } g4_kernels;

@@ -207,6 +207,46 @@ KRN void SFX(axpy_f32)(int64_t n, float a, const float *x, float *y) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+INL void SFX(dot_rows)(const int kind, int64_t n, int64_t dim, const void *K, int64_t ldk, const float *q, float *out) {
+    for (int64_t p = 0; p < n; p++)
+        out[p] = kind == AF16 ? SFX(float_dot)(AF16, dim, (const uint8_t *)((const g4_fp16 *)K + p * ldk), q)
+                              : SFX(float_dot)(AF32, dim, (const uint8_t *)((const float *)K + p * ldk), q);
+}
+
+/* out = sum_p w[p] * row p: 16 output floats in 4 accumulators per pass */
+INL void SFX(wsum_rows)(const int kind, int64_t n, int64_t dim, const void *V, int64_t ldv, const float *w, float *out) {
+    int64_t c = 0;
+    for (; c + 16 <= dim; c += 16) {
+        float32x4_t acc[4] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+        for (int64_t p = 0; p < n; p++) {
+            const uint8_t *r = kind == AF16 ? (const uint8_t *)((const g4_fp16 *)V + p * ldv) : (const uint8_t *)((const float *)V + p * ldv);
+            UNROLL
+            for (int k = 0; k < 4; k++) acc[k] = vfmaq_n_f32(acc[k], SFX(load_wf)(kind, r, c + 4 * k), w[p]);
+        }
+        UNROLL
+        for (int k = 0; k < 4; k++) vst1q_f32(out + c + 4 * k, acc[k]);
+    }
+    for (; c < dim; c++) {
+        float acc = 0.0f;
+        for (int64_t p = 0; p < n; p++)
+            acc += w[p] * (kind == AF16 ? g4_fp16_to_fp32(((const g4_fp16 *)V)[p * ldv + c]) : ((const float *)V)[p * ldv + c]);
+        out[c] = acc;
+    }
+}
+
+KRN void SFX(dot_f16_rows)(int64_t n, int64_t dim, const g4_fp16 *K, int64_t ldk, const float *q, float *out) {
+    SFX(dot_rows)(AF16, n, dim, K, ldk, q, out);
+}
+KRN void SFX(wsum_f16_rows)(int64_t n, int64_t dim, const g4_fp16 *V, int64_t ldv, const float *w, float *out) {
+    SFX(wsum_rows)(AF16, n, dim, V, ldv, w, out);
+}
+KRN void SFX(dot_f32_rows)(int64_t n, int64_t dim, const float *K, int64_t ldk, const float *q, float *out) {
+    SFX(dot_rows)(AF32, n, dim, K, ldk, q, out);
+}
+KRN void SFX(wsum_f32_rows)(int64_t n, int64_t dim, const float *V, int64_t ldv, const float *w, float *out) {
+    SFX(wsum_rows)(AF32, n, dim, V, ldv, w, out);
+}
+
 KRN void SFX(fp32_to_fp16)(const float *x, g4_fp16 *y, int64_t n) {
     int64_t i = 0;
     for (; i + 4 <= n; i += 4) vst1_u16(y + i, vreinterpret_u16_f16(vcvt_f16_f32(vld1q_f32(x + i))));
@@ -394,5 +434,7 @@ ARM_GEMM_X8(SFX(gemm_x8_q6_K), AQ6_K, SFX(tile_x8), QK_K)
     },                                                                                               \
     .dot_f32 = SFX(dot_f32), .dot_f16_f32 = SFX(dot_f16_f32), .axpy_f16 = SFX(axpy_f16),             \
     .axpy_f32 = SFX(axpy_f32),                                                                       \
+    .dot_f16_rows = SFX(dot_f16_rows), .wsum_f16_rows = SFX(wsum_f16_rows),                          \
+    .dot_f32_rows = SFX(dot_f32_rows), .wsum_f32_rows = SFX(wsum_f32_rows),                          \
     .fp32_to_fp16 = SFX(fp32_to_fp16), .fp16_to_fp32 = SFX(fp16_to_fp32)
 #endif

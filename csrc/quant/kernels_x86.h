@@ -853,6 +853,98 @@ KRN void SFX(axpy_f32)(int64_t n, float a, const float *x, float *y) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* 8 floats of row r at element i: fp16 (kind KF16) or float (KF32) */
+INL __m256 SFX(ld8)(const int kind, const void *row, int64_t i) {
+    return kind == KF16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const g4_fp16 *)row + i)))
+                        : _mm256_loadu_ps((const float *)row + i);
+}
+
+INL float SFX(ld1)(const int kind, const void *row, int64_t i) {
+    return kind == KF16 ? g4_fp16_to_fp32(((const g4_fp16 *)row)[i]) : ((const float *)row)[i];
+}
+
+/* out[p] = dot(row p, q), four rows at a time so q is loaded once per four */
+INL void SFX(dot_rows)(const int kind, int64_t n, int64_t dim, const void *K, int64_t ldk, const float *q, float *out) {
+    const size_t es = kind == KF16 ? 2 : 4;
+    int64_t p = 0;
+    for (; p + 4 <= n; p += 4) {
+        const uint8_t *r0 = (const uint8_t *)K + (size_t)p * ldk * es;
+        const uint8_t *r1 = r0 + ldk * es, *r2 = r1 + ldk * es, *r3 = r2 + ldk * es;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        int64_t i = 0;
+        for (; i + 8 <= dim; i += 8) {
+            const __m256 qv = _mm256_loadu_ps(q + i);
+            a0 = _mm256_fmadd_ps(SFX(ld8)(kind, r0, i), qv, a0);
+            a1 = _mm256_fmadd_ps(SFX(ld8)(kind, r1, i), qv, a1);
+            a2 = _mm256_fmadd_ps(SFX(ld8)(kind, r2, i), qv, a2);
+            a3 = _mm256_fmadd_ps(SFX(ld8)(kind, r3, i), qv, a3);
+        }
+        /* the four horizontal sums at once */
+        const __m256 h01 = _mm256_hadd_ps(a0, a1), h23 = _mm256_hadd_ps(a2, a3);
+        const __m256 h = _mm256_hadd_ps(h01, h23);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        float o[4];
+        _mm_storeu_ps(o, s);
+        for (; i < dim; i++) {
+            o[0] += SFX(ld1)(kind, r0, i) * q[i]; o[1] += SFX(ld1)(kind, r1, i) * q[i];
+            o[2] += SFX(ld1)(kind, r2, i) * q[i]; o[3] += SFX(ld1)(kind, r3, i) * q[i];
+        }
+        memcpy(out + p, o, sizeof o);
+    }
+    for (; p < n; p++) {
+        const uint8_t *r = (const uint8_t *)K + (size_t)p * ldk * es;
+        __m256 a = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 8 <= dim; i += 8) a = _mm256_fmadd_ps(SFX(ld8)(kind, r, i), _mm256_loadu_ps(q + i), a);
+        float o = SFX(hsum)(a);
+        for (; i < dim; i++) o += SFX(ld1)(kind, r, i) * q[i];
+        out[p] = o;
+    }
+}
+
+/* out = sum_p w[p] * row p: 64 output floats in 8 accumulators per pass */
+INL void SFX(wsum_rows)(const int kind, int64_t n, int64_t dim, const void *V, int64_t ldv, const float *w, float *out) {
+    const size_t es = kind == KF16 ? 2 : 4;
+    int64_t c = 0;
+    for (; c + 64 <= dim; c += 64) {
+        __m256 acc[8];
+        UNROLL
+        for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+        for (int64_t p = 0; p < n; p++) {
+            const uint8_t *r = (const uint8_t *)V + (size_t)p * ldv * es;
+            const __m256 wv = _mm256_broadcast_ss(w + p);
+            UNROLL
+            for (int k = 0; k < 8; k++) acc[k] = _mm256_fmadd_ps(wv, SFX(ld8)(kind, r, c + 8 * k), acc[k]);
+        }
+        UNROLL
+        for (int k = 0; k < 8; k++) _mm256_storeu_ps(out + c + 8 * k, acc[k]);
+    }
+    for (; c + 8 <= dim; c += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t p = 0; p < n; p++)
+            acc = _mm256_fmadd_ps(_mm256_broadcast_ss(w + p), SFX(ld8)(kind, (const uint8_t *)V + (size_t)p * ldv * es, c), acc);
+        _mm256_storeu_ps(out + c, acc);
+    }
+    for (; c < dim; c++) {
+        float acc = 0.0f;
+        for (int64_t p = 0; p < n; p++) acc += w[p] * SFX(ld1)(kind, (const uint8_t *)V + (size_t)p * ldv * es, c);
+        out[c] = acc;
+    }
+}
+
+KRN void SFX(dot_f16_rows)(int64_t n, int64_t dim, const g4_fp16 *K, int64_t ldk, const float *q, float *out) {
+    SFX(dot_rows)(KF16, n, dim, K, ldk, q, out);
+}
+KRN void SFX(wsum_f16_rows)(int64_t n, int64_t dim, const g4_fp16 *V, int64_t ldv, const float *w, float *out) {
+    SFX(wsum_rows)(KF16, n, dim, V, ldv, w, out);
+}
+KRN void SFX(dot_f32_rows)(int64_t n, int64_t dim, const float *K, int64_t ldk, const float *q, float *out) {
+    SFX(dot_rows)(KF32, n, dim, K, ldk, q, out);
+}
+KRN void SFX(wsum_f32_rows)(int64_t n, int64_t dim, const float *V, int64_t ldv, const float *w, float *out) {
+    SFX(wsum_rows)(KF32, n, dim, V, ldv, w, out);
+}
+
 KRN void SFX(fp32_to_fp16)(const float *x, g4_fp16 *y, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -883,5 +975,7 @@ KRN void SFX(fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n) {
     },                                                                                               \
     .dot_f32 = SFX(dot_f32), .dot_f16_f32 = SFX(dot_f16_f32), .axpy_f16 = SFX(axpy_f16),             \
     .axpy_f32 = SFX(axpy_f32),                                                                       \
+    .dot_f16_rows = SFX(dot_f16_rows), .wsum_f16_rows = SFX(wsum_f16_rows),                          \
+    .dot_f32_rows = SFX(dot_f32_rows), .wsum_f32_rows = SFX(wsum_f32_rows),                          \
     .fp32_to_fp16 = SFX(fp32_to_fp16), .fp16_to_fp32 = SFX(fp16_to_fp32)
 #endif

@@ -260,6 +260,21 @@ static void axpy_f16_scalar(int64_t n, float a, const g4_fp16 *x, float *y) {
 static void axpy_f32_scalar(int64_t n, float a, const float *x, float *y) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
+/* the row helpers, by the single-row helpers of the same table */
+static void dot_f16_rows_scalar(int64_t n, int64_t dim, const g4_fp16 *K, int64_t ldk, const float *q, float *out) {
+    for (int64_t p = 0; p < n; p++) out[p] = g4_vec_dot_f16_f32(dim, K + p * ldk, q);
+}
+static void wsum_f16_rows_scalar(int64_t n, int64_t dim, const g4_fp16 *V, int64_t ldv, const float *w, float *out) {
+    memset(out, 0, sizeof(float) * (size_t)dim);
+    for (int64_t p = 0; p < n; p++) axpy_f16_scalar(dim, w[p], V + p * ldv, out);
+}
+static void dot_f32_rows_scalar(int64_t n, int64_t dim, const float *K, int64_t ldk, const float *q, float *out) {
+    for (int64_t p = 0; p < n; p++) out[p] = g4_vec_dot_f32(dim, K + p * ldk, q);
+}
+static void wsum_f32_rows_scalar(int64_t n, int64_t dim, const float *V, int64_t ldv, const float *w, float *out) {
+    memset(out, 0, sizeof(float) * (size_t)dim);
+    for (int64_t p = 0; p < n; p++) axpy_f32_scalar(dim, w[p], V + p * ldv, out);
+}
 static void fp32_to_fp16_scalar(const float *x, g4_fp16 *y, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] = g4_fp32_to_fp16(x[i]);
 }
@@ -285,6 +300,8 @@ static const g4_kernels kernels_scalar = {
     .dot_f16_f32 = dot_f16_f32_scalar,
     .axpy_f16 = axpy_f16_scalar,
     .axpy_f32 = axpy_f32_scalar,
+    .dot_f16_rows = dot_f16_rows_scalar, .wsum_f16_rows = wsum_f16_rows_scalar,
+    .dot_f32_rows = dot_f32_rows_scalar, .wsum_f32_rows = wsum_f32_rows_scalar,
     .fp32_to_fp16 = fp32_to_fp16_scalar,
     .fp16_to_fp32 = fp16_to_fp32_scalar,
 };
@@ -371,6 +388,7 @@ static void merge(int isa) {
     m->isa = isa;
 #define FILL(f) if (!m->f) m->f = s->f
     FILL(quantize_q8_0); FILL(quantize_q8_K); FILL(dot_f32); FILL(dot_f16_f32); FILL(axpy_f16); FILL(axpy_f32);
+    FILL(dot_f16_rows); FILL(wsum_f16_rows); FILL(dot_f32_rows); FILL(wsum_f32_rows);
     FILL(fp32_to_fp16); FILL(fp16_to_fp32);
 #undef FILL
     for (int ty = 0; ty < G4_TYPE_COUNT; ty++) {
@@ -555,5 +573,17 @@ float g4_dot_f32(int64_t n, const float *a, const float *b) { return kernels()->
 float g4_dot_f16_f32(int64_t n, const g4_fp16 *a, const float *b) { return kernels()->dot_f16_f32(n, a, b); }
 void g4_axpy_f16(int64_t n, float a, const g4_fp16 *x, float *y) { kernels()->axpy_f16(n, a, x, y); }
 void g4_axpy_f32(int64_t n, float a, const float *x, float *y) { kernels()->axpy_f32(n, a, x, y); }
+void g4_dot_f16_rows(int64_t n, int64_t dim, const g4_fp16 *K, int64_t ldk, const float *q, float *out) {
+    kernels()->dot_f16_rows(n, dim, K, ldk, q, out);
+}
+void g4_wsum_f16_rows(int64_t n, int64_t dim, const g4_fp16 *V, int64_t ldv, const float *w, float *out) {
+    kernels()->wsum_f16_rows(n, dim, V, ldv, w, out);
+}
+void g4_dot_f32_rows(int64_t n, int64_t dim, const float *K, int64_t ldk, const float *q, float *out) {
+    kernels()->dot_f32_rows(n, dim, K, ldk, q, out);
+}
+void g4_wsum_f32_rows(int64_t n, int64_t dim, const float *V, int64_t ldv, const float *w, float *out) {
+    kernels()->wsum_f32_rows(n, dim, V, ldv, w, out);
+}
 void g4_fp32_to_fp16_row(const float *x, g4_fp16 *y, int64_t n) { kernels()->fp32_to_fp16(x, y, n); }
 void g4_fp16_to_fp32_row(const g4_fp16 *x, float *y, int64_t n) { kernels()->fp16_to_fp32(x, y, n); }

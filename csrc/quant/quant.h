@@ -260,6 +260,13 @@ float g4_dot_f32(int64_t n, const float *a, const float *b);
 float g4_dot_f16_f32(int64_t n, const g4_fp16 *a, const float *b);
 void g4_axpy_f16(int64_t n, float a, const g4_fp16 *x, float *y);   /* y += a * x */
 void g4_axpy_f32(int64_t n, float a, const float *x, float *y);     /* y += a * x */
+/* Many rows at once (one call per attention head instead of one per key):
+ * out[p] = dot(row p of K, q) for p < n, and out[0..dim) = sum_p w[p] * row p
+ * of V (out overwritten); rows are `dim` elements, ld elements apart. */
+void g4_dot_f16_rows(int64_t n, int64_t dim, const g4_fp16 *K, int64_t ldk, const float *q, float *out);
+void g4_wsum_f16_rows(int64_t n, int64_t dim, const g4_fp16 *V, int64_t ldv, const float *w, float *out);
+void g4_dot_f32_rows(int64_t n, int64_t dim, const float *K, int64_t ldk, const float *q, float *out);
+void g4_wsum_f32_rows(int64_t n, int64_t dim, const float *V, int64_t ldv, const float *w, float *out);
 void g4_fp32_to_fp16_row(const float *x, g4_fp16 *y, int64_t n);
 void g4_fp16_to_fp32_row(const g4_fp16 *x, float *y, int64_t n);
 

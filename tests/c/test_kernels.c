@@ -419,6 +419,38 @@ START_TEST(test_float_helpers) {
         for (int i = 0; i < N; i++) ck_assert(memcmp(&back[i], &(float){g4_fp16_to_fp32(hc[i])}, 4) == 0);
         ck_assert(fabs(g4_dot_f32(N, a, b) - exact) <= k * 0x1p-24 * mag);
         ck_assert(fabs(g4_dot_f16_f32(N, h, b) - exact16) <= k * 0x1p-24 * mag16);
+        /* many rows at once, as attention uses them: rows of dim 64 and 67 (a tail), 1..9 of them */
+        for (int dim = 64; dim <= 67; dim += 3)
+            for (int rows = 1; rows <= 9; rows += 4) {
+                float sc[16], sc32[16], o16[80], o32[80];
+                const int ld = dim + 5;
+                g4_dot_f16_rows(rows, dim, h, ld, b, sc);
+                g4_dot_f32_rows(rows, dim, a, ld, b, sc32);
+                float w[16];
+                for (int p = 0; p < rows; p++) w[p] = b[100 + p];
+                g4_wsum_f16_rows(rows, dim, h, ld, w, o16);
+                g4_wsum_f32_rows(rows, dim, a, ld, w, o32);
+                for (int p = 0; p < rows; p++) {
+                    double e16 = 0, m16 = 0, e32 = 0, m32 = 0;
+                    for (int i = 0; i < dim; i++) {
+                        const double k16 = g4_fp16_to_fp32(h[p * ld + i]);
+                        e16 += k16 * b[i]; m16 += fabs(k16 * b[i]);
+                        e32 += (double)a[p * ld + i] * b[i]; m32 += fabs((double)a[p * ld + i] * b[i]);
+                    }
+                    ck_assert(fabs(sc[p] - e16) <= (dim / 8.0 + 32) * 0x1p-24 * m16);
+                    ck_assert(fabs(sc32[p] - e32) <= (dim / 8.0 + 32) * 0x1p-24 * m32);
+                }
+                for (int i = 0; i < dim; i++) {
+                    double e16 = 0, m16 = 0, e32 = 0, m32 = 0;
+                    for (int p = 0; p < rows; p++) {
+                        const double v16 = g4_fp16_to_fp32(h[p * ld + i]);
+                        e16 += w[p] * v16; m16 += fabs(w[p] * v16);
+                        e32 += (double)w[p] * a[p * ld + i]; m32 += fabs((double)w[p] * a[p * ld + i]);
+                    }
+                    ck_assert(fabs(o16[i] - e16) <= (rows + 32) * 0x1p-24 * m16);
+                    ck_assert(fabs(o32[i] - e32) <= (rows + 32) * 0x1p-24 * m32);
+                }
+            }
         memcpy(y1, y0, sizeof y0);
         g4_axpy_f16(N, 0.75f, h, y1);
         for (int i = 0; i < N; i++) {   /* one rounding (FMA) or two */
