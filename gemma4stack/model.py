@@ -151,7 +151,9 @@ class Model:
 
     def memory(self) -> dict[str, int]:
         """Bytes in use: weights_bytes (tensor data mapped from the file), kv_bytes
-        (the KV cache), scratch_bytes (activation buffers)."""
+        (the KV cache; Gemma 3/4 size it per layer type: the whole context on global
+        layers, a ring of sliding_window + 63 positions on sliding-window layers, nothing
+        on Gemma 4's KV-shared layers), scratch_bytes (activation buffers)."""
         return self._core.memory()
 
     # --------------------------------------------------------------- tokens
