@@ -300,9 +300,8 @@ static void forward_chunk(g4_model *m, llama *L, const int32_t *tok, int n, int6
 
         /* attention: q, k, v; k roped, then k and v rounded into the F16 cache */
         for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, l->attn_norm, E, hp->eps);
-        g4_matmul(m->pool, l->wq, s->xb, E, s->q, Q, n, s->xq);
-        g4_matmul(m->pool, l->wk, s->xb, E, s->kb, KV, n, s->xq);
-        g4_matmul(m->pool, l->wv, s->xb, E, s->vb, KV, n, s->xq);
+        const g4_mm qkv[3] = { { l->wq, s->q, Q }, { l->wk, s->kb, KV }, { l->wv, s->vb, KV } };
+        g4_matmul_n(m->pool, qkv, 3, s->xb, E, n, s->xq);
         for (int t = 0; t < n; t++) {
             const float *cs = s->cs + t * hp->n_rot;
             g4_rope_apply(&L->rope, cs, s->q + t * Q, hp->n_head, hp->head_dim);
@@ -325,8 +324,8 @@ static void forward_chunk(g4_model *m, llama *L, const int32_t *tok, int n, int6
 
         /* feed-forward (SwiGLU) */
         for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, l->ffn_norm, E, hp->eps);
-        g4_matmul(m->pool, l->ffn_gate, s->xb, E, s->hb, F, n, s->xq);
-        g4_matmul(m->pool, l->ffn_up, s->xb, E, s->hb2, F, n, s->xq);
+        const g4_mm gate_up[2] = { { l->ffn_gate, s->hb, F }, { l->ffn_up, s->hb2, F } };
+        g4_matmul_n(m->pool, gate_up, 2, s->xb, E, n, s->xq);
         g4_swiglu(s->hb, s->hb, s->hb2, n * F);
         g4_matmul(m->pool, l->ffn_down, s->hb, F, s->xb, E, n, s->xq);
         g4_add(s->x, s->xb, n * E);

@@ -262,73 +262,140 @@ static const void *packed_weights(g4_pool *pool, const g4_tensor *W) {
     return dst;
 }
 
-/* ---- the matmul job ---- */
+/* ---- the matmul job ----
+ * One pool job covers the rows of up to G4_MM_MAX matrices that read the
+ * same input (attention's q, k and v; the FFN's gate and up): the input is
+ * quantized once per activation format, and the threads meet once instead
+ * of once per matrix. */
 
-typedef struct matmul_job {
+#define G4_MM_MAX 4
+
+typedef struct mm_part {
     const g4_tensor *W;
     const void *packed;              /* repacked W, or NULL */
-    const float *x; int64_t ldx;     /* float activations */
-    char *xq; size_t ldxq;           /* quantized activations (or x itself for float weights) */
+    const char *xq; size_t ldxq;     /* its activations (x itself for float weights) */
     float *y; int64_t ldy;
-    int n;
-    int64_t rows_per_share;
+    int64_t rows_per_share, share0;  /* its shares are share0 .. share0 + ceil(rows / rows_per_share) - 1 */
+} mm_part;
+
+typedef struct matmul_job {
+    mm_part part[G4_MM_MAX];
+    int n_parts, n;
+    /* quantization: one activation format per entry */
+    const float *x; int64_t ldx;
+    int n_fmt;
+    struct { uint32_t wtype; int act; char *dst; size_t ld; } fmt[G4_MM_MAX];
 } matmul_job;
 
 static void quantize_worker(void *arg, int ith, int nth) {
     const matmul_job *j = arg;
-    for (int t = ith; t < j->n; t += nth) {
-        if (j->packed) g4_quantize_act(j->W->type, j->x + t * j->ldx, j->W->ne[0], j->xq + (size_t)t * j->ldxq);
-        else g4_quantize_row(g4_vec_dot_type(j->W->type), j->x + t * j->ldx, j->xq + (size_t)t * j->ldxq, j->W->ne[0]);
-    }
+    for (int f = 0; f < j->n_fmt; f++)
+        for (int t = ith; t < j->n; t += nth) {
+            const int64_t cols = j->part[0].W->ne[0];
+            char *dst = j->fmt[f].dst + (size_t)t * j->fmt[f].ld;
+            /* the activation row of repacked weights starts with the plain
+               vec_dot_type row, so it serves both kernels */
+            if (j->fmt[f].act) g4_quantize_act(j->fmt[f].wtype, j->x + t * j->ldx, cols, dst);
+            else g4_quantize_row(g4_vec_dot_type(j->fmt[f].wtype), j->x + t * j->ldx, dst, cols);
+        }
 }
 
 static void matmul_worker(void *arg, int ith, int nth) {
     const matmul_job *j = arg;
-    const int64_t rows = j->W->ne[1], cols = j->W->ne[0];
-    const int64_t r0 = ith * j->rows_per_share;
-    int64_t r1 = r0 + j->rows_per_share;
+    int k = j->n_parts - 1;
+    while (k > 0 && ith < j->part[k].share0) k--;
+    const mm_part *p = &j->part[k];
+    const int64_t rows = p->W->ne[1], cols = p->W->ne[0];
+    const int64_t r0 = (ith - p->share0) * p->rows_per_share;
+    int64_t r1 = r0 + p->rows_per_share;
     if (r1 > rows) r1 = rows;
     if (r0 >= r1) return;
     /* all n tokens at once: the kernels tile over tokens and rows, so each
        weight block is read once per tile of tokens */
-    if (j->packed) g4_matmul_rows_x8(j->W->type, j->packed, cols, j->xq, j->ldxq, j->n, j->y, j->ldy, r0, r1);
-    else g4_matmul_rows_vq(j->W->type, j->W->data, cols, j->xq, j->ldxq, j->n, j->y, j->ldy, r0, r1);
+    if (p->packed) g4_matmul_rows_x8(p->W->type, p->packed, cols, p->xq, p->ldxq, j->n, p->y, p->ldy, r0, r1);
+    else g4_matmul_rows_vq(p->W->type, p->W->data, cols, p->xq, p->ldxq, j->n, p->y, p->ldy, r0, r1);
 }
 
 int64_t g4_matmul_scratch(int64_t cols, int n) {
-    /* a quantized activation row (g4_act_row_size: at most 1.14 bytes per
-       element + 64 bytes of padding) is at most 4 bytes per element */
-    const int64_t row = cols * (int64_t)sizeof(float) > cols * 2 + 64 ? cols * (int64_t)sizeof(float) : cols * 2 + 64;
+    /* up to two activation formats (a Q8_0 and a Q8_K row, each at most 1.14
+       bytes per element + 64 bytes of padding); at least 4 bytes per element */
+    const int64_t row = cols * 3 + 128 > cols * 4 ? cols * 3 + 128 : cols * 4;
     return (int64_t)n * row;
+}
+
+void g4_matmul_n(g4_pool *pool, const g4_mm *mm, int count, const float *x, int64_t ldx, int n, void *xq) {
+    if (count < 1) return;
+    if (count > G4_MM_MAX) {
+        g4_matmul_n(pool, mm, G4_MM_MAX, x, ldx, n, xq);
+        g4_matmul_n(pool, mm + G4_MM_MAX, count - G4_MM_MAX, x, ldx, n, xq);
+        return;
+    }
+    const int64_t cols = mm[0].W->ne[0];
+    int64_t work = 0;
+    for (int k = 0; k < count; k++) work += (int64_t)n * cols * mm[k].W->ne[1];
+    /* Handing a job to the workers costs about a microsecond even when they
+     * are spinning, and far more when one has to be woken or is descheduled;
+     * a small matrix (the 64x64 layers of stories260K) is done sooner alone. */
+    const int small = work < G4_MIN_PARALLEL_WORK;
+    matmul_job j = { .n_parts = count, .n = n, .x = x, .ldx = ldx };
+    char *next = xq;
+    const int shares_wanted = g4_pool_size(pool) * G4_SHARES_PER_THREAD;
+    int shares = 0;
+    for (int k = 0; k < count; k++) {
+        mm_part *p = &j.part[k];
+        const g4_tensor *W = mm[k].W;
+        p->W = W;
+        p->packed = small ? NULL : packed_weights(pool, W);
+        p->y = mm[k].y;
+        p->ldy = mm[k].ldy;
+        const uint32_t vdt = g4_vec_dot_type(W->type);
+        if (vdt == G4_TYPE_F32) {
+            p->xq = (const char *)x;
+            p->ldxq = (size_t)ldx * sizeof(float);
+        } else {
+            /* one activation format per vec_dot_type; the x8 layout (with
+               block sums) when any matrix of that format is repacked */
+            int f = 0;
+            while (f < j.n_fmt && g4_vec_dot_type(j.fmt[f].wtype) != vdt) f++;
+            if (f == j.n_fmt) {
+                j.fmt[f].wtype = W->type;
+                j.fmt[f].act = 0;
+                j.n_fmt++;
+            }
+            if (p->packed && !j.fmt[f].act) { j.fmt[f].wtype = W->type; j.fmt[f].act = 1; }
+        }
+        /* shares: a multiple of 16 rows each, about G4_SHARES_PER_THREAD per
+           thread over all the matrices together, in proportion to their rows */
+        int64_t per = small ? W->ne[1] : (W->ne[1] * count + shares_wanted - 1) / shares_wanted;
+        per = (per + G4_ROW_ALIGN - 1) / G4_ROW_ALIGN * G4_ROW_ALIGN;
+        p->rows_per_share = per;
+        p->share0 = shares;
+        shares += (int)((W->ne[1] + per - 1) / per);
+    }
+    for (int f = 0; f < j.n_fmt; f++) {
+        j.fmt[f].dst = next;
+        j.fmt[f].ld = j.fmt[f].act ? g4_act_row_size(j.fmt[f].wtype, cols)
+                                   : (g4_row_size(g4_vec_dot_type(j.fmt[f].wtype), cols) + 63) / 64 * 64;
+        next += j.fmt[f].ld * (size_t)n;
+    }
+    for (int k = 0; k < count; k++) {
+        mm_part *p = &j.part[k];
+        const uint32_t vdt = g4_vec_dot_type(p->W->type);
+        for (int f = 0; f < j.n_fmt; f++)
+            if (vdt != G4_TYPE_F32 && g4_vec_dot_type(j.fmt[f].wtype) == vdt) { p->xq = j.fmt[f].dst; p->ldxq = j.fmt[f].ld; }
+    }
+    if (j.n_fmt) {
+        if (n >= 4 && !small) g4_pool_run(pool, quantize_worker, &j);
+        else quantize_worker(&j, 0, 1);
+    }
+    if (small) for (int s = 0; s < shares; s++) matmul_worker(&j, s, shares);
+    else g4_pool_run_n(pool, matmul_worker, &j, shares);
 }
 
 void g4_matmul(g4_pool *pool, const g4_tensor *W, const float *x, int64_t ldx,
                float *y, int64_t ldy, int n, void *xq) {
-    const int64_t rows = W->ne[1], cols = W->ne[0];
-    const uint32_t vdt = g4_vec_dot_type(W->type);
-    const int small = (int64_t)n * cols * rows < G4_MIN_PARALLEL_WORK;
-    matmul_job j = { W, small ? NULL : packed_weights(pool, W), x, ldx, (char *)x,
-                     (size_t)ldx * sizeof(float), y, ldy, n, 0 };
-    if (vdt != G4_TYPE_F32) {
-        /* the activations are quantized once per matmul, into shared scratch */
-        j.xq = xq;
-        j.ldxq = j.packed ? g4_act_row_size(W->type, cols) : g4_row_size(vdt, cols);
-        if (n >= 4 && !small) g4_pool_run(pool, quantize_worker, &j);
-        else quantize_worker(&j, 0, 1);
-    }
-    /* Handing a job to the workers costs about a microsecond even when they
-     * are spinning, and far more when one has to be woken or is descheduled;
-     * a small matrix (the 64x64 layers of stories260K) is done sooner alone. */
-    if (small) {
-        j.rows_per_share = rows;
-        matmul_worker(&j, 0, 1);
-        return;
-    }
-    int shares = g4_pool_size(pool) * G4_SHARES_PER_THREAD;
-    int64_t per = (rows + shares - 1) / shares;
-    per = (per + G4_ROW_ALIGN - 1) / G4_ROW_ALIGN * G4_ROW_ALIGN;
-    j.rows_per_share = per;
-    g4_pool_run_n(pool, matmul_worker, &j, (int)((rows + per - 1) / per));
+    const g4_mm mm = { W, y, ldy };
+    g4_matmul_n(pool, &mm, 1, x, ldx, n, xq);
 }
 
 /* ------------------------------------------------------------- attention */

@@ -83,7 +83,14 @@ void g4_rope_apply(const g4_rope *r, const float *cs, float *x, int n_heads, int
 void g4_matmul(g4_pool *pool, const g4_tensor *W, const float *x, int64_t ldx,
                float *y, int64_t ldy, int n, void *xq);
 
-/* Bytes of xq scratch enough for any weight type with `cols` columns. */
+/* Several matrices that read the same input x (rows of ne[0] = cols each),
+ * e.g. attention's q, k, v or the FFN's gate and up: y_k = W_k x as for
+ * g4_matmul, with x quantized once per activation format and one pool job
+ * (one meeting of the threads) for all of them. */
+typedef struct g4_mm { const g4_tensor *W; float *y; int64_t ldy; } g4_mm;
+void g4_matmul_n(g4_pool *pool, const g4_mm *mm, int count, const float *x, int64_t ldx, int n, void *xq);
+
+/* Bytes of xq scratch enough for any weight type(s) with `cols` columns. */
 int64_t g4_matmul_scratch(int64_t cols, int n);
 
 /* ------------------------------------------------------------- attention */
