@@ -144,18 +144,66 @@ typedef struct packed_entry {
     void *packed;            /* NULL: not repackable (cached so we do not retry) */
 } packed_entry;
 
+/* Memory for repacked matrices: an anonymous mapping on 2 MiB boundaries,
+ * asking for transparent huge pages. Decode streams every matrix once per
+ * token; with 4 KiB pages that is a TLB miss every 4 KiB, and the hardware
+ * prefetchers stop at each 4 KiB page boundary, so 2 MiB pages keep the
+ * memory bus busier (THP in "madvise" mode, the common default, only backs
+ * regions that ask). Falls back to whatever the kernel gives. */
+#define G4_HUGE (2u << 20)
+
+static void *big_alloc(size_t bytes, size_t *map_bytes) {
+    const size_t n = (bytes + G4_HUGE - 1) / G4_HUGE * G4_HUGE, span = n + G4_HUGE;
+    uint8_t *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uint8_t *a = (uint8_t *)(((uintptr_t)p + G4_HUGE - 1) & ~(uintptr_t)(G4_HUGE - 1));
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (a + n < p + span) munmap(a + n, (size_t)(p + span - (a + n)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, n, MADV_HUGEPAGE);
+#endif
+    *map_bytes = n;
+    return a;
+}
+
+/* Matrices are carved one after another from chunks of at least
+ * G4_ARENA_CHUNK bytes, so rounding to huge pages costs once per chunk,
+ * not once per matrix (a 300 KiB attn_k would otherwise take 2 MiB). */
+#define G4_ARENA_CHUNK ((size_t)64 << 20)
+
+typedef struct arena_chunk { uint8_t *base; size_t size, used; } arena_chunk;
+
 typedef struct packed_cache {
     packed_entry *e;
     size_t cap, n;           /* cap a power of two; open addressing */
     int enabled;
+    arena_chunk chunk[64];
+    int n_chunks;
 } packed_cache;
 
 static void packed_cache_free(void *arg) {
     packed_cache *c = arg;
     if (!c) return;
-    for (size_t i = 0; i < c->cap; i++) free(c->e[i].packed);
+    for (int i = 0; i < c->n_chunks; i++) munmap(c->chunk[i].base, c->chunk[i].size);
     free(c->e);
     free(c);
+}
+
+/* `bytes` from the cache's arena, 4 KiB aligned; NULL when out of memory */
+static void *arena_alloc(packed_cache *c, size_t bytes) {
+    bytes = (bytes + 4095) & ~(size_t)4095;
+    arena_chunk *k = c->n_chunks ? &c->chunk[c->n_chunks - 1] : NULL;
+    if (!k || k->size - k->used < bytes) {
+        if (c->n_chunks == (int)(sizeof c->chunk / sizeof c->chunk[0])) return NULL;
+        size_t size;
+        uint8_t *base = big_alloc(bytes > G4_ARENA_CHUNK ? bytes : G4_ARENA_CHUNK, &size);
+        if (!base) return NULL;
+        k = &c->chunk[c->n_chunks++];
+        *k = (arena_chunk){ base, size, 0 };
+    }
+    void *p = k->base + k->used;
+    k->used += bytes;
+    return p;
 }
 
 static size_t packed_slot(const packed_cache *c, const g4_tensor *W) {
@@ -248,7 +296,7 @@ static const void *packed_weights(g4_pool *pool, const g4_tensor *W) {
     }
     if ((c->n + 1) * 2 > c->cap && !packed_grow(c)) return NULL;
     const size_t bytes = g4_row_size(W->type, W->ne[0]) * (size_t)W->ne[1];
-    void *dst = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    void *dst = arena_alloc(c, bytes);
     if (dst) {
         const int64_t groups = W->ne[1] / G4_REPACK_ROWS;
         const int shares = g4_pool_size(pool) * G4_SHARES_PER_THREAD;
