@@ -296,9 +296,8 @@ static void forward_chunk(g4_model *m, gemma3 *G3, const int32_t *tok, int n, in
 
         /* attention */
         for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * H, s->x + t * H, l->attn_norm, H, hp->eps);
-        g4_matmul(m->pool, l->wq, s->xb, H, s->q, Q, n, s->xq);
-        g4_matmul(m->pool, l->wk, s->xb, H, s->kb, KV, n, s->xq);
-        g4_matmul(m->pool, l->wv, s->xb, H, s->vb, KV, n, s->xq);
+        const g4_mm qkv[3] = { { l->wq, s->q, Q }, { l->wk, s->kb, KV }, { l->wv, s->vb, KV } };
+        g4_matmul_n(m->pool, qkv, 3, s->xb, H, n, s->xq);
         for (int t = 0; t < n; t++) {
             g4_rmsnorm_heads(s->q + t * Q, hp->n_head, (int)hd, l->attn_q_norm, hp->eps);
             g4_rope_apply(rope, cs + t * R, s->q + t * Q, hp->n_head, (int)hd);
@@ -315,8 +314,8 @@ static void forward_chunk(g4_model *m, gemma3 *G3, const int32_t *tok, int n, in
 
         /* feed-forward (GeGLU) */
         for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * H, s->x + t * H, l->ffn_norm, H, hp->eps);
-        g4_matmul(m->pool, l->ffn_gate, s->xb, H, s->hb, F, n, s->xq);
-        g4_matmul(m->pool, l->ffn_up, s->xb, H, s->hb2, F, n, s->xq);
+        const g4_mm gate_up[2] = { { l->ffn_gate, s->hb, F }, { l->ffn_up, s->hb2, F } };
+        g4_matmul_n(m->pool, gate_up, 2, s->xb, H, n, s->xq);
         g4_geglu_vec(s->hb, s->hb, s->hb2, n * F);
         g4_matmul(m->pool, l->ffn_down, s->hb, F, s->xb, H, n, s->xq);
         for (int t = 0; t < n; t++) {

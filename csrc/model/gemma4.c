@@ -475,15 +475,15 @@ static void attention_block(g4_model *m, gemma4 *G, int il, int n, int64_t pos0)
     const int n_rot = rope->n_rot;
 
     for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * H, s->x + t * H, l->attn_norm, H, hp->eps);
-    g4_matmul(m->pool, l->wq, s->xb, H, s->q, Q, n, s->xq);
+    /* q, k, v read the same input: one quantization of it, one pool job */
+    const g4_mm qkv[3] = { { l->wq, s->q, Q }, { l->wk, s->kb, KV }, { l->wv, s->vb, KV } };
+    g4_matmul_n(m->pool, qkv, !l->has_kv ? 1 : l->wv ? 3 : 2, s->xb, H, n, s->xq);
     for (int t = 0; t < n; t++) {
         g4_rmsnorm_heads(s->q + t * Q, l->n_head, (int)hd, l->attn_q_norm, hp->eps);
         g4_rope_apply(rope, cs + t * n_rot, s->q + t * Q, l->n_head, (int)hd);
     }
     if (l->has_kv) {
-        g4_matmul(m->pool, l->wk, s->xb, H, s->kb, KV, n, s->xq);
-        if (l->wv) g4_matmul(m->pool, l->wv, s->xb, H, s->vb, KV, n, s->xq);
-        else memcpy(s->vb, s->kb, sizeof(float) * (size_t)(n * KV));   /* V = raw K projection */
+        if (!l->wv) memcpy(s->vb, s->kb, sizeof(float) * (size_t)(n * KV));   /* V = raw K projection */
         for (int t = 0; t < n; t++) {
             g4_rmsnorm_heads(s->kb + t * KV, l->n_head_kv, (int)hd, l->attn_k_norm, hp->eps);
             g4_rope_apply(rope, cs + t * n_rot, s->kb + t * KV, l->n_head_kv, (int)hd);
@@ -523,8 +523,8 @@ static void experts(g4_model *m, gemma4 *G, const gemma4_layer *l, int n) {
             g4_matmul(m->pool, &gu, s->ex, H, s->eh, 2 * I, cnt, s->xq);
         } else {
             const g4_tensor g = g4_expert_view(l->gate_exps, e), u = g4_expert_view(l->up_exps, e);
-            g4_matmul(m->pool, &g, s->ex, H, s->eh, 2 * I, cnt, s->xq);
-            g4_matmul(m->pool, &u, s->ex, H, s->eh + I, 2 * I, cnt, s->xq);
+            const g4_mm gu2[2] = { { &g, s->eh, 2 * I }, { &u, s->eh + I, 2 * I } };
+            g4_matmul_n(m->pool, gu2, 2, s->ex, H, cnt, s->xq);
         }
         for (int c = 0; c < cnt; c++) g4_geglu_vec(s->eh + c * 2 * I, s->eh + c * 2 * I, s->eh + c * 2 * I + I, I);
         const g4_tensor d = g4_expert_view(l->down_exps, e);
@@ -545,8 +545,8 @@ static void ffn_block(g4_model *m, gemma4 *G, int il, int n) {
 
     /* dense MLP (GeGLU, GELU tanh approximation), on rms(h) * ffn_norm */
     for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * H, s->x + t * H, l->ffn_norm, H, hp->eps);
-    g4_matmul(m->pool, l->ffn_gate, s->xb, H, s->hb, F, n, s->xq);
-    g4_matmul(m->pool, l->ffn_up, s->xb, H, s->hb2, F, n, s->xq);
+    const g4_mm gate_up[2] = { { l->ffn_gate, s->hb, F }, { l->ffn_up, s->hb2, F } };
+    g4_matmul_n(m->pool, gate_up, 2, s->xb, H, n, s->xq);
     g4_geglu_vec(s->hb, s->hb, s->hb2, n * F);
     g4_matmul(m->pool, l->ffn_down, s->hb, F, s->xb2, H, n, s->xq);
 
