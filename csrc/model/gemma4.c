@@ -1,9 +1,9 @@
 /* gemma4.c - the `gemma4` architecture (Gemma 4 text decoders: E2B, E4B,
  * 26B-A4B, 31B, 12B), read from GGUF as llama.cpp writes it and computed as
  * HF transformers 5.23 does (models/gemma4/modeling_gemma4.py; llama.cpp
- * src/models/gemma4.cpp builds the same graph). Notes with every key and
- * tensor: /work/notes/gemma4_semantics.md; executable numpy version:
- * tests/gemma4_ref.py::numpy_forward.
+ * src/models/gemma4.cpp builds the same graph; keys and tensor shapes from
+ * its load_arch_hparams / load_arch_tensors). An executable numpy version of
+ * the same semantics: tests/gemma4_ref.py::numpy_forward.
  *
  *   h = token_embd[tok] * sqrt(H)
  *   ple[l] = (rms(per_layer_model_proj h / sqrt(H))[l] * per_layer_proj_norm
@@ -25,6 +25,13 @@
  *     h += rms(proj (gelu(inp_gate h) * ple[l])) * post_norm                (E2B/E4B)
  *     h *= layer_output_scale                                  (the whole stream)
  *   logits = softcap(token_embd (rms(h) * output_norm)),  softcap(x) = c tanh(x / c)
+ *
+ * Where issue 3's summary is loose, this follows transformers: the router
+ * reads the residual before ffn_norm but RMS-normalises it (no weight) and
+ * scales it by ffn_gate_inp.scale / sqrt(H); the layer scalar multiplies the
+ * residual stream, not only the layer's contribution; a KV-shared layer
+ * reads the last non-shared layer of its own type (llama.cpp hard-codes
+ * n_layer_kv_from_start - 2 / - 1, the same layers in every release).
  *
  * Sliding layers: head dim key_length_swa, RoPE rope.freq_base_swa over
  * rope.dimension_count_swa dims, window of attention.sliding_window tokens
