@@ -49,8 +49,8 @@ const g4_kernels g4_kernels_avx512 = {.isa = G4_ISA_AVX512, X86_KERNEL_ENTRIES};
 #define SFX(name) name##_avx512vnni
 #define HAVE_VNNI 1
 #define TX32 8
-#define TXK4 4
-#define TXK6 2
+#define TXK4 6
+#define TXK6 4
 #define DPBUSD(acc, u, s) _mm256_dpbusd_epi32((acc), (u), (s))
 #define DPWSSD(acc, a, b) _mm256_dpwssd_epi32((acc), (a), (b))
 #include "kernels_x86.h"
