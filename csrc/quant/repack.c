@@ -56,21 +56,30 @@ static void chunks_in(uint8_t *const dst[8], size_t off, const uint8_t *src, int
         for (int r = 0; r < 8; r++) memcpy(dst[r] + off + 4 * k, src + 32 * k + 4 * r, 4);
 }
 
-/* 6-bit value of element e of a Q6_K block (0..63) */
-static int q6_get(const block_q6_K *b, int e) {
-    const int h = e / 128, i = e % 128;
-    const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
-    const int lo = i < 64 ? ql[i] & 0x0f : ql[i - 64] >> 4;
-    return lo | ((qh[i % 32] >> (2 * (i / 32))) & 3) << 4;
+/* The 256 6-bit values (0..63) of a Q6_K block, and back (dequantize_row_q6_K's layout). */
+static void q6_decode(const block_q6_K *b, uint8_t q[QK_K]) {
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+        uint8_t *o = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (uint8_t)((ql[l] & 0x0f) | (qh[l] & 3) << 4);
+            o[l + 32] = (uint8_t)((ql[l + 32] & 0x0f) | ((qh[l] >> 2) & 3) << 4);
+            o[l + 64] = (uint8_t)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4);
+            o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4);
+        }
+    }
 }
 
-static void q6_set(block_q6_K *b, int e, int q) {
-    const int h = e / 128, i = e % 128;
-    uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
-    if (i < 64) ql[i] = (uint8_t)((ql[i] & 0xf0) | (q & 0x0f));
-    else ql[i - 64] = (uint8_t)((ql[i - 64] & 0x0f) | (q & 0x0f) << 4);
-    const int sh = 2 * (i / 32);
-    qh[i % 32] = (uint8_t)((qh[i % 32] & ~(3 << sh)) | ((q >> 4) & 3) << sh);
+static void q6_encode(const uint8_t q[QK_K], block_q6_K *b) {
+    for (int h = 0; h < 2; h++) {
+        uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+        const uint8_t *o = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            ql[l] = (uint8_t)((o[l] & 0x0f) | (o[l + 64] & 0x0f) << 4);
+            ql[l + 32] = (uint8_t)((o[l + 32] & 0x0f) | (o[l + 96] & 0x0f) << 4);
+            qh[l] = (uint8_t)(o[l] >> 4 | (o[l + 32] >> 4) << 2 | (o[l + 64] >> 4) << 4 | (o[l + 96] >> 4) << 6);
+        }
+    }
 }
 
 /* src[r] -> one repacked block column at dst */
@@ -94,15 +103,15 @@ static void pack_column(uint32_t type, const uint8_t *const src[8], uint8_t *dst
         chunks_out(dst + 128, src, 16, 32);
         return;
     case G4_TYPE_Q6_K: {
-        uint8_t ql[8][128], qh[8][64];
+        uint8_t ql[8][128], qh[8][64], q[QK_K];
         for (int r = 0; r < 8; r++) {
             const block_q6_K *b = (const block_q6_K *)src[r];
             memcpy(dst + 2 * r, &b->d, 2);
             for (int s = 0; s < 16; s++) dst[16 + 8 * s + r] = (uint8_t)b->scales[s];
-            for (int i = 0; i < 128; i++) ql[r][i] = (uint8_t)((q6_get(b, i) & 15) | (q6_get(b, i + 128) & 15) << 4);
+            q6_decode(b, q);
+            for (int i = 0; i < 128; i++) ql[r][i] = (uint8_t)((q[i] & 15) | (q[i + 128] & 15) << 4);
             for (int i = 0; i < 64; i++)
-                qh[r][i] = (uint8_t)(q6_get(b, i) >> 4 | (q6_get(b, i + 64) >> 4) << 2 |
-                                     (q6_get(b, i + 128) >> 4) << 4 | (q6_get(b, i + 192) >> 4) << 6);
+                qh[r][i] = (uint8_t)(q[i] >> 4 | (q[i + 64] >> 4) << 2 | (q[i + 128] >> 4) << 4 | (q[i + 192] >> 4) << 6);
         }
         const uint8_t *pl[8], *ph[8];
         for (int r = 0; r < 8; r++) { pl[r] = ql[r]; ph[r] = qh[r]; }
@@ -144,12 +153,14 @@ static void unpack_column(uint32_t type, const uint8_t *src, uint8_t *const dst[
             block_q6_K *b = (block_q6_K *)dst[r];
             memcpy(&b->d, src + 2 * r, 2);
             for (int s = 0; s < 16; s++) b->scales[s] = (int8_t)src[16 + 8 * s + r];
+            uint8_t q[QK_K];
             for (int i = 0; i < 64; i++)
                 for (int k = 0; k < 4; k++) {
                     const int e = i + 64 * k;
                     const int lo = e < 128 ? ql[r][e] & 15 : ql[r][e - 128] >> 4;
-                    q6_set(b, e, lo | ((qh[r][i] >> (2 * k)) & 3) << 4);
+                    q[e] = (uint8_t)(lo | ((qh[r][i] >> (2 * k)) & 3) << 4);
                 }
+            q6_encode(q, b);
         }
         return;
     }
