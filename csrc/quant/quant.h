@@ -6,7 +6,10 @@
  * occupies n / blck_size * type_size bytes; n must be a multiple of blck_size.
  *
  * Each kernel has a plain scalar reference (the test oracle); vectorized
- * paths are selected at run time (see g4_quant_set_isa).
+ * paths are selected at run time (see g4_quant_set_isa): kernels_avx2.c
+ * (AVX2, AVX-VNNI), kernels_avx512.c (AVX-512, AVX-512 VNNI), kernels_neon.c
+ * (NEON, NEON dotprod), with weights optionally repacked 8 rows at a time
+ * (repack.c) for the fastest form of each.
  */
 #ifndef G4_QUANT_H
 #define G4_QUANT_H
@@ -113,7 +116,8 @@ void g4_matvec_rows(uint32_t type, const void *W, int64_t cols,
  * zero); llama.cpp's AVX path rounds half to even, which differs only when
  * x*127/amax lands exactly on .5.
  * For F32/F16/BF16 weights x stays float32 (llama.cpp rounds x to F16/BF16
- * for those; keeping fp32 is at least as accurate) and sums are in double.
+ * for those; keeping fp32 is at least as accurate); the reference sums in
+ * double, the vector kernels in float (F32 prefill: OpenBLAS sgemm).
  *
  * Q5_0 pairs with Q8_0 too, Q4_1/Q5_1 with Q8_1, the K-quants with Q8_K.
  *
