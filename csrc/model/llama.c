@@ -324,9 +324,7 @@ static void forward_chunk(g4_model *m, llama *L, const int32_t *tok, int n, int6
 
         /* feed-forward (SwiGLU) */
         for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, l->ffn_norm, E, hp->eps);
-        const g4_mm gate_up[2] = { { l->ffn_gate, s->hb, F }, { l->ffn_up, s->hb2, F } };
-        g4_matmul_n(m->pool, gate_up, 2, s->xb, E, n, s->xq);
-        g4_swiglu(s->hb, s->hb, s->hb2, n * F);
+        g4_matmul_glu(m->pool, l->ffn_gate, l->ffn_up, g4_swiglu, s->xb, E, s->hb, F, s->hb2, F, n, s->xq);
         g4_matmul(m->pool, l->ffn_down, s->hb, F, s->xb, E, n, s->xq);
         g4_add(s->x, s->xb, n * E);
     }

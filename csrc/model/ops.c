@@ -329,6 +329,7 @@ typedef struct mm_part {
 typedef struct matmul_job {
     mm_part part[G4_MM_MAX];
     int n_parts, n;
+    g4_glu_fn glu;                   /* g4_matmul_glu: part 0 gate, part 1 up, same rows per share */
     /* quantization: one activation format per entry */
     const float *x; int64_t ldx;
     int n_fmt;
@@ -348,20 +349,31 @@ static void quantize_worker(void *arg, int ith, int nth) {
         }
 }
 
+/* rows [r0, r1) of one part, all n tokens at once: the kernels tile over
+   tokens and rows, so each weight block is read once per tile of tokens */
+static void part_rows(const matmul_job *j, const mm_part *p, int64_t r0, int64_t r1) {
+    const int64_t cols = p->W->ne[0];
+    if (p->packed) g4_matmul_rows_x8(p->W->type, p->packed, cols, p->xq, p->ldxq, j->n, p->y, p->ldy, r0, r1);
+    else g4_matmul_rows_vq(p->W->type, p->W->data, cols, p->xq, p->ldxq, j->n, p->y, p->ldy, r0, r1);
+}
+
 static void matmul_worker(void *arg, int ith, int nth) {
     const matmul_job *j = arg;
-    int k = j->n_parts - 1;
+    int k = j->glu ? 0 : j->n_parts - 1;
     while (k > 0 && ith < j->part[k].share0) k--;
     const mm_part *p = &j->part[k];
-    const int64_t rows = p->W->ne[1], cols = p->W->ne[0];
+    const int64_t rows = p->W->ne[1];
     const int64_t r0 = (ith - p->share0) * p->rows_per_share;
     int64_t r1 = r0 + p->rows_per_share;
     if (r1 > rows) r1 = rows;
     if (r0 >= r1) return;
-    /* all n tokens at once: the kernels tile over tokens and rows, so each
-       weight block is read once per tile of tokens */
-    if (p->packed) g4_matmul_rows_x8(p->W->type, p->packed, cols, p->xq, p->ldxq, j->n, p->y, p->ldy, r0, r1);
-    else g4_matmul_rows_vq(p->W->type, p->W->data, cols, p->xq, p->ldxq, j->n, p->y, p->ldy, r0, r1);
+    part_rows(j, p, r0, r1);
+    if (j->glu) {   /* the same rows of up, then gate <- act(gate) * up while both are in cache */
+        const mm_part *u = &j->part[1];
+        part_rows(j, u, r0, r1);
+        for (int t = 0; t < j->n; t++)
+            j->glu(p->y + t * p->ldy + r0, p->y + t * p->ldy + r0, u->y + t * u->ldy + r0, r1 - r0);
+    }
 }
 
 int64_t g4_matmul_scratch(int64_t cols, int n) {
@@ -371,6 +383,9 @@ int64_t g4_matmul_scratch(int64_t cols, int n) {
     return (int64_t)n * row;
 }
 
+static void matmul_run(g4_pool *pool, const g4_mm *mm, int count, g4_glu_fn glu, const float *x, int64_t ldx,
+                       int n, void *xq);
+
 void g4_matmul_n(g4_pool *pool, const g4_mm *mm, int count, const float *x, int64_t ldx, int n, void *xq) {
     if (count < 1) return;
     if (count > G4_MM_MAX) {
@@ -378,6 +393,23 @@ void g4_matmul_n(g4_pool *pool, const g4_mm *mm, int count, const float *x, int6
         g4_matmul_n(pool, mm + G4_MM_MAX, count - G4_MM_MAX, x, ldx, n, xq);
         return;
     }
+    matmul_run(pool, mm, count, NULL, x, ldx, n, xq);
+}
+
+void g4_matmul_glu(g4_pool *pool, const g4_tensor *gate, const g4_tensor *up, g4_glu_fn glu,
+                   const float *x, int64_t ldx, float *out, int64_t ldo, float *tmp, int64_t ldt,
+                   int n, void *xq) {
+    const g4_mm mm[2] = { { gate, out, ldo }, { up, tmp, ldt } };
+    if (gate->ne[1] != up->ne[1] || gate->ne[0] != up->ne[0]) {   /* not a pair: separately */
+        g4_matmul_n(pool, mm, 2, x, ldx, n, xq);
+        for (int t = 0; t < n; t++) glu(out + t * ldo, out + t * ldo, tmp + t * ldt, gate->ne[1]);
+        return;
+    }
+    matmul_run(pool, mm, 2, glu, x, ldx, n, xq);
+}
+
+static void matmul_run(g4_pool *pool, const g4_mm *mm, int count, g4_glu_fn glu, const float *x, int64_t ldx,
+                       int n, void *xq) {
     const int64_t cols = mm[0].W->ne[0];
     int64_t work = 0;
     for (int k = 0; k < count; k++) work += (int64_t)n * cols * mm[k].W->ne[1];
@@ -385,7 +417,7 @@ void g4_matmul_n(g4_pool *pool, const g4_mm *mm, int count, const float *x, int6
      * are spinning, and far more when one has to be woken or is descheduled;
      * a small matrix (the 64x64 layers of stories260K) is done sooner alone. */
     const int small = work < G4_MIN_PARALLEL_WORK;
-    matmul_job j = { .n_parts = count, .n = n, .x = x, .ldx = ldx };
+    matmul_job j = { .n_parts = count, .n = n, .x = x, .ldx = ldx, .glu = glu };
     char *next = xq;
     const int shares_wanted = g4_pool_size(pool) * G4_SHARES_PER_THREAD;
     int shares = 0;
@@ -415,10 +447,11 @@ void g4_matmul_n(g4_pool *pool, const g4_mm *mm, int count, const float *x, int6
         /* shares: a multiple of 16 rows each, about G4_SHARES_PER_THREAD per
            thread over all the matrices together, in proportion to their rows */
         int64_t per = small ? W->ne[1] : (W->ne[1] * count + shares_wanted - 1) / shares_wanted;
+        if (glu) per = small ? W->ne[1] : (W->ne[1] + shares_wanted - 1) / shares_wanted;   /* a share does both */
         per = (per + G4_ROW_ALIGN - 1) / G4_ROW_ALIGN * G4_ROW_ALIGN;
         p->rows_per_share = per;
-        p->share0 = shares;
-        shares += (int)((W->ne[1] + per - 1) / per);
+        p->share0 = glu ? 0 : shares;
+        if (!glu || k == 0) shares += (int)((W->ne[1] + per - 1) / per);
     }
     for (int f = 0; f < j.n_fmt; f++) {
         j.fmt[f].dst = next;

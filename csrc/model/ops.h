@@ -90,6 +90,16 @@ void g4_matmul(g4_pool *pool, const g4_tensor *W, const float *x, int64_t ldx,
 typedef struct g4_mm { const g4_tensor *W; float *y; int64_t ldy; } g4_mm;
 void g4_matmul_n(g4_pool *pool, const g4_mm *mm, int count, const float *x, int64_t ldx, int n, void *xq);
 
+/* A gated FFN's first half: out = act(gate x) * (up x), for llama's SwiGLU
+ * (glu = g4_swiglu) or Gemma's GeGLU. Each share computes the same rows of
+ * gate and up and applies the activation to them while they are in cache,
+ * so the activation runs on all threads and needs no pass of its own.
+ * tmp [n][ldt] receives up x. */
+typedef void (*g4_glu_fn)(float *out, const float *gate, const float *up, int64_t n);
+void g4_matmul_glu(g4_pool *pool, const g4_tensor *gate, const g4_tensor *up, g4_glu_fn glu,
+                   const float *x, int64_t ldx, float *out, int64_t ldo, float *tmp, int64_t ldt,
+                   int n, void *xq);
+
 /* Bytes of xq scratch enough for any weight type(s) with `cols` columns. */
 int64_t g4_matmul_scratch(int64_t cols, int n);
 
