@@ -44,9 +44,34 @@ static int xs_namechar(int c) {
            (c >= '0' && c <= '9') || c >= 0x80;
 }
 
+/* hwloc_bitmap_sscanf reads what hwloc_bitmap_snprintf writes: 32-bit groups "0x" + hex
+ * digits joined by ',', empty for a zero group after the first, the first possibly
+ * "0xf...f" (an infinite set). hwloc 2.9 fails an
+ * assertion, aborting the process, on a value such as ",0x1" (found by fuzz_hwloc), so
+ * every *cpuset / *nodeset value must have that form. */
+static int xs_hex(int c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+static int xs_bitmap_group_ok(const char *g, size_t n, int first) {
+    if (!first && n == 0) return 1;   /* a zero group after the first: "0x00000011,,0x0" */
+    if (n < 3 || g[0] != '0' || g[1] != 'x') return 0;
+    if (first && n == 7 && !memcmp(g + 2, "f...f", 5)) return 1;
+    if (n > 2 + 16) return 0;
+    for (size_t i = 2; i < n; i++)
+        if (!xs_hex((unsigned char)g[i])) return 0;
+    return 1;
+}
+
+static int xs_ends(const char *s, size_t n, const char *suffix) {
+    size_t k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+static int xs_is_bitmap(const char *name, size_t n) { return xs_ends(name, n, "cpuset") || xs_ends(name, n, "nodeset"); }
+
 /* After "<name": the attributes up to '>'. Sets bits 1..4 of *sets for
-   cpuset, complete_cpuset, nodeset, complete_nodeset. 0, or -1 when malformed. */
-static int xs_attributes(xml_scan *x, int c, int *sets) {
+   cpuset, complete_cpuset, nodeset, complete_nodeset. 0; -1 when malformed;
+   -2 when the bitmap attribute copied to bad_attr is not an hwloc bitmap. */
+static int xs_attributes(xml_scan *x, int c, int *sets, char *bad_attr, size_t bad_cap) {
     static const char *const names[] = {"cpuset", "complete_cpuset", "nodeset", "complete_nodeset"};
     for (;;) {
         if (!xs_space(c) && c != '/' && c != '>') return -1;   /* a space before each attribute */
@@ -61,9 +86,20 @@ static int xs_attributes(xml_scan *x, int c, int *sets) {
         if (!n || c != '=') return -1;
         do c = xs_get(x); while (xs_space(c));
         if (c != '"' && c != '\'') return -1;
-        int q = c;
-        while ((c = xs_get(x)) != q)
+        int q = c, bitmap = xs_is_bitmap(name, n), ok = 1, first = 1;
+        char grp[20];
+        size_t gn = 0;
+        while ((c = xs_get(x)) != q) {
             if (c == EOF || c == '<') return -1;
+            if (!bitmap) continue;
+            if (c == ',') { ok &= xs_bitmap_group_ok(grp, gn, first); first = 0; gn = 0; }
+            else if (gn < sizeof grp) grp[gn++] = (char)c;
+            else ok = 0;
+        }
+        if (bitmap && !(ok && xs_bitmap_group_ok(grp, gn, first))) {
+            snprintf(bad_attr, bad_cap, "%s", name);
+            return -2;
+        }
         for (int i = 0; i < 4; i++)
             if (!strcmp(name, names[i])) *sets |= 1 << i;
         c = xs_get(x);
@@ -86,8 +122,13 @@ static g4_status check_xml_sets(const char *path, g4_err *err) {
         size_t n = 0;
         while (xs_namechar(c)) { if (n < sizeof name - 1) name[n++] = (char)c; c = xs_get(&x); }
         name[n] = 0;
-        int sets = 0;
-        if (!n || xs_attributes(&x, c, &sets) < 0)
+        int sets = 0, rc = -1;
+        char bad[32] = "";
+        if (n) rc = xs_attributes(&x, c, &sets, bad, sizeof bad);
+        if (rc == -2)
+            st = g4_err_set(err, G4_ERR_INVALID, "%s line %d: <%s %s=...> is not an hwloc bitmap "
+                            "(\"0x\" and hex digits in groups joined by ',')", path, line, name, bad);
+        else if (rc < 0)
             st = g4_err_set(err, G4_ERR_INVALID, "%s line %d: malformed XML tag <%s", path, line, name);
         else if (!strcmp(name, "object") && (((sets & 1) != 0) != ((sets & 2) != 0) ||
                                              ((sets & 4) != 0) != ((sets & 8) != 0)))
