@@ -2,6 +2,7 @@
 
     python benchmarks/compare_llamacpp.py --synth                 # the standard set, files under /tmp
     python benchmarks/compare_llamacpp.py --model a.gguf --model b.gguf -p 512 -n 128 -r 5 -t 2
+    python benchmarks/compare_llamacpp.py --synth --llama-env OMP_WAIT_POLICY=passive
 
 llama.cpp runs through llama-cpp-python (the `bench` extra; built from source on this machine
 with CMAKE_ARGS="-DGGML_NATIVE=ON", so its kernels are compiled for this CPU). Both engines get
@@ -121,7 +122,10 @@ def worker(engine: str, path: str, n_prompt: int, n_gen: int, threads: int, seed
 def run_sample(engine: str, path: str, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--model", path,
            "-p", str(args.n_prompt), "-n", str(args.n_gen), "-t", str(args.threads), "--seed", str(args.seed)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    env = dict(os.environ)
+    if engine == "llama.cpp":
+        env.update(kv.split("=", 1) for kv in args.llama_env)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{engine} on {path} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -225,6 +229,10 @@ def main(argv=None) -> int:
     ap.add_argument("-r", "--repetitions", type=int, default=5, help="A/B pairs per model")
     ap.add_argument("-t", "--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--llama-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for the llama.cpp samples only, e.g. OMP_WAIT_POLICY=passive "
+                         "(llama.cpp's OpenMP threads spin at barriers; on a busy machine that costs it "
+                         "far more than it gains)")
     ap.add_argument("--json", help="write all samples and summaries here")
     ap.add_argument("--worker", choices=["gemma4stack", "llama.cpp"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -246,10 +254,13 @@ def main(argv=None) -> int:
     hw_after = hardware.measure_bandwidth()
     print(markdown(results))
     print(f"\nread bandwidth (gemma4stack.hardware, 2 x 128 MiB best of 5): {read_gbs:.1f} GB/s before, "
-          f"{hw_after.read:.1f} GB/s after; ISA {_core.isa()}; threads {args.threads}")
+          f"{hw_after.read:.1f} GB/s after; ISA {_core.isa()}; threads {args.threads}; "
+          f"llama.cpp environment: {' '.join(args.llama_env) or 'default'}; load average {os.getloadavg()[0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "read_gbs_before": read_gbs,
-                                               "read_gbs_after": hw_after.read, "isa": _core.isa()}, indent=1))
+                                               "read_gbs_after": hw_after.read, "isa": _core.isa(),
+                                               "llama_env": args.llama_env, "loadavg_end": os.getloadavg()},
+                                              indent=1))
     return 0
 
 
