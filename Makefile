@@ -39,9 +39,11 @@ demo: install
 # ---- C unit tests (Check) --------------------------------------------------
 C_SRCS := $(filter-out csrc/python/% csrc/fuzz/%,$(shell find csrc -name '*.c' | sort))
 C_TESTS := $(patsubst tests/c/%.c,tests/c/build/%,$(wildcard tests/c/test_*.c))
-C_FLAGS := -O2 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -pthread -Icsrc \
-           $(shell pkg-config --cflags hwloc openblas 2>/dev/null)
-C_LIBS := $(shell pkg-config --libs check 2>/dev/null) -lhwloc -lopenblas -lm -ldl -pthread
+# Recursive (=), not simple (:=): pkg-config and check are installed by `sysdeps`, which runs
+# after the Makefile is parsed, so on a fresh machine the flags must be read at recipe time.
+PKG_CFLAGS = $(shell pkg-config --cflags hwloc openblas 2>/dev/null)
+C_FLAGS = -O2 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -pthread -Icsrc $(PKG_CFLAGS)
+C_LIBS = $(shell pkg-config --libs check 2>/dev/null) -lhwloc -lopenblas -lm -ldl -pthread
 
 tests/c/build/libg4.a: $(C_SRCS) $(shell find csrc -name '*.h')
 	@mkdir -p tests/c/build/obj
@@ -101,8 +103,8 @@ FUZZ_DIR := build/fuzz
 HDRS := $(shell find csrc -name '*.h')
 CORE_HDRS := $(filter-out csrc/fuzz/%,$(HDRS))
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
-FUZZ_CFLAGS := -O1 -g -std=gnu11 -Wall -Wno-unused-parameter -pthread -Icsrc $(SAN_FLAGS) \
-               -include csrc/fuzz/clang_compat.h $(shell pkg-config --cflags hwloc openblas 2>/dev/null)
+FUZZ_CFLAGS = -O1 -g -std=gnu11 -Wall -Wno-unused-parameter -pthread -Icsrc $(SAN_FLAGS) \
+               -include csrc/fuzz/clang_compat.h $(PKG_CFLAGS)
 SAN_LIBS := -lhwloc -lopenblas -lm -ldl -pthread
 FUZZ_OBJS := $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(C_SRCS))
 
@@ -155,8 +157,8 @@ fuzz-smoke: deps fuzz-build fuzz-seeds fuzz-pydeps fuzz-regress
 
 # ---- test-asan: GCC's ASan + UBSan over the C core, its tests and the extension ----
 ASAN_DIR := build/asan
-ASAN_FLAGS := -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -pthread -Icsrc $(SAN_FLAGS) \
-              $(shell pkg-config --cflags hwloc openblas 2>/dev/null)
+ASAN_FLAGS = -O1 -g -std=gnu11 -Wall -Wextra -Wno-unused-parameter -pthread -Icsrc $(SAN_FLAGS) \
+              $(PKG_CFLAGS)
 ASAN_OBJS := $(patsubst %.c,$(ASAN_DIR)/obj/%.o,$(C_SRCS))
 ASAN_C_TESTS := $(patsubst tests/c/%.c,$(ASAN_DIR)/%,$(wildcard tests/c/test_*.c))
 ASAN_REPLAY := $(addprefix $(ASAN_DIR)/replay_,$(FUZZ_HARNESSES))
@@ -176,7 +178,7 @@ $(ASAN_DIR)/libg4.a: $(ASAN_OBJS)
 	ar rcs $@ $^
 
 $(ASAN_DIR)/test_%: tests/c/test_%.c $(ASAN_DIR)/libg4.a tests/c/g4test.h
-	$(CC) $(ASAN_FLAGS) $< $(ASAN_DIR)/libg4.a $(shell pkg-config --libs check 2>/dev/null) $(SAN_LIBS) -o $@
+	$(CC) $(ASAN_FLAGS) $< $(ASAN_DIR)/libg4.a $(C_LIBS) -o $@
 
 $(ASAN_DIR)/replay_%: csrc/fuzz/fuzz_%.c csrc/fuzz/replay_main.c $(ASAN_DIR)/libg4.a $(HDRS)
 	$(CC) $(ASAN_FLAGS) $< csrc/fuzz/replay_main.c $(ASAN_DIR)/libg4.a $(SAN_LIBS) -o $@
@@ -197,7 +199,7 @@ test-asan-py: deps
 	tar -c --exclude=./build --exclude=./.git --exclude='*.so' --exclude=__pycache__ \
 	    --exclude=./tests/c/build --exclude='*.egg-info' . | tar -x -C $(ASAN_DIR)/py
 	cd $(ASAN_DIR)/py && GEMMA4STACK_SANITIZE=1 CFLAGS="-fno-sanitize-recover=all" \
-	    $(PYTHON) setup.py -q build_ext --inplace 2>&1 | grep -E "error|warning" ; true
+	    $(PYTHON) setup.py -q build_ext --inplace -j 2 2>&1 | grep -E "error|warning" ; true
 	cd $(ASAN_DIR)/py && $(ASAN_PY_ENV) $(PYTHON) -c "import gemma4stack._core as c, sys; \
 	    sys.exit(0 if c.__file__.startswith('$(CURDIR)/$(ASAN_DIR)/py/') else 'not the sanitized copy: ' + c.__file__)"
 	cd $(ASAN_DIR)/py && $(ASAN_PY_ENV) $(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_PYTEST)
