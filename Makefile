@@ -1,6 +1,8 @@
 # gemma4stack - one command for each promise of the README.
 #   make demo   set everything up, then detect -> recommend -> generate (the main job)
-#   make test   set everything up, then run the C unit tests (Check) and pytest
+#   make test   set everything up, then run the C unit tests (Check), the Arm kernel tests
+#               under qemu, pytest, a short libFuzzer smoke run of every harness, and the
+#               Check tests and pytest again under ASan + UBSan (~20 min on 2 cores)
 # Set-up installs Debian packages when missing (needs root, as on CI) and the
 # package itself in editable mode with its test dependencies.
 
@@ -79,7 +81,7 @@ test-arm: sysdeps tests/c/build/arm/test_kernels
 test-py: deps
 	$(PYTHON) -m pytest -q tests
 
-test: deps test-c test-arm test-py
+test: deps test-c test-arm test-py fuzz-smoke test-asan
 
 clean:
 	rm -rf build tests/c/build gemma4stack/*.so *.egg-info
@@ -89,7 +91,8 @@ clean:
 #   make fuzz-smoke    each harness for FUZZ_SMOKE_SECONDS (default 5) s, after replaying
 #                      the committed crash inputs (tests/data/fuzz-regress/); part of make test
 #   make test-asan     the Check tests, the fuzz regression inputs and the seeds, and pytest
-#                      over the extension, all built with -fsanitize=address,undefined
+#                      over the extension, all built with -fsanitize=address,undefined;
+#                      part of make test
 # libFuzzer and the sanitizer runtimes come from Debian's clang (14 on bookworm) and
 # libclang-rt-14-dev; only these targets install them.
 FUZZ_DEB_PKGS := clang libclang-rt-14-dev

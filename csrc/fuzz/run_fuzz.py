@@ -25,12 +25,12 @@ PY_HARNESSES = {"chat_py": Path(__file__).with_name("fuzz_chat_py.py")}
 STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/")
 
 
-def command(d: Path, h: str, seconds: int) -> list[str]:
+def command(d: Path, h: str, seconds: int, timeout: int = 20) -> list[str]:
     for sub in ("corpus", "crashes", "logs"):
         (d / sub / h).mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, str(PY_HARNESSES[h])] if h in PY_HARNESSES else [str(d / f"fuzz_{h}")]
     return exe + [str(d / "corpus" / h), str(d / "seeds" / h),
-            f"-max_total_time={seconds}", f"-max_len={MAX_LEN.get(h, 4096)}", "-timeout=20",
+            f"-max_total_time={seconds}", f"-max_len={MAX_LEN.get(h, 4096)}", f"-timeout={timeout}",
             "-rss_limit_mb=4096", "-print_final_stats=1", "-reload=0",
             f"-artifact_prefix={d / 'crashes' / h}/"]
 
@@ -57,12 +57,16 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--dir", type=Path, default=Path("build/fuzz"))
     ap.add_argument("--nice", type=int, default=0, help="niceness of the fuzzers (0: none)")
+    ap.add_argument("--timeout", type=int, default=20,
+                    help="libFuzzer -timeout: seconds of wall time one input may take before it is reported as a "
+                         "hang. Wall time, so a niced fuzzer on a busy machine needs more (a 1 s input took over "
+                         "20 s at nice 19 beside a compiler on both cores)")
     a = ap.parse_args()
     pending, running, results, before = list(a.harness), [], [], {}
     while pending or running:
         while pending and len(running) < a.jobs:
             h = pending.pop(0)
-            cmd = command(a.dir, h, a.seconds)
+            cmd = command(a.dir, h, a.seconds, a.timeout)
             before[h] = {p.name for p in (a.dir / "crashes" / h).iterdir()}
             if a.nice:
                 cmd = ["nice", "-n", str(a.nice)] + cmd
