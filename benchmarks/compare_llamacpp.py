@@ -4,8 +4,13 @@
     python benchmarks/compare_llamacpp.py --model a.gguf --model b.gguf -p 512 -n 128 -r 5 -t 2
     python benchmarks/compare_llamacpp.py --synth --llama-env OMP_WAIT_POLICY=passive
 
-llama.cpp runs through llama-cpp-python (the `bench` extra; built from source on this machine
-with CMAKE_ARGS="-DGGML_NATIVE=ON", so its kernels are compiled for this CPU). Both engines get
+llama.cpp runs through llama-cpp-python (the `bench` extra), built from source on this machine
+with its kernels compiled for this CPU's ISA: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON
+-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON
+-DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" (README, Benchmarks). Not GGML_NATIVE=ON: on a CPU
+with AMX, -march=native turns on ggml's AMX matmul (ggml-cpu/amx/), which segfaulted in
+ggml_backend_amx_mul_mat on the first llama_decode in this KVM guest (llama-cpp-python 0.3.36;
+gdb backtrace in benchmarks/RESULTS.md). Both engines get
 the same file, the same thread count, the same random token ids, and llama-bench's tests:
 
 - ppN: N tokens as one batch from position 0 into an empty KV cache (BOS first);
@@ -253,7 +258,9 @@ def main(argv=None) -> int:
     results = [compare(p, args, read_gbs) for p in paths]
     hw_after = hardware.measure_bandwidth()
     print(markdown(results))
-    print(f"\nread bandwidth (gemma4stack.hardware, 2 x 128 MiB best of 5): {read_gbs:.1f} GB/s before, "
+    arrays = f"{hw.bandwidth_gbs.threads} threads, arrays of {hw.bandwidth_gbs.bytes_per_array / 2**20:.0f} MiB, best of {hw.bandwidth_gbs.reps}" \
+        if hw.bandwidth_gbs else "not measured"
+    print(f"\nread bandwidth (gemma4stack.hardware, {arrays}): {read_gbs:.1f} GB/s before, "
           f"{hw_after.read:.1f} GB/s after; ISA {_core.isa()}; threads {args.threads}; "
           f"llama.cpp environment: {' '.join(args.llama_env) or 'default'}; load average {os.getloadavg()[0]:.1f}")
     if args.json:
