@@ -7,7 +7,10 @@ inputs are added there) and build/fuzz/seeds/<h>, for N seconds, `-jobs`-free (o
 each; --jobs runs up to J harnesses at once). Crashes land in build/fuzz/crashes/<h>/;
 logs in build/fuzz/logs/<h>.log. Prints one line per harness with libFuzzer's own figures:
 executions, exec/s, cov (edges) and ft (features) of the last status line, corpus size,
-crashes found in this run. Exit status 1 when any harness crashed (or did not start).
+crashes found in this run. Exit status 1 when any harness crashed (or did not start). libFuzzer's
+slow-unit-* files (an input slower than -report_slow_units, 10 s) are listed apart and are no
+failure: they measure wall time, and a niced fuzzer on a busy machine writes them for inputs
+that run in milliseconds alone (replay one with `build/fuzz/fuzz_<h> -runs=1 FILE`).
 """
 from __future__ import annotations
 
@@ -43,11 +46,13 @@ def summarize(h: str, log: str, rc: int, d: Path, before: set[str]) -> dict:
             last = m
     execs = re.search(r"stat::number_of_executed_units: (\d+)", log)
     rate = re.search(r"stat::average_exec_per_sec:\s+(\d+)", log)
-    crashes = sorted(p.name for p in (d / "crashes" / h).iterdir() if p.name not in before)   # new ones
+    new = sorted(p.name for p in (d / "crashes" / h).iterdir() if p.name not in before)
+    crashes = [n for n in new if not n.startswith("slow-unit-")]
+    slow = [n for n in new if n.startswith("slow-unit-")]
     return {"harness": h, "rc": rc, "execs": int(execs.group(1)) if execs else (int(last.group(1)) if last else 0),
             "exec_s": int(rate.group(1)) if rate else 0,
             "cov": int(last.group(2)) if last else 0, "ft": int(last.group(3)) if last else 0,
-            "corpus": int(last.group(4)) if last else 0, "crashes": crashes}
+            "corpus": int(last.group(4)) if last else 0, "crashes": crashes, "slow": slow}
 
 
 def main() -> int:
@@ -85,7 +90,8 @@ def main() -> int:
     bad = 0
     for r in sorted(results, key=lambda r: a.harness.index(r["harness"])):
         print(f"{r['harness']:<10} {r['execs']:>12} {r['exec_s']:>8} {r['cov']:>6} {r['ft']:>7} {r['corpus']:>7}  "
-              f"{len(r['crashes'])} {' '.join(r['crashes'][:3])}")
+              f"{len(r['crashes'])} {' '.join(r['crashes'][:3])}"
+              + (f"  ({len(r['slow'])} slow units, not failures: {' '.join(r['slow'][:2])})" if r["slow"] else ""))
         if r["rc"] != 0 or r["crashes"]:
             bad = 1
             print(f"  see {a.dir / 'logs' / (r['harness'] + '.log')}", file=sys.stderr)
