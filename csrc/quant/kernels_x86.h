@@ -460,17 +460,24 @@ INL __m256i SFX(dword_byte)(__m256i v, const int j, const int pair) {
 }
 
 /* Software prefetch of the weights PF_AHEAD bytes ahead of the block
-   column in use. The hardware prefetchers follow one ascending stream well,
-   but a Q6_K column is read as three interleaved streams and the L2
-   streamer then falls behind DRAM latency (measured: 3 GB/s instead of
-   12 GB/s per core without this). ~100 ns of DRAM latency at ~25 GB/s is
-   ~2.5 KB: 4 KB ahead leaves margin. Groups are contiguous, so running past
-   the end of a group prefetches the next one. */
+   column in use, into L2 (prefetcht1), not L1. The hardware prefetchers
+   follow one ascending stream well, but a Q6_K column is read as three
+   interleaved streams and the L2 streamer then falls behind DRAM latency
+   (measured on Zen 3: 3 GB/s instead of 12 GB/s per core without this).
+   Why L2: a prefetcht0 holds one of the core's few L1 fill buffers (~16)
+   until its line arrives from DRAM, and those buffers then cap the bytes in
+   flight; a prefetcht1 is tracked by L2's larger queue, and the kernel's own
+   loads still hit in L2 (~15 cycles). Measured on one core of a Xeon with
+   AMX (KVM guest), decode-shaped matmul over 230-350 MB of repacked weights
+   (medians of 3-4): Q4_0 10.3 -> 14.5 GB/s, Q8_0 13.8 -> 16.1, Q4_K 9.2 ->
+   12.9, Q6_K 8.8 -> 12.5 for T0 at 4 KB -> T1 at 2 KB; T1 at 1 KB and 3 KB
+   and T0 at 2 KB were slower (benchmarks/RESULTS.md). Groups are contiguous,
+   so running past the end of a group prefetches the next one. */
 #ifndef PF_AHEAD
-#define PF_AHEAD 4096
+#define PF_AHEAD 2048
 #endif
 INL void SFX(prefetch)(const uint8_t *p, size_t n) {
-    for (size_t off = 0; off < n; off += 64) _mm_prefetch((const char *)(p + PF_AHEAD + off), _MM_HINT_T0);
+    for (size_t off = 0; off < n; off += 64) _mm_prefetch((const char *)(p + PF_AHEAD + off), _MM_HINT_T1);
 }
 
 /* Q4_0 / Q8_0: T tokens x 8 rows */
