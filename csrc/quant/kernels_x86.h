@@ -468,11 +468,13 @@ INL __m256i SFX(dword_byte)(__m256i v, const int j, const int pair) {
    until its line arrives from DRAM, and those buffers then cap the bytes in
    flight; a prefetcht1 is tracked by L2's larger queue, and the kernel's own
    loads still hit in L2 (~15 cycles). Measured on one core of a Xeon with
-   AMX (KVM guest), decode-shaped matmul over 230-350 MB of repacked weights
-   (medians of 3-4): Q4_0 10.3 -> 14.5 GB/s, Q8_0 13.8 -> 16.1, Q4_K 9.2 ->
-   12.9, Q6_K 8.8 -> 12.5 for T0 at 4 KB -> T1 at 2 KB; T1 at 1 KB and 3 KB
-   and T0 at 2 KB were slower (benchmarks/RESULTS.md). Groups are contiguous,
-   so running past the end of a group prefetches the next one. */
+   AMX (KVM guest), benchmarks/matmul_stream.c over 230-350 MB of repacked
+   weights, T0 at 4 KB -> T1 at 2 KB: Q4_0 9.4 -> 11.8 GB/s, Q8_0 11.6 ->
+   12.4, Q4_K 8.9 -> 10.7, Q6_K 7.9 -> 10.6 (the probe's one-thread read:
+   12.2); T1 at 3 KB and T0 at 2 KB were slower, T1 at 1 KB slower but for
+   Q6_K (RESULTS.md).
+   Groups are contiguous, so running past the end of a group prefetches the
+   next one. */
 #ifndef PF_AHEAD
 #define PF_AHEAD 2048
 #endif
