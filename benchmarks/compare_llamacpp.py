@@ -5,9 +5,8 @@
     python benchmarks/compare_llamacpp.py --synth --llama-env OMP_WAIT_POLICY=passive
 
 llama.cpp runs through llama-cpp-python (the `bench` extra), built from source on this machine
-with its kernels compiled for this CPU's ISA: CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON
--DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON
--DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" (README, Benchmarks). Not GGML_NATIVE=ON: on a CPU
+with its kernels compiled for this CPU's ISA (the CMAKE_ARGS are in the README, Benchmarks,
+and in benchmarks/RESULTS.md with the figures). Not GGML_NATIVE=ON: on a CPU
 with AMX, -march=native turns on ggml's AMX matmul (ggml-cpu/amx/), which segfaulted in
 ggml_backend_amx_mul_mat on the first llama_decode in this KVM guest (llama-cpp-python 0.3.36;
 gdb backtrace in benchmarks/RESULTS.md). Both engines get
