@@ -525,3 +525,33 @@ def test_local_chat_template_used_when_the_model_has_one(stack, gguf):
     # chat_template = "raw": the contents joined, through generate(), no template
     gw.chat("raw", messages=msgs)
     assert gw.model.calls[-1]["prompt"] == "Be brief.\nhi"
+
+
+def test_unexpected_error_is_a_500_error_object_and_the_gateway_lives_on(stack, gguf, monkeypatch):
+    """A bug in the generation path (here: routing.plan raising) is answered with an OpenAI
+    error object, not a dropped connection; the next request is served."""
+    from gemma4stack.gateway import routing
+    gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf}}})
+    real = routing.plan
+    monkeypatch.setattr(routing, "plan", lambda *a: 1 / 0)
+    r = gw.chat("fast")
+    assert r.status_code == 500
+    assert r.json()["error"] == {"message": "Internal gateway error: ZeroDivisionError",
+                                 "type": "server_error", "param": None, "code": None}
+    monkeypatch.setattr(routing, "plan", real)
+    assert gw.chat("fast").status_code == 200
+
+
+def test_client_gone_before_its_body_arrived(stack, gguf):
+    """A client that sends headers, half a body and hangs up costs nothing: no answer is
+    attempted and the next request is served."""
+    import socket
+    gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf}}})
+    host, port = gw.url.split("//")[1].split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                  b"content-type: application/json\r\ncontent-length: 500\r\n\r\n{\"model\":")
+        time.sleep(0.1)
+    time.sleep(0.1)
+    assert gw.chat("fast").status_code == 200
+    assert gw.model.calls == [gw.model.calls[0]]       # only the second request generated
