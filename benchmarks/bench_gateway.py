@@ -1,13 +1,14 @@
 """Gateway overhead and resilience, all on 127.0.0.1.
 
-    python benchmarks/bench_gateway.py [--concurrency 64] [--duration 20] [--tokens 16]
+    python benchmarks/bench_gateway.py [--concurrency 64] [--duration 20] [--rounds 4] [--tokens 16]
                                        [--delay 0.02] [--soak 600] [--chaos-every 20]
 
-1. Overhead: `concurrency` clients stream chat completions in a loop, first straight to a
-   fake OpenAI-compatible backend (tests/gateway_fakes.py in its own process: `tokens`
-   pieces, `delay` s apart), then through the gateway (launch(), in its own process) to
-   the same backend. Added latency = gateway percentile - direct percentile, for the time
-   to the first token (TTFT) and for the whole stream; plus requests/s.
+1. Overhead: `concurrency` clients stream chat completions in a loop, straight to a fake
+   OpenAI-compatible backend (tests/gateway_fakes.py in its own process: `tokens` pieces,
+   `delay` s apart) and through the gateway (launch(), in its own process) to the same
+   backend, in `rounds` alternating phases. Added latency = gateway percentile - direct
+   percentile, for the time to the first token (TTFT) and for the whole stream; plus
+   requests/s.
 2. Soak (--soak S): the same load through a gateway with two remote tiers (heavy ->
    primary) for S seconds while one backend at a time is SIGKILLed and restarted every
    `chaos-every` s. Every request must end within 30 s with [DONE], an SSE error event or
@@ -177,28 +178,40 @@ def summarize(res: list[Result], elapsed: float) -> dict:
 # ----------------------------------------------------------------------------- phases
 
 def overhead(args) -> dict:
+    """Direct and gateway phases alternate (`rounds` pairs of duration/rounds s each, after a
+    2 s warm-up of each path), so that drift in the machine's load lands on both paths;
+    percentiles are taken over all requests of all rounds of a path."""
     be, port = start_backend(args.tokens, args.delay)
     cfg = {"server": {"access_log": args.access_log, "log_level": "warning"},
            "limits": {"requests_per_minute": 0, "tokens_per_minute": 0},
            "tiers": {"heavy": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1",
                                "model": "fake"}}}
+    phase = args.duration / args.rounds
     try:
         with launch(cfg, timeout=60) as gw:
             asyncio.run(run_load(port, "/v1/chat/completions", "fake", args.concurrency, 2))
-            d, de = asyncio.run(run_load(port, "/v1/chat/completions", "fake",
-                                         args.concurrency, args.duration))
             asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy", args.concurrency, 2))
-            (u0, s0), (bu0, bs0), m0 = cpu_times(gw.pid), cpu_times(be.pid), os.times()
-            g, ge = asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy",
-                                         args.concurrency, args.duration))
-            (u1, s1), (bu1, bs1), m1 = cpu_times(gw.pid), cpu_times(be.pid), os.times()
+            d, g, de, ge = [], [], 0.0, 0.0
+            cpu = {"gateway_user": 0.0, "gateway_sys": 0.0, "backend": 0.0, "client": 0.0}
+            for _ in range(args.rounds):
+                r, el = asyncio.run(run_load(port, "/v1/chat/completions", "fake",
+                                             args.concurrency, phase))
+                d += r
+                de += el
+                (u0, s0), (bu0, bs0), m0 = cpu_times(gw.pid), cpu_times(be.pid), os.times()
+                r, el = asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy",
+                                             args.concurrency, phase))
+                (u1, s1), (bu1, bs1), m1 = cpu_times(gw.pid), cpu_times(be.pid), os.times()
+                g += r
+                ge += el
+                cpu["gateway_user"] += u1 - u0
+                cpu["gateway_sys"] += s1 - s0
+                cpu["backend"] += bu1 + bs1 - bu0 - bs0
+                cpu["client"] += m1.user + m1.system - m0.user - m0.system
             direct, via = summarize(d, de), summarize(g, ge)
             n = max(1, len(g))
-            via["cpu_ms_per_request"] = {
-                "gateway_user": (u1 - u0) * 1e3 / n, "gateway_sys": (s1 - s0) * 1e3 / n,
-                "backend": (bu1 + bs1 - bu0 - bs0) * 1e3 / n,
-                "client": (m1.user + m1.system - m0.user - m0.system) * 1e3 / n}
-            via["gateway_cpu_share"] = (u1 + s1 - u0 - s0) / ge
+            via["cpu_ms_per_request"] = {k: v * 1e3 / n for k, v in cpu.items()}
+            via["gateway_cpu_share"] = (cpu["gateway_user"] + cpu["gateway_sys"]) / ge
     finally:
         be.kill()
         be.wait()
@@ -260,7 +273,10 @@ def soak(args) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--duration", type=float, default=20, help="seconds per overhead phase")
+    ap.add_argument("--duration", type=float, default=20,
+                    help="seconds of load on each path (direct, gateway)")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="alternate direct and gateway phases this many times (duration/rounds s each)")
     ap.add_argument("--tokens", type=int, default=16, help="pieces per streamed response")
     ap.add_argument("--delay", type=float, default=0.02, help="seconds between pieces")
     ap.add_argument("--soak", type=float, default=0, help="soak seconds (0 = skip)")
