@@ -5,8 +5,12 @@
     python benchmarks/compare_llamacpp.py --synth --llama-env OMP_WAIT_POLICY=passive
 
 llama.cpp runs through llama-cpp-python (the `bench` extra), built from source on this machine
-with its kernels compiled for this CPU's ISA (the CMAKE_ARGS are in the README, Benchmarks,
-and in benchmarks/RESULTS.md with the figures). Not GGML_NATIVE=ON: on a CPU
+with its kernels compiled for this CPU's ISA:
+
+    CMAKE_ARGS="$(python benchmarks/compare_llamacpp.py --cmake-args)" \
+        pip install --no-cache-dir 'llama-cpp-python==0.3.36'
+
+(--cmake-args reads /proc/cpuinfo; the README, Benchmarks, has the same line). Not GGML_NATIVE=ON: on a CPU
 with AMX, -march=native turns on ggml's AMX matmul (ggml-cpu/amx/), which segfaulted in
 ggml_backend_amx_mul_mat on the first llama_decode in this KVM guest (llama-cpp-python 0.3.36;
 gdb backtrace in benchmarks/RESULTS.md). Both engines get
@@ -223,6 +227,36 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+# /proc/cpuinfo flag -> the ggml CMake option that compiles for it (ggml/CMakeLists.txt, GGML_*)
+_GGML_ISA = [("avx", "GGML_AVX"), ("avx2", "GGML_AVX2"), ("fma", "GGML_FMA"), ("f16c", "GGML_F16C"),
+             ("bmi2", "GGML_BMI2"), ("avx_vnni", "GGML_AVX_VNNI"), ("avx512f", "GGML_AVX512"),
+             ("avx512_vnni", "GGML_AVX512_VNNI"), ("avx512vbmi", "GGML_AVX512_VBMI"),
+             ("avx512_bf16", "GGML_AVX512_BF16")]
+
+
+def cmake_args(flags: set[str]) -> str:
+    """CMAKE_ARGS that build llama.cpp's CPU kernels for exactly the x86 ISA in `flags`
+    (/proc/cpuinfo names): GGML_NATIVE off (see the module docstring), each GGML_<ISA> on
+    when the CPU has it and off otherwise, AMX off. A fixed list is wrong somewhere: AMD's
+    Zen 4 has AVX512_VNNI but not the VEX-encoded AVX_VNNI, and a build with GGML_AVX_VNNI=ON
+    dies there with SIGILL in its first matmul."""
+    opts = ["-DGGML_NATIVE=OFF"] + [f"-D{opt}={'ON' if flag in flags else 'OFF'}"
+                                    for flag, opt in _GGML_ISA]
+    return " ".join(opts + ["-DGGML_AMX_INT8=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_BF16=OFF"])
+
+
+def cpu_flags() -> set[str]:
+    """The x86 feature flags of this Linux machine's first CPU (/proc/cpuinfo); empty elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", default=[], help="GGUF file (repeatable)")
@@ -238,8 +272,19 @@ def main(argv=None) -> int:
                          "(llama.cpp's OpenMP threads spin at barriers; on a busy machine that costs it "
                          "far more than it gains)")
     ap.add_argument("--json", help="write all samples and summaries here")
+    ap.add_argument("--cmake-args", action="store_true",
+                    help="print the CMAKE_ARGS to build llama-cpp-python for this CPU, and exit")
     ap.add_argument("--worker", choices=["gemma4stack", "llama.cpp"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+
+    if args.cmake_args:
+        flags = cpu_flags()
+        if not flags:
+            print("no /proc/cpuinfo flags here (not x86 Linux): build llama-cpp-python with its "
+                  "defaults", file=sys.stderr)
+            return 1
+        print(cmake_args(flags))
+        return 0
 
     if args.worker:
         print(json.dumps(worker(args.worker, args.model[0], args.n_prompt, args.n_gen, args.threads, args.seed)))
