@@ -134,6 +134,12 @@ class GatewayState:
 
 # ----------------------------------------------------------------------------- admission
 
+def _internal_error(e: Exception) -> APIError:
+    """The 500 answer to a bug: the exception's type, never its message (which may hold
+    request data); the traceback goes to the log."""
+    return APIError(500, f"Internal gateway error: {type(e).__name__}", "server_error")
+
+
 class ClientGone(Exception):
     """The client disconnected before its request body arrived."""
 
@@ -587,17 +593,15 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
             try:
                 dispatch = await plan(scope, receive, kind, endpoint)
                 await dispatch(scope, receive, send)
-            except APIError as e:
-                await _send_json(send, e.status, e.body(), e.headers())
             except ClientGone:
                 log.info("client went away before its request body arrived")
             except Exception as e:
                 if dispatch is not None and dispatch.started:
                     raise                  # mid-response: uvicorn logs it and closes
-                log.exception("unhandled error on %s", scope["path"])
-                await _send_json(send, 500, APIError(
-                    500, f"Internal gateway error: {type(e).__name__}", "server_error").body(),
-                    {})
+                if not isinstance(e, APIError):
+                    log.exception("unhandled error on %s", scope["path"])
+                    e = _internal_error(e)
+                await _send_json(send, e.status, e.body(), e.headers())
         return handler
 
     for path, kind, endpoint in (("/v1/chat/completions", "chat", "chat"),
@@ -660,7 +664,6 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception):
         log.exception("unhandled error on %s", request.url.path)
-        return JSONResponse(APIError(500, f"Internal gateway error: {type(e).__name__}",
-                                     "server_error").body(), status_code=500)
+        return JSONResponse(_internal_error(e).body(), status_code=500)
 
     return app
