@@ -160,3 +160,13 @@ def test_missing_key_and_bad_tensor_are_named(g3, tmp_path):
                 tensors=lambda n, a: a[:, :-1] if n == "blk.2.ffn_down.weight" else a)
     with pytest.raises(GGUFError, match=r"'blk\.2\.ffn_down\.weight' has shape"):
         Model(p, threads=1)
+
+
+def test_batched_decode_matches_decoding_alone(g3):
+    """Eight prompts decoded together (continuous batching, paged KV with sliding-window
+    blocks freed as they leave the window) give the tokens each gives alone; F32 and Q8_0."""
+    from batch_check import check_batch_matches_alone, random_prompts
+    d, files = g3
+    for t in ("f32", "q8_0"):
+        ties = check_batch_matches_alone(files[t], random_prompts(512, seed=5), max_tokens=20, threads=2)
+        print(t, ties)

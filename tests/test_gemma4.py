@@ -341,3 +341,15 @@ def test_missing_tensor_is_named(g4, tmp_path):
                 tensors=lambda n, a: None if n == "blk.1.ffn_gate_up_exps.weight" else a)
     with pytest.raises(GGUFError, match=r"blk\.1\.ffn_gate_up_exps\.weight"):
         Model(p, threads=1)
+
+
+def test_batched_decode_matches_decoding_alone(g4_wander, g4):
+    """Eight prompts decoded together give the tokens each gives alone, for every toy
+    configuration (per-layer embeddings, KV-shared layers, mixture of experts: the batch's
+    tokens grouped by expert) and a Q4_0 file (the quantized kernels' token tiles)."""
+    from batch_check import check_batch_matches_alone, random_prompts
+    cases = [(name, path) for name, (d, path) in g4_wander.items()]
+    cases.append(("ple_shared q4_0", g4["ple_shared"][1]["q4_0"]))
+    for name, path in cases:
+        ties = check_batch_matches_alone(path, random_prompts(512, seed=11), max_tokens=20, threads=2)
+        print(name, ties)

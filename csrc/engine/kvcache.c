@@ -650,12 +650,24 @@ typedef struct att_job {
     float *out; int64_t ldo;
 } att_job;
 
-/* rows [cnt][dim] of a block's head slice as floats in tmp (q8_0), or NULL
- * when the rows can be read in place */
-static const float *dequant_rows(int type, const char *base, size_t row, int64_t off, int cnt, int dim, float *tmp) {
-    if (type != G4_KV_Q8_0) return NULL;
-    for (int r = 0; r < cnt; r++)
-        g4_dequantize_row_q8_0((const block_q8_0 *)(base + (size_t)r * row) + off / QK8_0, tmp + (int64_t)r * dim, dim);
+/* Rows [cnt][dim] of a Q8_0 block's head slice (elements off..off+dim of
+ * each row of `full` elements) as floats in tmp, `dim` apart. A slice that
+ * does not start and end on a Q8_0 block is cut from whole dequantized rows. */
+static const float *dequant_rows(const char *base, size_t row, int64_t off, int cnt, int dim, int full, float *tmp) {
+    for (int r = 0; r < cnt; r++) {
+        const block_q8_0 *src = (const block_q8_0 *)(base + (size_t)r * row);
+        if (off % QK8_0 == 0 && dim % QK8_0 == 0) {
+            g4_dequantize_row_q8_0(src + off / QK8_0, tmp + (int64_t)r * dim, dim);
+        } else {
+            float whole[4096];
+            for (int64_t c = 0; c < full; c += 4096 / QK8_0 * QK8_0) {
+                const int64_t k = full - c < 4096 / QK8_0 * QK8_0 ? full - c : 4096 / QK8_0 * QK8_0;
+                g4_dequantize_row_q8_0(src + c / QK8_0, whole, k);
+                for (int64_t i = 0; i < k; i++)
+                    if (c + i >= off && c + i < off + dim) tmp[(int64_t)r * dim + (c + i - off)] = whole[i];
+            }
+        }
+    }
     return tmp;
 }
 
@@ -693,7 +705,7 @@ static void att_worker(void *arg, int ith, int nth) {
             else if (type == G4_KV_F32)
                 g4_dot_f32_rows(cnt, dk, (const float *)kb + koff, l->dim_k, qh, att + (p - start));
             else
-                g4_dot_f32_rows(cnt, dk, dequant_rows(type, kb, l->row_k, koff, cnt, dk, deq), dk, qh, att + (p - start));
+                g4_dot_f32_rows(cnt, dk, dequant_rows(kb, l->row_k, koff, cnt, dk, l->dim_k, deq), dk, qh, att + (p - start));
             p += cnt;
         }
         for (int64_t i = 0; i < len; i++) {
@@ -715,7 +727,7 @@ static void att_worker(void *arg, int ith, int nth) {
             else if (type == G4_KV_F32)
                 g4_wsum_f32_rows(cnt, dv, (const float *)vb + voff, l->dim_v, att + (p - start), dst);
             else
-                g4_wsum_f32_rows(cnt, dv, dequant_rows(type, vb, l->row_v, voff, cnt, dv, deq), dv, att + (p - start), dst);
+                g4_wsum_f32_rows(cnt, dv, dequant_rows(vb, l->row_v, voff, cnt, dv, l->dim_v, deq), dv, att + (p - start), dst);
             if (!first) for (int i = 0; i < dv; i++) oh[i] += tmp[i];
             first = 0;
             p += cnt;
