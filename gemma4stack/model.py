@@ -48,7 +48,7 @@ import numpy as np
 from gemma4stack import _core
 from gemma4stack._core import LimitError, UnsupportedError
 
-__all__ = ["Model", "GenerationStats", "EngineStats", "QueueFullError", "register_cli"]
+__all__ = ["Model", "GenerationStats", "EngineStats", "TextStream", "QueueFullError", "register_cli"]
 
 
 class QueueFullError(LimitError):
@@ -139,6 +139,29 @@ class EngineStats:
         rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{_fmt(v)}</td></tr>"
                        for k, v in self.to_dict().items())
         return f"<table><caption>EngineStats</caption>{rows}</table>"
+
+
+class TextStream:
+    """The text pieces of a streaming generate() / chat() (an iterator of str). .stats: the
+    GenerationStats of this generation once it has ended (None before), also when other
+    generations run at the same time (Model.last_stats is whichever ended last). close()
+    stops the generation; its KV blocks are freed at once."""
+
+    def __init__(self, gen: Iterator[str], box: list):
+        self._gen, self._box = gen, box
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        return self._box[0] if self._box else None
 
 
 class _Request:
@@ -409,8 +432,9 @@ class Model:
     def _generate_ids(self, ids: list[int], args: tuple, stream: bool, t0: float
                       ) -> str | Iterator[str]:
         """Run prompt ids through the engine; args from _check_sampling."""
-        pieces = self._pieces(self._submit(ids, args), ids, args[5], t0)
-        return pieces if stream else "".join(pieces)
+        box: list = []
+        pieces = self._pieces(self._submit(ids, args), ids, args[5], t0, sink=box.append)
+        return TextStream(pieces, box) if stream else "".join(pieces)
 
     def _submit(self, ids: list[int], args: tuple) -> _Request | None:
         """Queue prompt ids in the engine (None for max_tokens=0: nothing to run)."""

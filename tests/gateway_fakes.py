@@ -46,10 +46,13 @@ class FakeModel:
     Output: " w0 w1 w2 ..." up to `story` tokens (then finish "stop") or max_tokens
     ("length"). delay_s: sleep per token (releases the GIL like the C core).
     fail_after: raise RuntimeError after that many tokens. Records calls and closes.
+    parallel: generations running at once at most, as the real Model's engine decodes
+    `parallel` together and queues the rest (max_active records the most seen at once).
     """
 
     def __init__(self, path=None, threads=None, context=None, *, story: int = 6,
-                 delay_s: float = 0.0, fail_after: int | None = None, n_ctx: int = 64):
+                 delay_s: float = 0.0, fail_after: int | None = None, n_ctx: int = 64,
+                 parallel: int = 1):
         self.path, self.n_ctx = path, context or n_ctx
         self.story, self.delay_s, self.fail_after = story, delay_s, fail_after
         self.calls: list[dict] = []
@@ -57,7 +60,10 @@ class FakeModel:
         self.finished = 0
         self.started = threading.Event()
         self.last_stats = None
-        self._busy = threading.Lock()
+        self.parallel = parallel
+        self.active = self.max_active = 0
+        self._busy = threading.Semaphore(parallel)
+        self._count = threading.Lock()
 
     def tokenize(self, text: str) -> list[int]:
         return [1] + [7] * len(text.split())
@@ -70,8 +76,10 @@ class FakeModel:
         return gen if stream else "".join(gen)
 
     def _gen(self, prompt, max_tokens):
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("FakeModel used from two threads at once")
+        self._busy.acquire()              # queued behind the running ones, as in the engine
+        with self._count:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
         self.started.set()
         n = min(self.story, max_tokens)
         done = 0
@@ -92,6 +100,8 @@ class FakeModel:
                 prompt_tokens=len(self.tokenize(prompt)), completion_tokens=done,
                 finish_reason="stop" if n == self.story else "length",
                 ttft_ms=0.0, prefill_tokens_per_s=0.0, decode_tokens_per_s=0.0)
+            with self._count:
+                self.active -= 1
             self._busy.release()
 
 

@@ -204,3 +204,50 @@ def test_closing_the_model_ends_running_generations(tiny_path):
     m.close()
     with pytest.raises(ValueError):
         list(it)
+
+
+def test_gateway_local_tier_serves_concurrent_requests_in_one_batch(tiny_path):
+    """A local tier with parallel = 4 behind the gateway: eight concurrent chat requests from
+    the openai client all answer with what the model gives alone; _routing has queue_ms;
+    /metrics exposes the engine (running/waiting sequences, KV blocks, prefix-cache tokens)."""
+    import httpx
+    import openai
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gateway_fakes import ServerThread
+    from gemma4stack.gateway.app import create_app
+    from gemma4stack.gateway.config import parse_config
+
+    cfg = parse_config({"tiers": {"local": {"backend": "local", "model": str(tiny_path), "parallel": 4,
+                                            "queue_size": 8, "chat_template": "raw"}},
+                        "limits": {"requests_per_minute": 0, "tokens_per_minute": 0}})
+    app = create_app(cfg)
+    model = app.state.gateway.tiers["local"].backend.model
+    want = model.generate("Once upon a time", max_tokens=24, temperature=0)
+    with ServerThread(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
+        out: list = [None] * 8
+
+        def call(i):
+            out[i] = client.chat.completions.create(
+                model="local", messages=[{"role": "user", "content": "Once upon a time"}],
+                max_tokens=24, temperature=0)
+
+        ts = [threading.Thread(target=call, args=(i,)) for i in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert [r.choices[0].message.content for r in out] == [want] * 8
+        routing = [r.model_extra["_routing"] for r in out]
+        assert all("queue_ms" in r and r["queue_ms"] >= 0 for r in routing)
+        text = httpx.get(srv.url + "/metrics").text
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        for name in ("gemma4stack_sequences_running", "gemma4stack_sequences_waiting",
+                     "gemma4stack_kv_blocks", "gemma4stack_prefix_cache_tokens"):
+            assert name in fams, name
+        queried = [s.value for s in fams["gemma4stack_prefix_cache_tokens"].samples
+                   if s.labels["kind"] == "queried"]
+        assert queried and queried[0] > 0
+    _idle(model)
+    model.close()

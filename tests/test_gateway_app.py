@@ -304,7 +304,7 @@ def test_memory_pressure_routes_auto_past_local(stack, gguf):
     assert r.status_code == 503 and r.json()["_routing"]["fallback_reasons"] == {"fast": "memory_pressure"}
 
 
-def test_local_queue_full_503_and_one_generation_at_a_time(stack, gguf):
+def test_local_queue_full_503_and_parallel_bound(stack, gguf):
     gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf, "queue_size": 1}}},
             model=FakeModel(delay_s=0.1, story=8))   # 0.8 s each
     results = []
@@ -321,11 +321,37 @@ def test_local_queue_full_503_and_one_generation_at_a_time(stack, gguf):
     for t in threads:
         t.join(10)
     codes = sorted(c for c, _, _ in results)
-    assert codes == [200, 200, 503, 503]                 # 1 running + 1 queued
+    assert codes == [200, 200, 503, 503]                 # parallel 1 running + 1 queued
     for code, ra, body in results:
         if code == 503:
             assert int(ra) >= 1 and body["_routing"]["fallback_reasons"] == {"fast": "queue_full"}
-    assert gw.model.finished == 2            # FakeModel raises if two threads ever overlap
+    assert gw.model.finished == 2 and gw.model.max_active == 1
+
+
+def test_local_tier_parallel_runs_requests_together(stack, gguf):
+    """parallel = 3: three requests generate at once (the engine batches them), a fourth
+    waits in the queue and is served after; the tier's engine keys are parsed."""
+    gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf, "queue_size": 1,
+                                       "parallel": 3, "kv_cache": "q8_0", "batch_tokens": 64}}},
+            model=FakeModel(delay_s=0.05, story=8, parallel=3))
+    results = []
+
+    def call():
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = c.post("/v1/chat/completions", json={"model": "fast", "messages": HI})
+            results.append(r.status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == [200, 200, 200, 200, 503]
+    assert gw.model.max_active == 3 and gw.model.finished == 4
+    t = gw.cfg.tiers["fast"]
+    assert (t.parallel, t.kv_cache, t.batch_tokens, t.kv_bytes) == (3, "q8_0", 64, None)
+    assert t.to_dict()["parallel"] == 3
 
 
 def test_client_disconnect_cancels_local_generation(stack, gguf):

@@ -60,7 +60,9 @@ def _sse(obj) -> bytes:
 def load_model(tier: TierConfig):
     """Open a local tier's GGUF with gemma4stack.model.Model (the default model_loader)."""
     from gemma4stack.model import Model
-    return Model(tier.model, threads=tier.threads, context=tier.context)
+    return Model(tier.model, threads=tier.threads, context=tier.context, parallel=tier.parallel,
+                 kv_cache=tier.kv_cache, kv_bytes=tier.kv_bytes, batch_tokens=tier.batch_tokens,
+                 queue_max=max(tier.queue_size, 1))
 
 
 @dataclass
@@ -250,6 +252,8 @@ class Dispatch:
              "prompt_tokens": final.prompt_tokens if final else None,
              "completion_tokens": final.completion_tokens if final else None,
              "fallback_chain": "->".join(self.tried)}
+        if final is not None and final.queue_ms is not None:
+            d["queue_ms"] = round(final.queue_ms, 3)
         if self.reasons:
             d["fallback_reasons"] = dict(self.reasons)
         if self.auto is not None:
@@ -637,7 +641,9 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
         for name, rt in st.tiers.items():
             st.metrics.breaker.labels(name).set(rt.breaker.state.gauge)
             if rt.tier.is_local:
-                st.metrics.queue.labels(name).set(rt.backend.status()["queue_depth"])
+                status = rt.backend.status()
+                st.metrics.queue.labels(name).set(status["queue_depth"])
+                st.metrics.engine(name, status.get("engine"))
         return Response(st.metrics.render(), media_type=st.metrics.content_type)
 
     # -- every error as an OpenAI error object
