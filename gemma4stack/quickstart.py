@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import sys
 import time
@@ -114,12 +113,8 @@ class PullSuggestion:
 def hf_cache_dir() -> Path:
     """Where `gemma4stack pull` downloads to: huggingface_hub's cache ($HF_HUB_CACHE, else
     $HF_HOME/hub, else ~/.cache/huggingface/hub)."""
-    try:
-        from huggingface_hub import constants
-        return Path(constants.HF_HUB_CACHE)
-    except ImportError:
-        home = os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface"
-        return Path(os.environ.get("HF_HUB_CACHE") or Path(home) / "hub")
+    from huggingface_hub import constants
+    return Path(constants.HF_HUB_CACHE)
 
 
 def free_disk_bytes(path: Path) -> int:
@@ -188,9 +183,9 @@ def suggest_pull(report: Any, context: int = DEFAULT_CONTEXT, free_bytes: int | 
     pick = max(on_disk, key=key) if on_disk else None
     bigger = None
     if derate < 1:
-        undated = [r for r in ok if r.predicted_decode_tps >= USABLE_TPS
+        before_derate = [r for r in ok if r.predicted_decode_tps >= USABLE_TPS
                    and download(r) + DISK_MARGIN_BYTES <= free]
-        top = max(undated, key=key) if undated else None
+        top = max(before_derate, key=key) if before_derate else None
         if top is not None and (pick is None or key(top) > key(pick)):
             bigger = top
     fastest = None
