@@ -444,3 +444,9 @@ def cost(tokens_per_s: float | None = None, variant: str | None = None,
     return CostReport(local=runs, apis=list(apis), comparisons=comps, currency=currency,
                       monthly_tokens=float(monthly_tokens), hardware_price=hardware_price,
                       prices_file=pfile, prices_updated=updated, assumptions=notes)
+
+
+# g4.cost(...) works even after `import gemma4stack.cost` (see _callable.py)
+from gemma4stack._callable import make_callable  # noqa: E402
+
+make_callable(__name__)

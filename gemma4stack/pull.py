@@ -454,3 +454,9 @@ def _cli(args) -> int:
           f"checksum: {res.checksum}")
     print(res.path)
     return 0
+
+
+# g4.pull(...) works even after `import gemma4stack.pull` (see _callable.py)
+from gemma4stack._callable import make_callable  # noqa: E402
+
+make_callable(__name__)

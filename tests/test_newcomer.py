@@ -45,6 +45,17 @@ def test_recommend_machines_reachable_in_either_order():
         assert p.stdout.split() == [str(n), str(n), "Recommendation"]
 
 
+def test_package_functions_callable_after_their_module_is_imported():
+    """`from gemma4stack.cost import load_prices` (or any import of the module) used to turn
+    g4.cost into the module, so g4.cost(...) raised TypeError."""
+    p = _py("import gemma4stack.cost, gemma4stack.pull, gemma4stack.bench, gemma4stack.recommend\n"
+            "import gemma4stack as g4\n"
+            "print(type(g4.cost(tokens_per_s=10.0)).__name__, "
+            "type(g4.recommend(machine='rtx-4090')).__name__, "
+            "callable(g4.pull), callable(g4.bench), g4.cost.load_prices is not None)")
+    assert p.stdout.split() == ["CostReport", "Recommendation", "True", "True", "True"]
+
+
 # 4. a plain transcript ends where the model starts the next turn; raw and completions do not
 def _local(chat_template: str):
     from gemma4stack.gateway.backends import LocalBackend

@@ -1,10 +1,12 @@
 """README.md's examples, run as written, so the README cannot drift from the code.
 
-Every fenced block in README.md carries a language. `python` blocks run as scripts (from a temporary
-directory) and `sh` blocks command by command (a command is a line plus its `\\` continuation lines), each in a
-fresh process from the repository root against the shared test models, except the commands
-in SKIP, each with its reason. `toml` is the gateway config, loaded by the tests at the end;
-`text` blocks are not code.
+Every fenced block in README.md carries a language. `python` blocks run as scripts, each in a
+fresh interpreter in a temporary directory; `sh` blocks run command by command (a command is a
+line plus its `\\` continuation lines) with bash from the repository root; both against the
+shared test models, with this checkout first on PYTHONPATH. Commands in SKIP do not run, each
+for the reason it gives. The `toml` block is the gateway config, loaded by the tests at the
+end; `text` blocks are not code. The "Command line" table is checked against the parsers.
+Runtime: about 30 s on 2 busy cores, most of it three gateway start-ups and the bench command.
 
 The only changes made to an example before it runs (SUBSTITUTIONS, plus these):
 - `g4.pull(...)` downloads from a loopback stand-in for the Hugging Face Hub (tests/test_pull.py's
@@ -321,3 +323,21 @@ def test_placeholder_key_from_the_environment_is_refused(env, monkeypatch):
     from gemma4stack.gateway.config import ConfigError
     with pytest.raises(ConfigError, match=r"\$GEMMA4STACK_API_KEYS holds a placeholder key"):
         _load(TOML_BLOCKS[0].text, env, monkeypatch, keys="real-key-1,sk-...")
+
+
+# ------------------------------------------------------------------ the command-line table
+
+def test_command_table_names_real_commands_and_options():
+    """Every `gemma4stack COMMAND ...` row of the "Command line" table names a subcommand that
+    exists and only options its parser accepts."""
+    from gemma4stack.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    section = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `gemma4stack (\w+)([^`]*)` \|", section, re.M)
+    assert len(rows) >= 9
+    for name, synopsis in rows:
+        assert name in sub.choices, f"README names `gemma4stack {name}`, which does not exist"
+        known = {s for a in sub.choices[name]._actions for s in a.option_strings}
+        flags = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", synopsis))
+        assert flags <= known, f"gemma4stack {name}: README options {sorted(flags - known)} unknown"
