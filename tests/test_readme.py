@@ -323,6 +323,11 @@ def test_placeholder_key_from_the_environment_is_refused(env, monkeypatch):
     from gemma4stack.gateway.config import ConfigError
     with pytest.raises(ConfigError, match=r"\$GEMMA4STACK_API_KEYS holds a placeholder key"):
         _load(TOML_BLOCKS[0].text, env, monkeypatch, keys="real-key-1,sk-...")
+    monkeypatch.setenv("GEMMA4STACK_API_KEYS", "real-key-1")
+    monkeypatch.setenv("HEAVY_API_KEY", "<upstream key>")
+    from gemma4stack.gateway.config import load_config
+    with pytest.raises(ConfigError, match=r"\[tiers\.heavy\] \$HEAVY_API_KEY holds a placeholder"):
+        load_config(_gateway_dir(env) / "gateway.toml")
 
 
 # ------------------------------------------------------------------ the command-line table

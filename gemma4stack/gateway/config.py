@@ -273,6 +273,9 @@ def _read_tier(name: str, data: Any, base: Path | None, src: str) -> TierConfig:
             tier.api_key = os.environ.get(tier.api_key_env)
             if not tier.api_key:
                 t.fail(f"api_key_env names ${tier.api_key_env}, which is not set")
+            if _placeholder(tier.api_key):
+                t.fail(f"${tier.api_key_env} holds a placeholder key ({tier.api_key[:3]}...), "
+                       "not the upstream server's key")
         for k in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s"):
             setattr(tier, k, t.positive(k, float, getattr(tier, k)))
         tier.max_connections = t.positive("max_connections", int, tier.max_connections)
