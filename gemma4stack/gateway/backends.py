@@ -121,10 +121,8 @@ def render_messages(messages: list[dict], mode: str = "plain") -> str:
 TRANSCRIPT_STOPS = ("\nUser:", "\nSystem:", "\nAssistant:")
 
 
-def transcript_stops(mode: str, stop: list[str] | None) -> list[str] | None:
-    """The request's stop strings plus, for the "plain" transcript, the next turn's markers."""
-    if mode != "plain":
-        return stop
+def transcript_stops(stop: list[str] | None) -> list[str]:
+    """A "plain" transcript's stop strings: the request's own, then the next turn's markers."""
     return list(stop or []) + [s for s in TRANSCRIPT_STOPS if s not in (stop or [])]
 
 
@@ -222,7 +220,7 @@ class LocalBackend:
                 prompt = (req.prompt if req.kind == "completion" else
                           render_messages(req.messages, mode))
                 if req.kind == "chat" and mode == "plain":
-                    kw["stop"] = transcript_stops(mode, req.stop)
+                    kw["stop"] = transcript_stops(req.stop)
                 max_tokens = req.max_tokens
                 if n_ctx:
                     n_prompt = len(self.model.tokenize(prompt))

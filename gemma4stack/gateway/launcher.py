@@ -107,7 +107,6 @@ class Gateway:
             _live.discard(self)
             return self.proc.returncode
 
-
     def __enter__(self) -> "Gateway":
         return self
 
