@@ -212,7 +212,8 @@ def _next_steps(out: TextIO, report: Any, context: int) -> None:
                   f"{gb(r)} download ({disk}):\n     {s.command}{tags}\n")
         if s.bigger is not None:
             b = s.bigger
-            out.write(f"   Bigger, at most ~{b.predicted_decode_tps:.1f} tokens/s here: "
+            out.write(f"   Bigger, at most ~{b.predicted_decode_tps:.1f} tokens/s here (the "
+                      "roofline, an upper bound with this few cores): "
                       f"{b.variant} {b.quant} ({gb(b)}): {pull_hint(b)}\n")
     elif s.bigger is not None or s.fastest is not None:
         r = s.bigger or s.fastest
