@@ -658,23 +658,16 @@ def _row(v: Variant, q: Quant, targets: list[Target], context: int) -> TierRow:
 
 
 def _pick_best(rows: list[TierRow]) -> TierRow | None:
-    """Largest variant, then highest precision, that fits at >= USABLE_TPS; when no fitting row
-    has a known speed, the largest that fits (its speed unknown)."""
+    """Largest variant, then highest precision, that fits at >= USABLE_TPS predicted; None when
+    nothing fitting is predicted that fast, including when no speed is known (no measured
+    bandwidth): the largest row that fits would then be a guess, and often an unusably slow one
+    (31B from system RAM)."""
     vr = {v.name: v.rank for v in variants()}
     qr = {q.name: q.rank for q in quants()}
     key = lambda r: (vr[r.variant], qr[r.quant])
     known = [r for r in rows if r.fits and r.predicted_decode_tps is not None
              and r.predicted_decode_tps >= USABLE_TPS]
-    if known:
-        return max(known, key=key)
-    if any(r.fits and r.predicted_decode_tps is not None for r in rows):
-        return None                                   # fits, but nothing fast enough
-    # no speed known: prefer a GPU / unified memory over system RAM, then the largest variant,
-    # at Q4_K_M (`gemma4stack pull`'s default) if it fits, else the fewest bytes per token
-    kind = lambda r: 0 if r.placement == "ram" else 1
-    unknown = [r for r in rows if r.fits]
-    return max(unknown, key=lambda r: (kind(r), vr[r.variant], r.quant == "Q4_K_M",
-                                       -r.bytes_per_token)) if unknown else None
+    return max(known, key=key) if known else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -753,10 +746,13 @@ class Recommendation:
         lines.append("")
         if self.best:
             b = self.best
-            speed = ("speed unknown" if b.predicted_decode_tps is None
-                     else f"~{b.predicted_decode_tps:.0f} tokens/s predicted")
-            lines.append(f"* best: {b.variant} {b.quant} on {b.placement} ({speed}); "
+            lines.append(f"* best: {b.variant} {b.quant} on {b.placement} "
+                         f"(~{b.predicted_decode_tps:.1f} tokens/s predicted); "
                          f"get it: {pull_hint(b)}")
+        elif not any(r.fits and r.predicted_decode_tps is not None for r in self.rows):
+            lines.append("* best: none chosen: no speed is known for the rows that fit (no "
+                         "measured bandwidth), and the largest that fits may be far below "
+                         f"{USABLE_TPS:g} tokens/s")
         else:
             lines.append(f"* best: none fits at >= {USABLE_TPS:g} tokens/s")
         lines.append("  tok/s = bandwidth x efficiency / bytes read per token; in parentheses: "

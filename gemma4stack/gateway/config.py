@@ -35,6 +35,21 @@ class ConfigError(ValueError):
     """A gateway config that cannot be used; the message names the file and the key."""
 
 
+# Values copied from an example without being filled in: "sk-...", "<your key>", "xxx",
+# "…", "YOUR_API_KEY", "changeme". Accepting one would make a copied example a live setting
+# (a routing marker "..." matches every prompt that contains three dots; "sk-..." would
+# open the gateway to anyone who reads the README).
+_PLACEHOLDER = re.compile(
+    r"\.\.\.|\u2026|^<.*>$|^x{3,}$|^(your|my)[-_ ]?(api[-_ ]?)?key$|^changeme$|^replace[-_ ]?me$",
+    re.IGNORECASE)
+
+
+def _placeholder(value: str) -> bool:
+    """True for a string that looks like an example placeholder rather than a real value."""
+    v = value.strip()
+    return bool(_PLACEHOLDER.search(v)) if v else False
+
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"          # loopback unless told otherwise
@@ -271,6 +286,9 @@ def _read_tier(name: str, data: Any, base: Path | None, src: str) -> TierConfig:
             tier.api_key = os.environ.get(tier.api_key_env)
             if not tier.api_key:
                 t.fail(f"api_key_env names ${tier.api_key_env}, which is not set")
+            if _placeholder(tier.api_key):
+                t.fail(f"${tier.api_key_env} holds a placeholder key ({tier.api_key[:3]}...), "
+                       "not the upstream server's key")
         for k in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s"):
             setattr(tier, k, t.positive(k, float, getattr(tier, k)))
         tier.max_connections = t.positive("max_connections", int, tier.max_connections)
@@ -307,12 +325,28 @@ def parse_config(data: dict, *, source: str = "<config>", base_dir: Path | None 
         auth.api_keys = auth.api_keys + extra
     if any(not k for k in auth.api_keys):
         raise ConfigError(f"{source}: [auth] api_keys must not contain empty strings")
+    for k in auth.api_keys:
+        if _placeholder(k):
+            where = ("$" + auth.api_keys_env) if k not in (at.data.get("api_keys") or []) \
+                else "api_keys"
+            raise ConfigError(f"{source}: [auth] {where} holds a placeholder key "
+                              f"({k[:3]}...), not a real one: generate one, e.g. "
+                              "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
 
     limits = _read_dataclass(LimitsConfig, _Table(root.get("limits", dict, {}), "limits", source),
                              zero_ok=("requests_per_minute", "tokens_per_minute"))
     breaker = _read_dataclass(BreakerConfig, _Table(root.get("breaker", dict, {}), "breaker", source))
     routing = _read_dataclass(RoutingConfig, _Table(root.get("routing", dict, {}), "routing", source),
                               zero_ok=("min_available_memory", "fast_max_chars"))
+    for key in ("code_markers", "reasoning_markers", "heavy_keywords", "primary_keywords",
+                "fast_keywords"):
+        for m in getattr(routing, key):
+            if not m or _placeholder(m):
+                raise ConfigError(
+                    f"{source}: [routing] {key} contains {m!r}, which "
+                    + ("matches every prompt" if not m else
+                       "looks like a placeholder from an example (it would match every prompt "
+                       "containing it)") + "; remove it or write the real marker")
     if routing.min_available_memory >= 1:
         raise ConfigError(f"{source}: [routing] min_available_memory is a share of MemTotal "
                           f"in [0, 1), got {routing.min_available_memory}")
