@@ -170,21 +170,29 @@ def _locate(chunks: Sequence[tuple[str, str]]) -> list[Path]:
 
 def pip_install(requirements: Sequence[str], progress: bool = True) -> None:
     """`sys.executable -m pip install REQ...`; TestModelError with pip's last lines on failure
-    (and a hint when it looks like there is no network)."""
+    (and a hint when it looks like there is no network).
+
+    progress: pip's output lines are relayed to sys.stderr as they come (so a notebook cell
+    shows "Downloading ... (61 MB)" too, not only a terminal); else pip runs quietly."""
     # --retries 2: offline, pip's default 5 retries with back-off only delay the error
     cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--retries",
            "2", *requirements]
     if not progress:
         cmd.insert(4, "-q")
     print(f"installing {' '.join(requirements)} from PyPI ...", file=sys.stderr, flush=True)
-    # pip's own progress bars go to the terminal when progress=True; its output is kept for
-    # the error message otherwise (and always the stderr lines)
-    r = subprocess.run(cmd, stdout=None if progress else subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
-    if r.returncode == 0:
+    lines: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as proc:
+        for line in proc.stdout:
+            lines.append(line)
+            if progress:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+    if proc.returncode == 0:
         return
-    tail = "\n".join((r.stderr or "").strip().splitlines()[-8:])
-    offline = any(s in (r.stderr or "") for s in (
+    output = "".join(lines)
+    tail = "\n".join(output.strip().splitlines()[-8:])
+    offline = any(s in output for s in (
         "No matching distribution", "Could not find a version", "NewConnectionError",
         "Temporary failure in name resolution", "Network is unreachable", "ConnectTimeout",
         "Max retries exceeded", "ProxyError"))
@@ -193,7 +201,7 @@ def pip_install(requirements: Sequence[str], progress: bool = True) -> None:
             "copy wheels/ here and run\n"
             f"  pip install --no-index --find-links wheels/ {' '.join(requirements)}"
             if offline else "")
-    raise TestModelError(f"pip install {' '.join(requirements)} failed (exit {r.returncode}):\n"
+    raise TestModelError(f"pip install {' '.join(requirements)} failed (exit {proc.returncode}):\n"
                          f"{tail}\n{hint}".rstrip())
 
 
