@@ -283,11 +283,8 @@ def _verified(path: Path, sha256: str) -> bool:
             return True
     except (OSError, ValueError):
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    if h.hexdigest() != sha256:
+    from gemma4stack.pull import sha256_file
+    if sha256_file(path, progress=True) != sha256:       # a bar only for files > 256 MiB
         return False
     _write_stamp(path, sha256)
     return True

@@ -28,11 +28,7 @@ def test_assembled_file_has_the_published_sha256(gemma3_270m_path):
     chunks = chunk_paths(GEMMA3_270M, install=False)
     assert [c.name for c in chunks] == [f"gemma-3-270m-q4_k_m.gguf.part{k:02d}" for k in range(4)]
     assert sum(c.stat().st_size for c in chunks) == p.stat().st_size
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        while b := f.read(8 << 20):
-            h.update(b)
-    assert h.hexdigest() == GEMMA3_270M.sha256
+    assert hashlib.sha256(p.read_bytes()).hexdigest() == GEMMA3_270M.sha256
     with open(p, "rb") as f:
         assert f.read(4) == b"GGUF"
 
