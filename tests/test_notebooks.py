@@ -1,5 +1,7 @@
-"""The notebooks run top to bottom on the installed package and the shared test models, and
-are committed without outputs.
+"""The notebooks run top to bottom on the installed package, Google's Gemma 3 270M (their
+default model, from gemma4stack.testmodels; the gemma3_270m_path fixture fetches it first so the
+budget does not include the one-time download) and the shared test models, and are committed
+without outputs.
 
 Each is executed with nbclient in a python3 (ipykernel) kernel with a 2-minute budget per
 notebook; any cell error fails the test with the cell's traceback. Plots use the kernel's
@@ -49,11 +51,15 @@ def test_guided_notebook_answers_run_speed_cost_first():
             assert "gw.stop()" in cell.source       # the only code-after-code: stopping the gateway
 
 
-def _execute(path: Path, tmp_path: Path, monkeypatch) -> tuple[object, float]:
+def _execute(path: Path, tmp_path: Path, monkeypatch, bench_models: str | None = None
+             ) -> tuple[object, float]:
     monkeypatch.delenv("MPLBACKEND", raising=False)
     monkeypatch.setenv("GEMMA4STACK_RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.delenv("GEMMA4STACK_MODEL", raising=False)
-    monkeypatch.delenv("GEMMA4STACK_BENCH_MODELS", raising=False)
+    if bench_models is None:
+        monkeypatch.delenv("GEMMA4STACK_BENCH_MODELS", raising=False)
+    else:
+        monkeypatch.setenv("GEMMA4STACK_BENCH_MODELS", bench_models)
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=BUDGET_S, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
@@ -77,15 +83,18 @@ def _text(outputs) -> str:
     return "\n".join(out)
 
 
-def test_guided_notebook_runs(tmp_path, monkeypatch):
+def test_guided_notebook_runs(tmp_path, monkeypatch, gemma3_270m_path):
     nb, seconds = _execute(GUIDED, tmp_path, monkeypatch)
     assert seconds < BUDGET_S
     # cell 2 drew the recommend chart, cell 3 shows the cost table
     assert any("image/png" in o.get("data", {}) for o in _outputs(nb, 1))
     assert "per 1M generated tokens" in _text(_outputs(nb, 2))
     text = {i: _text(c.outputs) for i, c in enumerate(nb.cells) if c.cell_type == "code"}
+    model_cell = next(t for i, t in text.items() if "demo_model()" in nb.cells[i].source)
+    assert gemma3_270m_path.name in model_cell and "gemma3" in model_cell   # read_gguf's repr
     gen = next(t for i, t in text.items() if "model.generate" in nb.cells[i].source)
-    assert len(gen.strip()) > 20                        # the streamed story
+    assert gen.startswith("The lighthouse keeper had not seen a ship in forty years. One stormy night,")
+    assert len(gen.split("night,", 1)[1].strip()) > 20     # the streamed story
     bench = next(i for i in text if "g4.bench(" in nb.cells[i].source)
     assert "tg32" in text[bench] and any("image/png" in o.get("data", {})
                                          for o in nb.cells[bench].outputs)
@@ -94,7 +103,7 @@ def test_guided_notebook_runs(tmp_path, monkeypatch):
     assert text[max(text)].strip().endswith("False")    # gw.running after gw.stop()
 
 
-def test_benchmarks_notebook_runs_and_saves_results(tmp_path, monkeypatch):
+def test_benchmarks_notebook_runs_and_saves_results(tmp_path, monkeypatch, gemma3_270m_path):
     nb, seconds = _execute(BENCH, tmp_path, monkeypatch)
     assert seconds < BUDGET_S
     res = tmp_path / "results"
@@ -102,6 +111,10 @@ def test_benchmarks_notebook_runs_and_saves_results(tmp_path, monkeypatch):
     rows = json.loads((res / "bench.json").read_text())
     assert {(r["n_prompt"], r["n_gen"]) for r in rows} == {(64, 0), (0, 32)}
     assert len(rows) == 4 and all("avg_ts" in r and "roofline_efficiency" in r for r in rows)
+    assert {Path(r["model_filename"]).name for r in rows} == {gemma3_270m_path.name,
+                                                              "TinyStories-656K-Q8_0.gguf"}
+    g3 = next(r for r in rows if r["n_gen"] and Path(r["model_filename"]) == gemma3_270m_path)
+    assert g3["model_type"].startswith("gemma3") and g3["model_size"] > 200e6
     hw = json.loads((res / "hardware.json").read_text())
     assert hw["bandwidth_gbs"]["read"] > 0
     csv_lines = (res / "bench.csv").read_text().strip().splitlines()
@@ -133,15 +146,18 @@ class Llama:
 '''
 
 
-def test_benchmarks_notebook_compares_with_llama_cpp_when_importable(tmp_path, monkeypatch):
-    """The llama.cpp cell's code path, with a fake llama_cpp module on the kernel's path."""
+def test_benchmarks_notebook_compares_with_llama_cpp_when_importable(tmp_path, monkeypatch, models):
+    """The llama.cpp cell's code path, with a fake llama_cpp module on the kernel's path; on the
+    two tiny shared models named by $GEMMA4STACK_BENCH_MODELS (the default models ran above)."""
     fake = tmp_path / "fake"
     fake.mkdir()
     (fake / "llama_cpp.py").write_text(FAKE_LLAMA_CPP)
     monkeypatch.setenv("PYTHONPATH", str(fake) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    nb, _ = _execute(BENCH, tmp_path, monkeypatch)
+    names = ["TinyStories-656K-Q8_0.gguf", "stories260K.gguf"]
+    nb, _ = _execute(BENCH, tmp_path, monkeypatch,
+                     bench_models=os.pathsep.join(str(models / n) for n in names))
     rows = json.loads((tmp_path / "results" / "llamacpp_comparison.json").read_text())
-    assert [r["model"] for r in rows] == ["TinyStories-656K-Q8_0.gguf", "stories260K.gguf"]
+    assert [r["model"] for r in rows] == names
     ours = {r["model_filename"].rsplit("/", 1)[1] + str(r["n_gen"]): r
             for r in json.loads((tmp_path / "results" / "bench.json").read_text())}
     for r in rows:

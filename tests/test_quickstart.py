@@ -62,3 +62,14 @@ def test_missing_model_is_a_clear_error(tmp_path):
     assert p.returncode == 1
     assert "model not found" in p.stderr and "nope.gguf" in p.stderr
     assert "== 1. This machine" not in p.stdout            # fails before anything slow
+
+
+def test_default_model_is_gemma3_270m_with_a_base_model_prompt(gemma3_270m_path):
+    """Without --model, quickstart runs Google's Gemma 3 270M (testmodels.demo_model) and
+    continues the story opening of quickstart.DEFAULT_PROMPT."""
+    from gemma4stack.quickstart import DEFAULT_PROMPT
+    p, _ = _quickstart("--no-bandwidth", "--max-tokens", "12", "--seed", "1")
+    assert p.returncode == 0, p.stderr
+    story = p.stdout.split("== 3. A short story", 1)[1].split("== 4. Next steps", 1)[0]
+    assert f"({gemma3_270m_path.name})" in story and str(gemma3_270m_path) in story
+    assert DEFAULT_PROMPT in story and "generated 12 tokens" in story
