@@ -124,12 +124,21 @@ class MemoryInfo:
 
 @dataclass
 class GPUInfo:
-    """One physical GPU (all hwloc OS devices of one PCI device merged).
+    """One physical GPU: every hwloc OS device of one PCI device and what the
+    driver probes found for it (csrc/hw/gpu_probe.c), merged by PCI bus id.
 
-    backend: the hwloc backend that gave the memory size, else the best one
-    seen ("CUDA", "NVML", "RSMI", "LevelZero", "OpenCL"). memory_bytes: None
-    when unknown. memory_source: "hwloc" (a backend reported it), "catalog"
-    (gemma4stack/data/gpus.toml matched the name) or None.
+    backend: what gave the memory size: an hwloc backend ("CUDA", "NVML",
+    "RSMI", "LevelZero", "OpenCL"), our own probes ("NVML" through dlopen of
+    libnvidia-ml.so.1, "sysfs" for amdgpu / xe, "Metal" for Apple silicon
+    read through sysctl), else the best one seen. memory_bytes: None when
+    unknown. memory_source: "driver" (NVML / sysfs / sysctl), "hwloc",
+    "catalog" (gemma4stack/data/gpus.toml matched the name) or None.
+    memory_free_bytes: free now (NVML, amdgpu), None when unknown.
+    compute_capability: CUDA's "major.minor" (NVML) or None.
+    memory_bus_width_bits, memory_clock_mhz: NVML's bus width and maximum
+    memory clock; peak_bandwidth_gbs = 2 x clock x width / 8 in GB/s
+    (1e9 B/s; NVIDIA's formula, see csrc/hw/hw.h), None when unknown.
+    unified: True for Apple silicon, whose GPU uses system RAM.
     """
     name: str
     vendor: str
@@ -139,6 +148,12 @@ class GPUInfo:
     pci_busid: str | None
     osdevs: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)
+    memory_free_bytes: int | None = None
+    compute_capability: str | None = None
+    memory_bus_width_bits: int | None = None
+    memory_clock_mhz: int | None = None
+    peak_bandwidth_gbs: float | None = None
+    unified: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,12 +178,15 @@ class Bandwidth:
 
 @dataclass
 class HardwareReport:
-    """Everything detect() found. source: "this machine" or the XML path."""
+    """Everything detect() found. source: "this machine" or the XML path.
+    gpu_notes: why a GPU probe found nothing ("NVML: libnvidia-ml.so.1 not
+    loadable (no NVIDIA driver)"), empty when probes were not run."""
     cpu: CPUInfo
     memory: MemoryInfo
     gpus: list[GPUInfo]
     bandwidth_gbs: Bandwidth | None
     source: str
+    gpu_notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: cpu, memory, gpus, bandwidth_gbs ({read, triad, ...} or None), source."""
@@ -178,6 +196,7 @@ class HardwareReport:
             "gpus": [g.to_dict() for g in self.gpus],
             "bandwidth_gbs": self.bandwidth_gbs.to_dict() if self.bandwidth_gbs else None,
             "source": self.source,
+            "gpu_notes": list(self.gpu_notes),
         }
 
     def _rows(self) -> list[tuple[str, str]]:
@@ -217,7 +236,14 @@ class HardwareReport:
                    else "memory unknown")
             where = f", PCI {g.pci_busid}" if len(same) == 1 and g.pci_busid else ""
             count = f"{len(same)} x " if len(same) > 1 else ""
-            rows.append(("GPUs" if i == 0 else "", f"{count}{g.name} ({g.vendor}), {mem}, via {g.backend}{where}"))
+            extra = "".join(f", {x}" for x in (
+                "unified memory" if g.unified else None,
+                f"{_fmt_bytes(g.memory_free_bytes)} free" if g.memory_free_bytes is not None and len(same) == 1
+                else None,
+                f"compute {g.compute_capability}" if g.compute_capability else None,
+                f"peak {g.peak_bandwidth_gbs:.0f} GB/s" if g.peak_bandwidth_gbs else None) if x)
+            rows.append(("GPUs" if i == 0 else "",
+                         f"{count}{g.name} ({g.vendor}), {mem}{extra}, via {g.backend}{where}"))
         b = self.bandwidth_gbs
         if b is None:
             rows.append(("Bandwidth", "not measured"))
@@ -336,18 +362,26 @@ def _cached_bandwidth(refresh: bool) -> Bandwidth:
 
 def _gpu(d: dict[str, Any]) -> GPUInfo:
     mem: int | None = d["memory_bytes"] if d["memory_bytes"] >= 0 else None
-    source: str | None = "hwloc" if mem is not None else None
+    backends = [s for s in d["backends"].split(",") if s]
+    probed = d["backend"] in ("sysfs", "Metal") or (d["backend"] == "NVML" and d["cc_major"] > 0)
+    source: str | None = ("driver" if probed else "hwloc") if mem is not None else None
     if mem is None:
         mem = catalog_memory(d["name"])
         source = "catalog" if mem is not None else None
     return GPUInfo(name=d["name"], vendor=d["vendor"], backend=d["backend"], memory_bytes=mem,
                    memory_source=source, pci_busid=d["pci_busid"] or None,
-                   osdevs=[s for s in d["osdevs"].split(",") if s],
-                   backends=[s for s in d["backends"].split(",") if s])
+                   osdevs=[s for s in d["osdevs"].split(",") if s], backends=backends,
+                   memory_free_bytes=d["memory_free_bytes"] if d["memory_free_bytes"] >= 0 else None,
+                   compute_capability=f"{d['cc_major']}.{d['cc_minor']}" if d["cc_major"] > 0 else None,
+                   memory_bus_width_bits=d["mem_bus_width_bits"] or None,
+                   memory_clock_mhz=d["mem_clock_mhz"] or None,
+                   peak_bandwidth_gbs=round(d["peak_bandwidth_gbs"], 2) or None,
+                   unified=bool(d["unified"]))
 
 
 def detect(bandwidth: Union[bool, str] = True,
-           topology_xml: Union[str, os.PathLike[str], None] = None) -> HardwareReport:
+           topology_xml: Union[str, os.PathLike[str], None] = None,
+           probe_gpus: bool | None = None) -> HardwareReport:
     """Describe this machine, or the machine of an hwloc XML export.
 
     bandwidth: True measures memory bandwidth once per process and reuses it
@@ -357,13 +391,20 @@ def detect(bandwidth: Union[bool, str] = True,
 
     topology_xml: path of a topology exported by hwloc 2.x (`lstopo file.xml`).
 
+    probe_gpus: None (default) asks the GPU drivers directly on this machine
+    only: NVML through dlopen("libnvidia-ml.so.1"), amdgpu / xe sysfs under
+    $GEMMA4STACK_SYSFS_ROOT (default /sys), sysctl on macOS; what they find is
+    merged with hwloc's GPUs by PCI bus id (one GPU, one entry). True also
+    probes for an XML topology (tests merge fake GPUs into saved machines);
+    False never probes.
+
     Raises FileNotFoundError if topology_xml does not exist, ValueError if it
     is not an hwloc XML topology, RuntimeError if hwloc fails.
     """
     if bandwidth not in (True, False, "refresh"):
         raise ValueError(f"bandwidth must be True, False or 'refresh', got {bandwidth!r}")
     xml = os.fspath(topology_xml) if topology_xml is not None else None
-    raw = _core.hw_detect(xml)
+    raw = _core.hw_detect(xml, probe_gpus)
     from_xml = xml is not None
 
     def level_name(lvl: int) -> str:
@@ -390,7 +431,8 @@ def detect(bandwidth: Union[bool, str] = True,
     if bandwidth and not from_xml:
         bw = _cached_bandwidth(refresh=bandwidth == "refresh")
     return HardwareReport(cpu=cpu, memory=memory, gpus=gpus, bandwidth_gbs=bw,
-                          source=xml if from_xml else "this machine")
+                          source=xml if from_xml else "this machine",
+                          gpu_notes=[n for n in raw["gpu_notes"].split("; ") if n])
 
 
 # ---- CLI ----------------------------------------------------------------------------
