@@ -15,7 +15,7 @@ CC ?= cc
 
 export GEMMA4STACK_SHARED ?= $(SHARED)
 
-.PHONY: all deps sysdeps install demo test test-c test-arm test-py clean
+.PHONY: all deps sysdeps install demo test test-c test-arm test-py test-packaging clean
 
 all: install
 
@@ -81,7 +81,12 @@ test-arm: sysdeps tests/c/build/arm/test_kernels
 test-py: deps
 	$(PYTHON) -m pytest -q tests
 
-test: deps test-c test-arm test-py fuzz-smoke test-asan
+# The sdist built and installed into a fresh venv per CPython 3.10-3.13 of pyenv (in parallel),
+# then detect / recommend / a generation from outside the checkout (tests/test_packaging.py).
+test-packaging: deps
+	$(PYTHON) -m pytest -q -s -m packaging tests/test_packaging.py
+
+test: deps test-c test-arm test-py test-packaging fuzz-smoke test-asan
 
 clean:
 	rm -rf build tests/c/build gemma4stack/*.so *.egg-info

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import threading
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -301,13 +300,8 @@ def _fmt_kind(k: CPUKind) -> str:
 def _gpu_catalog() -> tuple[tuple[re.Pattern[str], int, str], ...]:
     try:
         import tomllib
-    except ModuleNotFoundError:   # Python 3.10: the tomli backport, if installed
-        try:
-            import tomli as tomllib   # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            warnings.warn("GPU memory catalog needs Python 3.11+ or the tomli package; "
-                          "GPUs without a size from hwloc stay unknown", RuntimeWarning, stacklevel=3)
-            return ()
+    except ModuleNotFoundError:   # Python 3.10: the backport, a dependency there
+        import tomli as tomllib   # type: ignore[no-redef]
     with open(_GPU_CATALOG, "rb") as f:
         data = tomllib.load(f)
     return tuple((re.compile(e["pattern"], re.IGNORECASE), int(e["bytes"]), e["source"])
