@@ -223,7 +223,8 @@ class HardwareReport:
             note = " (hwloc's per-node sizes; they disagree with MemTotal, as in some VMs)"
         rows.append(("NUMA", f"{len(m.numa_nodes)} node{'s' * (len(m.numa_nodes) != 1)}: {numa}{note}"))
         if not self.gpus:
-            rows.append(("GPUs", "none with a compute backend"))
+            rows.append(("GPUs", "none with a compute backend"
+                         + (f" ({'; '.join(self.gpu_notes)})" if self.gpu_notes else "")))
         # identical GPUs (a DGX's sixteen V100s) on one line; to_dict() keeps each
         groups: dict[tuple, list[GPUInfo]] = {}
         for g in self.gpus:

@@ -878,17 +878,14 @@ def gateway_config(rec: "Recommendation", model_path: str | None = None, port: i
         if best is not None:
             chosen.append(best)
     chosen.sort(key=lambda r: -r.bytes_per_token)
-    tiers, notes = {}, []
-    ladder = {1: ["primary"], 2: ["primary", "fast"], 3: ["heavy", "primary", "fast"]}
-    names = ladder.get(len(chosen)) or (["heavy", "primary", "fast"]
-                                        + [f"tier{i}" for i in range(4, len(chosen) + 1)])
-    for name, r in zip(names, chosen):
+    written, notes = [], []
+    for r in chosen:
         t = next(t for t in rec.targets if t.placement == r.placement)
         if t.kind == "ram":
             path = model_path or _cached_gguf(r)
             if path is None:
                 notes.append(f"{r.variant} {r.quant} on ram: not downloaded; {pull_hint(r)} "
-                             "then run this again (or pass model_path)")
+                             "then run this again (or pass --model PATH / model_path)")
                 continue
             found = engines_for(r, t, model_path=str(Path(path).resolve()))
             if model_path:                      # the caller's file: the gateway names it by its stem
@@ -898,9 +895,14 @@ def gateway_config(rec: "Recommendation", model_path: str | None = None, port: i
         if not found:
             notes.append(f"{r.variant} {r.quant} on {r.placement}: no engine known for it")
             continue
-        tiers[name] = dict(found[0]["gateway_tier"])
-        if tiers[name]["backend"] == "openai":
-            tiers[name]["_start"] = found[0]["command"]
+        tier = dict(found[0]["gateway_tier"])
+        if tier["backend"] == "openai":
+            tier["_start"] = found[0]["command"]
+        written.append(tier)
+    ladder = {1: ["primary"], 2: ["primary", "fast"], 3: ["heavy", "primary", "fast"]}
+    names = ladder.get(len(written)) or (["heavy", "primary", "fast"]
+                                         + [f"tier{i}" for i in range(4, len(written) + 1)])
+    tiers = dict(zip(names, written))
     if not tiers:
         raise ValueError("no gateway tier can be written: " + ("; ".join(notes) or
                          "no Gemma 4 tier fits this machine"))
