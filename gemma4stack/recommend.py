@@ -817,14 +817,14 @@ def engines_for(row: TierRow, target: Target, model_path: str | None = None) -> 
             command = e["command_path"]
         if e["needs"] == "bf16" and row.quant != "BF16":
             continue                            # runs the original checkpoint only
-        if e["needs"] == "mlx" and row.quant == "BF16":
+        bf16 = row.quant == "BF16" and "command_bf16" in e   # the checkpoint as it is (mlx-lm)
+        if bf16:
             command = e["command_bf16"]
         if key == "gemma4stack":
             tier = {"backend": "local", "model": model_path or f"<path printed by gemma4stack pull {tag}>",
                     "id": tier_id, "context": row.context}
         else:
-            model = (raw["models"].get(v.key, "") if key == "mlx-lm" and row.quant == "BF16"
-                     else f"./{tier_id}-mlx" if key == "mlx-lm" else e["model"].format(**fmt))
+            model = e["model_bf16" if bf16 else "model"].format(**fmt)
             tier = {"backend": "openai", "url": e["url"].format(**fmt), "model": model, "id": tier_id}
         out.append({"engine": key, "name": e["name"], "command": command.format(**fmt),
                     "gateway_tier": tier, "source": e["source"]})
