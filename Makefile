@@ -83,8 +83,10 @@ test-py: deps
 
 # The sdist built and installed into a fresh venv per CPython 3.10-3.13 of pyenv (in parallel),
 # then detect / recommend / a generation from outside the checkout (tests/test_packaging.py).
+# PACKAGING_PYTHONS=/path/python3.10,/path/python3.13 limits it to those interpreters.
+PACKAGING_PYTHONS ?=
 test-packaging: deps
-	$(PYTHON) -m pytest -q -s -m packaging tests/test_packaging.py
+	GEMMA4STACK_PACKAGING_PYTHONS="$(PACKAGING_PYTHONS)" $(PYTHON) -m pytest -q -s -m packaging tests/test_packaging.py
 
 test: deps test-c test-arm test-py test-packaging fuzz-smoke test-asan
 
