@@ -17,7 +17,7 @@ CC ?= cc
 
 export GEMMA4STACK_SHARED ?= $(SHARED)
 
-.PHONY: all deps sysdeps install demo test test-c test-arm test-py clean
+.PHONY: all deps sysdeps install demo test test-c test-arm test-py test-packaging clean
 
 all: install
 
@@ -34,8 +34,9 @@ deps: sysdeps
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-build-isolation -e '.[test]'
 
+# the demo's extras: `pull` (huggingface_hub, tqdm) for its model download and progress bars
 install: sysdeps
-	$(PIP) install -q --no-build-isolation -e .
+	$(PIP) install -q --no-build-isolation -e '.[pull]'
 
 demo: install
 	gemma4stack quickstart $(if $(MODEL),--model $(MODEL))
@@ -83,7 +84,14 @@ test-arm: sysdeps tests/c/build/arm/test_kernels
 test-py: deps
 	$(PYTHON) -m pytest -q tests
 
-test: deps test-c test-arm test-py fuzz-smoke test-asan
+# The sdist built and installed into a fresh venv per CPython 3.10-3.13 of pyenv (in parallel),
+# then detect / recommend / a generation from outside the checkout (tests/test_packaging.py).
+# PACKAGING_PYTHONS=/path/python3.10,/path/python3.13 limits it to those interpreters.
+PACKAGING_PYTHONS ?=
+test-packaging: deps
+	GEMMA4STACK_PACKAGING_PYTHONS="$(PACKAGING_PYTHONS)" $(PYTHON) -m pytest -q -s -m packaging tests/test_packaging.py
+
+test: deps test-c test-arm test-py test-packaging fuzz-smoke test-asan
 
 clean:
 	rm -rf build tests/c/build gemma4stack/*.so *.egg-info

@@ -23,6 +23,36 @@ _COMMAND_MODULES = (
     "gemma4stack.synth",        # synth
 )
 
+# Third-party packages that only an extra installs (pyproject.toml), so a base install
+# (`pip install gemma4stack`: numpy only) can say what to add instead of a traceback.
+_EXTRA_OF = {
+    "gguf": "convert", "fastapi": "gateway", "uvicorn": "gateway", "httpx": "gateway",
+    "httpcore": "gateway", "limits": "gateway", "prometheus_client": "gateway",
+    "pydantic": "gateway", "starlette": "gateway", "jinja2": "gateway",
+    "huggingface_hub": "pull", "tqdm": "pull", "matplotlib": "notebooks",
+}
+# Command modules whose own imports need an extra: their commands stay listed.
+_COMMANDS_OF = {"gemma4stack.convert": ("convert",), "gemma4stack.synth": ("synth",),
+                "gemma4stack.gateway.cli": ("serve",)}
+
+
+def _missing(e: ModuleNotFoundError) -> str:
+    top = (e.name or "").split(".")[0]
+    extra = _EXTRA_OF.get(top)
+    how = f"pip install 'gemma4stack[{extra}]'" if extra else f"pip install {top}"
+    return f"this needs the {top!r} package, which the base install leaves out: {how}"
+
+
+def _placeholder(sub, command: str, e: ModuleNotFoundError) -> None:
+    msg = _missing(e)
+    p = sub.add_parser(command, help=f"(not installed: {msg})", description=msg)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def fail(args: argparse.Namespace) -> int:
+        print(f"gemma4stack {command}: {msg}", file=sys.stderr)
+        return 1
+    p.set_defaults(func=fail)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -35,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name == name:   # feature not built yet; any other missing import is a real error
+                continue
+            top = (e.name or "").split(".")[0]
+            if name in _COMMANDS_OF and top in _EXTRA_OF:   # an optional dependency not installed
+                for command in _COMMANDS_OF[name]:
+                    _placeholder(sub, command, e)
                 continue
             raise
         mod.register_cli(sub)
@@ -51,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in _EXTRA_OF:
+            raise
+        print(f"gemma4stack {args.command}: {_missing(e)}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as e:   # GGUFError and LimitError are ValueErrors
         print(f"gemma4stack {args.command}: error: {e}", file=sys.stderr)
         return 1

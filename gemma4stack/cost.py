@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import html
 import os
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:        # Python 3.10: the backport (a dependency there)
+    import tomli as tomllib        # type: ignore[no-redef]
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any

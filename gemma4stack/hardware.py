@@ -22,7 +22,6 @@ import json
 import os
 import re
 import threading
-import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -124,12 +123,21 @@ class MemoryInfo:
 
 @dataclass
 class GPUInfo:
-    """One physical GPU (all hwloc OS devices of one PCI device merged).
+    """One physical GPU: every hwloc OS device of one PCI device and what the
+    driver probes found for it (csrc/hw/gpu_probe.c), merged by PCI bus id.
 
-    backend: the hwloc backend that gave the memory size, else the best one
-    seen ("CUDA", "NVML", "RSMI", "LevelZero", "OpenCL"). memory_bytes: None
-    when unknown. memory_source: "hwloc" (a backend reported it), "catalog"
-    (gemma4stack/data/gpus.toml matched the name) or None.
+    backend: what gave the memory size: an hwloc backend ("CUDA", "NVML",
+    "RSMI", "LevelZero", "OpenCL"), our own probes ("NVML" through dlopen of
+    libnvidia-ml.so.1, "sysfs" for amdgpu / xe, "Metal" for Apple silicon
+    read through sysctl), else the best one seen. memory_bytes: None when
+    unknown. memory_source: "driver" (NVML / sysfs / sysctl), "hwloc",
+    "catalog" (gemma4stack/data/gpus.toml matched the name) or None.
+    memory_free_bytes: free now (NVML, amdgpu), None when unknown.
+    compute_capability: CUDA's "major.minor" (NVML) or None.
+    memory_bus_width_bits, memory_clock_mhz: NVML's bus width and maximum
+    memory clock; peak_bandwidth_gbs = 2 x clock x width / 8 in GB/s
+    (1e9 B/s; NVIDIA's formula, see csrc/hw/hw.h), None when unknown.
+    unified: True for Apple silicon, whose GPU uses system RAM.
     """
     name: str
     vendor: str
@@ -139,6 +147,12 @@ class GPUInfo:
     pci_busid: str | None
     osdevs: list[str] = field(default_factory=list)
     backends: list[str] = field(default_factory=list)
+    memory_free_bytes: int | None = None
+    compute_capability: str | None = None
+    memory_bus_width_bits: int | None = None
+    memory_clock_mhz: int | None = None
+    peak_bandwidth_gbs: float | None = None
+    unified: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,12 +177,15 @@ class Bandwidth:
 
 @dataclass
 class HardwareReport:
-    """Everything detect() found. source: "this machine" or the XML path."""
+    """Everything detect() found. source: "this machine" or the XML path.
+    gpu_notes: why a GPU probe found nothing ("NVML: libnvidia-ml.so.1 not
+    loadable (no NVIDIA driver)"), empty when probes were not run."""
     cpu: CPUInfo
     memory: MemoryInfo
     gpus: list[GPUInfo]
     bandwidth_gbs: Bandwidth | None
     source: str
+    gpu_notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: cpu, memory, gpus, bandwidth_gbs ({read, triad, ...} or None), source."""
@@ -178,6 +195,7 @@ class HardwareReport:
             "gpus": [g.to_dict() for g in self.gpus],
             "bandwidth_gbs": self.bandwidth_gbs.to_dict() if self.bandwidth_gbs else None,
             "source": self.source,
+            "gpu_notes": list(self.gpu_notes),
         }
 
     def _rows(self) -> list[tuple[str, str]]:
@@ -205,7 +223,8 @@ class HardwareReport:
             note = " (hwloc's per-node sizes; they disagree with MemTotal, as in some VMs)"
         rows.append(("NUMA", f"{len(m.numa_nodes)} node{'s' * (len(m.numa_nodes) != 1)}: {numa}{note}"))
         if not self.gpus:
-            rows.append(("GPUs", "none with a compute backend"))
+            rows.append(("GPUs", "none with a compute backend"
+                         + (f" ({'; '.join(self.gpu_notes)})" if self.gpu_notes else "")))
         # identical GPUs (a DGX's sixteen V100s) on one line; to_dict() keeps each
         groups: dict[tuple, list[GPUInfo]] = {}
         for g in self.gpus:
@@ -217,7 +236,14 @@ class HardwareReport:
                    else "memory unknown")
             where = f", PCI {g.pci_busid}" if len(same) == 1 and g.pci_busid else ""
             count = f"{len(same)} x " if len(same) > 1 else ""
-            rows.append(("GPUs" if i == 0 else "", f"{count}{g.name} ({g.vendor}), {mem}, via {g.backend}{where}"))
+            extra = "".join(f", {x}" for x in (
+                "unified memory" if g.unified else None,
+                f"{_fmt_bytes(g.memory_free_bytes)} free" if g.memory_free_bytes is not None and len(same) == 1
+                else None,
+                f"compute {g.compute_capability}" if g.compute_capability else None,
+                f"peak {g.peak_bandwidth_gbs:.0f} GB/s" if g.peak_bandwidth_gbs else None) if x)
+            rows.append(("GPUs" if i == 0 else "",
+                         f"{count}{g.name} ({g.vendor}), {mem}{extra}, via {g.backend}{where}"))
         b = self.bandwidth_gbs
         if b is None:
             rows.append(("Bandwidth", "not measured"))
@@ -275,13 +301,8 @@ def _fmt_kind(k: CPUKind) -> str:
 def _gpu_catalog() -> tuple[tuple[re.Pattern[str], int, str], ...]:
     try:
         import tomllib
-    except ModuleNotFoundError:   # Python 3.10: the tomli backport, if installed
-        try:
-            import tomli as tomllib   # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            warnings.warn("GPU memory catalog needs Python 3.11+ or the tomli package; "
-                          "GPUs without a size from hwloc stay unknown", RuntimeWarning, stacklevel=3)
-            return ()
+    except ModuleNotFoundError:   # Python 3.10: the backport, a dependency there
+        import tomli as tomllib   # type: ignore[no-redef]
     with open(_GPU_CATALOG, "rb") as f:
         data = tomllib.load(f)
     return tuple((re.compile(e["pattern"], re.IGNORECASE), int(e["bytes"]), e["source"])
@@ -336,18 +357,26 @@ def _cached_bandwidth(refresh: bool) -> Bandwidth:
 
 def _gpu(d: dict[str, Any]) -> GPUInfo:
     mem: int | None = d["memory_bytes"] if d["memory_bytes"] >= 0 else None
-    source: str | None = "hwloc" if mem is not None else None
+    backends = [s for s in d["backends"].split(",") if s]
+    probed = d["backend"] in ("sysfs", "Metal") or (d["backend"] == "NVML" and d["cc_major"] > 0)
+    source: str | None = ("driver" if probed else "hwloc") if mem is not None else None
     if mem is None:
         mem = catalog_memory(d["name"])
         source = "catalog" if mem is not None else None
     return GPUInfo(name=d["name"], vendor=d["vendor"], backend=d["backend"], memory_bytes=mem,
                    memory_source=source, pci_busid=d["pci_busid"] or None,
-                   osdevs=[s for s in d["osdevs"].split(",") if s],
-                   backends=[s for s in d["backends"].split(",") if s])
+                   osdevs=[s for s in d["osdevs"].split(",") if s], backends=backends,
+                   memory_free_bytes=d["memory_free_bytes"] if d["memory_free_bytes"] >= 0 else None,
+                   compute_capability=f"{d['cc_major']}.{d['cc_minor']}" if d["cc_major"] > 0 else None,
+                   memory_bus_width_bits=d["mem_bus_width_bits"] or None,
+                   memory_clock_mhz=d["mem_clock_mhz"] or None,
+                   peak_bandwidth_gbs=round(d["peak_bandwidth_gbs"], 2) or None,
+                   unified=bool(d["unified"]))
 
 
 def detect(bandwidth: Union[bool, str] = True,
-           topology_xml: Union[str, os.PathLike[str], None] = None) -> HardwareReport:
+           topology_xml: Union[str, os.PathLike[str], None] = None,
+           probe_gpus: bool | None = None) -> HardwareReport:
     """Describe this machine, or the machine of an hwloc XML export.
 
     bandwidth: True measures memory bandwidth once per process and reuses it
@@ -359,6 +388,13 @@ def detect(bandwidth: Union[bool, str] = True,
     path that does not exist here is looked up in the shared data ($GEMMA4STACK_SHARED or
     ../shared beside the repository; "../shared/hwloc-xml/x.xml" and "hwloc-xml/x.xml" both work).
 
+    probe_gpus: None (default) asks the GPU drivers directly on this machine
+    only: NVML through dlopen("libnvidia-ml.so.1"), amdgpu / xe sysfs under
+    $GEMMA4STACK_SYSFS_ROOT (default /sys), sysctl on macOS; what they find is
+    merged with hwloc's GPUs by PCI bus id (one GPU, one entry). True also
+    probes for an XML topology (tests merge fake GPUs into saved machines);
+    False never probes.
+
     Raises FileNotFoundError if topology_xml does not exist, ValueError if it
     is not an hwloc XML topology, RuntimeError if hwloc fails.
     """
@@ -368,7 +404,7 @@ def detect(bandwidth: Union[bool, str] = True,
         from gemma4stack._shared import resolve_shared_path
         topology_xml = resolve_shared_path(topology_xml)
     xml = os.fspath(topology_xml) if topology_xml is not None else None
-    raw = _core.hw_detect(xml)
+    raw = _core.hw_detect(xml, probe_gpus)
     from_xml = xml is not None
 
     def level_name(lvl: int) -> str:
@@ -395,7 +431,8 @@ def detect(bandwidth: Union[bool, str] = True,
     if bandwidth and not from_xml:
         bw = _cached_bandwidth(refresh=bandwidth == "refresh")
     return HardwareReport(cpu=cpu, memory=memory, gpus=gpus, bandwidth_gbs=bw,
-                          source=xml if from_xml else "this machine")
+                          source=xml if from_xml else "this machine",
+                          gpu_notes=[n for n in raw["gpu_notes"].split("; ") if n])
 
 
 # ---- CLI ----------------------------------------------------------------------------

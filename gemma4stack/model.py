@@ -141,6 +141,14 @@ class EngineStats:
         return f"<table><caption>EngineStats</caption>{rows}</table>"
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class TextStream:
     """The text pieces of a streaming generate() / chat() (an iterator of str). .stats: the
     GenerationStats of this generation once it has ended (None before), also when other
@@ -473,7 +481,13 @@ class Model:
 
     def _run_batch(self, all_ids: list[list[int]], args: tuple, random_seed: bool,
                    progress: bool) -> list[str]:
-        from tqdm.auto import tqdm
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:                    # the base install has no tqdm: no bar
+            progress = False
+
+            def tqdm(**kw):
+                return _NoBar()
 
         n = len(all_ids)
         results: list[str | None] = [None] * n

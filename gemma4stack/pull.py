@@ -30,7 +30,10 @@ import hashlib
 import os
 import re
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:        # Python 3.10: the backport (a dependency there)
+    import tomli as tomllib        # type: ignore[no-redef]
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 

@@ -52,7 +52,10 @@ import html
 import json
 import math
 import sys
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:        # Python 3.10: the backport (a dependency there)
+    import tomli as tomllib        # type: ignore[no-redef]
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -404,6 +407,10 @@ class Target:
     placement: "gpu:<name>", "ram" or "unified"; budget_bytes: what models + KV may use;
     bandwidth_gbs: GB/s the speed prediction uses (None: unknown); efficiency: fraction of it
     decode achieves; host_budget_bytes: RAM budget for host-resident tensors (GPU targets).
+    vendor: "nvidia", "amd", "intel", "apple" or None (which engines can run there);
+    efficiency_by_quant: measured fractions per quant name that override `efficiency`
+    (our C core on system RAM, data/gemma4_catalog.toml [[efficiency.ram_measured]]);
+    efficiency_source: where the efficiency figures come from.
     """
     placement: str
     kind: str
@@ -414,6 +421,13 @@ class Target:
     bandwidth_source: str
     efficiency: float
     host_budget_bytes: int | None = None
+    vendor: str | None = None
+    efficiency_by_quant: dict[str, float] | None = None
+    efficiency_source: str = ""
+
+    def efficiency_for(self, quant: str) -> float:
+        """The decode efficiency for a quant name on this target."""
+        return (self.efficiency_by_quant or {}).get(quant, self.efficiency)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -445,6 +459,40 @@ def known_gpu(name: str) -> dict | None:
         if any(m in low for m in g["match"]):
             return {"key": key, **g}
     return None
+
+
+def gpu_vendor(name: str, vendor: str = "") -> str | None:
+    """"nvidia", "amd", "intel" or "apple" from a GPU's name and vendor strings, else None."""
+    text = f"{vendor} {name}".lower()
+    for key, words in (("nvidia", ("nvidia", "tesla", "geforce", "quadro", "rtx ")),
+                       ("amd", ("amd", "advanced micro", "ati ", "radeon", "instinct")),
+                       ("intel", ("intel", " arc ")), ("apple", ("apple",))):
+        if any(w in f" {text} " for w in words):
+            return key
+    return None
+
+
+def known_chip(brand: str) -> dict | None:
+    """The data/machines.toml [chip.*] entry of an Apple chip brand string ("Apple M4 Pro")."""
+    low = " ".join((brand or "").lower().split())
+    for key, c in _machines_raw().get("chip", {}).items():
+        if low == c["match"]:
+            return {"key": key, **c}
+    return None
+
+
+def _ram_efficiency(cpu_vendor: str | None, eff: dict) -> tuple[float, dict[str, float], str]:
+    """Our C core's decode efficiency on system RAM for a CPU vendor (hwloc's CPUVendor):
+    (fallback, {quant: measured fraction}, source) from [[efficiency.ram_measured]]."""
+    rows = [m for m in eff.get("ram_measured", []) if m["cpu_vendor"] == (cpu_vendor or "")]
+    if not rows:
+        return eff["ram"], {}, (f"no measurement of our core on a {cpu_vendor or 'unknown'} CPU: "
+                                f"{eff['ram']} = {eff['ram_source']}")
+    by_quant = {m["quant"]: float(m["fraction"]) for m in rows}
+    src = (f"measured on {rows[0]['machine']} (benchmarks/RESULTS.md): "
+           + ", ".join(f"{q} {f:.3f}" for q, f in by_quant.items())
+           + f"; other quants take this CPU kind's lowest, {min(by_quant.values()):.3f}")
+    return min(by_quant.values()), by_quant, src
 
 
 def machines() -> list[dict]:
@@ -479,7 +527,7 @@ def _targets_for_machine(name: str | dict, eff: dict) -> tuple[list[Target], str
         frac = m.get("working_set_fraction", WORKING_SET_FRACTION)
         t = Target("unified", "unified", mem, int(frac * mem),
                    f"Metal working-set limit {frac:.0%} of {m['memory_gib']} GiB unified memory",
-                   float(m["bandwidth_gbs"]), m["source"], eff["unified"])
+                   float(m["bandwidth_gbs"]), m["source"], eff["unified"], vendor="apple")
         return [t], m["name"], notes
     g = m["gpu"] if isinstance(m["gpu"], dict) else raw["gpu"][m["gpu"]]
     g = {"source": "given by the caller", **g}
@@ -488,7 +536,8 @@ def _targets_for_machine(name: str | dict, eff: dict) -> tuple[list[Target], str
     gmem = _gpu_entry_bytes(g)
     targets = [Target(f"gpu:{g['name']}", "gpu", gmem, _gpu_budget(gmem),
                       f"{gmem / 1e9:.1f} GB minus max(1 GiB, 5%) reserve",
-                      float(g["bandwidth_gbs"]), g["source"], eff["gpu"], host_budget),
+                      float(g["bandwidth_gbs"]), g["source"], eff["gpu"], host_budget,
+                      vendor=g.get("vendor") or gpu_vendor(g["name"])),
                Target("ram", "ram", host, host_budget,
                       f"{m.get('host_ram_gib', 64)} GiB host RAM (assumed) minus max(2 GiB, 10%)",
                       None, "host RAM bandwidth is not part of this what-if", eff["ram"])]
@@ -520,6 +569,9 @@ def _targets_for_report(report: Any, eff: dict) -> tuple[list[Target], str, list
     count: dict[tuple[str, int | None], int] = {}
     gpus = []
     for gpu in getattr(report, "gpus", None) or []:
+        if getattr(gpu, "unified", False):       # Apple silicon: the GPU works in system RAM
+            targets.append(_unified_target(gpu, eff, notes))
+            continue
         k = (gpu.name, gpu.memory_bytes)
         if k not in count:
             gpus.append(gpu)
@@ -539,7 +591,11 @@ def _targets_for_report(report: Any, eff: dict) -> tuple[list[Target], str, list
             notes.append(f"{gpu.name}: memory size unknown (backend {gpu.backend} gives none); "
                          "not considered for placement")
             continue
-        if known:
+        peak = getattr(gpu, "peak_bandwidth_gbs", None)
+        if peak:
+            gbw, gsrc = float(peak), (f"2 x memory clock {gpu.memory_clock_mhz} MHz x "
+                                      f"{gpu.memory_bus_width_bits}-bit bus / 8 (NVML)")
+        elif known:
             gbw, gsrc = float(known["bandwidth_gbs"]), known["source"]
         else:
             gbw, gsrc = None, "not in data/machines.toml"
@@ -549,11 +605,17 @@ def _targets_for_report(report: Any, eff: dict) -> tuple[list[Target], str, list
                 "modelled)" if n_same > 1 else "")
         targets.append(Target(f"gpu:{gpu.name}", "gpu", int(gmem), _gpu_budget(int(gmem)),
                               f"{gmem / 1e9:.1f} GB minus max(1 GiB, 5%) reserve{same}",
-                              gbw, gsrc, eff["gpu"], ram_budget))
+                              gbw, gsrc, eff["gpu"], ram_budget,
+                              vendor=gpu_vendor(gpu.name, getattr(gpu, "vendor", ""))))
     # fastest GPU first; unknown bandwidth after known; then the larger memory
     targets.sort(key=lambda t: (t.bandwidth_gbs is None, -(t.bandwidth_gbs or 0), -t.budget_bytes))
-    targets.append(Target("ram", "ram", effective, ram_budget, rule, ram_bw, ram_src, eff["ram"]))
     cpu = getattr(report, "cpu", None)
+    if eff.get("_ram_given"):                  # the caller's efficiency={"ram": f} wins
+        ram_eff, by_quant, eff_src = eff["ram"], {}, "given by the caller"
+    else:
+        ram_eff, by_quant, eff_src = _ram_efficiency(getattr(cpu, "vendor", None), eff)
+    targets.append(Target("ram", "ram", effective, ram_budget, rule, ram_bw, ram_src, ram_eff,
+                          efficiency_by_quant=by_quant or None, efficiency_source=eff_src))
     cores = getattr(cpu, "cores", None)
     if read and cores and cores <= 4:
         notes.append(f"only {cores} CPU cores: decode from RAM may be compute-bound rather than "
@@ -562,6 +624,21 @@ def _targets_for_report(report: Any, eff: dict) -> tuple[list[Target], str, list
     if getattr(report, "source", None) and "xml" in str(report.source).lower():
         desc = f"{desc} ({report.source})"
     return targets, desc, notes
+
+
+def _unified_target(gpu: Any, eff: dict, notes: list[str]) -> Target:
+    """Apple silicon found by sysctl: Metal may wire WORKING_SET_FRACTION of the RAM."""
+    mem = int(gpu.memory_bytes or 0)
+    chip = known_chip(gpu.name)
+    if chip is None:
+        notes.append(f"{gpu.name}: unified-memory bandwidth unknown (not in data/machines.toml "
+                     "[chip.*]), so no speed prediction on it")
+    return Target("unified", "unified", mem, int(WORKING_SET_FRACTION * mem),
+                  f"Metal working-set limit {WORKING_SET_FRACTION:.0%} of {mem / GIB:.0f} GiB "
+                  f"unified memory ({gpu.name})",
+                  float(chip["bandwidth_gbs"]) if chip else None,
+                  chip["source"] if chip else "not in data/machines.toml", eff["unified"],
+                  vendor="apple")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +673,7 @@ def predicted_tps(v: Variant, q: Quant, t: Target, context: int) -> float | None
     bandwidth is unknown)."""
     if not t.bandwidth_gbs:
         return None
-    return t.bandwidth_gbs * 1e9 * t.efficiency / bytes_per_token(v, q, context)
+    return t.bandwidth_gbs * 1e9 * t.efficiency_for(q.name) / bytes_per_token(v, q, context)
 
 
 @dataclass
@@ -609,6 +686,13 @@ class TierRow:
     the best any memory allows, 0 if even the weights don't fit); predicted_decode_tps: tokens/s
     on the placement (for a row that does not fit: on the largest memory, as if it fitted) or None
     when the bandwidth is unknown; bytes_per_token: memory read per decoded token.
+
+    What runs it (rows that fit; None otherwise), from data/engines.toml: engine ("gemma4stack"
+    for our C core on system RAM; "llama.cpp", "ollama", "vllm", "mlx-lm" on a GPU or Apple
+    unified memory); engine_command: the shell command that starts it for this file and
+    context; gateway_tier: the [tiers.NAME] table of a gateway config that routes to it
+    (gemma4stack/gateway/config.py); alternatives: other engines that can run it, each
+    {"engine", "command", "gateway_tier"}.
     """
     variant: str
     quant: str
@@ -623,6 +707,10 @@ class TierRow:
     n_params: int
     note: str = ""
     best: bool = False
+    engine: str | None = None
+    engine_command: str | None = None
+    gateway_tier: dict | None = None
+    alternatives: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -690,6 +778,186 @@ def pull_hint(row: TierRow) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Engines: what runs a tier (data/engines.toml)
+
+@functools.lru_cache(maxsize=None)
+def _engines_raw() -> dict:
+    with open(_DATA / "engines.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def _gguf_source(variant_key: str, quant: str) -> Any:
+    """The (repo, file) `gemma4stack pull` uses for a variant x quant, or None."""
+    if (variant_key, quant) not in _pullable():
+        return None
+    from gemma4stack.pull import resolve
+    return resolve(f"gemma4:{variant_key}:{quant.lower()}")
+
+
+def _placement_key(t: Target) -> str:
+    if t.kind == "gpu":
+        return f"gpu:{t.vendor}" if t.vendor else "gpu:?"
+    return t.kind
+
+
+def _tier_id(variant_key: str, quant: str) -> str:
+    return f"gemma-4-{variant_key}-{quant.lower()}"
+
+
+def engines_for(row: TierRow, target: Target, model_path: str | None = None) -> list[dict]:
+    """Engines that can run `row` on `target`, preferred first: [{engine, name, command,
+    gateway_tier, source}]. model_path: the GGUF for engines that take a path (our core); by
+    default the path `gemma4stack pull` prints. Empty when none applies (an unknown GPU vendor,
+    or a row with no downloadable file and no path)."""
+    raw = _engines_raw()
+    v = get_variant(row.variant)
+    src = _gguf_source(v.key, row.quant)
+    tag = f"gemma4:{v.key}:{row.quant.lower()}"
+    gguf = (model_path if model_path else
+            f'"$(gemma4stack pull {tag} --quiet | tail -n 1)"' if src else
+            f"<path to a {v.name} {row.quant} GGUF>")
+    tier_id = _tier_id(v.key, row.quant)
+    where = _placement_key(target)
+    out = []
+    for key, e in raw["engine"].items():
+        if where not in e["placements"]:
+            continue
+        fmt = {"context": row.context, "port": e["port"], "id": tier_id, "quant": row.quant,
+               "hf_model": raw["models"].get(v.key, ""), "gguf": gguf,
+               "repo": src.repo if src else None, "file": src.file if src else None,
+               "bits": {"Q8_0": 8}.get(row.quant, 4)}
+        command = e["command"]
+        if src is None and "{repo}" in command:   # no known download: the engine's file option
+            if "command_path" not in e:
+                continue
+            command = e["command_path"]
+        if e["needs"] == "bf16" and row.quant != "BF16":
+            continue                            # runs the original checkpoint only
+        bf16 = row.quant == "BF16" and "command_bf16" in e   # the checkpoint as it is (mlx-lm)
+        if bf16:
+            command = e["command_bf16"]
+        if key == "gemma4stack":
+            tier = {"backend": "local", "model": model_path or f"<path printed by gemma4stack pull {tag}>",
+                    "id": tier_id, "context": row.context}
+        else:
+            model = e["model_bf16" if bf16 else "model"].format(**fmt)
+            tier = {"backend": "openai", "url": e["url"].format(**fmt), "model": model, "id": tier_id}
+        out.append({"engine": key, "name": e["name"], "command": command.format(**fmt),
+                    "gateway_tier": tier, "source": e["source"]})
+    return out
+
+
+def _attach_engines(rows: list[TierRow], targets: list[Target]) -> None:
+    by_placement = {t.placement: t for t in targets}
+    for r in rows:
+        t = by_placement.get(r.placement or "")
+        found = engines_for(r, t) if r.fits and t is not None else []
+        if found:
+            r.engine, r.engine_command, r.gateway_tier = (found[0]["engine"], found[0]["command"],
+                                                         found[0]["gateway_tier"])
+            r.alternatives = [{k: a[k] for k in ("engine", "command", "gateway_tier")}
+                              for a in found[1:]]
+
+
+def _cached_gguf(row: TierRow) -> str | None:
+    """The row's GGUF if `gemma4stack pull` has it in the Hugging Face cache, else None."""
+    v = get_variant(row.variant)
+    if (v.key, row.quant) not in _pullable():
+        return None
+    try:
+        from gemma4stack.pull import download
+        return str(download(f"gemma4:{v.key}:{row.quant.lower()}", offline=True,
+                            progress=False).path)
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def gateway_config(rec: "Recommendation", model_path: str | None = None, port: int = 8080) -> dict:
+    """A gateway config (the TOML document as a dict, gemma4stack/gateway/config.py) for this
+    machine: per placement, the largest row that fits there at >= USABLE_TPS (or, with no speed
+    known, the one Recommendation.best would pick), biggest first as tiers "heavy", "primary",
+    "fast" (the gateway's fallback ladder); GPU / unified tiers are `openai` tiers pointing at
+    the engine's server (start it with the row's engine_command), a system-RAM tier is a `local`
+    tier run by our core in the gateway process.
+
+    model_path: the GGUF of the RAM tier; default: the file in `gemma4stack pull`'s cache.
+    Raises ValueError when no tier can be written (nothing fits, or the RAM tier's file is not
+    downloaded and no model_path was given: the message says which `gemma4stack pull` to run).
+    """
+    chosen: list[TierRow] = []
+    def usable(r: TierRow) -> bool:           # an engine runs it, and its file can be had
+        return bool(r.engine) and (r.placement != "ram" or model_path is not None
+                                   or (get_variant(r.variant).key, r.quant) in _pullable())
+
+    for placement in dict.fromkeys(r.placement for r in rec.rows if r.fits):
+        best = _pick_best([r for r in rec.rows if r.placement == placement and usable(r)])
+        if best is not None:
+            chosen.append(best)
+    chosen.sort(key=lambda r: -r.bytes_per_token)
+    written, notes = [], []
+    for r in chosen:
+        t = next(t for t in rec.targets if t.placement == r.placement)
+        if t.kind == "ram":
+            path = model_path or _cached_gguf(r)
+            if path is None:
+                notes.append(f"{r.variant} {r.quant} on ram: not downloaded; {pull_hint(r)} "
+                             "then run this again (or pass --model PATH / model_path)")
+                continue
+            found = engines_for(r, t, model_path=str(Path(path).resolve()))
+            if model_path:                      # the caller's file: the gateway names it by its stem
+                found[0]["gateway_tier"].pop("id", None)
+        else:
+            found = engines_for(r, t)
+        if not found:
+            notes.append(f"{r.variant} {r.quant} on {r.placement}: no engine known for it")
+            continue
+        tier = dict(found[0]["gateway_tier"])
+        if tier["backend"] == "openai":
+            tier["_start"] = found[0]["command"]
+        written.append(tier)
+    ladder = {1: ["primary"], 2: ["primary", "fast"], 3: ["heavy", "primary", "fast"]}
+    names = ladder.get(len(written)) or (["heavy", "primary", "fast"]
+                                         + [f"tier{i}" for i in range(4, len(written) + 1)])
+    tiers = dict(zip(names, written))
+    if not tiers:
+        raise ValueError("no gateway tier can be written: " + ("; ".join(notes) or
+                         "no Gemma 4 tier fits this machine"))
+    order = [n for n in ("heavy", "primary", "fast") if n in tiers] + \
+        [n for n in tiers if n not in ("heavy", "primary", "fast")]
+    return {"server": {"host": "127.0.0.1", "port": port},
+            "routing": {"order": order, "default": order[0]},
+            "tiers": tiers, "_notes": notes}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)                    # a TOML basic string is a JSON string
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def gateway_toml(cfg: dict, header: str = "") -> str:
+    """The TOML text of gateway_config()'s dict; each openai tier is preceded by the command
+    that starts its engine, as a comment."""
+    lines = [f"# {h}" for h in header.splitlines()]
+    for n in cfg.get("_notes", []):
+        lines.append(f"# note: {n}")
+    for section in ("server", "routing"):
+        lines += ["", f"[{section}]"] + [f"{k} = {_toml_value(v)}" for k, v in cfg[section].items()]
+    for name, tier in cfg["tiers"].items():
+        lines.append("")
+        if "_start" in tier:
+            lines.append(f"# start the engine first: {tier['_start']}")
+        lines.append(f"[tiers.{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in tier.items() if not k.startswith("_")]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+# ---------------------------------------------------------------------------------------------
 # The result object
 
 @dataclass
@@ -728,12 +996,14 @@ class Recommendation:
         lines = [f"Gemma 4 on {self.machine} - context {self.context} tokens "
                  "(sizes in GB = 10^9 bytes)"]
         for t in self.targets:
-            bw = (f"{t.bandwidth_gbs:.1f} GB/s x {t.efficiency:.2f} efficiency"
+            e = (", ".join(f"{q} {f:.2f}" for q, f in t.efficiency_by_quant.items())
+                 + f", others {t.efficiency:.2f}" if t.efficiency_by_quant else f"{t.efficiency:.2f}")
+            bw = (f"{t.bandwidth_gbs:.1f} GB/s x {e} efficiency"
                   if t.bandwidth_gbs else "bandwidth unknown")
             lines.append(f"  {t.placement}: {t.budget_bytes / 1e9:.1f} GB usable "
                          f"({t.budget_rule}); {bw}")
         hdr = (f"  {'variant':<8} {'quant':<7} {'fits':<4} {'where':<18} {'weights':>8} "
-               f"{'KV':>7} {'max ctx':>8} {'tok/s':>7}")
+               f"{'KV':>7} {'max ctx':>8} {'tok/s':>7}  {'engine':<11}")
         lines += ["", hdr, "  " + "-" * (len(hdr) - 2)]
         for r in self.rows:
             tps = ("-" if r.predicted_decode_tps is None else f"{r.predicted_decode_tps:.1f}"
@@ -742,13 +1012,16 @@ class Recommendation:
             mark = "*" if r.best else " "
             lines.append(f"{mark} {r.variant:<8} {r.quant:<7} {'yes' if r.fits else 'no':<4} "
                          f"{where:<18} {r.weights_bytes / 1e9:>8.2f} {r.kv_bytes / 1e9:>7.2f} "
-                         f"{r.max_context:>8} {tps:>7}")
+                         f"{r.max_context:>8} {tps:>7}  {r.engine or '-':<11}")
         lines.append("")
         if self.best:
             b = self.best
             lines.append(f"* best: {b.variant} {b.quant} on {b.placement} "
                          f"(~{b.predicted_decode_tps:.1f} tokens/s predicted); "
                          f"get it: {pull_hint(b)}")
+            if b.engine_command:
+                lines.append(f"  run it with {b.engine}: {b.engine_command}")
+                lines.append("  a gateway config routing to it: gemma4stack recommend --emit-config gateway.toml")
         elif not any(r.fits and r.predicted_decode_tps is not None for r in self.rows):
             lines.append("* best: none chosen: no speed is known for the rows that fit (no "
                          "measured bandwidth), and the largest that fits may be far below "
@@ -757,10 +1030,11 @@ class Recommendation:
             lines.append(f"* best: none fits at >= {USABLE_TPS:g} tokens/s")
         lines.append("  tok/s = bandwidth x efficiency / bytes read per token; in parentheses: "
                      "what a row that does not fit would give on the largest memory; "
-                     f"efficiency assumed: RAM {self.assumptions['efficiency']['ram']} (of measured read), "
+                     "efficiency: RAM = our core's measured fraction of the read bandwidth on this "
+                     f"CPU kind (fallback {self.assumptions['efficiency']['ram']}), "
                      f"GPU {self.assumptions['efficiency']['gpu']}, "
                      f"unified {self.assumptions['efficiency']['unified']} "
-                     "(sources: gemma4stack/data/gemma4_catalog.toml)")
+                     "(sources: gemma4stack/data/gemma4_catalog.toml); engines: data/engines.toml")
         for n in self.notes:
             lines.append(f"  note: {n}")
         return "\n".join(lines)
@@ -809,6 +1083,10 @@ def _assumptions(eff: dict) -> dict:
         "efficiency": {k: eff[k] for k in ("ram", "gpu", "unified")},
         "efficiency_of": {k: eff[f"{k}_of"] for k in ("ram", "gpu", "unified")},
         "efficiency_source": {k: eff[f"{k}_source"] for k in ("ram", "gpu", "unified")},
+        "ram_efficiency_measured": [{k: m[k] for k in ("cpu_vendor", "quant", "fraction", "source")}
+                                    for m in eff.get("ram_measured", [])],
+        "engines": "our C core runs system-RAM rows; GPU and unified-memory rows name an "
+                   "existing engine (data/engines.toml) and its command line",
         "usable_tps": USABLE_TPS,
     }
 
@@ -832,6 +1110,7 @@ def recommend(report: Any = None, context: int = DEFAULT_CONTEXT, machine: str |
     eff = dict(cat.efficiency)
     if efficiency:
         eff.update(efficiency)
+        eff["_ram_given"] = "ram" in efficiency
     if machine is not None:
         targets, desc, notes = _targets_for_machine(machine, eff)
     else:
@@ -843,6 +1122,7 @@ def recommend(report: Any = None, context: int = DEFAULT_CONTEXT, machine: str |
     if any(r.fits and (r.predicted_decode_tps or 0) > 250 for r in rows):
         notes.append("predictions above ~250 tokens/s are memory-roofline bounds only: small "
                      "models on fast GPUs are held back by per-kernel launch and sync overhead")
+    _attach_engines(rows, targets)
     best = _pick_best(rows)
     if best is not None:
         best.best = True
@@ -873,6 +1153,17 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
         measure = not args.no_bandwidth and not args.topology_xml
         report = detect(bandwidth=measure, topology_xml=args.topology_xml)
         rec = recommend(report, context=args.context)
+    if args.emit_config:
+        cfg = gateway_config(rec, model_path=args.model)
+        text = gateway_toml(cfg, header=(
+            f"gemma4stack gateway config for {rec.machine}, context {rec.context} tokens\n"
+            "written by `gemma4stack recommend --emit-config`; run: gemma4stack serve --config "
+            f"{args.emit_config}"))
+        Path(args.emit_config).write_text(text)
+        print(f"wrote {args.emit_config}: tiers {', '.join(cfg['tiers'])}", file=sys.stderr)
+        for n in cfg["_notes"]:
+            print(f"note: {n}", file=sys.stderr)
+        return 0
     if args.json:
         print(json.dumps(rec.to_list(), indent=2))
     else:
@@ -897,6 +1188,12 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--list-machines", action="store_true", help="list the what-if machines")
     p.add_argument("--no-bandwidth", action="store_true",
                    help="skip the memory-bandwidth probe (CPU speeds are then left empty)")
+    p.add_argument("--emit-config", metavar="FILE",
+                   help="write a gateway TOML for this machine's best tier per memory (GPU tiers "
+                        "route to the engine that runs them) instead of the table")
+    p.add_argument("--model", metavar="PATH",
+                   help="with --emit-config: the GGUF of the system-RAM tier (default: the file "
+                        "`gemma4stack pull` has cached)")
     p.set_defaults(func=_cmd_recommend)
 
 

@@ -251,3 +251,15 @@ def test_gateway_local_tier_serves_concurrent_requests_in_one_batch(tiny_path):
         assert queried and queried[0] > 0
     _idle(model)
     model.close()
+
+
+def test_real_gemma3_270m_batched_decode_matches_alone(gemma3_270m_path):
+    """Google's Gemma 3 270M (Q4_K_M, sliding-window layers of 512 positions): eight prompts
+    decoded together give the greedy tokens each gives alone (near-ties reported)."""
+    texts = ["The capital of France is", "def fibonacci(n):", "The three primary colors are",
+             "In 1969, the first", "Water boils at a temperature of", "The largest planet in the",
+             "Once upon a time, in a small village,", "To make a cup of tea, first"]
+    with Model(gemma3_270m_path, threads=2) as m:
+        prompts = [m.tokenize(t) for t in texts]
+    ties = check_batch_matches_alone(gemma3_270m_path, prompts, max_tokens=24, threads=2)
+    print("gemma3-270m", ties)

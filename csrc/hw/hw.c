@@ -406,6 +406,7 @@ static void read_gpus(hwloc_topology_t t, g4_hw_report *r) {
             g4_hw_gpu *n = &r->gpus[g];
             memset(n, 0, sizeof *n);
             n->memory_bytes = -1;
+            n->memory_free_bytes = -1;
             acc[g] = (gpu_acc){key, BK_NONE + 1, BK_NONE + 1};
             if (pci) snprintf(n->pci_busid, sizeof n->pci_busid, "%04x:%02x:%02x.%01x",
                               pci->attr->pcidev.domain, pci->attr->pcidev.bus,
@@ -447,9 +448,91 @@ static void read_gpus(hwloc_topology_t t, g4_hw_report *r) {
     }
 }
 
+/* ---- GPUs from the driver probes (gpu_probe.c), merged by PCI bus id ----------- */
+
+static int same_busid(const char *a, const char *b) {
+    unsigned d1, b1, v1, f1, d2, b2, v2, f2;
+    return g4_hw_parse_busid(a, &d1, &b1, &v1, &f1) && g4_hw_parse_busid(b, &d2, &b2, &v2, &f2) &&
+           d1 == d2 && b1 == b2 && v1 == v2 && f1 == f2;
+}
+
+/* One probed GPU into the report. The same PCI device already listed (hwloc's
+   CUDA/OpenCL/... OS devices, or another probe) gets the driver's figures;
+   else a new entry named after hwloc's PCI object when the probe has no name
+   (amdgpu rarely has one; hwloc's pci plugin reads pci.ids). The driver's
+   memory size wins over hwloc's: it is the same number for CUDA, and OpenCL's
+   CL_DEVICE_GLOBAL_MEM_SIZE may be a part of it. */
+static void merge_probed(hwloc_topology_t t, g4_hw_report *r, const g4_hw_gpu *p) {
+    g4_hw_gpu *g = NULL;
+    for (int i = 0; p->pci_busid[0] && i < r->n_gpus && !g; i++)
+        if (same_busid(r->gpus[i].pci_busid, p->pci_busid)) g = &r->gpus[i];
+    if (!g) {
+        if (r->n_gpus == G4_HW_MAX_GPUS) { r->gpus_truncated = 1; return; }
+        g = &r->gpus[r->n_gpus++];
+        *g = *p;
+        unsigned d, b, v, f;
+        hwloc_obj_t pci = g4_hw_parse_busid(p->pci_busid, &d, &b, &v, &f)
+                              ? hwloc_get_pcidev_by_busid(t, d, b, v, f) : NULL;
+        const char *pn = pci ? hwloc_obj_get_info_by_name(pci, "PCIDevice") : NULL;
+        const char *pv = pci ? hwloc_obj_get_info_by_name(pci, "PCIVendor") : NULL;
+        if (!g->name[0]) copy_str(g->name, sizeof g->name, pn ? pn : g->osdevs);
+        if (pv) copy_str(g->vendor, sizeof g->vendor, pv);
+        return;
+    }
+    if (p->memory_bytes > 0) {
+        g->memory_bytes = p->memory_bytes;
+        g->memory_free_bytes = p->memory_free_bytes;
+        copy_str(g->backend, sizeof g->backend, p->backend);
+    }
+    if (p->name[0] && (!g->name[0] || p->cc_major)) copy_str(g->name, sizeof g->name, p->name);
+    if (p->cc_major) { g->cc_major = p->cc_major; g->cc_minor = p->cc_minor; }
+    if (p->mem_bus_width_bits) g->mem_bus_width_bits = p->mem_bus_width_bits;
+    if (p->mem_clock_mhz) g->mem_clock_mhz = p->mem_clock_mhz;
+    if (p->peak_bandwidth_gbs > 0) g->peak_bandwidth_gbs = p->peak_bandwidth_gbs;
+    if (!strstr(g->backends, p->backends)) append_list(g->backends, sizeof g->backends, p->backends);
+    if (!strstr(g->osdevs, p->osdevs)) append_list(g->osdevs, sizeof g->osdevs, p->osdevs);
+}
+
+static void add_note(g4_hw_report *r, const char *note) {
+    if (!note[0]) return;
+    size_t n = strlen(r->gpu_notes);
+    snprintf(r->gpu_notes + n, sizeof r->gpu_notes - n, "%s%s", n ? "; " : "", note);
+}
+
+static void probe_gpus(hwloc_topology_t t, g4_hw_report *r) {
+    g4_hw_gpu *found = malloc(G4_HW_MAX_GPUS * sizeof *found);
+    if (!found) return;
+    char why[160];
+    why[0] = 0;
+    int n = g4_hw_probe_nvml(NULL, found, G4_HW_MAX_GPUS, why, sizeof why);
+    if (!n) add_note(r, why);
+    for (int i = 0; i < n; i++) merge_probed(t, r, &found[i]);
+    why[0] = 0;
+    n = g4_hw_probe_drm(NULL, found, G4_HW_MAX_GPUS, why, sizeof why);
+    if (!n) add_note(r, why);
+    for (int i = 0; i < n; i++) merge_probed(t, r, &found[i]);
+    g4_hw_apple apple;
+    if (g4_hw_apple_probe(&apple)) {
+        g4_hw_apple_gpu(&apple, &found[0]);
+        merge_probed(t, r, &found[0]);
+        /* hwloc may give one kind on Apple silicon; sysctl knows P and E cores
+           (no SMT there, so cores = PUs). Efficiency 0 = the E cores, as hwloc ranks. */
+        if (r->n_kinds <= 1 && apple.p_cores > 0 && apple.e_cores > 0) {
+            r->n_kinds = 2;
+            r->kinds[0] = (g4_hw_cpukind){apple.e_cores, 0, "AppleEfficiency"};
+            r->kinds[1] = (g4_hw_cpukind){apple.p_cores, 1, "ApplePerformance"};
+        }
+    }
+    free(found);
+}
+
 /* ---- public ------------------------------------------------------------------- */
 
 g4_status g4_hw_detect(const char *xml_path, g4_hw_report *out, g4_err *err) {
+    return g4_hw_detect_ex(xml_path, G4_HW_PROBE_AUTO, out, err);
+}
+
+g4_status g4_hw_detect_ex(const char *xml_path, int probe, g4_hw_report *out, g4_err *err) {
     memset(out, 0, sizeof *out);
     g4_status st;
     if (xml_path && (st = check_xml_file(xml_path, err)) != G4_OK) return st;
@@ -461,6 +544,7 @@ g4_status g4_hw_detect(const char *xml_path, g4_hw_report *out, g4_err *err) {
     read_kinds(t, out);
     read_numa(t, out);
     read_gpus(t, out);
+    if (probe == G4_HW_PROBE_ALWAYS || (probe == G4_HW_PROBE_AUTO && !xml_path)) probe_gpus(t, out);
     free_topology(t);
     if (!out->from_xml) {
         /* Only the running machine: an XML describes another one. */

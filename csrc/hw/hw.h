@@ -33,6 +33,14 @@ typedef struct g4_hw_gpu {
        ("cuda0,card0") and every compute backend seen ("CUDA,OpenCL"). */
     char osdevs[96];
     char backends[48];
+    /* Added by the GPU probes (gpu_probe.c): what the vendor's driver says,
+       read without hwloc's non-free plugins. 0 / -1 when unknown. */
+    int64_t memory_free_bytes;   /* free device memory now, -1 unknown */
+    int cc_major, cc_minor;      /* CUDA compute capability (NVML), 0.0 unknown */
+    int mem_bus_width_bits;      /* memory bus width (NVML), 0 unknown */
+    int mem_clock_mhz;           /* maximum memory clock (NVML), 0 unknown */
+    double peak_bandwidth_gbs;   /* 2 x clock x bus width / 8, GB/s = 1e9 B/s; 0 unknown */
+    int unified;                 /* 1: the GPU uses system RAM (Apple silicon) */
 } g4_hw_gpu;
 
 typedef struct g4_hw_report {
@@ -58,11 +66,20 @@ typedef struct g4_hw_report {
     uint64_t meminfo_total_bytes;  /* /proc/meminfo MemTotal, 0 when read from XML */
     int avx512bf16;
     int gpus_truncated;            /* 1 when more than G4_HW_MAX_GPUS were found */
+    /* Added by the GPU probes: why a probe found nothing ("NVML: libnvidia-ml.so.1
+       not loadable"), "; "-separated, "" when every probe ran. */
+    char gpu_notes[256];
 } g4_hw_report;
 
 /* Detect this machine (xml_path NULL) or load an exported hwloc XML topology.
  * Errors: G4_ERR_IO (XML missing), G4_ERR_HW (hwloc failure). */
 g4_status g4_hw_detect(const char *xml_path, g4_hw_report *out, g4_err *err);
+
+/* GPU probes beside hwloc (see gpu_probe.c). G4_HW_PROBE_AUTO runs them for
+ * this machine only (an XML describes another one); ALWAYS runs them even
+ * with an XML (tests merge fake GPUs into saved topologies); NEVER skips them. */
+enum { G4_HW_PROBE_AUTO = 0, G4_HW_PROBE_ALWAYS = 1, G4_HW_PROBE_NEVER = 2 };
+g4_status g4_hw_detect_ex(const char *xml_path, int probe_gpus, g4_hw_report *out, g4_err *err);
 
 /* ---- pieces of g4_hw_detect, public so they can be tested on their own ---- */
 
@@ -83,5 +100,57 @@ void g4_hw_detect_simd(g4_hw_report *out);
 /* Total bytes of all last-level caches of this machine (sum over instances),
  * 0 when hwloc cannot tell. Used to size the bandwidth probe's arrays. */
 uint64_t g4_hw_llc_total_bytes(void);
+
+/* ---- GPU probes (gpu_probe.c): GPUs hwloc's Debian build cannot see ---------
+ *
+ * Debian's libhwloc-plugins has no CUDA, NVML, RSMI or LevelZero backend (they
+ * are non-free), so the driver is asked directly. Each probe fills up to `cap`
+ * entries of `out` (name, vendor, backend, pci_busid "dddd:bb:dd.f", memory)
+ * and returns how many; 0 when there is nothing to find. None of them fails:
+ * a missing library or file means "no such GPU", said in `why` (may be NULL). */
+
+/* NVIDIA through NVML, loaded at run time with dlopen(lib, or
+ * "libnvidia-ml.so.1" when NULL: what the driver installs), so there is no
+ * build-time dependency. Reads name, memory total/free, CUDA compute
+ * capability, PCI bus id, memory bus width and maximum memory clock. */
+int g4_hw_probe_nvml(const char *lib, g4_hw_gpu *out, int cap, char *why, size_t why_cap);
+
+/* AMD (PCI vendor 0x1002, amdgpu: mem_info_vram_total / mem_info_vram_used)
+ * and Intel discrete (0x8086, xe: tile<N>/physical_vram_size_bytes) GPUs from
+ * <sysfs_root>/class/drm/card<N>/device. sysfs_root NULL: $GEMMA4STACK_SYSFS_ROOT,
+ * else "/sys". Cards without local memory (integrated GPUs) are skipped. */
+int g4_hw_probe_drm(const char *sysfs_root, g4_hw_gpu *out, int cap, char *why, size_t why_cap);
+
+/* Apple silicon, from sysctl: hw.memsize (bytes), machdep.cpu.brand_string
+ * ("Apple M4 Pro"), hw.perflevel0.physicalcpu / hw.perflevel1.physicalcpu
+ * (performance / efficiency cores). */
+typedef struct g4_hw_apple {
+    char brand[128];
+    uint64_t memsize;
+    int p_cores, e_cores;     /* 0 when unknown */
+} g4_hw_apple;
+
+/* Parse `sysctl hw.memsize machdep.cpu.brand_string hw.perflevel0.physicalcpu
+ * hw.perflevel1.physicalcpu` output ("name: value" lines, any order, others
+ * ignored). Returns 1 when the brand is an Apple chip and memsize is known. */
+int g4_hw_apple_parse(const char *text, g4_hw_apple *out);
+
+/* The same values through sysctlbyname(); 0 on anything but macOS. */
+int g4_hw_apple_probe(g4_hw_apple *out);
+
+/* The unified-memory GPU of an Apple chip: memory = hw.memsize, unified = 1,
+ * backend "Metal". The Metal working-set limit is applied by recommend(). */
+void g4_hw_apple_gpu(const g4_hw_apple *a, g4_hw_gpu *out);
+
+/* Peak memory bandwidth in GB/s (1e9 B/s) of a double-data-rate bus:
+ * 2 x clock x bus width / 8 (NVIDIA, "How to Implement Performance Metrics in
+ * CUDA C/C++": BW = memoryClockRate x (memoryBusWidth / 8) x 2). The clock is
+ * the one NVML reports for NVML_CLOCK_MEM (e.g. 9751 MHz x 384 bits on an RTX
+ * 3090 -> 936 GB/s, its datasheet figure). 0 when either is unknown. */
+double g4_hw_peak_bandwidth_gbs(int mem_clock_mhz, int bus_width_bits);
+
+/* Parse a PCI bus id ("0000:03:00.0", NVML's "00000000:03:00.0", case-insensitive)
+ * into its parts; 1 on success. */
+int g4_hw_parse_busid(const char *s, unsigned *domain, unsigned *bus, unsigned *dev, unsigned *func);
 
 #endif

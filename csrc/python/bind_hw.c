@@ -1,6 +1,6 @@
 /* bind_hw.c - Python functions for csrc/hw/ and csrc/bench/bandwidth.c.
  *
- *   _core.hw_detect(topology_xml=None) -> dict   (g4_hw_report as plain values)
+ *   _core.hw_detect(topology_xml=None, probe_gpus=None) -> dict   (g4_hw_report as plain values)
  *   _core.bandwidth(bytes_per_array=0, threads=0, reps=5) -> dict
  *
  * Thin on purpose: the GIL is released around the C calls and the result is
@@ -30,7 +30,14 @@ static PyObject *gpu_dict(const g4_hw_gpu *g) {
         put(d, "backends", PyUnicode_FromString(g->backends)) < 0 ||
         put(d, "osdevs", PyUnicode_FromString(g->osdevs)) < 0 ||
         put(d, "pci_busid", PyUnicode_FromString(g->pci_busid)) < 0 ||
-        put(d, "memory_bytes", PyLong_FromLongLong(g->memory_bytes)) < 0) {
+        put(d, "memory_bytes", PyLong_FromLongLong(g->memory_bytes)) < 0 ||
+        put(d, "memory_free_bytes", PyLong_FromLongLong(g->memory_free_bytes)) < 0 ||
+        put(d, "cc_major", PyLong_FromLong(g->cc_major)) < 0 ||
+        put(d, "cc_minor", PyLong_FromLong(g->cc_minor)) < 0 ||
+        put(d, "mem_bus_width_bits", PyLong_FromLong(g->mem_bus_width_bits)) < 0 ||
+        put(d, "mem_clock_mhz", PyLong_FromLong(g->mem_clock_mhz)) < 0 ||
+        put(d, "peak_bandwidth_gbs", PyFloat_FromDouble(g->peak_bandwidth_gbs)) < 0 ||
+        put(d, "unified", PyBool_FromLong(g->unified)) < 0) {
         Py_DECREF(d);
         return NULL;
     }
@@ -95,7 +102,8 @@ static PyObject *report_dict(const g4_hw_report *r) {
         put(d, "hwloc_total_bytes", PyLong_FromUnsignedLongLong(r->hwloc_total_bytes)) < 0 ||
         put(d, "meminfo_total_bytes", PyLong_FromUnsignedLongLong(r->meminfo_total_bytes)) < 0 ||
         put(d, "from_xml", PyBool_FromLong(r->from_xml)) < 0 ||
-        put(d, "gpus_truncated", PyBool_FromLong(r->gpus_truncated)) < 0)
+        put(d, "gpus_truncated", PyBool_FromLong(r->gpus_truncated)) < 0 ||
+        put(d, "gpu_notes", PyUnicode_DecodeUTF8(r->gpu_notes, (Py_ssize_t)strlen(r->gpu_notes), "replace")) < 0)
         goto fail;
     return d;
 fail:
@@ -104,9 +112,15 @@ fail:
 }
 
 static PyObject *py_hw_detect(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"topology_xml", NULL};
-    PyObject *path_obj = Py_None, *bytes = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:hw_detect", kwlist, &path_obj)) return NULL;
+    static char *kwlist[] = {"topology_xml", "probe_gpus", NULL};
+    PyObject *path_obj = Py_None, *probe_obj = Py_None, *bytes = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|OO:hw_detect", kwlist, &path_obj, &probe_obj)) return NULL;
+    int probe = G4_HW_PROBE_AUTO;
+    if (probe_obj != Py_None) {
+        int on = PyObject_IsTrue(probe_obj);
+        if (on < 0) return NULL;
+        probe = on ? G4_HW_PROBE_ALWAYS : G4_HW_PROBE_NEVER;
+    }
     const char *path = NULL;
     if (path_obj != Py_None) {
         if (!PyUnicode_FSConverter(path_obj, &bytes)) return NULL;   /* str or os.PathLike */
@@ -118,7 +132,7 @@ static PyObject *py_hw_detect(PyObject *self, PyObject *args, PyObject *kw) {
     g4_err_clear(&err);
     g4_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = g4_hw_detect(path, r, &err);
+    st = g4_hw_detect_ex(path, probe, r, &err);
     Py_END_ALLOW_THREADS
     Py_XDECREF(bytes);
     PyObject *res = st == G4_OK ? report_dict(r) : g4py_raise(&err);
@@ -147,8 +161,9 @@ static PyObject *py_bandwidth(PyObject *self, PyObject *args, PyObject *kw) {
 
 PyMethodDef g4py_hw_methods[] = {
     {"hw_detect", (PyCFunction)(void (*)(void))py_hw_detect, METH_VARARGS | METH_KEYWORDS,
-     "hw_detect(topology_xml=None) -> dict\n\nDescribe this machine, or the machine in an hwloc XML export.\n"
-     "Sizes in bytes. Raises FileNotFoundError / ValueError for a bad XML path or file."},
+     "hw_detect(topology_xml=None, probe_gpus=None) -> dict\n\nDescribe this machine, or the machine in an hwloc XML export.\n"
+     "Sizes in bytes. probe_gpus: None = ask NVML / sysfs / sysctl for GPUs on this machine only; True = also\n"
+     "with an XML (tests); False = never. Raises FileNotFoundError / ValueError for a bad XML path or file."},
     {"bandwidth", (PyCFunction)(void (*)(void))py_bandwidth, METH_VARARGS | METH_KEYWORDS,
      "bandwidth(bytes_per_array=0, threads=0, reps=5) -> dict\n\nSTREAM-style read and triad bandwidth in GB/s "
      "(1e9 bytes/s); 0 = defaults (4 x last-level cache, all CPUs)."},

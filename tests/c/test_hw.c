@@ -322,6 +322,125 @@ START_TEST(meminfo_missing_is_io_error) {
 }
 END_TEST
 
+/* ---- GPU probes (csrc/hw/gpu_probe.c) --------------------------------------------- */
+
+/* A fake /sys/class/drm: what amdgpu and xe expose (Documentation/gpu/amdgpu/
+   driver-misc.rst, drivers/gpu/drm/xe/xe_tile_sysfs.c), plus entries that are
+   not GPUs with local memory and must be skipped. */
+START_TEST(drm_probe_fake_sysfs) {
+    char root[] = "/tmp/g4_sysfs_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(root));
+    /* card10 sorts after card2: numeric order, as the kernel numbers them */
+    write_file(root, "/class/drm/card10/device/vendor", "0x1002\n");
+    write_file(root, "/class/drm/card10/device/mem_info_vram_total", "17163091968\n");
+    write_file(root, "/class/drm/card10/device/mem_info_vram_used", "1163091968\n");
+    write_file(root, "/class/drm/card10/device/uevent", "DRIVER=amdgpu\nPCI_SLOT_NAME=0000:C3:00.0\n");
+    write_file(root, "/class/drm/card2/device/vendor", "0x1002\n");
+    write_file(root, "/class/drm/card2/device/mem_info_vram_total", "25753026560\n");
+    write_file(root, "/class/drm/card2/device/uevent", "PCI_SLOT_NAME=0000:03:00.0\n");
+    write_file(root, "/class/drm/card2/device/product_name", "Radeon RX 7900 XTX\n");
+    write_file(root, "/class/drm/card2-DP-1/status", "connected\n");          /* a connector */
+    write_file(root, "/class/drm/renderD128/device/vendor", "0x1002\n");     /* a render node */
+    write_file(root, "/class/drm/card3/device/vendor", "0x10de\n");          /* NVIDIA: NVML's job */
+    write_file(root, "/class/drm/card4/device/vendor", "0x1002\n");          /* an APU: no VRAM file */
+    write_file(root, "/class/drm/card5/device/vendor", "0x8086\n");          /* Intel iGPU: no tiles */
+    write_file(root, "/class/drm/card6/device/vendor", "0x8086\n");          /* Intel discrete on xe */
+    write_file(root, "/class/drm/card6/device/tile0/physical_vram_size_bytes", "8589934592\n");
+    write_file(root, "/class/drm/card6/device/tile1/physical_vram_size_bytes", "8589934592\n");
+    write_file(root, "/class/drm/card6/device/uevent", "PCI_SLOT_NAME=0000:4d:00.0\n");
+
+    g4_hw_gpu g[8];
+    char why[160] = "";
+    int n = g4_hw_probe_drm(root, g, 8, why, sizeof why);
+    ck_assert_int_eq(n, 3);
+    ck_assert_str_eq(g[0].osdevs, "card2");
+    ck_assert_str_eq(g[0].name, "Radeon RX 7900 XTX");
+    ck_assert_str_eq(g[0].pci_busid, "0000:03:00.0");
+    ck_assert_int_eq(g[0].memory_bytes, 25753026560LL);
+    ck_assert_int_eq(g[0].memory_free_bytes, -1);             /* no mem_info_vram_used */
+    ck_assert_str_eq(g[0].backend, "sysfs");
+    ck_assert_str_eq(g[1].osdevs, "card6");
+    ck_assert_str_eq(g[1].vendor, "Intel Corporation");
+    ck_assert_int_eq(g[1].memory_bytes, 2 * 8589934592LL);    /* both tiles */
+    ck_assert_str_eq(g[1].pci_busid, "0000:4d:00.0");
+    ck_assert_str_eq(g[2].osdevs, "card10");
+    ck_assert_str_eq(g[2].pci_busid, "0000:c3:00.0");         /* normalized to lower case */
+    ck_assert_int_eq(g[2].memory_free_bytes, 17163091968LL - 1163091968LL);
+    ck_assert_str_eq(g[2].name, "");                          /* hw.c names it from hwloc's PCI object */
+    /* cap respected */
+    ck_assert_int_eq(g4_hw_probe_drm(root, g, 1, NULL, 0), 1);
+    ck_assert_str_eq(g[0].osdevs, "card2");
+    rm_tree(root);
+    /* no tree: nothing, and a note saying where it looked */
+    ck_assert_int_eq(g4_hw_probe_drm("/nonexistent-sysfs", g, 8, why, sizeof why), 0);
+    ck_assert_ptr_nonnull(strstr(why, "/nonexistent-sysfs/class/drm"));
+}
+END_TEST
+
+START_TEST(nvml_missing_library_is_no_gpu) {
+    g4_hw_gpu g[2];
+    char why[160] = "";
+    ck_assert_int_eq(g4_hw_probe_nvml("/nonexistent/libnvidia-ml.so.1", g, 2, why, sizeof why), 0);
+    ck_assert_ptr_nonnull(strstr(why, "not loadable"));
+}
+END_TEST
+
+START_TEST(peak_bandwidth_formula) {
+    /* datasheets: RTX 3090 936 GB/s (19.5 Gbps GDDR6X x 384 bit; NVML max mem clock 9751 MHz),
+       A100 40GB 1555 GB/s (NVML 1215 MHz x 5120 bit), V100 SXM3 981 GB/s (958 MHz x 4096 bit) */
+    ck_assert_double_eq_tol(g4_hw_peak_bandwidth_gbs(9751, 384), 936.1, 0.1);
+    ck_assert_double_eq_tol(g4_hw_peak_bandwidth_gbs(1215, 5120), 1555.2, 0.1);
+    ck_assert_double_eq_tol(g4_hw_peak_bandwidth_gbs(958, 4096), 981.0, 0.1);
+    ck_assert_double_eq(g4_hw_peak_bandwidth_gbs(0, 384), 0.0);
+    ck_assert_double_eq(g4_hw_peak_bandwidth_gbs(9751, 0), 0.0);
+}
+END_TEST
+
+START_TEST(busid_parse) {
+    unsigned d, b, v, f;
+    ck_assert_int_eq(g4_hw_parse_busid("00000000:65:00.0", &d, &b, &v, &f), 1);   /* NVML's 8-digit domain */
+    ck_assert_uint_eq(d, 0); ck_assert_uint_eq(b, 0x65); ck_assert_uint_eq(v, 0); ck_assert_uint_eq(f, 0);
+    ck_assert_int_eq(g4_hw_parse_busid("0001:C3:1f.7", &d, &b, &v, &f), 1);
+    ck_assert_uint_eq(d, 1); ck_assert_uint_eq(b, 0xc3); ck_assert_uint_eq(v, 0x1f); ck_assert_uint_eq(f, 7);
+    ck_assert_int_eq(g4_hw_parse_busid("", &d, &b, &v, &f), 0);
+    ck_assert_int_eq(g4_hw_parse_busid("0000:03:00", &d, &b, &v, &f), 0);
+    ck_assert_int_eq(g4_hw_parse_busid("0000:03:00.0 junk", &d, &b, &v, &f), 0);
+    ck_assert_int_eq(g4_hw_parse_busid("0000:103:00.0", &d, &b, &v, &f), 0);   /* bus > 0xff */
+    ck_assert_int_eq(g4_hw_parse_busid(NULL, &d, &b, &v, &f), 0);
+}
+END_TEST
+
+START_TEST(apple_sysctl_parse) {
+    /* `sysctl hw.memsize machdep.cpu.brand_string hw.perflevel0.physicalcpu hw.perflevel1.physicalcpu`
+       on a Mac mini M4 Pro (24 GB, 10 P + 4 E cores), with an unrelated line */
+    const char *m4pro = "hw.memsize: 25769803776\nmachdep.cpu.brand_string: Apple M4 Pro\n"
+                        "hw.ncpu: 14\nhw.perflevel0.physicalcpu: 10\nhw.perflevel1.physicalcpu: 4\n";
+    g4_hw_apple a;
+    ck_assert_int_eq(g4_hw_apple_parse(m4pro, &a), 1);
+    ck_assert_str_eq(a.brand, "Apple M4 Pro");
+    ck_assert_uint_eq(a.memsize, 25769803776ULL);
+    ck_assert_int_eq(a.p_cores, 10);
+    ck_assert_int_eq(a.e_cores, 4);
+    g4_hw_gpu g;
+    g4_hw_apple_gpu(&a, &g);
+    ck_assert_str_eq(g.name, "Apple M4 Pro");
+    ck_assert_int_eq(g.unified, 1);
+    ck_assert_int_eq(g.memory_bytes, 25769803776LL);
+    ck_assert_str_eq(g.backend, "Metal");
+    /* an Intel Mac has no perflevels and is not Apple silicon; no trailing newline */
+    ck_assert_int_eq(g4_hw_apple_parse("hw.memsize: 17179869184\nmachdep.cpu.brand_string: "
+                                       "Intel(R) Core(TM) i7-8700B CPU @ 3.20GHz", &a), 0);
+    ck_assert_uint_eq(a.memsize, 17179869184ULL);
+    ck_assert_int_eq(a.p_cores, 0);
+    ck_assert_int_eq(g4_hw_apple_parse("machdep.cpu.brand_string: Apple M1\n", &a), 0);   /* no memsize */
+    ck_assert_int_eq(g4_hw_apple_parse("", &a), 0);
+    ck_assert_int_eq(g4_hw_apple_parse(NULL, &a), 0);
+#ifndef __APPLE__
+    ck_assert_int_eq(g4_hw_apple_probe(&a), 0);
+#endif
+}
+END_TEST
+
 /* ---- bandwidth probe --------------------------------------------------------------- */
 
 START_TEST(bandwidth_small_run_plausible) {
@@ -379,6 +498,13 @@ static Suite *hw_suite(void) {
     tcase_add_test(sys, meminfo_missing_is_io_error);
     tcase_add_test(sys, llc_total_covers_detected_llc);
     suite_add_tcase(s, sys);
+    TCase *gpu = tcase_create("gpu_probes");
+    tcase_add_test(gpu, drm_probe_fake_sysfs);
+    tcase_add_test(gpu, nvml_missing_library_is_no_gpu);
+    tcase_add_test(gpu, peak_bandwidth_formula);
+    tcase_add_test(gpu, busid_parse);
+    tcase_add_test(gpu, apple_sysctl_parse);
+    suite_add_tcase(s, gpu);
     TCase *bw = tcase_create("bandwidth");
     tcase_set_timeout(bw, 60);
     tcase_add_test(bw, bandwidth_small_run_plausible);
