@@ -5,6 +5,7 @@
                    OpenAI API, that can fail: 500, 429, 400 context, hang, slow first byte,
                    close the connection mid-stream, send an error event mid-stream
     ServerThread   uvicorn serving an ASGI app in a thread on 127.0.0.1:<free port>
+    GW             a gateway app (create_app) around these, served by a ServerThread
     FakeClock      time.monotonic() plus a jump the test controls (breaker cooldowns)
 
 Run `python tests/gateway_fakes.py --port-file F [--tokens N] [--delay S]` to serve a
@@ -106,6 +107,8 @@ class FakeUpstream:
     (an SSE error object after `cut_after` chunks, no [DONE]), "json" (ignore stream=true).
     Streams `tokens` pieces " t0", " t1", ... with `delay_s` between them.
     requests: the JSON bodies received; headers: their headers (lower-case names).
+    GET /health answers `health` (an HTTP status, 200 by default; None = 404, as Ollama),
+    GET .../models the model list; gets: the GET paths received.
     """
 
     def __init__(self, mode: str = "ok", *, tokens: int = 5, delay_s: float = 0.0,
@@ -114,6 +117,8 @@ class FakeUpstream:
         self.slow_s, self.cut_after, self.name = slow_s, cut_after, name
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.gets: list[str] = []
+        self.health: int | None = 200
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", port))
@@ -149,6 +154,7 @@ class FakeUpstream:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            self._loop = None             # stop() again (e.g. an ExitStack after a test) is a no-op
 
     def __enter__(self):
         return self.start()
@@ -181,8 +187,15 @@ class FakeUpstream:
     async def _respond(self, method, path, hdrs, body, writer) -> bool:
         """Answer one request; False to close the connection."""
         mode = self.mode
-        if method == "GET" and path.endswith("/models"):
-            self._send_json(writer, 200, {"object": "list", "data": [{"id": self.name}]})
+        if method == "GET":
+            self.gets.append(path)
+            if path.endswith("/models"):
+                self._send_json(writer, 200, {"object": "list", "data": [{"id": self.name}]})
+            elif path == "/health" and self.health is not None:
+                self._send_json(writer, self.health, {"status": "ok" if self.health == 200
+                                                      else "loading model"})
+            else:
+                self._send_json(writer, 404, {"error": {"message": "not found"}})
             return True
         req = json.loads(body or b"{}")
         self.requests.append(req)
@@ -258,8 +271,8 @@ class FakeUpstream:
     @staticmethod
     def _send_json(writer, status: int, obj: dict):
         body = json.dumps(obj).encode()
-        reason = {200: "OK", 400: "Bad Request", 429: "Too Many Requests",
-                  500: "Internal Server Error"}.get(status, "X")
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
+                  500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "X")
         writer.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
                      f"content-length: {len(body)}\r\n\r\n".encode() + body)
 
@@ -311,6 +324,57 @@ class ServerThread:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+# ----------------------------------------------------------------------------- gateway
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+class GW:
+    """A gateway app served on loopback (uvicorn in a thread, entered on `stack`, an
+    ExitStack), plus what the test injected into it: a FakeClock, a FakeModel, meminfo."""
+
+    def __init__(self, stack, cfg: dict, model=None, meminfo=None, model_loader=None, **app_kw):
+        self.clock = FakeClock()
+        self.model = model or FakeModel()
+        self.mem = {"avail": 20 << 30, "total": 24 << 30}
+        cfg.setdefault("limits", {"requests_per_minute": 0, "tokens_per_minute": 0})
+        import httpx
+
+        from gemma4stack.gateway.app import create_app
+        from gemma4stack.gateway.config import parse_config
+        self.cfg = parse_config(cfg)
+        self.app = create_app(self.cfg, model_loader=model_loader or (lambda t: self.model),
+                              clock=self.clock, meminfo=meminfo or
+                              (lambda: (self.mem["avail"], self.mem["total"])), **app_kw)
+        self.state = self.app.state.gateway
+        self.srv = stack.enter_context(ServerThread(self.app))
+        self.url = self.srv.url
+        self.http = stack.enter_context(httpx.Client(base_url=self.url, timeout=10))
+
+    def chat(self, model="fast", messages=HI, headers=None, **kw):
+        return self.http.post("/v1/chat/completions", headers=headers,
+                              json={"model": model, "messages": messages, **kw})
+
+    def stream(self, path="/v1/chat/completions", **body):
+        """(status, [parsed data events], saw_done, headers) of a streamed request."""
+        events, done = [], False
+        with self.http.stream("POST", path, json={"stream": True, **body}) as r:
+            if r.status_code != 200:
+                r.read()
+                return r.status_code, [r.json()], False, r.headers
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    if line == "data: [DONE]":
+                        done = True
+                    else:
+                        events.append(json.loads(line[6:]))
+        return 200, events, done, r.headers
+
+    def breaker(self, tier):
+        return self.state.tiers[tier].breaker.state.value
+
 
 
 if __name__ == "__main__":

@@ -17,55 +17,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway_fakes import FakeClock, FakeModel, FakeUpstream, ServerThread, free_port
-from gemma4stack.gateway.app import create_app
-from gemma4stack.gateway.config import parse_config
-
-HI = [{"role": "user", "content": "hi"}]
+from gateway_fakes import GW, HI, FakeModel, FakeUpstream, free_port
 
 
 @pytest.fixture
 def gguf(models):
     return str(models / "TinyStories-656K-Q8_0.gguf")
-
-
-class GW:
-    """A gateway app served on loopback, plus what the test injected into it."""
-
-    def __init__(self, stack, cfg: dict, model=None, meminfo=None):
-        self.clock = FakeClock()
-        self.model = model or FakeModel()
-        self.mem = {"avail": 20 << 30, "total": 24 << 30}
-        cfg.setdefault("limits", {"requests_per_minute": 0, "tokens_per_minute": 0})
-        self.cfg = parse_config(cfg)
-        self.app = create_app(self.cfg, model_loader=lambda t: self.model, clock=self.clock,
-                              meminfo=meminfo or (lambda: (self.mem["avail"], self.mem["total"])))
-        self.state = self.app.state.gateway
-        self.srv = stack.enter_context(ServerThread(self.app))
-        self.url = self.srv.url
-        self.http = stack.enter_context(httpx.Client(base_url=self.url, timeout=10))
-
-    def chat(self, model="fast", messages=HI, headers=None, **kw):
-        return self.http.post("/v1/chat/completions", headers=headers,
-                              json={"model": model, "messages": messages, **kw})
-
-    def stream(self, path="/v1/chat/completions", **body):
-        """(status, [parsed data events], saw_done, headers) of a streamed request."""
-        events, done = [], False
-        with self.http.stream("POST", path, json={"stream": True, **body}) as r:
-            if r.status_code != 200:
-                r.read()
-                return r.status_code, [r.json()], False, r.headers
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    if line == "data: [DONE]":
-                        done = True
-                    else:
-                        events.append(json.loads(line[6:]))
-        return 200, events, done, r.headers
-
-    def breaker(self, tier):
-        return self.state.tiers[tier].breaker.state.value
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -43,6 +44,7 @@ from .breaker import CircuitBreaker, State
 from .config import GatewayConfig, TierConfig
 from .errors import APIError
 from .metrics import Metrics
+from .pool import Member, Pool
 from .schemas import parse
 
 log = logging.getLogger("gemma4stack.gateway")
@@ -65,27 +67,38 @@ def load_model(tier: TierConfig):
 
 @dataclass
 class TierRuntime:
-    """A tier while the gateway runs: its backend, breaker and recent history."""
+    """A tier while the gateway runs: its pool of backends (pool.py) and recent history."""
     tier: TierConfig
-    backend: Any
-    breaker: CircuitBreaker
+    pool: Pool
     last_latency_ms: float | None = None
     last_ttft_ms: float | None = None
     last_error: str | None = None
     served: int = 0
     failed: int = 0
 
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The first backend's breaker: the tier's breaker for a single-engine tier."""
+        return self.pool.members[0].breaker
+
+    @property
+    def state(self) -> State:
+        """The best state among the tier's backends (closed if any is closed)."""
+        return min((m.breaker.state for m in self.pool.members), key=lambda s: s.gauge)
+
     def to_dict(self, pressure: bool) -> dict:
-        b = self.breaker
-        up = b.state is not State.OPEN and getattr(self.backend, "ready", True) and \
-            not (self.tier.is_local and pressure)
-        d = {"up": bool(up), "backend": self.tier.backend, "model": self.tier.id,
-             "breaker": b.state.value, "retry_after_s": round(b.retry_after(), 3),
+        members = [m.to_dict(pressure) for m in self.pool.members]
+        d = {"up": any(m["up"] for m in members), "backend": self.tier.backend,
+             "model": self.tier.id, "breaker": self.state.value,
+             "retry_after_s": min(m["retry_after_s"] for m in members),
              "last_latency_ms": self.last_latency_ms, "last_ttft_ms": self.last_ttft_ms,
              "last_error": self.last_error, "served": self.served, "failed": self.failed}
-        if self.tier.is_local and pressure:
+        if all(m.get("skipped") == "memory_pressure" for m in members):
             d["skipped"] = "memory_pressure"
-        d.update(self.backend.status())
+        if len(members) == 1:
+            d.update(self.pool.members[0].backend.status())
+        else:
+            d["backends"] = members
         return d
 
 
@@ -97,26 +110,44 @@ class GatewayState:
                  meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
                  transport=None):
         self.config, self.clock = config, clock
+        self.transport = transport
         self.metrics = Metrics()
         self.guard = Guard(config.auth, config.limits)
         self.memory = routing.MemoryGauge(config.routing.min_available_memory, meminfo, clock)
         self.tiers: dict[str, TierRuntime] = {}
+        self._health_tasks: list[asyncio.Task] = []
+        self._health_client: httpx.AsyncClient | None = None
         loader = model_loader or load_model
         b = config.breaker
         for name, tier in config.tiers.items():
-            if tier.is_local:
-                backend = LocalBackend(tier, loader(tier), config.server.max_tokens)
-            else:
-                backend = OpenAIBackend(tier, transport=transport)
-            breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=clock,
-                                     on_change=self._breaker_changed(name))
-            self.tiers[name] = TierRuntime(tier, backend, breaker)
+            members = []
+            for spec in tier.backends:
+                sub = tier.member(spec)
+                backend = (LocalBackend(sub, loader(sub), config.server.max_tokens)
+                           if spec.is_local else OpenAIBackend(sub, transport=transport))
+                label = name if len(tier.backends) == 1 else f"{name}/{spec.name}"
+                breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=clock,
+                                         on_change=self._breaker_changed(name, label))
+                members.append(Member(spec, backend, breaker))
+            self.tiers[name] = TierRuntime(tier, Pool(tier, members))
             self.metrics.breaker.labels(name).set(0)
 
-    def _breaker_changed(self, name: str):
+    def start_health_checks(self):
+        """Start one health-check task per tier with URL backends (on the running loop)."""
+        tiers = [rt for rt in self.tiers.values()
+                 if rt.tier.health_interval_s > 0 and any(not m.is_local for m in rt.pool.members)]
+        if not tiers:
+            return
+        self._health_client = httpx.AsyncClient(transport=self.transport)
+        for rt in tiers:
+            self._health_tasks.append(asyncio.create_task(
+                rt.pool.health_loop(self._health_client), name=f"g4gw-health-{rt.tier.name}"))
+
+    def _breaker_changed(self, name: str, label: str):
         def changed(old: State, new: State):
-            log.warning("tier %s: circuit breaker %s -> %s", name, old.value, new.value)
-            self.metrics.breaker.labels(name).set(new.gauge)
+            log.warning("%s: circuit breaker %s -> %s", label, old.value, new.value)
+            rt = self.tiers.get(name)
+            self.metrics.breaker.labels(name).set(rt.state.gauge if rt else new.gauge)
         return changed
 
     def health(self) -> tuple[int, dict]:
@@ -127,9 +158,17 @@ class GatewayState:
                                       "memory": self.memory.to_dict()}
 
     async def aclose(self):
+        for t in self._health_tasks:
+            t.cancel()
+        for t in self._health_tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        if self._health_client is not None:
+            await self._health_client.aclose()
         for rt in self.tiers.values():
-            with contextlib.suppress(Exception):
-                await rt.backend.aclose()
+            for m in rt.pool.members:
+                with contextlib.suppress(Exception):
+                    await m.backend.aclose()
 
 
 # ----------------------------------------------------------------------------- admission
@@ -208,6 +247,7 @@ class Dispatch:
         self.finished = False
         self.started = False
         self.tried: list[str] = []
+        self.member: Member | None = None    # the backend being tried / that answered
         self.reasons: dict[str, str] = {}
         # unique, not secret
         self.rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + f"{random.getrandbits(96):024x}"
@@ -245,6 +285,7 @@ class Dispatch:
     def _routing(self, rt: TierRuntime | None, ttft: float | None, final: Final | None) -> dict:
         now = self.st.clock()
         d = {"tier": rt.tier.name if rt else None, "model": rt.tier.id if rt else None,
+             "backend": self.member.name if rt and self.member else None,
              "latency_ms": round((now - self.caller.t0) * 1000, 3),
              "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
              "prompt_tokens": final.prompt_tokens if final else None,
@@ -274,62 +315,84 @@ class Dispatch:
         last: BackendError | None = None
         for name in self.chain:
             rt = st.tiers[name]
+            pool = rt.pool
             self.tried.append(name)
-            if rt.tier.is_local:
-                if pressure is None:
-                    pressure = st.memory.under_pressure()
-                if pressure:
-                    self.reasons[name] = "memory_pressure"
-                    retry.append(5.0)
-                    continue
-            ticket = rt.breaker.allow()
-            if ticket is None:
-                self.reasons[name] = "breaker_open"
-                retry.append(rt.breaker.retry_after())
+            if pressure is None and pool.has_local:
+                pressure = st.memory.under_pressure()
+            members, why = pool.order(bool(pressure))
+            if not members:
+                self.reasons[name] = why
+                retry.append(5.0 if why == "memory_pressure" else
+                             min(m.breaker.retry_after() for m in pool.members))
                 continue
-            agen = rt.backend.stream(self.req)
-            try:
-                first = await agen.__anext__()
-                ttft = st.clock() - self.caller.t0
-                if self.stream:
-                    await self._stream(send, rt, ticket, agen, first, ttft)
-                    return
-                pieces, final = [], first
-                if type(first) is str:
-                    pieces.append(first)
-                    async for item in agen:
-                        if type(item) is str:
-                            pieces.append(item)
-                        else:
-                            final = item
-                if type(final) is str:
-                    final = Final()
-            except BackendError as e:
-                await agen.aclose()
+            multi = len(pool.members) > 1
+            for m in members:
+                ticket = m.breaker.allow()
+                key = f"{name}/{m.name}" if multi else name
+                if ticket is None:           # its half-open probe went to another request
+                    self.reasons[key] = "breaker_open"
+                    retry.append(m.breaker.retry_after())
+                    continue
+                m.outstanding += 1
+                try:
+                    e = await self._try(send, rt, m, ticket)
+                finally:
+                    m.outstanding -= 1
+                if e is None:
+                    return                   # answered (or streamed)
                 last = e
-                (ticket.failure if e.counts else ticket.release)()
-                rt.last_error, rt.failed = f"{e.kind}: {e.message}", rt.failed + 1
-                st.metrics.errors.labels(name, e.kind).inc()
                 if e.retry_after is not None:
                     retry.append(e.retry_after)
                 if not e.fallback:
-                    routing_ = self._routing(rt, None, None)
-                    await self._send_error(send, APIError(e.status, e.message, e.etype, e.code,
-                                                          e.param, routing=routing_), name)
+                    await self._send_error(send, APIError(
+                        e.status, e.message, e.etype, e.code, e.param,
+                        routing=self._routing(rt, None, None)), name)
                     return
-                self.reasons[name] = e.kind
+                self.reasons[key] = e.kind
                 st.metrics.fallbacks.labels(name).inc()
-                log.info("tier %s failed before the first byte (%s); trying the next tier",
-                         name, e.message)
-                continue
-            except BaseException:
-                ticket.release()
-                await agen.aclose()
-                raise
-            ticket.success()
-            await self._answer(send, rt, "".join(pieces), final, ttft)
-            return
+                log.info("%s failed before the first byte (%s); trying the next %s", key,
+                         e.message, "backend" if multi else "tier")
         await self._all_down(send, retry, last)
+
+    def _failed(self, rt: TierRuntime, m: Member, ticket, e: BackendError):
+        """Book-keeping of a backend error: breaker, counters, metrics."""
+        (ticket.failure if e.counts else ticket.release)()
+        rt.last_error = m.last_error = f"{e.kind}: {e.message}"
+        rt.failed, m.failed = rt.failed + 1, m.failed + 1
+        self.st.metrics.errors.labels(rt.tier.name, e.kind).inc()
+
+    async def _try(self, send, rt: TierRuntime, m: Member, ticket) -> BackendError | None:
+        """Send the request to member `m`: None once answered, the error when it failed
+        before the first byte (the caller may try another backend or tier)."""
+        self.member = m
+        agen = m.backend.stream(self.req)
+        try:
+            first = await agen.__anext__()
+            ttft = self.st.clock() - self.caller.t0
+            if self.stream:
+                await self._stream(send, rt, ticket, agen, first, ttft)
+                return None
+            pieces, final = [], first
+            if type(first) is str:
+                pieces.append(first)
+                async for item in agen:
+                    if type(item) is str:
+                        pieces.append(item)
+                    else:
+                        final = item
+            if type(final) is str:
+                final = Final()
+        except BackendError as e:
+            await agen.aclose()
+            self._failed(rt, m, ticket, e)
+            return e
+        except BaseException:
+            ticket.release()
+            await agen.aclose()
+            raise
+        ticket.success()
+        await self._answer(send, rt, "".join(pieces), final, ttft)
+        return None
 
     async def _all_down(self, send, retry: list[float], last: BackendError | None):
         why = ", ".join(f"{t}: {r}" for t, r in self.reasons.items()) or "no tier"
@@ -346,6 +409,8 @@ class Dispatch:
         """Book-keeping when a tier finished a request; returns its _routing."""
         st, r = self.st, self._routing(rt, ttft, final)
         rt.last_latency_ms, rt.served, rt.last_error = r["latency_ms"], rt.served + 1, None
+        if self.member is not None:
+            self.member.served += 1
         rt.last_ttft_ms = r["ttft_ms"]
         m, name = st.metrics, rt.tier.name
         m.requests.labels(name, self.endpoint, status).inc()
@@ -431,9 +496,7 @@ class Dispatch:
         except BackendError as e:
             # too late to fall back: end the stream with an error event and no [DONE]
             await agen.aclose()
-            (ticket.failure if e.counts else ticket.release)()
-            rt.last_error, rt.failed = f"{e.kind}: {e.message}", rt.failed + 1
-            self.st.metrics.errors.labels(rt.tier.name, e.kind).inc()
+            self._failed(rt, self.member, ticket, e)
             self.st.metrics.requests.labels(rt.tier.name, self.endpoint, "stream_error").inc()
             log.warning("tier %s failed mid-stream: %s", rt.tier.name, e.message)
             err = APIError(e.status, e.message, e.etype, e.code, routing=self._routing(rt, ttft, None))
@@ -517,6 +580,7 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        st.start_health_checks()
         yield
         await st.aclose()
 
@@ -635,9 +699,15 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     async def metrics(request: Request):
         authenticate(request.headers.get("authorization"))
         for name, rt in st.tiers.items():
-            st.metrics.breaker.labels(name).set(rt.breaker.state.gauge)
-            if rt.tier.is_local:
-                st.metrics.queue.labels(name).set(rt.backend.status()["queue_depth"])
+            st.metrics.breaker.labels(name).set(rt.state.gauge)
+            local = [m for m in rt.pool.members if m.is_local]
+            if local:
+                st.metrics.queue.labels(name).set(
+                    sum(m.backend.status()["queue_depth"] for m in local))
+            if len(rt.pool.members) > 1:
+                for m in rt.pool.members:
+                    st.metrics.backend_up.labels(name, m.name).set(int(m.up(False)))
+                    st.metrics.outstanding.labels(name, m.name).set(m.outstanding)
         return Response(st.metrics.render(), media_type=st.metrics.content_type)
 
     # -- every error as an OpenAI error object

@@ -23,7 +23,7 @@ try:
     import tomllib
 except ModuleNotFoundError:        # Python 3.10
     import tomli as tomllib        # type: ignore[no-redef]
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,38 @@ class RoutingConfig:
 
 
 @dataclass
+class BackendSpec:
+    """One engine of a tier: an OpenAI-compatible server (`url`) or a local GGUF (`path`).
+
+    weight: share of traffic relative to the tier's other backends (> 0); name: label in
+    /health, metrics and `_routing` (default: host:port of the URL or the file's stem).
+    model: openai only, the model id sent upstream (default: the tier's `model`).
+    """
+    kind: str                        # "openai" | "local"
+    url: str | None = None           # base URL ending in /v1 (openai)
+    path: str | None = None          # GGUF path, resolved (local)
+    model: str | None = None
+    weight: float = 1.0
+    name: str = ""
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)   # resolved from api_key_env
+    threads: int | None = None       # local: overrides the tier's
+    context: int | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind == "local"
+
+    def to_dict(self) -> dict:
+        keys = (("path", "weight", "name", "threads", "context") if self.is_local else
+                ("url", "model", "weight", "name", "api_key_env"))
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass
 class TierConfig:
     name: str
-    backend: str                     # "local" | "openai"
+    backend: str                     # "local" | "openai" | "mixed" (backends of both kinds)
     model: str                       # local: GGUF path (resolved); openai: model id sent upstream
     id: str = ""                     # id shown in /v1/models and responses (default: file stem / model)
     # local
@@ -110,18 +139,44 @@ class TierConfig:
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 60.0   # also the longest silence allowed mid-stream
     total_timeout_s: float = 600.0
-    max_connections: int = 128
+    max_connections: int = 128       # per backend
+    # several backends (pool.py): the single `url` / local `model` form is one backend
+    backends: list[BackendSpec] = field(default_factory=list)
+    pooled: bool = False             # written as `backends = [...]` (for to_dict)
+    health_interval_s: float = 10.0  # active health checks of URL backends; 0 = off
+    health_timeout_s: float = 2.0
+    health_path: str = "auto"        # "auto": GET /health, on 404 GET /v1/models; or a path
 
     @property
     def is_local(self) -> bool:
         return self.backend == "local"
 
+    def member(self, spec: BackendSpec) -> "TierConfig":
+        """This tier as seen by one of its backends: the single-engine TierConfig that
+        LocalBackend / OpenAIBackend take (url, model, key and threads of `spec`)."""
+        if spec.is_local:
+            return replace(self, backend="local", model=spec.path, backends=[spec],
+                           threads=spec.threads or self.threads,
+                           context=spec.context or self.context)
+        return replace(self, backend="openai", url=spec.url, model=spec.model or self.model,
+                       api_key=spec.api_key if spec.api_key_env else self.api_key,
+                       backends=[spec])
+
     def to_dict(self) -> dict:
         """The [tiers.NAME] table (round-trips through parse_config; no resolved key)."""
+        common = ("id", "queue_size", "chat_template", "threads", "context", "connect_timeout_s",
+                  "first_byte_timeout_s", "total_timeout_s", "max_connections",
+                  "health_interval_s", "health_timeout_s", "health_path", "api_key_env")
+        if self.pooled:
+            d = {"model": self.model} if any(not b.is_local for b in self.backends) else {}
+            d.update({k: getattr(self, k) for k in common if getattr(self, k) is not None})
+            d["backends"] = [b.to_dict() for b in self.backends]
+            return d
         keys = (("backend", "model", "id", "threads", "context", "queue_size", "chat_template")
                 if self.is_local else
                 ("backend", "model", "id", "url", "api_key_env", "connect_timeout_s",
-                 "first_byte_timeout_s", "total_timeout_s", "max_connections"))
+                 "first_byte_timeout_s", "total_timeout_s", "max_connections",
+                 "health_interval_s", "health_timeout_s", "health_path"))
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
@@ -224,12 +279,119 @@ def _resolve_path(p: str, base: Path | None) -> Path:
     return Path(os.path.abspath(path))   # relative to the working directory
 
 
+def _url_name(url: str) -> str:
+    """host:port of a URL, the default name of a URL backend."""
+    m = re.match(r"^https?://([^/]+)", url)
+    return m.group(1) if m else url
+
+
+def _check_url(t: _Table, url: str) -> str:
+    if not re.match(r"^https?://", url):
+        t.fail(f"url must start with http:// or https://, got {url!r}")
+    return url.rstrip("/")
+
+
+def _resolve_key(t: _Table, env: str | None) -> str | None:
+    if not env:
+        return None
+    key = os.environ.get(env)
+    if not key:
+        t.fail(f"api_key_env names ${env}, which is not set")
+    return key
+
+
+def _read_local_opts(t: _Table, tier: TierConfig):
+    tier.threads = t.positive("threads", int, None) if "threads" in t.data else None
+    tier.context = t.positive("context", int, None) if "context" in t.data else None
+    tier.queue_size = t.positive("queue_size", int, tier.queue_size, zero_ok=True)
+    tier.chat_template = t.get("chat_template", str, tier.chat_template)
+    if tier.chat_template not in ("auto", "plain", "raw"):
+        t.fail(f"chat_template must be 'auto', 'plain' or 'raw', got {tier.chat_template!r}")
+
+
+def _read_openai_opts(t: _Table, tier: TierConfig):
+    tier.api_key_env = t.get("api_key_env", str, None)
+    tier.api_key = _resolve_key(t, tier.api_key_env)
+    for k in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s", "health_timeout_s"):
+        setattr(tier, k, t.positive(k, float, getattr(tier, k)))
+    tier.health_interval_s = t.positive("health_interval_s", float, tier.health_interval_s,
+                                        zero_ok=True)
+    tier.health_path = t.get("health_path", str, tier.health_path)
+    if tier.health_path != "auto" and not tier.health_path.startswith("/"):
+        t.fail(f"health_path must be 'auto' or a path starting with '/', got {tier.health_path!r}")
+    tier.max_connections = t.positive("max_connections", int, tier.max_connections)
+
+
+def _read_backend(e: Any, where: str, src: str, base: Path | None, model: str | None
+                  ) -> BackendSpec:
+    """One entry of `backends`: "http(s)://..." (a URL), another string (a GGUF path),
+    or a table with `url` or `path` and optional weight, name, model, api_key_env,
+    threads, context."""
+    if isinstance(e, str):
+        e = {"url": e} if re.match(r"^[a-zA-Z]+://", e) else {"path": e}
+    t = _Table(e, where, src)
+    url, path = t.get("url", str), t.get("path", str)
+    if (url is None) == (path is None):
+        t.fail("needs exactly one of `url` (an OpenAI-compatible server) or `path` (a GGUF)")
+    weight, name = t.positive("weight", float, 1.0), t.get("name", str, "")
+    if url is not None:
+        url = _check_url(t, url)
+        spec = BackendSpec("openai", url=url, model=t.get("model", str), weight=weight,
+                           name=name or _url_name(url), api_key_env=t.get("api_key_env", str))
+        spec.api_key = _resolve_key(t, spec.api_key_env)
+        if spec.model is None and model is None:
+            t.fail("model: set the tier's `model` (the id sent upstream) or this backend's")
+    else:
+        p = _resolve_path(path, base)
+        if not p.is_file():
+            t.fail(f"path: GGUF file not found: {p}")
+        spec = BackendSpec("local", path=str(p), weight=weight, name=name or p.stem)
+        spec.threads = t.positive("threads", int, None) if "threads" in t.data else None
+        spec.context = t.positive("context", int, None) if "context" in t.data else None
+    t.done()
+    return spec
+
+
+def _read_pooled_tier(name: str, t: _Table, base: Path | None, src: str) -> TierConfig:
+    """A tier with `backends = [...]` (see _read_backend); `model` is the id sent to URL
+    backends that name none, `backend` (optional) the kind every entry must have."""
+    t.used.add("backends")
+    raw = t.data["backends"]
+    if not isinstance(raw, list) or not raw:
+        t.fail("backends must be a non-empty list of URLs, GGUF paths or tables")
+    model = t.get("model", str)
+    specs = [_read_backend(e, f"tiers.{name}.backends[{i}]", src, base, model)
+             for i, e in enumerate(raw)]
+    kinds = {s.kind for s in specs}
+    kind = kinds.pop() if len(kinds) == 1 else "mixed"
+    want = t.get("backend", str)
+    if want is not None and want != kind:
+        t.fail(f"backend = {want!r} but the backends are {kind}")
+    if "url" in t.data:
+        t.fail("use either `url` or `backends`, not both")
+    seen: dict[str, int] = {}
+    for s in specs:                       # names label metrics: make them unique
+        n = seen[s.name] = seen.get(s.name, 0) + 1
+        if n > 1:
+            s.name = f"{s.name}#{n}"
+    first_local = next((s.path for s in specs if s.is_local), None)
+    tier = TierConfig(name=name, backend=kind, model=model or first_local, backends=specs,
+                      pooled=True)
+    tier.id = t.get("id", str, "") or model or Path(first_local).stem
+    _read_local_opts(t, tier)
+    _read_openai_opts(t, tier)
+    t.done()
+    return tier
+
+
 def _read_tier(name: str, data: Any, base: Path | None, src: str) -> TierConfig:
     where = f"tiers.{name}"
     if not _TIER_NAME.match(name) or name == "auto":
         raise ConfigError(f"{src}: [{where}] tier names are letters, digits, '_', '.', '-' "
                           f"and not 'auto'")
     t = _Table(data, where, src)
+    if "backends" in t.data:
+        return _read_pooled_tier(name, t, base, src)
     backend = t.get("backend", str, required=True)
     if backend not in ("local", "openai"):
         t.fail(f"backend must be 'local' or 'openai', got {backend!r}")
@@ -241,26 +403,14 @@ def _read_tier(name: str, data: Any, base: Path | None, src: str) -> TierConfig:
             t.fail(f"model: GGUF file not found: {path}")
         tier.model = str(path)
         tier.id = tier.id or path.stem
-        tier.threads = t.positive("threads", int, None) if "threads" in t.data else None
-        tier.context = t.positive("context", int, None) if "context" in t.data else None
-        tier.queue_size = t.positive("queue_size", int, tier.queue_size, zero_ok=True)
-        tier.chat_template = t.get("chat_template", str, tier.chat_template)
-        if tier.chat_template not in ("auto", "plain", "raw"):
-            t.fail(f"chat_template must be 'auto', 'plain' or 'raw', got {tier.chat_template!r}")
+        _read_local_opts(t, tier)
+        tier.backends = [BackendSpec("local", path=tier.model, name=path.stem)]
     else:
-        url = t.get("url", str, required=True)
-        if not re.match(r"^https?://", url):
-            t.fail(f"url must start with http:// or https://, got {url!r}")
-        tier.url = url.rstrip("/")
+        tier.url = _check_url(t, t.get("url", str, required=True))
         tier.id = tier.id or tier.model
-        tier.api_key_env = t.get("api_key_env", str, None)
-        if tier.api_key_env:
-            tier.api_key = os.environ.get(tier.api_key_env)
-            if not tier.api_key:
-                t.fail(f"api_key_env names ${tier.api_key_env}, which is not set")
-        for k in ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s"):
-            setattr(tier, k, t.positive(k, float, getattr(tier, k)))
-        tier.max_connections = t.positive("max_connections", int, tier.max_connections)
+        _read_openai_opts(t, tier)
+        tier.backends = [BackendSpec("openai", url=tier.url, model=tier.model,
+                                     name=_url_name(tier.url))]
     t.done()
     return tier
 
