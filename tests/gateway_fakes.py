@@ -345,6 +345,8 @@ class GW:
         from gemma4stack.gateway.app import create_app
         from gemma4stack.gateway.config import parse_config
         self.cfg = parse_config(cfg)
+        # quota windows on a frozen wall clock (a whole UTC day), moved by clock.advance()
+        app_kw.setdefault("wall_clock", lambda: 1_800_000_000.0 + self.clock.offset)
         self.app = create_app(self.cfg, model_loader=model_loader or (lambda t: self.model),
                               clock=self.clock, meminfo=meminfo or
                               (lambda: (self.mem["avail"], self.mem["total"])), **app_kw)

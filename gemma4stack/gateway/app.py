@@ -59,6 +59,17 @@ def _sse(obj) -> bytes:
     return b"data: " + _json(obj) + b"\n\n"
 
 
+def has_media(messages: list[dict] | None) -> bool:
+    """Does a chat request carry non-text content parts (image_url, input_audio, file)?
+    Such requests count against media_requests_per_day instead of requests_per_day."""
+    for m in messages or ():
+        c = m.get("content")
+        if isinstance(c, list) and any(isinstance(p, dict) and p.get("type") != "text"
+                                       for p in c):
+            return True
+    return False
+
+
 def load_model(tier: TierConfig):
     """Open a local tier's GGUF with gemma4stack.model.Model (the default model_loader)."""
     from gemma4stack.model import Model
@@ -108,11 +119,11 @@ class GatewayState:
     def __init__(self, config: GatewayConfig, *, model_loader: Callable | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
-                 transport=None):
+                 transport=None, wall_clock: Callable[[], float] = time.time):
         self.config, self.clock = config, clock
         self.transport = transport
         self.metrics = Metrics()
-        self.guard = Guard(config.auth, config.limits)
+        self.guard = Guard(config.auth, config.limits, wall=wall_clock)
         self.memory = routing.MemoryGauge(config.routing.min_available_memory, meminfo, clock)
         self.tiers: dict[str, TierRuntime] = {}
         self._health_tasks: list[asyncio.Task] = []
@@ -169,6 +180,7 @@ class GatewayState:
             for m in rt.pool.members:
                 with contextlib.suppress(Exception):
                     await m.backend.aclose()
+        self.guard.store.close()
 
 
 # ----------------------------------------------------------------------------- admission
@@ -567,16 +579,17 @@ class _ASGIEndpoint:
 def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], Any] | None = None,
                clock: Callable[[], float] = time.monotonic,
                meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
-               transport=None) -> FastAPI:
+               transport=None, wall_clock: Callable[[], float] = time.time) -> FastAPI:
     """Build the gateway app (a FastAPI subclass, GatewayApp).
 
     model_loader(tier) -> Model-like object for local tiers (default: gemma4stack.model.Model);
     clock: seconds, used by breakers, latencies and the memory gauge;
-    meminfo() -> (MemAvailable, MemTotal) bytes; transport: httpx transport for openai tiers.
+    meminfo() -> (MemAvailable, MemTotal) bytes; transport: httpx transport for openai tiers;
+    wall_clock: Unix seconds, for the quota windows (minutes and UTC days).
     Local models are loaded here, so a bad GGUF fails the call (OSError / ValueError).
     """
     st = GatewayState(config, model_loader=model_loader, clock=clock, meminfo=meminfo,
-                      transport=transport)
+                      transport=transport, wall_clock=wall_clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -606,15 +619,11 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
             _reject("auth", e)
 
     async def admit(scope, receive) -> tuple[Caller, dict]:
-        """Auth, rate limit, body cap, JSON: the caller and the body (a dict) or APIError."""
+        """Auth, body cap, JSON: the caller and the body (a dict) or APIError."""
         t0 = st.clock()
         key_id = authenticate(_header(scope, b"authorization"))
         client = scope.get("client")
         ip = client[0] if client else None
-        try:
-            st.guard.admit(key_id, ip)
-        except APIError as e:
-            _reject("rate_limit", e)
         try:
             raw = await _read_body(scope, receive, cfg.server.max_body_bytes)
         except APIError as e:
@@ -640,6 +649,10 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
                 404, f"The model '{model}' does not exist; use 'auto', a tier "
                 f"({', '.join(cfg.tiers)}) or a model id from /v1/models.",
                 param="model", code="model_not_found"))
+        try:                               # a valid request: count it against the quotas
+            st.guard.admit(caller.key_id, caller.ip, media=has_media(req.messages))
+        except APIError as e:
+            _reject("rate_limit", e)
         auto = None
         if tier is None:
             msgs = req.messages or []
@@ -688,6 +701,22 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
                     seen.add(mid)
                     data.append({"id": mid, "object": "model", "created": created,
                                  "owned_by": "gemma4stack", "tier": name, "backend": t.backend})
+        return {"object": "list", "data": data}
+
+    @app.get("/v1/usage")
+    async def usage(request: Request, days: int = 7, key: str | None = None,
+                    ip: str | None = None):
+        """Requests, text / media requests and tokens per key (and client IP) and UTC day,
+        newest first; admin keys only. ?days=N (1..366), ?key=NAME or ?ip=ADDR to filter."""
+        st.guard.authenticate_admin(request.headers.get("authorization"))
+        if not 1 <= days <= 366:
+            raise APIError(400, "days must be in 1..366", param="days", code="invalid_value")
+        who = f"key:{key}" if key is not None else f"ip:{ip}" if ip is not None else None
+        rows = st.guard.store.usage(days=days, who=who)
+        data = []
+        for r in rows:
+            kind, _, name = r.pop("who").partition(":")
+            data.append({"object": "usage", "kind": kind, "name": name, **r})
         return {"object": "list", "data": data}
 
     @app.get("/health")

@@ -5,8 +5,11 @@ The file has the shape below; every key except the tiers' `backend` and `model`
 for the full reference.
 
     [server]                 # host, port, caps on bodies / messages / max_tokens
-    [auth]                   # api_keys = [...] and/or api_keys_env = "VAR" (comma-separated)
-    [limits]                 # requests_per_minute, tokens_per_minute (per key and per client IP)
+    [auth]                   # api_keys = [...] and/or api_keys_env = "VAR" (comma-separated),
+                             # admin_keys / admin_keys_env (GET /v1/usage)
+    [auth.keys.NAME]         # a named key (key or key_env) with its own limits
+    [limits]                 # per minute and per day, per key and per client IP; db (SQLite)
+    [limits.per_key], [limits.per_ip]   # overrides of [limits] for each kind
     [breaker]                # failures, window_s, cooldown_s
     [routing]                # order, fallback, memory share, auto classifier thresholds/markers
     [tiers.NAME]             # backend = "local" | "openai", model, ...
@@ -47,20 +50,74 @@ class ServerConfig:
 
 
 @dataclass
+class NamedKey:
+    """[auth.keys.NAME]: an API key with a name (shown in usage reports) and its own
+    limits (any LIMIT_KEYS entry, overriding [limits] and [limits.per_key])."""
+    name: str
+    key: str = field(default="", repr=False)     # resolved (key, or $key_env)
+    key_env: str | None = None
+    limits: dict = field(default_factory=dict)
+
+
+@dataclass
 class AuthConfig:
     api_keys: list[str] = field(default_factory=list, repr=False)   # resolved (file + env)
     api_keys_env: str | None = None
+    keys: dict[str, NamedKey] = field(default_factory=dict)
+    admin_keys: list[str] = field(default_factory=list, repr=False)  # GET /v1/usage
+    admin_keys_env: str | None = None
 
-    def to_dict(self) -> dict:
-        # keys never leave the process in a config dump
-        return {"api_keys": [f"<{len(self.api_keys)} keys>"] if self.api_keys else [],
-                "api_keys_env": self.api_keys_env}
+    def to_dict(self, *, secrets: bool = False) -> dict:
+        """The [auth] table; keys are redacted unless `secrets` (keys never leave the
+        process in a config dump)."""
+        def named(k: NamedKey) -> dict:
+            d = {"key": k.key if secrets else "<redacted>", **k.limits}
+            return d
+        if secrets:
+            return {"api_keys": list(self.api_keys), "admin_keys": list(self.admin_keys),
+                    "keys": {n: named(k) for n, k in self.keys.items()}}
+        d = {"api_keys": [f"<{len(self.api_keys)} keys>"] if self.api_keys else [],
+             "api_keys_env": self.api_keys_env,
+             "admin_keys": [f"<{len(self.admin_keys)} keys>"] if self.admin_keys else [],
+             "admin_keys_env": self.admin_keys_env}
+        if self.keys:
+            d["keys"] = {n: named(k) for n, k in self.keys.items()}
+        return d
+
+
+# the limits a key or an IP can have (quota.QuotaLimits); 0 = no limit
+LIMIT_KEYS = ("requests_per_minute", "tokens_per_minute", "requests_per_day",
+              "media_requests_per_day", "tokens_per_day")
 
 
 @dataclass
 class LimitsConfig:
+    """[limits]: the defaults for API keys and client IPs, [limits.per_key] and
+    [limits.per_ip] override them for each kind, [auth.keys.NAME] for one key."""
     requests_per_minute: int = 30    # per API key and per client IP; 0 = no limit
     tokens_per_minute: int = 60000   # prompt + completion tokens, per key and per IP; 0 = no limit
+    requests_per_day: int = 0        # text requests (no image/audio/file parts) per UTC day
+    media_requests_per_day: int = 0  # requests with image/audio/file parts per UTC day
+    tokens_per_day: int = 0
+    db: str | None = None            # SQLite file; default: <config stem>.usage.sqlite3
+                                     # beside a TOML config, else in memory (":memory:")
+    keep_days: int = 90              # days of usage kept for `gemma4stack usage`
+    per_key: dict = field(default_factory=dict)
+    per_ip: dict = field(default_factory=dict)
+
+    def for_ip(self) -> dict:
+        """The limits of a client IP (LIMIT_KEYS -> int)."""
+        return {**{k: getattr(self, k) for k in LIMIT_KEYS}, **self.per_ip}
+
+    def for_key(self, key: NamedKey | None = None) -> dict:
+        """The limits of an API key (LIMIT_KEYS -> int)."""
+        return {**{k: getattr(self, k) for k in LIMIT_KEYS}, **self.per_key,
+                **(key.limits if key else {})}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["db"] = self.db or ":memory:"
+        return d
 
 
 @dataclass
@@ -194,9 +251,8 @@ class GatewayConfig:
         """The config as the TOML document's dict. API keys are redacted unless `secrets`
         (launch() writes them to a 0600 file for the child); parse_config reads it back."""
         routing = {k: v for k, v in asdict(self.routing).items() if v is not None}
-        auth = ({"api_keys": list(self.auth.api_keys)} if secrets else self.auth.to_dict())
-        return {"server": asdict(self.server), "auth": auth,
-                "limits": asdict(self.limits), "breaker": asdict(self.breaker),
+        return {"server": asdict(self.server), "auth": self.auth.to_dict(secrets=secrets),
+                "limits": self.limits.to_dict(), "breaker": asdict(self.breaker),
                 "routing": routing, "tiers": {n: t.to_dict() for n, t in self.tiers.items()}}
 
     def _repr_html_(self) -> str:
@@ -415,6 +471,66 @@ def _read_tier(name: str, data: Any, base: Path | None, src: str) -> TierConfig:
     return tier
 
 
+def _env_keys(t: _Table, env: str | None, what: str) -> list[str]:
+    """Comma-separated keys from $env (ConfigError when named but unset or empty)."""
+    if not env:
+        return []
+    keys = [k.strip() for k in os.environ.get(env, "").split(",") if k.strip()]
+    if not keys:
+        t.fail(f"{what}_env names ${env}, which is not set or empty (refusing to start "
+               f"without the keys)")
+    return keys
+
+
+def _read_limit_overrides(t: _Table) -> dict:
+    return {k: t.positive(k, int, 0, zero_ok=True) for k in LIMIT_KEYS if k in t.data}
+
+
+def _read_auth(at: _Table, source: str) -> AuthConfig:
+    auth = AuthConfig(api_keys=at.get("api_keys", list, []), api_keys_env=at.get("api_keys_env", str),
+                      admin_keys=at.get("admin_keys", list, []),
+                      admin_keys_env=at.get("admin_keys_env", str))
+    auth.api_keys = auth.api_keys + _env_keys(at, auth.api_keys_env, "api_keys")
+    auth.admin_keys = auth.admin_keys + _env_keys(at, auth.admin_keys_env, "admin_keys")
+    for name, data in at.get("keys", dict, {}).items():
+        kt = _Table(data, f"auth.keys.{name}", source)
+        k = NamedKey(name=name, key=kt.get("key", str, ""), key_env=kt.get("key_env", str))
+        if k.key_env:
+            k.key = os.environ.get(k.key_env, "")
+            if not k.key:
+                kt.fail(f"key_env names ${k.key_env}, which is not set or empty")
+        if not k.key:
+            kt.fail("needs `key` or `key_env`")
+        k.limits = _read_limit_overrides(kt)
+        kt.done()
+        auth.keys[name] = k
+    at.done()
+    if any(not k for k in auth.api_keys + auth.admin_keys):
+        at.fail("api_keys and admin_keys must not contain empty strings")
+    every = auth.api_keys + [k.key for k in auth.keys.values()]
+    if len(set(every)) != len(every) or set(every) & set(auth.admin_keys):
+        at.fail("the same key appears twice (api_keys, keys.NAME and admin_keys must differ)")
+    return auth
+
+
+def _read_limits(lt: _Table, base_dir: Path | None) -> LimitsConfig:
+    limits = LimitsConfig()
+    for k in LIMIT_KEYS:
+        setattr(limits, k, lt.positive(k, int, getattr(limits, k), zero_ok=True))
+    limits.keep_days = lt.positive("keep_days", int, limits.keep_days)
+    db = lt.get("db", str)
+    if db is not None and db != ":memory:":
+        p = Path(os.path.expanduser(db))
+        db = str(p if p.is_absolute() or base_dir is None else base_dir / p)
+    limits.db = db
+    for sub in ("per_key", "per_ip"):
+        st = _Table(lt.get(sub, dict, {}), f"limits.{sub}", lt.src)
+        setattr(limits, sub, _read_limit_overrides(st))
+        st.done()
+    lt.done()
+    return limits
+
+
 def parse_config(data: dict, *, source: str = "<config>", base_dir: Path | None = None
                  ) -> GatewayConfig:
     """Validate a config dict (the TOML document) into a GatewayConfig.
@@ -432,21 +548,8 @@ def parse_config(data: dict, *, source: str = "<config>", base_dir: Path | None 
         raise ConfigError(f"{source}: [server] log_level must be one of critical, error, "
                           f"warning, info, debug; got {server.log_level!r}")
 
-    at = _Table(root.get("auth", dict, {}), "auth", source)
-    auth = AuthConfig(api_keys=at.get("api_keys", list, []), api_keys_env=at.get("api_keys_env", str))
-    at.done()
-    if auth.api_keys_env:
-        env = os.environ.get(auth.api_keys_env, "")
-        extra = [k.strip() for k in env.split(",") if k.strip()]
-        if not extra:
-            raise ConfigError(f"{source}: [auth] api_keys_env names ${auth.api_keys_env}, "
-                              f"which is not set or empty (refusing to start without the keys)")
-        auth.api_keys = auth.api_keys + extra
-    if any(not k for k in auth.api_keys):
-        raise ConfigError(f"{source}: [auth] api_keys must not contain empty strings")
-
-    limits = _read_dataclass(LimitsConfig, _Table(root.get("limits", dict, {}), "limits", source),
-                             zero_ok=("requests_per_minute", "tokens_per_minute"))
+    auth = _read_auth(_Table(root.get("auth", dict, {}), "auth", source), source)
+    limits = _read_limits(_Table(root.get("limits", dict, {}), "limits", source), base_dir)
     breaker = _read_dataclass(BreakerConfig, _Table(root.get("breaker", dict, {}), "breaker", source))
     routing = _read_dataclass(RoutingConfig, _Table(root.get("routing", dict, {}), "routing", source),
                               zero_ok=("min_available_memory", "fast_max_chars"))
@@ -486,7 +589,10 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
         data = json.loads(raw) if p.suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
-    return parse_config(data, source=str(p), base_dir=p.resolve().parent)
+    cfg = parse_config(data, source=str(p), base_dir=p.resolve().parent)
+    if cfg.limits.db is None:          # usage counters live beside the config file
+        cfg.limits.db = str(p.resolve().with_name(p.stem + ".usage.sqlite3"))
+    return cfg
 
 
 def default_config(model: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8080
