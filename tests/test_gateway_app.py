@@ -223,7 +223,7 @@ def test_all_down_503_with_retry_after(stack, gguf):
     dead = f"http://127.0.0.1:{free_port()}/v1"        # connection refused
     gw = GW(stack, {"tiers": {"heavy": {"backend": "openai", "url": dead, "model": "big"},
                               "fast": {"backend": "local", "model": gguf}}})
-    gw.mem["avail"] = 1 << 30                          # 1/24 < 10 %: local tiers skipped
+    gw.mem["avail"] = 1 << 30                          # 23/24 used > 85 %: local tiers skipped
     r = gw.chat("heavy")
     assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
     body = r.json()
@@ -250,7 +250,7 @@ def test_memory_pressure_routes_auto_past_local(stack, gguf):
                               "fast": {"backend": "local", "model": gguf}},
                     "routing": {"order": ["primary", "fast"]}})
     assert gw.chat("auto").json()["_routing"]["tier"] == "fast"
-    gw.mem["avail"] = 2 << 30                          # 2/24 = 8 % < 10 %
+    gw.mem["avail"] = 2 << 30                          # 22/24 = 92 % used > 85 %
     gw.clock.advance(1)
     d = gw.chat("auto").json()["_routing"]
     # "hi" is short -> fast, which is local and skipped; auto then tries bigger tiers
@@ -259,6 +259,33 @@ def test_memory_pressure_routes_auto_past_local(stack, gguf):
     # a request naming the local tier only falls back downwards: nothing left -> 503
     r = gw.chat("fast")
     assert r.status_code == 503 and r.json()["_routing"]["fallback_reasons"] == {"fast": "memory_pressure"}
+
+
+def test_memory_threshold_default_85_percent_used_in_routing(stack, gguf):
+    up = upstream(stack)
+    gw = GW(stack, {"tiers": {"primary": {"backend": "openai", "url": up.url, "model": "mid"},
+                              "fast": {"backend": "local", "model": gguf}},
+                    "routing": {"order": ["primary", "fast"]}})
+    gw.mem["avail"] = 4 << 30                          # 20/24 = 83.3 % used: under 85 %
+    d = gw.chat("auto").json()["_routing"]
+    assert d["tier"] == "fast"
+    assert d["memory"] == {"available_bytes": 4 << 30, "total_bytes": 24 << 30,
+                           "used_share": 0.8333, "max_used": 0.85, "pressure": False}
+    gw.mem["avail"] = (7 << 30) // 2                   # 20.5/24 = 85.4 % used: over
+    gw.clock.advance(1)
+    d = gw.chat("auto").json()["_routing"]
+    assert d["tier"] == "primary" and d["fallback_reasons"] == {"fast": "memory_pressure"}
+    assert d["memory"]["pressure"] is True and d["memory"]["used_share"] == 0.8542
+    assert "memory" not in gw.chat("primary").json()["_routing"]   # no local tier considered
+    # the threshold is configurable; the older min_available_memory still reads
+    gw2 = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf}},
+                     "routing": {"max_memory_used": 0.9}})
+    gw2.mem["avail"] = (7 << 30) // 2
+    assert gw2.chat("fast").json()["_routing"]["memory"]["pressure"] is False
+    from gemma4stack.gateway.config import parse_config
+    old = parse_config({"tiers": {"f": {"backend": "local", "model": gguf}},
+                        "routing": {"min_available_memory": 0.2}})
+    assert old.routing.max_memory_used == 0.8
 
 
 def test_local_queue_full_503_and_one_generation_at_a_time(stack, gguf):

@@ -118,13 +118,13 @@ class GatewayState:
 
     def __init__(self, config: GatewayConfig, *, model_loader: Callable | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
+                 meminfo: Callable[[], tuple[int, int]] = routing.read_memory,
                  transport=None, wall_clock: Callable[[], float] = time.time):
         self.config, self.clock = config, clock
         self.transport = transport
         self.metrics = Metrics()
         self.guard = Guard(config.auth, config.limits, wall=wall_clock)
-        self.memory = routing.MemoryGauge(config.routing.min_available_memory, meminfo, clock)
+        self.memory = routing.MemoryGauge(config.routing.max_memory_used, meminfo, clock)
         self.tiers: dict[str, TierRuntime] = {}
         self._health_tasks: list[asyncio.Task] = []
         self._health_client: httpx.AsyncClient | None = None
@@ -260,6 +260,7 @@ class Dispatch:
         self.started = False
         self.tried: list[str] = []
         self.member: Member | None = None    # the backend being tried / that answered
+        self.memory: dict | None = None      # the memory figure, once a local backend was considered
         self.reasons: dict[str, str] = {}
         # unique, not secret
         self.rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + f"{random.getrandbits(96):024x}"
@@ -307,6 +308,8 @@ class Dispatch:
             d["fallback_reasons"] = dict(self.reasons)
         if self.auto is not None:
             d["auto"] = self.auto.to_dict()
+        if self.memory is not None:
+            d["memory"] = self.memory
         return d
 
     async def _send_json(self, send, status: int, body: dict, headers: dict):
@@ -331,6 +334,7 @@ class Dispatch:
             self.tried.append(name)
             if pressure is None and pool.has_local:
                 pressure = st.memory.under_pressure()
+                self.memory = st.memory.to_dict()
             members, why = pool.order(bool(pressure))
             if not members:
                 self.reasons[name] = why
@@ -578,13 +582,13 @@ class _ASGIEndpoint:
 
 def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], Any] | None = None,
                clock: Callable[[], float] = time.monotonic,
-               meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
+               meminfo: Callable[[], tuple[int, int]] = routing.read_memory,
                transport=None, wall_clock: Callable[[], float] = time.time) -> FastAPI:
     """Build the gateway app (a FastAPI subclass, GatewayApp).
 
     model_loader(tier) -> Model-like object for local tiers (default: gemma4stack.model.Model);
     clock: seconds, used by breakers, latencies and the memory gauge;
-    meminfo() -> (MemAvailable, MemTotal) bytes; transport: httpx transport for openai tiers;
+    meminfo() -> (available, total) bytes (default routing.read_memory, cgroup-aware); transport: httpx transport for openai tiers;
     wall_clock: Unix seconds, for the quota windows (minutes and UTC days).
     Local models are loaded here, so a bad GGUF fails the call (OSError / ValueError).
     """

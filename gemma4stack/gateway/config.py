@@ -132,7 +132,8 @@ class RoutingConfig:
     order: list[str] = field(default_factory=lambda: list(LADDER))   # fallback order, biggest first
     fallback: bool = True            # try the next tier in `order` when one fails before streaming
     default: str | None = None       # tier for "auto" when no tier in `order` exists
-    min_available_memory: float = 0.10   # share of MemTotal; below it local tiers are skipped
+    max_memory_used: float = 0.85    # used share (cgroup-aware) above which local backends are
+                                     # skipped; 1 = never. Legacy: min_available_memory = 1 - it
     # the "auto" classifier (routing.classify)
     fast_max_chars: int = 1000       # prompts up to this long, without markers -> fast
     heavy_min_chars: int = 8000      # prompts at least this long -> heavy
@@ -551,11 +552,18 @@ def parse_config(data: dict, *, source: str = "<config>", base_dir: Path | None 
     auth = _read_auth(_Table(root.get("auth", dict, {}), "auth", source), source)
     limits = _read_limits(_Table(root.get("limits", dict, {}), "limits", source), base_dir)
     breaker = _read_dataclass(BreakerConfig, _Table(root.get("breaker", dict, {}), "breaker", source))
-    routing = _read_dataclass(RoutingConfig, _Table(root.get("routing", dict, {}), "routing", source),
-                              zero_ok=("min_available_memory", "fast_max_chars"))
-    if routing.min_available_memory >= 1:
-        raise ConfigError(f"{source}: [routing] min_available_memory is a share of MemTotal "
-                          f"in [0, 1), got {routing.min_available_memory}")
+    rt = _Table(root.get("routing", dict, {}), "routing", source)
+    legacy = rt.positive("min_available_memory", float, None, zero_ok=True) \
+        if "min_available_memory" in rt.data else None
+    if legacy is not None and (legacy >= 1 or "max_memory_used" in rt.data):
+        rt.fail("min_available_memory (the older spelling of 1 - max_memory_used) must be in "
+                f"[0, 1) and not given with max_memory_used; got {legacy}")
+    routing = _read_dataclass(RoutingConfig, rt, zero_ok=("fast_max_chars",))
+    if legacy is not None:
+        routing.max_memory_used = 1.0 - legacy
+    if routing.max_memory_used > 1:
+        raise ConfigError(f"{source}: [routing] max_memory_used is a share of memory in "
+                          f"(0, 1] (1 = never skip local backends), got {routing.max_memory_used}")
 
     tiers_data = root.get("tiers", dict, {})
     root.done()
