@@ -11,11 +11,14 @@ PIP ?= $(PYTHON) -m pip
 SHARED ?= $(abspath ../shared)
 MODEL ?= $(SHARED)/models/TinyStories-656K-Q8_0.gguf
 DEB_PKGS := python3-dev libhwloc-dev libopenblas-dev check pkg-config gcc-aarch64-linux-gnu qemu-user
+# the gateway's chat page is tested in a real headless browser (tests/test_gateway_page.py);
+# only the pytest targets install these
+BROWSER_DEB_PKGS := chromium chromium-driver
 CC ?= cc
 
 export GEMMA4STACK_SHARED ?= $(SHARED)
 
-.PHONY: all deps sysdeps install demo test test-c test-arm test-py clean
+.PHONY: all deps sysdeps browserdeps install demo test test-c test-arm test-py clean
 
 all: install
 
@@ -25,6 +28,9 @@ sysdeps:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+browserdeps:
+	@$(MAKE) --no-print-directory sysdeps DEB_PKGS="$(BROWSER_DEB_PKGS)"
 
 # torch is pinned and installed first: 2.13.0 is the CPU build available locally;
 # any other version pulls gigabytes of CUDA packages.
@@ -78,7 +84,7 @@ test-arm: sysdeps tests/c/build/arm/test_kernels
 	$(QEMU_AARCH64) -cpu cortex-a72 tests/c/build/arm/test_kernels
 	$(QEMU_AARCH64) -cpu max tests/c/build/arm/test_kernels
 
-test-py: deps
+test-py: deps browserdeps
 	$(PYTHON) -m pytest -q tests
 
 test: deps test-c test-arm test-py fuzz-smoke test-asan
@@ -197,7 +203,7 @@ test-asan-c: sysdeps deps $(ASAN_C_TESTS) $(ASAN_REPLAY) fuzz-seeds
 
 # The extension is built with GEMMA4STACK_SANITIZE=1 in a copy of the tree, so the
 # in-place extension others use stays as it is.
-test-asan-py: deps
+test-asan-py: deps browserdeps
 	rm -rf $(ASAN_DIR)/py && mkdir -p $(ASAN_DIR)/py
 	tar -c --exclude=./build --exclude=./.git --exclude='*.so' --exclude=__pycache__ \
 	    --exclude=./tests/c/build --exclude='*.egg-info' . | tar -x -C $(ASAN_DIR)/py

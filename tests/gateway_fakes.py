@@ -105,7 +105,8 @@ class FakeUpstream:
     mode (settable any time): "ok", "500", "429", "400ctx", "hang", "slow" (first byte
     after `slow_s`), "cut" (close the socket after `cut_after` chunks), "error_event"
     (an SSE error object after `cut_after` chunks, no [DONE]), "json" (ignore stream=true).
-    Streams `tokens` pieces " t0", " t1", ... with `delay_s` between them.
+    Streams `tokens` pieces " t0", " t1", ... (or the pieces of `script`, a list of
+    strings, when set) with `delay_s` between them.
     requests: the JSON bodies received; headers: their headers (lower-case names).
     GET /health answers `health` (an HTTP status, 200 by default; None = 404, as Ollama),
     GET .../models the model list; gets: the GET paths received.
@@ -118,6 +119,7 @@ class FakeUpstream:
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self.gets: list[str] = []
+        self.script: list[str] | None = None
         self.health: int | None = 200
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -218,8 +220,9 @@ class FakeUpstream:
         if mode == "slow":
             await asyncio.sleep(self.slow_s)
         chat = path.endswith("/chat/completions")
-        pieces = [f" t{i}" for i in range(min(self.tokens, req.get("max_tokens") or 10**9))]
-        finish = "stop" if len(pieces) == self.tokens else "length"
+        script = self.script or [f" t{i}" for i in range(self.tokens)]
+        pieces = script[:req.get("max_tokens") or None]
+        finish = "stop" if len(pieces) == len(script) else "length"
         usage = {"prompt_tokens": 3, "completion_tokens": len(pieces),
                  "total_tokens": 3 + len(pieces)}
         if mode == "json" or not req.get("stream"):

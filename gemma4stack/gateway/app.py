@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, Callable
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
@@ -57,6 +59,12 @@ def _json(obj) -> bytes:
 def _sse(obj) -> bytes:
     """One server-sent event carrying a JSON object (the OpenAI streaming format)."""
     return b"data: " + _json(obj) + b"\n\n"
+
+
+@functools.lru_cache(maxsize=1)
+def _chat_html() -> str:
+    """The chat page shipped as package data (pyproject: gateway/static/*.html)."""
+    return (resources.files("gemma4stack.gateway") / "static" / "chat.html").read_text("utf-8")
 
 
 def has_media(messages: list[dict] | None) -> bool:
@@ -706,6 +714,16 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
                     data.append({"id": mid, "object": "model", "created": created,
                                  "owned_by": "gemma4stack", "tier": name, "backend": t.backend})
         return {"object": "list", "data": data}
+
+    @app.get("/")
+    async def chat_page():
+        """The chat page (static/chat.html); the API key is entered in the page."""
+        return HTMLResponse(_chat_html(), headers={
+            # its own inline script and style, requests to this origin only
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
     @app.get("/v1/usage")
     async def usage(request: Request, days: int = 7, key: str | None = None,
