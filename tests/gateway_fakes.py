@@ -47,10 +47,12 @@ class FakeModel:
     Output: " w0 w1 w2 ..." up to `story` tokens (then finish "stop") or max_tokens
     ("length"). delay_s: sleep per token (releases the GIL like the C core).
     fail_after: raise RuntimeError after that many tokens. Records calls and closes.
+    memory_bytes: what memory() reports; close() sets `closed` (the gateway unloaded it).
     """
 
     def __init__(self, path=None, threads=None, context=None, *, story: int = 6,
-                 delay_s: float = 0.0, fail_after: int | None = None, n_ctx: int = 64):
+                 delay_s: float = 0.0, fail_after: int | None = None, n_ctx: int = 64,
+                 memory_bytes: int = 0):
         self.path, self.n_ctx = path, context or n_ctx
         self.story, self.delay_s, self.fail_after = story, delay_s, fail_after
         self.calls: list[dict] = []
@@ -59,6 +61,14 @@ class FakeModel:
         self.started = threading.Event()
         self.last_stats = None
         self._busy = threading.Lock()
+        self.memory_bytes, self.closed = memory_bytes, False
+
+    def memory(self) -> dict:
+        """Model.memory()'s shape; memory_bytes as weights (0: unknown to the gateway)."""
+        return {"weights_bytes": self.memory_bytes, "kv_bytes": 0, "scratch_bytes": 0}
+
+    def close(self):
+        self.closed = True
 
     def tokenize(self, text: str) -> list[int]:
         return [1] + [7] * len(text.split())

@@ -41,11 +41,12 @@ from starlette.routing import Route
 
 from . import routing
 from .auth import Guard
-from .backends import BackendError, Final, GenRequest, LocalBackend, OpenAIBackend, text_of
+from .backends import BackendError, Final, GenRequest, OpenAIBackend, text_of
 from .breaker import CircuitBreaker, State
 from .config import GatewayConfig, TierConfig
 from .errors import APIError
 from .metrics import Metrics
+from .lifecycle import LazyLocal, ModelManager, parse_keep_alive
 from .pool import Member, Pool
 from .schemas import parse
 
@@ -136,20 +137,37 @@ class GatewayState:
         self.tiers: dict[str, TierRuntime] = {}
         self._health_tasks: list[asyncio.Task] = []
         self._health_client: httpx.AsyncClient | None = None
-        loader = model_loader or load_model
+        self.models = ModelManager(model_loader or load_model, max_tokens=config.server.max_tokens,
+                                   meminfo=self.memory.meminfo,
+                                   max_used=config.routing.max_memory_used,
+                                   budget_bytes=config.models.memory_budget_bytes, clock=clock)
         b = config.breaker
+        default_ka = config.models.keep_alive_s
         for name, tier in config.tiers.items():
             members = []
             for spec in tier.backends:
                 sub = tier.member(spec)
-                backend = (LocalBackend(sub, loader(sub), config.server.max_tokens)
-                           if spec.is_local else OpenAIBackend(sub, transport=transport))
+                if spec.is_local:
+                    ka = default_ka if tier.keep_alive is None else parse_keep_alive(tier.keep_alive)
+                    backend = LazyLocal(sub, self.models, ka)
+                    if config.models.preload:
+                        self.models.load_now(backend)
+                else:
+                    backend = OpenAIBackend(sub, transport=transport)
                 label = name if len(tier.backends) == 1 else f"{name}/{spec.name}"
                 breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=clock,
                                          on_change=self._breaker_changed(name, label))
                 members.append(Member(spec, backend, breaker))
             self.tiers[name] = TierRuntime(tier, Pool(tier, members))
             self.metrics.breaker.labels(name).set(0)
+
+    def start_tasks(self):
+        """The background tasks, on the running loop: the idle-model reaper, then one
+        health-check task per tier with URL backends."""
+        if self.models.slots:
+            self._health_tasks.append(asyncio.create_task(self.models.reap_loop(),
+                                                          name="g4gw-model-reaper"))
+        self.start_health_checks()
 
     def start_health_checks(self):
         """Start one health-check task per tier with URL backends (on the running loop)."""
@@ -598,14 +616,15 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     clock: seconds, used by breakers, latencies and the memory gauge;
     meminfo() -> (available, total) bytes (default routing.read_memory, cgroup-aware); transport: httpx transport for openai tiers;
     wall_clock: Unix seconds, for the quota windows (minutes and UTC days).
-    Local models are loaded here, so a bad GGUF fails the call (OSError / ValueError).
+    Local models load on their first request ([models] preload = true: here, so a bad
+    GGUF fails the call with OSError / ValueError) and unload per keep_alive (lifecycle.py).
     """
     st = GatewayState(config, model_loader=model_loader, clock=clock, meminfo=meminfo,
                       transport=transport, wall_clock=wall_clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        st.start_health_checks()
+        st.start_tasks()
         yield
         await st.aclose()
 
@@ -708,11 +727,21 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
                  "tier": None, "backend": "router"}]
         seen = {"auto"}
         for name, t in cfg.tiers.items():
+            local = [m for m in st.tiers[name].pool.members if m.is_local]
+            extra = {}
+            if local:                      # which local models are loaded, and their memory
+                stats = [dict(m.backend.status(), name=m.name) for m in local]
+                extra = {"loaded": any(x["loaded"] for x in stats),
+                         "memory_bytes": sum(x["memory_bytes"] or 0 for x in stats),
+                         "local_backends": [{k: x[k] for k in (
+                             "name", "loaded", "memory_bytes", "keep_alive_s", "expires_in_s")}
+                             for x in stats]}
             for mid in (name, t.id):
                 if mid not in seen:
                     seen.add(mid)
                     data.append({"id": mid, "object": "model", "created": created,
-                                 "owned_by": "gemma4stack", "tier": name, "backend": t.backend})
+                                 "owned_by": "gemma4stack", "tier": name, "backend": t.backend,
+                                 **extra})
         return {"object": "list", "data": data}
 
     @app.get("/")

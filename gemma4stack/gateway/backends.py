@@ -50,6 +50,7 @@ class GenRequest:
     seed: int | None = None
     stop: list[str] | None = None
     extra: dict = field(default_factory=dict)   # presence/frequency_penalty, forwarded upstream
+    keep_alive: float | None = None   # local models: seconds to stay loaded after it, -1 = forever
 
 
 @dataclass

@@ -12,6 +12,7 @@ for the full reference.
     [limits.per_key], [limits.per_ip]   # overrides of [limits] for each kind
     [breaker]                # failures, window_s, cooldown_s
     [routing]                # order, fallback, memory share, auto classifier thresholds/markers
+    [models]                 # local models: keep_alive, preload, memory_budget_bytes
     [tiers.NAME]             # backend = "local" | "openai", model, ...
 
 Errors: ConfigError (a ValueError) whose message names the file and the key at fault,
@@ -128,6 +129,21 @@ class BreakerConfig:
 
 
 @dataclass
+class ModelsConfig:
+    """[models]: the lifecycle of local models (lifecycle.py)."""
+    keep_alive: str = "5m"           # Ollama's: a duration ("30s", "5m", "1h") or seconds;
+                                     # 0 = unload after each request, negative = keep loaded
+    preload: bool = False            # load every local model at start-up (else on first use)
+    memory_budget_bytes: int = 0     # cap on the bytes of loaded local models; 0 = none
+                                     # (the cgroup-aware room under max_memory_used decides)
+
+    @property
+    def keep_alive_s(self) -> float:
+        from .lifecycle import parse_keep_alive
+        return parse_keep_alive(self.keep_alive)
+
+
+@dataclass
 class RoutingConfig:
     order: list[str] = field(default_factory=lambda: list(LADDER))   # fallback order, biggest first
     fallback: bool = True            # try the next tier in `order` when one fails before streaming
@@ -190,6 +206,7 @@ class TierConfig:
     context: int | None = None
     queue_size: int = 8              # waiting requests beyond the running one; more -> 503
     chat_template: str = "auto"      # "auto" | "plain" | "raw" (see backends.render_messages)
+    keep_alive: str | float | None = None   # None: [models] keep_alive
     # openai
     url: str | None = None           # base URL ending in /v1
     api_key_env: str | None = None
@@ -222,7 +239,8 @@ class TierConfig:
 
     def to_dict(self) -> dict:
         """The [tiers.NAME] table (round-trips through parse_config; no resolved key)."""
-        common = ("id", "queue_size", "chat_template", "threads", "context", "connect_timeout_s",
+        common = ("id", "queue_size", "chat_template", "keep_alive", "threads", "context",
+                  "connect_timeout_s",
                   "first_byte_timeout_s", "total_timeout_s", "max_connections",
                   "health_interval_s", "health_timeout_s", "health_path", "api_key_env")
         if self.pooled:
@@ -230,7 +248,8 @@ class TierConfig:
             d.update({k: getattr(self, k) for k in common if getattr(self, k) is not None})
             d["backends"] = [b.to_dict() for b in self.backends]
             return d
-        keys = (("backend", "model", "id", "threads", "context", "queue_size", "chat_template")
+        keys = (("backend", "model", "id", "threads", "context", "queue_size", "chat_template",
+                 "keep_alive")
                 if self.is_local else
                 ("backend", "model", "id", "url", "api_key_env", "connect_timeout_s",
                  "first_byte_timeout_s", "total_timeout_s", "max_connections",
@@ -246,6 +265,7 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     source: str | None = None        # file it came from, for messages
 
     def to_dict(self, *, secrets: bool = False) -> dict:
@@ -254,7 +274,8 @@ class GatewayConfig:
         routing = {k: v for k, v in asdict(self.routing).items() if v is not None}
         return {"server": asdict(self.server), "auth": self.auth.to_dict(secrets=secrets),
                 "limits": self.limits.to_dict(), "breaker": asdict(self.breaker),
-                "routing": routing, "tiers": {n: t.to_dict() for n, t in self.tiers.items()}}
+                "routing": routing, "models": asdict(self.models),
+                "tiers": {n: t.to_dict() for n, t in self.tiers.items()}}
 
     def _repr_html_(self) -> str:
         rows = "".join(
@@ -357,7 +378,20 @@ def _resolve_key(t: _Table, env: str | None) -> str | None:
     return key
 
 
+def _read_keep_alive(t: _Table, v: Any) -> Any:
+    """A keep_alive value as written (a duration string or seconds), checked."""
+    from .lifecycle import parse_keep_alive
+    try:
+        parse_keep_alive(v)
+    except ValueError as e:
+        t.fail(str(e))
+    return v
+
+
 def _read_local_opts(t: _Table, tier: TierConfig):
+    if "keep_alive" in t.data:
+        t.used.add("keep_alive")
+        tier.keep_alive = _read_keep_alive(t, t.data["keep_alive"])
     tier.threads = t.positive("threads", int, None) if "threads" in t.data else None
     tier.context = t.positive("context", int, None) if "context" in t.data else None
     tier.queue_size = t.positive("queue_size", int, tier.queue_size, zero_ok=True)
@@ -551,6 +585,14 @@ def parse_config(data: dict, *, source: str = "<config>", base_dir: Path | None 
 
     auth = _read_auth(_Table(root.get("auth", dict, {}), "auth", source), source)
     limits = _read_limits(_Table(root.get("limits", dict, {}), "limits", source), base_dir)
+    mt = _Table(root.get("models", dict, {}), "models", source)
+    models = ModelsConfig()
+    if "keep_alive" in mt.data:
+        mt.used.add("keep_alive")
+        models.keep_alive = _read_keep_alive(mt, mt.data["keep_alive"])
+    models.preload = mt.get("preload", bool, models.preload)
+    models.memory_budget_bytes = mt.positive("memory_budget_bytes", int, 0, zero_ok=True)
+    mt.done()
     breaker = _read_dataclass(BreakerConfig, _Table(root.get("breaker", dict, {}), "breaker", source))
     rt = _Table(root.get("routing", dict, {}), "routing", source)
     legacy = rt.positive("min_available_memory", float, None, zero_ok=True) \
@@ -580,7 +622,7 @@ def parse_config(data: dict, *, source: str = "<config>", base_dir: Path | None 
             raise ConfigError(f"{source}: [routing] {key} = {v!r} is not a configured tier "
                               f"(tiers: {', '.join(tiers)})")
     return GatewayConfig(tiers=tiers, server=server, auth=auth, limits=limits, breaker=breaker,
-                         routing=routing, source=source)
+                         routing=routing, models=models, source=source)
 
 
 def load_config(path: str | os.PathLike) -> GatewayConfig:
