@@ -352,12 +352,13 @@ class GW:
         self.clock = FakeClock()
         self.model = model or FakeModel()
         self.mem = {"avail": 20 << 30, "total": 24 << 30}
-        cfg.setdefault("limits", {"requests_per_minute": 0, "tokens_per_minute": 0})
+        if isinstance(cfg, dict):
+            cfg.setdefault("limits", {"requests_per_minute": 0, "tokens_per_minute": 0})
         import httpx
 
         from gemma4stack.gateway.app import create_app
-        from gemma4stack.gateway.config import parse_config
-        self.cfg = parse_config(cfg)
+        from gemma4stack.gateway.config import GatewayConfig, parse_config
+        self.cfg = cfg if isinstance(cfg, GatewayConfig) else parse_config(cfg)
         # quota windows on a frozen wall clock (a whole UTC day), moved by clock.advance()
         app_kw.setdefault("wall_clock", lambda: 1_800_000_000.0 + self.clock.offset)
         self.app = create_app(self.cfg, model_loader=model_loader or (lambda t: self.model),

@@ -26,9 +26,11 @@ import functools
 import inspect
 import json
 import logging
+import os
 import random
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any, Callable
 
@@ -43,7 +45,7 @@ from . import routing
 from .auth import Guard
 from .backends import BackendError, Final, GenRequest, OpenAIBackend, text_of
 from .breaker import CircuitBreaker, State
-from .config import GatewayConfig, TierConfig
+from .config import ConfigError, GatewayConfig, TierConfig, load_config
 from .errors import APIError
 from .metrics import Metrics
 from .lifecycle import LazyLocal, ModelManager, parse_keep_alive
@@ -95,6 +97,12 @@ class TierRuntime:
     last_error: str | None = None
     served: int = 0
     failed: int = 0
+    key: str = ""                    # what it was built from; a reload keeps it if unchanged
+
+    @property
+    def busy(self) -> bool:
+        """Requests still running on one of its backends."""
+        return any(m.outstanding or getattr(m.backend, "active", 0) for m in self.pool.members)
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -141,32 +149,108 @@ class GatewayState:
                                    meminfo=self.memory.meminfo,
                                    max_used=config.routing.max_memory_used,
                                    budget_bytes=config.models.memory_budget_bytes, clock=clock)
-        b = config.breaker
-        default_ka = config.models.keep_alive_s
+        self._tasks: list[asyncio.Task] = []
+        self.reloads = 0
         for name, tier in config.tiers.items():
-            members = []
-            for spec in tier.backends:
-                sub = tier.member(spec)
-                if spec.is_local:
-                    ka = default_ka if tier.keep_alive is None else parse_keep_alive(tier.keep_alive)
-                    backend = LazyLocal(sub, self.models, ka)
-                    if config.models.preload:
-                        self.models.load_now(backend)
-                else:
-                    backend = OpenAIBackend(sub, transport=transport)
-                label = name if len(tier.backends) == 1 else f"{name}/{spec.name}"
-                breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=clock,
-                                         on_change=self._breaker_changed(name, label))
-                members.append(Member(spec, backend, breaker))
-            self.tiers[name] = TierRuntime(tier, Pool(tier, members))
+            self.tiers[name] = self._build_tier(tier, config)
             self.metrics.breaker.labels(name).set(0)
+
+    @staticmethod
+    def _tier_key(tier: TierConfig, config: GatewayConfig) -> str:
+        """Everything a TierRuntime is built from (a reload reuses it when this is equal)."""
+        return json.dumps([tier.to_dict(), tier.api_key, [b.api_key for b in tier.backends],
+                           asdict(config.breaker), config.models.keep_alive,
+                           config.server.max_tokens], sort_keys=True, default=str)
+
+    def _build_tier(self, tier: TierConfig, config: GatewayConfig) -> TierRuntime:
+        name, b = tier.name, config.breaker
+        default_ka = config.models.keep_alive_s
+        members = []
+        for spec in tier.backends:
+            sub = tier.member(spec)
+            if spec.is_local:
+                ka = default_ka if tier.keep_alive is None else parse_keep_alive(tier.keep_alive)
+                backend = LazyLocal(sub, self.models, ka)
+                if config.models.preload:
+                    self.models.load_now(backend)
+            else:
+                backend = OpenAIBackend(sub, transport=self.transport)
+            label = name if len(tier.backends) == 1 else f"{name}/{spec.name}"
+            breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=self.clock,
+                                     on_change=self._breaker_changed(name, label))
+            members.append(Member(spec, backend, breaker))
+        return TierRuntime(tier, Pool(tier, members), key=self._tier_key(tier, config))
+
+    async def reload(self, config: GatewayConfig) -> dict:
+        """Switch to `config` without dropping requests in flight.
+
+        Tiers whose settings did not change keep their backends (loaded models, breakers,
+        connections); new or changed tiers get new ones; the old ones finish the requests
+        they hold and are closed afterwards. Keys and limits apply to the next request
+        (the quota counters stay in the same database). [server] host and port need a
+        restart. Returns {"kept", "added", "replaced", "removed"} tier names.
+        """
+        old, tiers = self.tiers, {}
+        report = {"kept": [], "added": [], "replaced": [], "removed": []}
+        for name, tier in config.tiers.items():
+            rt = old.get(name)
+            if rt is not None and rt.key == self._tier_key(tier, config):
+                tiers[name] = rt
+                report["kept"].append(name)
+            else:
+                tiers[name] = self._build_tier(tier, config)
+                report["replaced" if rt is not None else "added"].append(name)
+        retired = [rt for n, rt in old.items() if tiers.get(n) is not rt]
+        report["removed"] = [n for n in old if n not in tiers]
+        if (config.server.host, config.server.port) != (self.config.server.host,
+                                                        self.config.server.port):
+            log.warning("reload: [server] host/port changes need a restart; still on %s:%d",
+                        self.config.server.host, self.config.server.port)
+        store = self.guard.store
+        same_db = (config.limits.db or ":memory:") == (self.config.limits.db or ":memory:")
+        guard = Guard(config.auth, config.limits, wall=self.guard.store.wall,
+                      store=store if same_db else None)
+        # the swap: requests admitted from here on see only the new state
+        self.config, self.tiers, self.guard = config, tiers, guard
+        self.memory.max_used = self.models.max_used = config.routing.max_memory_used
+        self.models.budget_bytes = config.models.memory_budget_bytes
+        self.models.max_tokens = config.server.max_tokens
+        for name, rt in tiers.items():
+            self.metrics.breaker.labels(name).set(rt.state.gauge)
+        if not same_db:
+            store.close()
+        self._restart_health_checks()
+        if retired:
+            self._tasks.append(asyncio.create_task(self._retire(retired), name="g4gw-retire"))
+        self.reloads += 1
+        log.info("reloaded config: %s", report)
+        return report
+
+    async def _retire(self, retired: list[TierRuntime]):
+        """Close replaced tiers' backends once their requests are done."""
+        while any(rt.busy for rt in retired):
+            await asyncio.sleep(0.05)
+        for rt in retired:
+            for m in rt.pool.members:
+                with contextlib.suppress(Exception):
+                    await m.backend.aclose()
+                if m.backend in self.models.slots:
+                    self.models.slots.remove(m.backend)
+
+    def _restart_health_checks(self):
+        for t in self._health_tasks:
+            t.cancel()
+        self._health_tasks = []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return                    # not serving yet: start_tasks() will start them
+        self.start_health_checks()
 
     def start_tasks(self):
         """The background tasks, on the running loop: the idle-model reaper, then one
         health-check task per tier with URL backends."""
-        if self.models.slots:
-            self._health_tasks.append(asyncio.create_task(self.models.reap_loop(),
-                                                          name="g4gw-model-reaper"))
+        self._tasks.append(asyncio.create_task(self.models.reap_loop(), name="g4gw-model-reaper"))
         self.start_health_checks()
 
     def start_health_checks(self):
@@ -175,7 +259,8 @@ class GatewayState:
                  if rt.tier.health_interval_s > 0 and any(not m.is_local for m in rt.pool.members)]
         if not tiers:
             return
-        self._health_client = httpx.AsyncClient(transport=self.transport)
+        if self._health_client is None:
+            self._health_client = httpx.AsyncClient(transport=self.transport)
         for rt in tiers:
             self._health_tasks.append(asyncio.create_task(
                 rt.pool.health_loop(self._health_client), name=f"g4gw-health-{rt.tier.name}"))
@@ -195,9 +280,10 @@ class GatewayState:
                                       "memory": self.memory.to_dict()}
 
     async def aclose(self):
-        for t in self._health_tasks:
+        tasks = self._health_tasks + self._tasks
+        for t in tasks:
             t.cancel()
-        for t in self._health_tasks:
+        for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
         if self._health_client is not None:
@@ -207,6 +293,14 @@ class GatewayState:
                 with contextlib.suppress(Exception):
                     await m.backend.aclose()
         self.guard.store.close()
+
+    def reload_from_source(self) -> GatewayConfig:
+        """The config re-read from the file it came from (ConfigError if it cannot be)."""
+        src = self.config.source
+        if not src or not os.path.isfile(src):
+            raise ConfigError(f"cannot reload: the config did not come from a file that still "
+                              f"exists ({src or 'a dict'})")
+        return load_config(src)
 
 
 # ----------------------------------------------------------------------------- admission
@@ -280,6 +374,7 @@ class Dispatch:
                  chain: list[str], stream: bool, include_usage: bool,
                  auto: routing.Classification | None):
         self.st, self.caller, self.endpoint, self.req = st, caller, endpoint, req
+        self.tiers = st.tiers      # a reload swaps st.tiers; this request keeps its own
         self.chain, self.stream, self.include_usage, self.auto = chain, stream, include_usage, auto
         self.disconnected = False
         self.finished = False
@@ -355,7 +450,7 @@ class Dispatch:
         retry: list[float] = []
         last: BackendError | None = None
         for name in self.chain:
-            rt = st.tiers[name]
+            rt = self.tiers[name]
             pool = rt.pool
             self.tried.append(name)
             if pressure is None and pool.has_local:
@@ -625,6 +720,9 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     @contextlib.asynccontextmanager
     async def lifespan(app):
         st.start_tasks()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            # SIGHUP re-reads the config file (only possible on the main thread)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
         yield
         await st.aclose()
 
@@ -637,7 +735,6 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     app = GatewayApp(title="gemma4stack gateway", lifespan=lifespan, docs_url=None,
                      redoc_url=None, openapi_url=None, **kw)
     app.state.gateway = st
-    cfg = config
 
     def _reject(reason: str, e: APIError):
         st.metrics.rejections.labels(reason).inc()
@@ -656,7 +753,7 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
         client = scope.get("client")
         ip = client[0] if client else None
         try:
-            raw = await _read_body(scope, receive, cfg.server.max_body_bytes)
+            raw = await _read_body(scope, receive, st.config.server.max_body_bytes)
         except APIError as e:
             _reject("body_too_large", e)
         try:
@@ -671,14 +768,14 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     async def plan(scope, receive, kind: str, endpoint: str) -> Dispatch:
         caller, body = await admit(scope, receive)
         try:
-            model, req, stream, include_usage = parse(body, kind, cfg.server)
-            tier = routing.resolve_model(model, cfg)
+            model, req, stream, include_usage = parse(body, kind, st.config.server)
+            tier = routing.resolve_model(model, st.config)
         except APIError as e:
             _reject("invalid", e)
         except routing.UnknownModel:
             _reject("unknown_model", APIError(
                 404, f"The model '{model}' does not exist; use 'auto', a tier "
-                f"({', '.join(cfg.tiers)}) or a model id from /v1/models.",
+                f"({', '.join(st.config.tiers)}) or a model id from /v1/models.",
                 param="model", code="model_not_found"))
         try:                               # a valid request: count it against the quotas
             st.guard.admit(caller.key_id, caller.ip, media=has_media(req.messages))
@@ -690,8 +787,8 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
             last_user = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
             text = text_of(last_user.get("content")) if last_user else (req.prompt or "")
             total = sum(len(text_of(m.get("content"))) for m in msgs) if msgs else len(text)
-            auto = routing.classify(text, total, cfg.routing)
-        chain = routing.plan(tier, auto, cfg)
+            auto = routing.classify(text, total, st.config.routing)
+        chain = routing.plan(tier, auto, st.config)
         return Dispatch(st, caller, endpoint, req, chain, stream, include_usage, auto)
 
     def generation(kind: str, endpoint: str):
@@ -726,8 +823,9 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
         data = [{"id": "auto", "object": "model", "created": created, "owned_by": "gemma4stack",
                  "tier": None, "backend": "router"}]
         seen = {"auto"}
-        for name, t in cfg.tiers.items():
-            local = [m for m in st.tiers[name].pool.members if m.is_local]
+        for name, rt in st.tiers.items():
+            t = rt.tier
+            local = [m for m in rt.pool.members if m.is_local]
             extra = {}
             if local:                      # which local models are loaded, and their memory
                 stats = [dict(m.backend.status(), name=m.name) for m in local]
@@ -753,6 +851,26 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
             "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
             "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+    def on_sighup():
+        async def run():
+            try:
+                await st.reload(st.reload_from_source())
+            except (ConfigError, OSError, ValueError) as e:
+                log.error("SIGHUP: config not reloaded, the old one stays: %s", e)
+        st._tasks.append(asyncio.create_task(run(), name="g4gw-sighup-reload"))
+
+    @app.post("/admin/reload")
+    async def admin_reload(request: Request):
+        """Re-read the config file (admin keys only); requests in flight are not dropped.
+        400 with the config error (the old config stays) when the file is bad."""
+        st.guard.authenticate_admin(request.headers.get("authorization"))
+        try:
+            report = await st.reload(st.reload_from_source())
+        except (ConfigError, OSError, ValueError) as e:
+            raise APIError(400, f"Config not reloaded (the old one stays): {e}",
+                           code="invalid_config") from None
+        return {"object": "reload", "reloads": st.reloads, **report}
 
     @app.get("/v1/usage")
     async def usage(request: Request, days: int = 7, key: str | None = None,

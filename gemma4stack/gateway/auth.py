@@ -49,11 +49,12 @@ class Guard:
     """Authenticates requests and applies the per-key / per-IP limits and quotas.
 
     wall: Unix time (injectable for tests). The SQLite file is limits.db (":memory:"
-    when None); sqlite3.Error if it cannot be opened.
+    when None); sqlite3.Error if it cannot be opened. store: an open QuotaStore to use
+    instead (a config reload keeps the one it has).
     """
 
     def __init__(self, auth: AuthConfig, limits: LimitsConfig, *,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time, store: QuotaStore | None = None):
         named = list(auth.keys.values())
         self._keys = [k.encode() for k in auth.api_keys] + [k.key.encode() for k in named]
         self._names = [key_name(k) for k in auth.api_keys] + [k.name for k in named]
@@ -63,7 +64,8 @@ class Guard:
         self._key_limits.update({k.name: QuotaLimits(**limits.for_key(k)) for k in named})
         self._key_limits[None] = default
         self._ip_limits = QuotaLimits(**limits.for_ip())
-        self.store = QuotaStore(limits.db or ":memory:", wall=wall, keep_days=limits.keep_days)
+        self.store = store or QuotaStore(limits.db or ":memory:", wall=wall,
+                                         keep_days=limits.keep_days)
 
     @property
     def enabled(self) -> bool:
