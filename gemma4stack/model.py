@@ -9,14 +9,19 @@
     >>> with Model("gemma-4-E2B-it-Q4_0.gguf") as m:              # a model with a chat template
     ...     m.chat([{"role": "user", "content": "Hello!"}], max_tokens=64)
 
-The forward pass, sampling and the token loop run in C with the GIL released;
-this module turns token ids into text (whole UTF-8 characters only), applies
-stop strings and keeps the timing figures. Each generate() gives the same
-result as from an empty context; the KV cache of a prompt prefix shared with
-the previous call (a chat's history) is reused rather than recomputed. One
-generation runs at a time per Model. chat() renders the GGUF's
-tokenizer.chat_template with jinja2 as HF transformers' apply_chat_template
-does, and stops at the end-of-turn token.
+Generation runs in the C core's continuous-batching engine (csrc/engine/):
+generate() and chat() may be called from many threads (or asyncio tasks, each
+in a thread) at once, and every call running at the same time decodes in the
+same forward step, which reads the weights once for all of them. A scheduler
+thread per Model runs the steps with the GIL released; this module turns token
+ids into text (whole UTF-8 characters only), applies stop strings and keeps
+the timing figures. Each generate() gives the same result as from an empty
+context; KV blocks of a prompt prefix computed before (a system prompt, a
+chat's history) are reused rather than recomputed (the engine's prefix
+cache). chat() renders the GGUF's tokenizer.chat_template with jinja2 as HF
+transformers' apply_chat_template does, and stops at the end-of-turn token.
+generate_batch() / chat_batch() run a list of prompts (a data set) with a
+progress bar and return the results in order.
 
 Also the `gemma4stack run` command (register_cli).
 """
@@ -28,8 +33,10 @@ import functools
 import html
 import json
 import os
+import queue
 import secrets
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -41,7 +48,12 @@ import numpy as np
 from gemma4stack import _core
 from gemma4stack._core import LimitError, UnsupportedError
 
-__all__ = ["Model", "GenerationStats", "register_cli"]
+__all__ = ["Model", "GenerationStats", "EngineStats", "TextStream", "QueueFullError", "register_cli"]
+
+
+class QueueFullError(LimitError):
+    """The model's waiting queue is full (Model(queue_max=...)): try again later.
+    The gateway answers it with 429 and Retry-After."""
 
 
 @dataclass
@@ -56,7 +68,9 @@ class GenerationStats:
     decode_ms / decode_tokens_per_s: the one-token forward passes after it (with sampling),
     0.0 when there were none. finish_reason: "stop" (end-of-generation token or a stop
     string), "length" (max_tokens or the context is full), or "cancelled" (the consumer
-    closed the stream before the end).
+    closed the stream before the end). queue_ms: time waiting for a free sequence slot and
+    KV blocks before the prefill started (other requests running). With other requests
+    in the same steps, prefill_ms and decode_ms are wall time of steps shared with them.
     """
 
     prompt_tokens: int
@@ -68,6 +82,7 @@ class GenerationStats:
     decode_tokens_per_s: float
     finish_reason: str
     cached_tokens: int = 0
+    queue_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,34 +97,241 @@ def _fmt(v: Any) -> str:
     return f"{v:,.1f}" if isinstance(v, float) else html.escape(str(v))
 
 
+@dataclass
+class EngineStats:
+    """The batching engine now (Model.stats()).
+
+    running / waiting: requests decoding or prefilling / queued for a slot and KV blocks.
+    parallel: sequences per step at most; batch_tokens: tokens per step at most (decode
+    tokens plus prompt chunks). kv_blocks_*: KV cache blocks of 32 positions (per layer
+    group: global and sliding-window layers have pools of their own; counts are summed):
+    used by sequences, free, shared by more than one sequence, cached (free but holding a
+    prefix that a later prompt can reuse), reserved (promised to running sequences).
+    kv_bytes: the pool. prefix_hit_rate: prompt tokens reused / prompt tokens looked up.
+    steps / step_tokens: forward steps run and tokens through them.
+    """
+
+    running: int
+    waiting: int
+    parallel: int
+    batch_tokens: int
+    queue_max: int
+    kv_type: str
+    kv_bytes: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    kv_blocks_free: int
+    kv_blocks_shared: int
+    kv_blocks_cached: int
+    kv_blocks_reserved: int
+    prefix_queried_tokens: int
+    prefix_hit_tokens: int
+    prefix_hit_rate: float
+    steps: int
+    step_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{_fmt(v)}</td></tr>"
+                       for k, v in self.to_dict().items())
+        return f"<table><caption>EngineStats</caption>{rows}</table>"
+
+
+class TextStream:
+    """The text pieces of a streaming generate() / chat() (an iterator of str). .stats: the
+    GenerationStats of this generation once it has ended (None before), also when other
+    generations run at the same time (Model.last_stats is whichever ended last). close()
+    stops the generation; its KV blocks are freed at once."""
+
+    def __init__(self, gen: Iterator[str], box: list):
+        self._gen, self._box = gen, box
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    @property
+    def stats(self) -> GenerationStats | None:
+        return self._box[0] if self._box else None
+
+
+class _Request:
+    """One generation in the engine: its events arrive on a queue from the scheduler
+    thread as (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms,
+    decode_ms) tuples, or an exception."""
+
+    __slots__ = ("id", "q", "sched", "last", "done")
+
+    def __init__(self, rid: int, sched: "_Scheduler"):
+        self.id = rid
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.sched = sched
+        self.last: tuple | None = None
+        self.done = False
+
+    def tokens(self) -> Iterator[int]:
+        """Token ids as they are sampled; ends at the request's end."""
+        while not self.done:
+            ev = self.q.get()
+            if isinstance(ev, BaseException):
+                self.done = True
+                raise ev
+            self.last = ev
+            if ev[2]:
+                self.done = True
+            if ev[1] >= 0:
+                yield ev[1]
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.done = True
+            self.sched.cancel(self)
+
+
+class _Scheduler:
+    """Runs the engine's steps on a daemon thread while any request is live, and hands
+    each step's events to their requests. Submissions and cancellations come from any
+    thread; the C engine is serialised by the model's lock."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.cv = threading.Condition()
+        self.live: dict[int, _Request] = {}
+        self.thread: threading.Thread | None = None
+        self.closed = False
+
+    def submit(self, ids: list[int], max_tokens: int, temperature: float, top_k: int,
+               top_p: float, seed: int) -> _Request:
+        with self.cv:
+            if self.closed:
+                raise ValueError("the model is closed")
+            try:
+                rid = self.engine.submit(ids, max_tokens, temperature, top_k, top_p, seed)
+            except LimitError as e:
+                if str(e).startswith("queue full"):
+                    raise QueueFullError(str(e)) from None
+                raise
+            req = _Request(rid, self)
+            self.live[rid] = req
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="gemma4stack-engine", daemon=True)
+                self.thread.start()
+            self.cv.notify()
+        return req
+
+    def cancel(self, req: _Request) -> None:
+        with self.cv:
+            if self.live.pop(req.id, None) is None:
+                return
+        self.engine.cancel(req.id)
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.live and not self.closed:
+                    self.cv.wait()
+                if self.closed:
+                    return
+            try:
+                events = self.engine.step()
+            except BaseException as e:            # a core error ends every live request
+                with self.cv:
+                    reqs, self.live = list(self.live.values()), {}
+                for r in reqs:
+                    self.engine.cancel(r.id)
+                    r.q.put(e)
+                continue
+            with self.cv:
+                for ev in events:
+                    req = self.live.get(ev[0])
+                    if req is None:
+                        continue
+                    if ev[2]:
+                        del self.live[ev[0]]
+                    req.q.put(ev)
+                if not events and self.live:
+                    st = self.engine.stats()
+                    if not st["running"] and not st["waiting"]:   # lost requests: never hang them
+                        for r in self.live.values():
+                            r.q.put(RuntimeError("the engine dropped the request"))
+                        self.live = {}
+
+    def close(self) -> None:
+        with self.cv:
+            self.closed = True
+            reqs, self.live = list(self.live.values()), {}
+            self.cv.notify_all()
+        for r in reqs:
+            r.q.put(ValueError("the model was closed during generation"))
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join()
+
+
 class Model:
     """A GGUF model loaded by the C core.
 
     path: a .gguf file (architectures llama, gemma4, gemma3). threads: forward-pass threads
-    (None: one per physical core). context: KV cache length in tokens (None: the
-    model's trained context, capped at 4096).
+    (None: one per physical core). context: the longest prompt + completion of one request,
+    in tokens (None: the model's trained context, capped at 4096).
+
+    Serving many requests (continuous batching, csrc/engine/engine.h):
+    parallel: requests decoded together in each forward step (llama-server's --parallel);
+    more wait in a queue. kv_cache: KV element type, "f16" (default, as llama.cpp) or
+    "q8_0" (half of that; head sizes a multiple of 32), or "f32"; None: f16, f32 for an
+    unquantized F32 model. kv_bytes: the paged KV pool in bytes (None: `parallel`
+    sequences of `context` tokens; smaller pools admit requests as their blocks allow,
+    larger ones keep more shared prefixes). batch_tokens: tokens per step at most (decode
+    tokens plus prompt chunks; None: 128): smaller keeps streams smoother while a long
+    prompt is prefilled, larger prefills faster. queue_max: waiting requests at most (None:
+    1024); past it generate() raises QueueFullError. prefix_cache: share KV blocks of
+    common prompt prefixes between requests (vLLM's automatic prefix caching).
 
     Raises FileNotFoundError (no such file), OSError, GGUFError (not a valid GGUF),
     UnsupportedError (unknown architecture or tensor type; the message names it),
-    LimitError, MemoryError.
+    LimitError (a context over the cap, a kv_bytes too small for one sequence),
+    ValueError (bad arguments), MemoryError.
     """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
-                 context: int | None = None):
+                 context: int | None = None, parallel: int = 1, kv_cache: str | None = None,
+                 kv_bytes: int | None = None, batch_tokens: int | None = None,
+                 queue_max: int | None = None, prefix_cache: bool = True):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 (got {threads})")
         if context is not None and context < 1:
             raise ValueError(f"context must be >= 1 tokens (got {context})")
+        if not isinstance(parallel, int) or not 1 <= parallel <= 4096:
+            raise ValueError(f"parallel must be an int in 1..4096 (got {parallel!r})")
+        if kv_cache not in (None, "f16", "q8_0", "f32"):
+            raise ValueError(f"kv_cache must be 'f16', 'q8_0' or 'f32' (got {kv_cache!r})")
+        for name, v in (("kv_bytes", kv_bytes), ("batch_tokens", batch_tokens), ("queue_max", queue_max)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive int (got {v!r})")
         self.path = os.fspath(path)
         # the core takes an int32; anything larger is far over its context cap,
         # which then raises LimitError naming GEMMA4STACK_MAX_CONTEXT
         n_ctx = min(context, 2**31 - 1) if context else 0
-        self._core = _core.Model(self.path, n_ctx=n_ctx, n_threads=threads or 0)
+        self._core = _core.Model(self.path, n_ctx=n_ctx, n_threads=threads or 0, kv_type=kv_cache)
+        try:
+            self._engine = _core.Engine(self._core, n_seq=parallel, n_batch=min(batch_tokens or 0, 2**31 - 1),
+                                        kv_bytes=kv_bytes or 0, queue_max=min(queue_max or 0, 2**20),
+                                        prefix_cache=prefix_cache)
+        except BaseException:
+            self._core.close()
+            raise
+        self._sched = _Scheduler(self._engine)
+        self.parallel = parallel
         self._gguf = None
         self.last_stats: GenerationStats | None = None
-        # (epoch, ids): token ids whose K/V the last generation left at positions 0..len-1,
-        # valid while the core's epoch is unchanged (nothing else used the cache)
-        self._kv: tuple[int, list[int]] | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -150,11 +372,16 @@ class Model:
         return self._file().metadata
 
     def memory(self) -> dict[str, int]:
-        """Bytes in use: weights_bytes (tensor data mapped from the file), kv_bytes
-        (the KV cache; Gemma 3/4 size it per layer type: the whole context on global
-        layers, a ring of sliding_window + 63 positions on sliding-window layers, nothing
-        on Gemma 4's KV-shared layers), scratch_bytes (activation buffers)."""
-        return self._core.memory()
+        """Bytes in use: weights_bytes (tensor data mapped from the file), kv_bytes (the
+        engine's paged KV pool, plus the single-sequence cache of logits() once used),
+        scratch_bytes (activation buffers), kv_bytes_per_sequence (what one sequence of
+        n_ctx positions holds at most: Gemma 3/4 keep the whole context on global layers,
+        sliding_window + batch_tokens positions on sliding-window layers, nothing on Gemma
+        4's KV-shared layers; the formula recommend() uses)."""
+        mem = self._core.memory()
+        mem["kv_bytes"] += self._engine.stats()["kv_bytes"]
+        mem["kv_bytes_per_sequence"] = self._engine.seq_kv_bytes(self.n_ctx)
+        return mem
 
     # --------------------------------------------------------------- tokens
 
@@ -204,24 +431,100 @@ class Model:
 
     def _generate_ids(self, ids: list[int], args: tuple, stream: bool, t0: float
                       ) -> str | Iterator[str]:
-        """Run the C generation over prompt ids; args from _check_sampling."""
-        max_tokens, temperature, top_k, top_p, seed, stops = args
+        """Run prompt ids through the engine; args from _check_sampling."""
+        box: list = []
+        pieces = self._pieces(self._submit(ids, args), ids, args[5], t0, sink=box.append)
+        return TextStream(pieces, box) if stream else "".join(pieces)
+
+    def _submit(self, ids: list[int], args: tuple) -> _Request | None:
+        """Queue prompt ids in the engine (None for max_tokens=0: nothing to run)."""
+        max_tokens, temperature, top_k, top_p, seed, _ = args
         if not ids:
             raise ValueError("the prompt is empty and the vocabulary has no BOS token")
         if len(ids) > self.n_ctx:
             raise LimitError(f"the prompt is {len(ids)} tokens, longer than the context of "
                              f"{self.n_ctx} tokens")
-        args = (ids, max_tokens, temperature, top_k, top_p, seed)
-        n_keep, epoch = self._reusable_prefix(ids)
-        self._kv = None
+        if max_tokens == 0:
+            return None
+        return self._sched.submit(ids, max_tokens, temperature, top_k, top_p, seed)
+
+    def generate_batch(self, prompts: Sequence[str], max_tokens: int = 128,
+                       temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                       seed: int | None = None, stop: str | Sequence[str] | None = None,
+                       progress: bool = True) -> list[str]:
+        """Continue every prompt, decoded together in batches of up to `parallel`; returns
+        the texts in the order of `prompts` (a research script scoring a data set).
+        Sampling arguments as generate(); with a seed, prompt i uses seed + i. progress: a
+        tqdm bar (the notebook widget in Jupyter). .last_batch_stats afterwards holds one
+        GenerationStats per prompt. Raises as generate()."""
+        args = _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop)
+        return self._run_batch([self.tokenize(p, add_bos=bool(self._core.add_bos)) for p in prompts],
+                               args, seed is None, progress)
+
+    def chat_batch(self, conversations: Sequence[Sequence[Mapping[str, Any]]], max_tokens: int = 128,
+                   temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                   seed: int | None = None, stop: str | Sequence[str] | None = None,
+                   progress: bool = True, **template_kwargs: Any) -> list[str]:
+        """The replies to many conversations, as chat() renders each, run as
+        generate_batch() runs prompts; results in order."""
+        args = _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop)
+        ids = [self._chat_ids(c, True, template_kwargs) for c in conversations]
+        return self._run_batch(ids, args, seed is None, progress)
+
+    def _run_batch(self, all_ids: list[list[int]], args: tuple, random_seed: bool,
+                   progress: bool) -> list[str]:
+        from tqdm.auto import tqdm
+
+        n = len(all_ids)
+        results: list[str | None] = [None] * n
+        stats: list[GenerationStats | None] = [None] * n
+        errors: list[BaseException] = []
+        # at most parallel + a queue's worth in flight: the rest wait here, not in the core
+        window = threading.Semaphore(max(2 * self.parallel, 4))
+        done = threading.Event()
+        remaining = [n]
+        lock = threading.Lock()
+        bar = tqdm(total=n, disable=not progress or n < 2, unit="prompt")
+
+        def run(i: int, ids: list[int]) -> None:
+            try:
+                a = list(args)
+                if not random_seed:
+                    a[4] = (a[4] + i) & (2**64 - 1)
+                else:
+                    a[4] = secrets.randbits(64)
+                t0 = time.perf_counter()
+                out, st = [], None
+                gen = self._pieces(self._submit(ids, tuple(a)), ids, a[5], t0, sink=lambda s: out.append(s))
+                results[i] = "".join(gen)
+                stats[i] = out[0] if out else None
+            except BaseException as e:         # reported after the others finish
+                errors.append(e)
+            finally:
+                window.release()
+                bar.update(1)
+                with lock:
+                    remaining[0] -= 1
+                    if not remaining[0]:
+                        done.set()
+
         try:
-            gen = self._core.generate_iter(*args, n_keep=n_keep, epoch=epoch)
-        except RuntimeError:
-            if not n_keep:
-                raise
-            gen = self._core.generate_iter(*args)      # the cache changed meanwhile
-        pieces = self._pieces(gen, ids, stops, t0)
-        return pieces if stream else "".join(pieces)
+            for i, ids in enumerate(all_ids):
+                window.acquire()
+                if errors:
+                    window.release()
+                    with lock:
+                        remaining[0] -= n - i
+                    break
+                threading.Thread(target=run, args=(i, ids), daemon=True).start()
+            if n:
+                done.wait()
+        finally:
+            bar.close()
+        self.last_batch_stats = stats
+        if errors:
+            raise errors[0]
+        return results  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ chat
 
@@ -272,42 +575,35 @@ class Model:
         rendered prompt is longer than the context, ValueError for bad arguments."""
         t0 = time.perf_counter()
         args = _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop)
+        ids = self._chat_ids(messages, add_generation_prompt, template_kwargs)
+        return self._generate_ids(ids, args, stream, t0)
+
+    def _chat_ids(self, messages, add_generation_prompt: bool, template_kwargs: dict) -> list[int]:
+        """Prompt ids of a conversation: the chat template rendered, special tokens parsed,
+        BOS added when the template did not start with it and the vocabulary asks for it."""
         text = self.apply_chat_template(messages, add_generation_prompt, **template_kwargs)
         ids = self.tokenize(text, add_bos=False, parse_special=True)
         bos = self._core.bos_id
         if self._core.add_bos and bos >= 0 and (not ids or ids[0] != bos):
             ids = [bos] + ids
-        return self._generate_ids(ids, args, stream, t0)
+        return ids
 
-    def _reusable_prefix(self, ids: list[int]) -> tuple[int, int]:
-        """(n_keep, epoch): how many leading prompt tokens the KV cache still holds from the
-        previous generation (at most len(ids) - 1: the last one is run for its logits).
-        Positions hold the same K/V whether computed in a batch or one by one, so reuse
-        changes speed only, not results."""
-        if self._kv is None:
-            return 0, 0
-        epoch, cached = self._kv
-        n = 0
-        for a, b in zip(cached, ids[:-1]):
-            if a != b:
-                break
-            n += 1
-        # a sliding-window layer's ring buffer may no longer hold what position n looks at
-        return (self._core.kv_keep(n) if n else 0), epoch
-
-    def _pieces(self, gen, ids: list[int], stops: list[str], t0: float) -> Iterator[str]:
-        """Token ids from the C generation -> text pieces, with stop strings applied."""
+    def _pieces(self, req: _Request | None, ids: list[int], stops: list[str], t0: float,
+                sink=None) -> Iterator[str]:
+        """Token ids of an engine request -> text pieces, with stop strings applied (a stop
+        string cancels the request: its KV blocks are freed at once). The GenerationStats
+        go to .last_stats, and to sink when given."""
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         prev = ids[-1]
-        out: list[int] = []
+        n_out = 0
         held = ""            # text not yet yielded: it may be the start of a stop string
         finish = None
         ttft = None
         try:
-            for tok in gen:
+            for tok in (req.tokens() if req is not None else ()):
                 if ttft is None:
                     ttft = (time.perf_counter() - t0) * 1e3
-                out.append(tok)
+                n_out += 1
                 text = decoder.decode(self._core.piece(tok, prev))
                 prev = tok
                 if not text:
@@ -338,15 +634,35 @@ class Model:
             finish = "cancelled"
             raise
         finally:
-            s = gen.stats()
-            gen.close()
-            self.last_stats = _stats(s, finish or s["finish_reason"] or "stop", ttft)
-            self._kv = (s["epoch"], (ids + out)[:s["n_past"]])
+            if req is not None:
+                req.cancel()
+            ev = req.last if req is not None else None
+            if finish is None:
+                if req is None:
+                    finish = "length"                    # max_tokens=0: nothing ran
+                elif ev is not None and ev[2]:
+                    finish = "stop" if ev[2] == 1 else "length"
+                else:
+                    finish = "cancelled"
+            st = _stats(ev, len(ids), n_out, finish, ttft)
+            self.last_stats = st
+            if sink is not None:
+                sink(st)
+
+    def stats(self) -> EngineStats:
+        """The batching engine now: requests running and waiting, KV blocks, prefix-cache
+        hits (EngineStats)."""
+        d = self._engine.stats()
+        q = d["prefix_queried_tokens"]
+        return EngineStats(prefix_hit_rate=d["prefix_hit_tokens"] / q if q else 0.0, **d)
 
     # -------------------------------------------------------------- lifetime
 
     def close(self) -> None:
-        """Free the weights mapping, KV cache and threads; later calls raise ValueError."""
+        """Stop the scheduler (running generations end with ValueError), free the weights
+        mapping, KV caches and threads; later calls raise ValueError."""
+        self._sched.close()
+        self._engine.close()
         self._core.close()
 
     def __enter__(self) -> Model:
@@ -500,16 +816,23 @@ def _partial_stop(text: str, stops: list[str]) -> int:
     return best
 
 
-def _stats(s: dict, finish: str, ttft_ms: float | None) -> GenerationStats:
+def _stats(ev: tuple | None, n_prompt: int, n_out: int, finish: str,
+           ttft_ms: float | None) -> GenerationStats:
+    """GenerationStats from a request's last engine event (id, token, finish, n_prompt,
+    n_cached, n_decode, queue_ms, prefill_ms, decode_ms), or zeros when none came."""
     def rate(n: int, ms: float) -> float:
         return n / ms * 1e3 if n and ms > 0 else 0.0
+    if ev is None:
+        return GenerationStats(prompt_tokens=n_prompt, completion_tokens=n_out,
+                               ttft_ms=ttft_ms or 0.0, prefill_ms=0.0, prefill_tokens_per_s=0.0,
+                               decode_ms=0.0, decode_tokens_per_s=0.0, finish_reason=finish)
+    _, _, _, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms = ev
     return GenerationStats(
-        prompt_tokens=s["prompt_tokens"], completion_tokens=s["completion_tokens"],
-        ttft_ms=ttft_ms if ttft_ms is not None else s["ttft_ms"],
-        prefill_ms=s["prefill_ms"],
-        prefill_tokens_per_s=rate(s["prompt_tokens"] - s["cached_tokens"], s["prefill_ms"]),
-        decode_ms=s["decode_ms"], decode_tokens_per_s=rate(s["decode_steps"], s["decode_ms"]),
-        finish_reason=finish, cached_tokens=s["cached_tokens"])
+        prompt_tokens=n_prompt, completion_tokens=n_out,
+        ttft_ms=ttft_ms if ttft_ms is not None else queue_ms + prefill_ms,
+        prefill_ms=prefill_ms, prefill_tokens_per_s=rate(n_prompt - n_cached, prefill_ms),
+        decode_ms=decode_ms, decode_tokens_per_s=rate(n_decode, decode_ms),
+        finish_reason=finish, cached_tokens=n_cached, queue_ms=queue_ms)
 
 
 # ------------------------------------------------------------------------ CLI

@@ -6,6 +6,7 @@
                    close the connection mid-stream, send an error event mid-stream
     ServerThread   uvicorn serving an ASGI app in a thread on 127.0.0.1:<free port>
     GW             a gateway app (create_app) around these, served by a ServerThread
+    sse_request    a streamed request read into its events
     FakeClock      time.monotonic() plus a jump the test controls (breaker cooldowns)
 
 Run `python tests/gateway_fakes.py --port-file F [--tokens N] [--delay S]` to serve a
@@ -48,11 +49,13 @@ class FakeModel:
     ("length"). delay_s: sleep per token (releases the GIL like the C core).
     fail_after: raise RuntimeError after that many tokens. Records calls and closes.
     memory_bytes: what memory() reports; close() sets `closed` (the gateway unloaded it).
+    parallel: generations running at once at most, as the real Model's engine decodes
+    `parallel` together and queues the rest (max_active records the most seen at once).
     """
 
     def __init__(self, path=None, threads=None, context=None, *, story: int = 6,
                  delay_s: float = 0.0, fail_after: int | None = None, n_ctx: int = 64,
-                 memory_bytes: int = 0):
+                 memory_bytes: int = 0, parallel: int = 1):
         self.path, self.n_ctx = path, context or n_ctx
         self.story, self.delay_s, self.fail_after = story, delay_s, fail_after
         self.calls: list[dict] = []
@@ -60,7 +63,10 @@ class FakeModel:
         self.finished = 0
         self.started = threading.Event()
         self.last_stats = None
-        self._busy = threading.Lock()
+        self.parallel = parallel
+        self.active = self.max_active = 0
+        self._busy = threading.Semaphore(parallel)
+        self._count = threading.Lock()
         self.memory_bytes, self.closed = memory_bytes, False
 
     def memory(self) -> dict:
@@ -81,8 +87,10 @@ class FakeModel:
         return gen if stream else "".join(gen)
 
     def _gen(self, prompt, max_tokens):
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("FakeModel used from two threads at once")
+        self._busy.acquire()              # queued behind the running ones, as in the engine
+        with self._count:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
         self.started.set()
         n = min(self.story, max_tokens)
         done = 0
@@ -103,6 +111,8 @@ class FakeModel:
                 prompt_tokens=len(self.tokenize(prompt)), completion_tokens=done,
                 finish_reason="stop" if n == self.story else "length",
                 ttft_ms=0.0, prefill_tokens_per_s=0.0, decode_tokens_per_s=0.0)
+            with self._count:
+                self.active -= 1
             self._busy.release()
 
 
@@ -375,22 +385,27 @@ class GW:
 
     def stream(self, path="/v1/chat/completions", **body):
         """(status, [parsed data events], saw_done, headers) of a streamed request."""
-        events, done = [], False
-        with self.http.stream("POST", path, json={"stream": True, **body}) as r:
-            if r.status_code != 200:
-                r.read()
-                return r.status_code, [r.json()], False, r.headers
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    if line == "data: [DONE]":
-                        done = True
-                    else:
-                        events.append(json.loads(line[6:]))
-        return 200, events, done, r.headers
+        return sse_request(self.http, path, body)
 
     def breaker(self, tier):
         return self.state.tiers[tier].breaker.state.value
 
+
+def sse_request(client, path: str = "/v1/chat/completions", body: dict | None = None):
+    """POST body with stream=true on an httpx.Client: (status, [parsed data events],
+    saw_done, headers); a non-200 answer gives its JSON body as the one event."""
+    events, done = [], False
+    with client.stream("POST", path, json={"stream": True, **(body or {})}) as r:
+        if r.status_code != 200:
+            r.read()
+            return r.status_code, [r.json()], False, r.headers
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                if line == "data: [DONE]":
+                    done = True
+                else:
+                    events.append(json.loads(line[6:]))
+    return 200, events, done, r.headers
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ limits, caps and malformed input.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -17,18 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway_fixtures import gguf, stack  # noqa: F401 (fixtures)
 from gateway_fakes import GW, HI, FakeModel, FakeUpstream, free_port
-
-
-@pytest.fixture
-def gguf(models):
-    return str(models / "TinyStories-656K-Q8_0.gguf")
-
-
-@pytest.fixture
-def stack():
-    with contextlib.ExitStack() as s:
-        yield s
 
 
 def upstream(stack, mode="ok", **kw) -> FakeUpstream:
@@ -288,7 +277,7 @@ def test_memory_threshold_default_85_percent_used_in_routing(stack, gguf):
     assert old.routing.max_memory_used == 0.8
 
 
-def test_local_queue_full_503_and_one_generation_at_a_time(stack, gguf):
+def test_local_queue_full_503_and_parallel_bound(stack, gguf):
     gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf, "queue_size": 1}}},
             model=FakeModel(delay_s=0.1, story=8))   # 0.8 s each
     results = []
@@ -305,11 +294,37 @@ def test_local_queue_full_503_and_one_generation_at_a_time(stack, gguf):
     for t in threads:
         t.join(10)
     codes = sorted(c for c, _, _ in results)
-    assert codes == [200, 200, 503, 503]                 # 1 running + 1 queued
+    assert codes == [200, 200, 503, 503]                 # parallel 1 running + 1 queued
     for code, ra, body in results:
         if code == 503:
             assert int(ra) >= 1 and body["_routing"]["fallback_reasons"] == {"fast": "queue_full"}
-    assert gw.model.finished == 2            # FakeModel raises if two threads ever overlap
+    assert gw.model.finished == 2 and gw.model.max_active == 1
+
+
+def test_local_tier_parallel_runs_requests_together(stack, gguf):
+    """parallel = 3: three requests generate at once (the engine batches them), a fourth
+    waits in the queue and is served after; the tier's engine keys are parsed."""
+    gw = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf, "queue_size": 1,
+                                       "parallel": 3, "kv_cache": "q8_0", "batch_tokens": 64}}},
+            model=FakeModel(delay_s=0.05, story=8, parallel=3))
+    results = []
+
+    def call():
+        with httpx.Client(base_url=gw.url, timeout=10) as c:
+            r = c.post("/v1/chat/completions", json={"model": "fast", "messages": HI})
+            results.append(r.status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)
+    for t in threads:
+        t.join(10)
+    assert sorted(results) == [200, 200, 200, 200, 503]
+    assert gw.model.max_active == 3 and gw.model.finished == 4
+    t = gw.cfg.tiers["fast"]
+    assert (t.parallel, t.kv_cache, t.batch_tokens, t.kv_bytes) == (3, "q8_0", 64, None)
+    assert t.to_dict()["parallel"] == 3
 
 
 def test_client_disconnect_cancels_local_generation(stack, gguf):

@@ -99,10 +99,12 @@ def test_decode_path_matches_hf(g3):
             pos += 1
         mem = m.memory()
     assert np.abs(got - ref).max() <= 1e-3 * np.abs(ref).max()
-    # KV: the one global layer (il 5) keeps the 160-token context, the five sliding layers a
-    # ring of window + 63 (< 160) positions: 2 KV heads x 16 dims x K and V x 4 bytes each
+    # KV per sequence (paged, blocks of 32 positions): the one global layer (il 5) keeps the
+    # 160-token context (5 blocks); each of the five sliding layers at most
+    # ceil((window 8 + 128 batch tokens - 1) / 32) + 1 = 6 blocks, capped by the context's 5.
+    # 2 KV heads x 16 dims x K and V x 4 bytes (F32 model: F32 cache) per position.
     per_pos = 2 * 16 * 2 * 4
-    assert mem["kv_bytes"] == 160 * per_pos + 5 * (8 + 63) * per_pos
+    assert mem["kv_bytes_per_sequence"] == 160 * per_pos + 5 * 160 * per_pos
 
 
 def test_q8_0_within_derived_tolerance(g3):
@@ -158,3 +160,13 @@ def test_missing_key_and_bad_tensor_are_named(g3, tmp_path):
                 tensors=lambda n, a: a[:, :-1] if n == "blk.2.ffn_down.weight" else a)
     with pytest.raises(GGUFError, match=r"'blk\.2\.ffn_down\.weight' has shape"):
         Model(p, threads=1)
+
+
+def test_batched_decode_matches_decoding_alone(g3):
+    """Eight prompts decoded together (continuous batching, paged KV with sliding-window
+    blocks freed as they leave the window) give the tokens each gives alone; F32 and Q8_0."""
+    from batch_check import check_batch_matches_alone, random_prompts
+    d, files = g3
+    for t in ("f32", "q8_0"):
+        ties = check_batch_matches_alone(files[t], random_prompts(512, seed=5), max_tokens=20, threads=2)
+        print(t, ties)

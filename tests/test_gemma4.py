@@ -179,22 +179,23 @@ def test_decode_path_matches_hf(g4, name):
     assert np.abs(last - ref[-1]).max() <= 1e-3 * np.abs(ref).max()
 
 
-def test_prefix_reuse_respects_the_ring_buffer(g4):
-    """kv_keep: a forward may resume at position n only if every sliding layer's ring still
-    holds the window before n; resuming there gives HF's logits."""
+def test_single_sequence_cache_rewinds_anywhere(g4):
+    """The single-sequence API keeps every position (sliding layers included), so a forward
+    may resume at any earlier position and gives HF's logits there; a position past the end
+    of what the cache holds is refused."""
     d, files = g4["ple_shared"]
     ids = _ids(150, seed=7)
     ref = R.reference_logits(d, ids)
-    W = _text_config(d)["sliding_window"]
     with Model(files["f32"], threads=2, context=512) as m:
         V = m.n_vocab
         full = np.empty((len(ids), V), np.float32)
         m._core.forward(ids, 0, full, True)
-        assert m._core.kv_keep(149) == 149                      # just behind the end: kept
-        assert m._core.kv_keep(150 - (W + BATCH - 1) + W - 2) == 0   # overwritten by later rows
-        out = np.empty((10, V), np.float32)
-        m._core.forward(ids[140:], 140, out, True)             # resume inside the ring
-    assert np.abs(out - ref[140:]).max() <= 1e-3 * np.abs(ref).max()
+        for start in (140, 20):                                 # inside and far before the window
+            out = np.empty((len(ids) - start, V), np.float32)
+            m._core.forward(ids[start:], start, out, True)
+            assert np.abs(out - ref[start:]).max() <= 1e-3 * np.abs(ref).max()
+        with pytest.raises(ValueError, match="past the"):
+            m._core.forward(ids[:2], 151, np.empty(V, np.float32), False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,9 +243,10 @@ def test_quantized_logits_within_derived_tolerance(quant_errors, name, qtype):
 
 
 def test_kv_cache_is_shaped_per_layer_type(g4):
-    """Bytes of KV: full context on global layers, a ring of about the window on sliding
-    layers (independent of the context), nothing on the KV-shared layers. Shapes from the HF
-    config, not from our reader."""
+    """Bytes of KV per sequence: full context on global layers, about the window on sliding
+    layers (independent of the context: ceil((window + 128 batch tokens - 1) / 32) + 1 blocks
+    of 32 positions), nothing on the KV-shared layers. Shapes from the HF config, not from
+    our reader."""
     d, files = g4["ple_shared"]
     c = _text_config(d)
     L, shared = c["num_hidden_layers"], c["num_kv_shared_layers"]
@@ -257,10 +259,11 @@ def test_kv_cache_is_shaped_per_layer_type(g4):
     for ctx in (256, 2048):
         with Model(files["f32"], threads=1, context=ctx) as m:
             sizes[ctx] = m.memory()
+            assert sizes[ctx]["kv_bytes"] == sizes[ctx]["kv_bytes_per_sequence"]   # parallel=1
     grow = sizes[2048]["kv_bytes"] - sizes[256]["kv_bytes"]
     assert grow == (2048 - 256) * glob                      # only global layers grow
     ring = (sizes[256]["kv_bytes"] - 256 * glob) / slid     # positions per sliding layer
-    assert ring == int(ring) and W <= ring <= W + BATCH - 1
+    assert ring == (-(-(W + 128 - 1) // 32) + 1) * 32
     full = 2048 * sum(2 * kv_heads * (hd if types[i] == "sliding_attention" else hd_g) * 4
                       for i in range(L))
     assert sizes[2048]["kv_bytes"] < full / 2               # vs a whole-context cache per layer
@@ -338,3 +341,15 @@ def test_missing_tensor_is_named(g4, tmp_path):
                 tensors=lambda n, a: None if n == "blk.1.ffn_gate_up_exps.weight" else a)
     with pytest.raises(GGUFError, match=r"blk\.1\.ffn_gate_up_exps\.weight"):
         Model(p, threads=1)
+
+
+def test_batched_decode_matches_decoding_alone(g4_wander, g4):
+    """Eight prompts decoded together give the tokens each gives alone, for every toy
+    configuration (per-layer embeddings, KV-shared layers, mixture of experts: the batch's
+    tokens grouped by expert) and a Q4_0 file (the quantized kernels' token tiles)."""
+    from batch_check import check_batch_matches_alone, random_prompts
+    cases = [(name, path) for name, (d, path) in g4_wander.items()]
+    cases.append(("ple_shared q4_0", g4["ple_shared"][1]["q4_0"]))
+    for name, path in cases:
+        ties = check_batch_matches_alone(path, random_prompts(512, seed=11), max_tokens=20, threads=2)
+        print(name, ties)

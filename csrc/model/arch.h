@@ -13,6 +13,7 @@
 
 #include "model.h"
 #include "../common/threadpool.h"
+#include "../engine/kvcache.h"
 
 typedef struct g4_arch g4_arch;
 
@@ -26,19 +27,20 @@ struct g4_model {
     int32_t n_ctx;           /* requested (params) before load; final after load */
     int32_t n_ctx_train;     /* set by arch->load from <arch>.context_length */
     int32_t n_threads;
+    int32_t kv_type;         /* G4_KV_* of caches built for this model */
+    struct g4_kvcache *kv1;  /* the single-sequence API's cache, NULL until used */
 };
 
 struct g4_arch {
     const char *name;        /* general.architecture value, e.g. "llama" */
     g4_status (*load)(g4_model *m, g4_err *err);
     void (*free)(g4_model *m);
-    g4_status (*forward)(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
-                         float *logits, int all_logits, g4_err *err);
-    g4_model_memory (*memory)(const g4_model *m);
-    /* Optional (NULL: every cached prefix is reusable): how many of the first
-     * n_keep positions a forward at position n_keep can build on, given what
-     * the KV cache still holds (a sliding-window ring buffer forgets). */
-    int32_t (*kv_keep)(const g4_model *m, int32_t n_keep);
+    /* g4_model_forward_batch after the argument checks; tokens are in range */
+    g4_status (*forward)(g4_model *m, const g4_batch *b, struct g4_kvcache *kv, float *logits, g4_err *err);
+    g4_model_memory (*memory)(const g4_model *m);   /* kv_bytes: 0 (caches are the engine's) */
+    /* g4_model_kv_layers: the cache layers, in the order the forward
+     * indexes them (its g4_kvc_store / g4_kvc_attention `li`) */
+    int (*kv_layers)(const g4_model *m, struct g4_kv_layer *out);
 };
 
 /* Architectures known to this build (defined in their own files). */

@@ -19,8 +19,8 @@
  * window); sliding layers use RoPE base 10000 unscaled; the query scale
  * (HF query_pre_attn_scalar^-0.5) is 1/sqrt(key_length), except the 27B
  * (62 layers) where it is 1/sqrt(H / n_head).
- * KV cache as gemma4.c: a ring of window + batch - 1 positions on sliding
- * layers, the whole context on global layers.
+ * KV cache: the engine's paged cache (engine/kvcache.h), whose sliding-window
+ * layers return blocks that left the window as a sequence advances.
  */
 #include <math.h>
 #include <stdio.h>
@@ -58,7 +58,6 @@ typedef struct gemma3_scratch {
     float *kb, *vb;          /* [B][n_head_kv * head_dim] */
     float *hb, *hb2;         /* [B][n_ff] */
     float *cs, *cs_swa;      /* [B][n_rot] */
-    float *att;
     void *xq;
     void *base;
     size_t bytes;
@@ -69,8 +68,6 @@ typedef struct gemma3 {
     const g4_tensor *token_embd, *output;
     const float *output_norm;
     gemma3_layer *layers;
-    g4_kv *kv;               /* [n_layer] */
-    uint64_t kv_bytes;
     g4_rope rope, rope_swa;
     gemma3_scratch s;
 } gemma3;
@@ -179,20 +176,6 @@ static g4_status load_weights(g4_model *m, gemma3 *G3, g4_err *err) {
 
 /* ------------------------------------------------------- KV cache, scratch */
 
-static g4_status build_kv(g4_model *m, gemma3 *G3, g4_err *err) {
-    const gemma3_hparams *hp = &G3->hp;
-    const int dim = hp->n_head_kv * hp->head_dim;
-    G3->kv = calloc((size_t)hp->n_layer, sizeof *G3->kv);
-    if (!G3->kv) return g4_err_set(err, G4_ERR_NOMEM, "gemma3: out of memory");
-    for (int il = 0; il < hp->n_layer; il++) {
-        const int window = G3->layers[il].is_swa ? hp->window : 0;
-        const int64_t rows = g4_kv_rows(window, G3->s.n_batch, m->n_ctx);
-        g4_status st = g4_kv_build(&G3->kv[il], rows, dim, dim, window, &G3->kv_bytes, err);
-        if (st != G4_OK) return st;
-    }
-    return G4_OK;
-}
-
 static float *carve(char **p, size_t n_floats) {
     float *r = (float *)*p;
     *p += (n_floats * sizeof(float) + 63) / 64 * 64;
@@ -209,7 +192,6 @@ static g4_status build_scratch(g4_model *m, gemma3 *G3, g4_err *err) {
     const size_t sizes[] = {
         B * H, B * H, B * Q, B * Q, B * KV, B * KV, B * F, B * F,
         B * (size_t)hp->n_rot, B * (size_t)hp->n_rot,
-        (size_t)g4_attention_scratch(m->n_ctx, m->n_threads),
         (size_t)g4_matmul_scratch((int64_t)max_cols, (int)B) / sizeof(float) + 16,
     };
     const size_t n_sizes = sizeof sizes / sizeof sizes[0];
@@ -220,7 +202,7 @@ static g4_status build_scratch(g4_model *m, gemma3 *G3, g4_err *err) {
     memset(s->base, 0, total);
     char *p = s->base;
     float **dst[] = { &s->x, &s->xb, &s->q, &s->ao, &s->kb, &s->vb, &s->hb, &s->hb2,
-                      &s->cs, &s->cs_swa, &s->att, (float **)&s->xq };
+                      &s->cs, &s->cs_swa, (float **)&s->xq };
     for (size_t i = 0; i < n_sizes; i++) *dst[i] = carve(&p, sizes[i]);
     s->bytes = total;
     return G4_OK;
@@ -231,9 +213,6 @@ static g4_status build_scratch(g4_model *m, gemma3 *G3, g4_err *err) {
 static void gemma3_free(g4_model *m) {
     gemma3 *G3 = m->impl;
     if (!G3) return;
-    if (G3->kv)
-        for (int il = 0; il < G3->hp.n_layer; il++) g4_kv_free(&G3->kv[il]);
-    free(G3->kv);
     free(G3->layers);
     free(G3->s.base);
     free(G3);
@@ -255,38 +234,41 @@ static g4_status gemma3_load(g4_model *m, g4_err *err) {
     /* llama.cpp: rope_freq_base_train_swa = 10000, rope_freq_scale_train_swa = 1 */
     if ((st = g4_rope_init(&G3->rope_swa, G3->hp.n_rot, G4_ROPE_NEOX, 10000.0f, 1.0f, NULL, err))) return st;
     G3->s.n_batch = m->n_ctx < GEMMA3_BATCH ? m->n_ctx : GEMMA3_BATCH;
-    if ((st = build_scratch(m, G3, err)) != G4_OK) return st;
-    return build_kv(m, G3, err);
+    return build_scratch(m, G3, err);
 }
 
 static g4_model_memory gemma3_memory(const g4_model *m) {
     const gemma3 *G3 = m->impl;
-    g4_model_memory mem = { g4_model_weights_bytes(m), G3->kv_bytes, G3->s.bytes };
+    g4_model_memory mem = { g4_model_weights_bytes(m), 0, G3->s.bytes };
     return mem;
 }
 
-static int32_t gemma3_kv_keep(const g4_model *m, int32_t n_keep) {
+static int gemma3_kv_layers(const g4_model *m, g4_kv_layer *out) {
     const gemma3 *G3 = m->impl;
-    for (int il = 0; il < G3->hp.n_layer; il++)
-        if (!g4_kv_can_resume(&G3->kv[il], n_keep)) return 0;
-    return n_keep;
+    const int dim = G3->hp.n_head_kv * G3->hp.head_dim;
+    for (int il = 0; out && il < G3->hp.n_layer; il++)
+        out[il] = (g4_kv_layer){ dim, dim, G3->layers[il].is_swa ? G3->hp.window : 0 };
+    return G3->hp.n_layer;
 }
 
 /* ---------------------------------------------------------------- forward */
 
-static void forward_chunk(g4_model *m, gemma3 *G3, const int32_t *tok, int n, int64_t pos0,
-                          float *logits, int all_logits, int want_last) {
+/* Tokens b->token[t0..t0+n) (n <= n_batch); logits of the flagged ones to
+ * logits (one row each, in order). Returns the rows written. */
+static int forward_chunk(g4_model *m, gemma3 *G3, g4_kvcache *kv, const g4_batch *b, int t0, int n, float *logits) {
     const gemma3_hparams *hp = &G3->hp;
     gemma3_scratch *s = &G3->s;
     const int64_t H = hp->n_embd, F = hp->n_ff, V = hp->n_vocab, hd = hp->head_dim, R = hp->n_rot;
     const int64_t Q = (int64_t)hp->n_head * hd, KV = (int64_t)hp->n_head_kv * hd;
     const float emb_scale = sqrtf((float)H);
+    const int32_t *tok = b->token + t0, *pos = b->pos + t0, *seq = b->seq + t0;
+    const int8_t *want = b->logits + t0;
 
     for (int t = 0; t < n; t++) {
         g4_get_row(G3->token_embd, tok[t], s->x + t * H);
         g4_scale(s->x + t * H, H, emb_scale);
-        g4_rope_cache(&G3->rope, pos0 + t, s->cs + t * R);
-        g4_rope_cache(&G3->rope_swa, pos0 + t, s->cs_swa + t * R);
+        g4_rope_cache(&G3->rope, pos[t], s->cs + t * R);
+        g4_rope_cache(&G3->rope_swa, pos[t], s->cs_swa + t * R);
     }
 
     for (int il = 0; il < hp->n_layer; il++) {
@@ -304,8 +286,8 @@ static void forward_chunk(g4_model *m, gemma3 *G3, const int32_t *tok, int n, in
             g4_rmsnorm_heads(s->kb + t * KV, hp->n_head_kv, (int)hd, l->attn_k_norm, hp->eps);
             g4_rope_apply(rope, cs + t * R, s->kb + t * KV, hp->n_head_kv, (int)hd);
         }
-        g4_kv_store(&G3->kv[il], pos0, n, s->kb, KV, s->vb, KV);
-        g4_attention_kv(m->pool, &l->attn, s->q, Q, &G3->kv[il], pos0, n, s->ao, Q, s->att, m->n_ctx);
+        g4_kvc_store(kv, il, n, seq, pos, s->kb, KV, s->vb, KV);
+        g4_kvc_attention(m->pool, kv, il, &l->attn, n, seq, pos, s->q, Q, s->ao, Q);
         g4_matmul(m->pool, l->wo, s->ao, Q, s->xb, H, n, s->xq);
         for (int t = 0; t < n; t++) {
             g4_rmsnorm(s->xb + t * H, s->xb + t * H, l->post_attention_norm, H, hp->eps);
@@ -324,23 +306,22 @@ static void forward_chunk(g4_model *m, gemma3 *G3, const int32_t *tok, int n, in
         }
     }
 
-    if (!all_logits && !want_last) return;
-    const int first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
-    for (int t = 0; t < rows; t++)
-        g4_rmsnorm(s->xb + t * H, s->x + (first + t) * H, G3->output_norm, H, hp->eps);
+    int rows = 0;
+    for (int t = 0; t < n; t++)
+        if (want[t]) g4_rmsnorm(s->xb + (rows++) * H, s->x + t * H, G3->output_norm, H, hp->eps);
+    if (!rows) return 0;
     g4_matmul(m->pool, G3->output, s->xb, H, logits, V, rows, s->xq);
     g4_softcap(logits, rows * V, hp->softcap);
+    return rows;
 }
 
-static g4_status gemma3_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
-                                float *logits, int all_logits, g4_err *err) {
+static g4_status gemma3_forward(g4_model *m, const g4_batch *b, g4_kvcache *kv, float *logits, g4_err *err) {
     gemma3 *G3 = m->impl;
     const int B = G3->s.n_batch;
-    for (int32_t c = 0; c < n; c += B) {
-        const int nb = n - c < B ? n - c : B;
-        const int last = c + nb == n;
-        forward_chunk(m, G3, tokens + c, nb, (int64_t)pos + c,
-                      all_logits ? logits + (size_t)c * G3->hp.n_vocab : logits, all_logits, last);
+    size_t rows = 0;
+    for (int32_t c = 0; c < b->n; c += B) {
+        const int nb = b->n - c < B ? b->n - c : B;
+        rows += (size_t)forward_chunk(m, G3, kv, b, c, nb, logits ? logits + rows * (size_t)G3->hp.n_vocab : NULL);
     }
     return G4_OK;
 }
@@ -351,5 +332,5 @@ const g4_arch g4_arch_gemma3 = {
     .free = gemma3_free,
     .forward = gemma3_forward,
     .memory = gemma3_memory,
-    .kv_keep = gemma3_kv_keep,
+    .kv_layers = gemma3_kv_layers,
 };

@@ -40,11 +40,12 @@
  * ("proportional" RoPE: 1e30 switches a pair off). RoPE pairs (i, i + d/2)
  * (NeoX, HF rotate_half).
  *
- * KV cache shaped per layer type (ops_gemma.h): a ring of window + batch - 1
- * positions on sliding layers, the whole context on global layers, nothing
- * on KV-shared layers. Prompts run in chunks of GEMMA4_BATCH tokens; when
- * only the last token's logits are wanted, the KV-shared layers (which write
- * no cache) run for that token alone, as HF does with logits_to_keep.
+ * KV cache: the engine's paged cache (engine/kvcache.h), one cache layer per
+ * layer that computes K/V (none for KV-shared layers); its sliding-window
+ * layers return blocks that left the window as a sequence advances. A batch
+ * (tokens of several sequences) runs in chunks of GEMMA4_BATCH tokens; the
+ * KV-shared layers (which write no cache) run only for the tokens whose
+ * logits are wanted, as HF does with logits_to_keep.
  */
 #include <math.h>
 #include <stdio.h>
@@ -70,6 +71,7 @@ typedef struct gemma4_hparams {
 
 typedef struct gemma4_layer {
     int is_swa, has_kv, kv_src;       /* kv_src: the layer whose cache this one reads */
+    int kv_slot;                      /* cache layer index of kv_src (g4_kvc_*'s li) */
     int n_head, n_head_kv, head_dim, n_ff;
     const float *attn_norm, *attn_q_norm, *attn_k_norm, *post_attention_norm;
     const float *ffn_norm, *post_ffw_norm;
@@ -106,7 +108,6 @@ typedef struct gemma4_scratch {
     float *ew1;              /* [B] and their weights */
     float *ex, *eo, *y2;     /* [B][H] expert input gathered, expert output, expert sum */
     float *eh;               /* [B][2 n_ff_exp] */
-    float *att;              /* g4_attention_scratch() */
     void *xq;                /* activations converted for the matmul kernels */
     void *base;
     size_t bytes;
@@ -119,8 +120,7 @@ typedef struct gemma4 {
     const g4_tensor *per_layer_token_embd, *per_layer_model_proj;
     const float *per_layer_proj_norm;
     gemma4_layer *layers;
-    g4_kv *kv;               /* [n_layer]; k == NULL on KV-shared layers */
-    uint64_t kv_bytes;
+    int n_kv_layers;
     g4_rope rope, rope_swa;
     gemma4_scratch s;
 } gemma4;
@@ -199,6 +199,7 @@ static g4_status read_layer_structure(g4_model *m, gemma4 *G, g4_err *err) {
     if ((st = g4_hp_u32_layers(m, "feed_forward_length", L, NULL, nff, err)) != G4_OK) goto done;
 
     const int first_shared = L - hp->n_kv_shared;
+    G->n_kv_layers = 0;
     for (int il = 0; il < L; il++) {
         gemma4_layer *l = &G->layers[il];
         l->is_swa = swa[il] != 0;
@@ -208,10 +209,11 @@ static g4_status read_layer_structure(g4_model *m, gemma4 *G, g4_err *err) {
         l->n_ff = (int)nff[il];
         l->has_kv = il < first_shared;
         l->kv_src = il;
+        if (l->has_kv) l->kv_slot = G->n_kv_layers++;
         if (!l->has_kv) {
             l->kv_src = -1;
             for (int j = first_shared - 1; j >= 0; j--)
-                if (G->layers[j].is_swa == l->is_swa) { l->kv_src = j; break; }
+                if (G->layers[j].is_swa == l->is_swa) { l->kv_src = j; l->kv_slot = G->layers[j].kv_slot; break; }
             if (l->kv_src < 0) {
                 st = g4_err_set(err, G4_ERR_FORMAT, "gemma4: KV-shared layer %d (%s) has no earlier layer of its "
                                 "type to share with", il, l->is_swa ? "sliding" : "global");
@@ -334,21 +336,7 @@ static g4_status load_layer(g4_model *m, gemma4 *G, int il, g4_err *err) {
 
 /* ------------------------------------------------------- KV cache, scratch */
 
-static g4_status build_kv(g4_model *m, gemma4 *G, g4_err *err) {
-    const gemma4_hparams *hp = &G->hp;
-    G->kv = calloc((size_t)hp->n_layer, sizeof *G->kv);
-    if (!G->kv) return g4_err_set(err, G4_ERR_NOMEM, "gemma4: out of memory");
-    for (int il = 0; il < hp->n_layer; il++) {
-        const gemma4_layer *l = &G->layers[il];
-        if (!l->has_kv) continue;
-        const int window = l->is_swa ? hp->window : 0;
-        const int64_t rows = g4_kv_rows(window, G->s.n_batch, m->n_ctx);
-        const int dim = l->n_head_kv * l->head_dim;
-        g4_status st = g4_kv_build(&G->kv[il], rows, dim, dim, window, &G->kv_bytes, err);
-        if (st != G4_OK) return st;
-    }
-    return G4_OK;
-}
+/* ------------------------------------------------------------- scratch */
 
 static float *carve(char **p, size_t n_floats) {
     float *r = (float *)*p;
@@ -377,7 +365,6 @@ static g4_status build_scratch(g4_model *m, gemma4 *G, g4_err *err) {
         B * H, B * H, B * H, B * Q, B * Q, B * KV, B * KV, B * F, B * F,
         B * (size_t)hp->n_rot, B * (size_t)hp->n_rot_swa, B * LP, LP, B * P,
         B * E, B * K, B * K, B, B, B * H, B * H, B * H, B * 2 * I,
-        (size_t)g4_attention_scratch(m->n_ctx, m->n_threads),
         (size_t)g4_matmul_scratch((int64_t)max_cols, (int)B) / sizeof(float) + 16,
     };
     const size_t n_sizes = sizeof sizes / sizeof sizes[0];
@@ -391,7 +378,7 @@ static g4_status build_scratch(g4_model *m, gemma4 *G, g4_err *err) {
         &s->x, &s->xb, &s->xb2, &s->q, &s->ao, &s->kb, &s->vb, &s->hb, &s->hb2,
         &s->cs, &s->cs_swa, &s->ple, &s->pe, &s->pg,
         &s->rl, (float **)&s->eidx, &s->ew, (float **)&s->etok, &s->ew1, &s->ex, &s->eo, &s->y2, &s->eh,
-        &s->att, (float **)&s->xq,
+        (float **)&s->xq,
     };
     for (size_t i = 0; i < n_sizes; i++) *dst[i] = carve(&p, sizes[i]);
     s->bytes = total;
@@ -403,9 +390,6 @@ static g4_status build_scratch(g4_model *m, gemma4 *G, g4_err *err) {
 static void gemma4_free(g4_model *m) {
     gemma4 *G = m->impl;
     if (!G) return;
-    if (G->kv)
-        for (int il = 0; il < G->hp.n_layer; il++) g4_kv_free(&G->kv[il]);
-    free(G->kv);
     free(G->layers);
     free(G->s.base);
     free(G);
@@ -431,21 +415,24 @@ static g4_status gemma4_load(g4_model *m, g4_err *err) {
     if ((st = g4_rope_init(&G->rope_swa, G->hp.n_rot_swa, G4_ROPE_NEOX, G->hp.rope_base_swa, 1.0f, NULL, err)))
         return st;
     G->s.n_batch = m->n_ctx < GEMMA4_BATCH ? m->n_ctx : GEMMA4_BATCH;
-    if ((st = build_scratch(m, G, err)) != G4_OK) return st;
-    return build_kv(m, G, err);
+    return build_scratch(m, G, err);
 }
 
 static g4_model_memory gemma4_memory(const g4_model *m) {
     const gemma4 *G = m->impl;
-    g4_model_memory mem = { g4_model_weights_bytes(m), G->kv_bytes, G->s.bytes };
+    g4_model_memory mem = { g4_model_weights_bytes(m), 0, G->s.bytes };
     return mem;
 }
 
-static int32_t gemma4_kv_keep(const g4_model *m, int32_t n_keep) {
+static int gemma4_kv_layers(const g4_model *m, g4_kv_layer *out) {
     const gemma4 *G = m->impl;
-    for (int il = 0; il < G->hp.n_layer; il++)
-        if (G->kv[il].k && !g4_kv_can_resume(&G->kv[il], n_keep)) return 0;
-    return n_keep;
+    for (int il = 0; out && il < G->hp.n_layer; il++) {
+        const gemma4_layer *l = &G->layers[il];
+        if (!l->has_kv) continue;
+        const int dim = l->n_head_kv * l->head_dim;
+        out[l->kv_slot] = (g4_kv_layer){ dim, dim, l->is_swa ? G->hp.window : 0 };
+    }
+    return G->n_kv_layers;
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -471,7 +458,8 @@ static void per_layer_inputs(g4_model *m, gemma4 *G, const int32_t *tok, int n) 
     }
 }
 
-static void attention_block(g4_model *m, gemma4 *G, int il, int n, int64_t pos0) {
+static void attention_block(g4_model *m, gemma4 *G, g4_kvcache *kv, int il, int n, const int32_t *seq,
+                            const int32_t *pos) {
     const gemma4_hparams *hp = &G->hp;
     const gemma4_layer *l = &G->layers[il];
     gemma4_scratch *s = &G->s;
@@ -496,9 +484,9 @@ static void attention_block(g4_model *m, gemma4 *G, int il, int n, int64_t pos0)
             g4_rope_apply(rope, cs + t * n_rot, s->kb + t * KV, l->n_head_kv, (int)hd);
             g4_rmsnorm_heads(s->vb + t * KV, l->n_head_kv, (int)hd, NULL, hp->eps);
         }
-        g4_kv_store(&G->kv[il], pos0, n, s->kb, KV, s->vb, KV);
+        g4_kvc_store(kv, l->kv_slot, n, seq, pos, s->kb, KV, s->vb, KV);
     }
-    g4_attention_kv(m->pool, &l->attn, s->q, Q, &G->kv[l->kv_src], pos0, n, s->ao, Q, s->att, m->n_ctx);
+    g4_kvc_attention(m->pool, kv, l->kv_slot, &l->attn, n, seq, pos, s->q, Q, s->ao, Q);
     g4_matmul(m->pool, l->wo, s->ao, Q, s->xb, H, n, s->xq);
     for (int t = 0; t < n; t++) {
         g4_rmsnorm(s->xb + t * H, s->xb + t * H, l->post_attention_norm, H, hp->eps);
@@ -599,67 +587,77 @@ static void ple_block(g4_model *m, gemma4 *G, int il, int n) {
     }
 }
 
-/* Keep only token `t` of the chunk in row 0 of every per-token buffer. */
-static void keep_one_token(gemma4 *G, int t) {
+/* Keep only the tokens keep[0..k) of the chunk, in rows 0..k-1 of every
+ * per-token buffer (keep[] ascending, so rows only move down). */
+static void keep_tokens(gemma4 *G, const int *keep, int k) {
     const gemma4_hparams *hp = &G->hp;
     gemma4_scratch *s = &G->s;
     const int64_t H = hp->n_embd, LP = (int64_t)hp->n_layer * hp->n_embd_per_layer;
-    memmove(s->x, s->x + t * H, sizeof(float) * (size_t)H);
-    memmove(s->ple, s->ple + t * LP, sizeof(float) * (size_t)LP);
-    memmove(s->cs, s->cs + t * hp->n_rot, sizeof(float) * (size_t)hp->n_rot);
-    memmove(s->cs_swa, s->cs_swa + t * hp->n_rot_swa, sizeof(float) * (size_t)hp->n_rot_swa);
+    for (int r = 0; r < k; r++) {
+        const int t = keep[r];
+        if (t == r) continue;
+        memmove(s->x + r * H, s->x + t * H, sizeof(float) * (size_t)H);
+        if (LP) memmove(s->ple + r * LP, s->ple + t * LP, sizeof(float) * (size_t)LP);
+        memmove(s->cs + r * hp->n_rot, s->cs + t * hp->n_rot, sizeof(float) * (size_t)hp->n_rot);
+        memmove(s->cs_swa + r * hp->n_rot_swa, s->cs_swa + t * hp->n_rot_swa, sizeof(float) * (size_t)hp->n_rot_swa);
+    }
 }
 
-/* Tokens tok[0..n) at positions pos0.. (n <= n_batch). Writes logits for
- * every token when all_logits, for the last one when want_last, else none. */
-static void forward_chunk(g4_model *m, gemma4 *G, const int32_t *tok, int n, int64_t pos0,
-                          float *logits, int all_logits, int want_last) {
+/* Tokens b->token[t0..t0+n) (n <= n_batch); logits of the flagged ones to
+ * logits (one row each, in order). Returns the rows written. */
+static int forward_chunk(g4_model *m, gemma4 *G, g4_kvcache *kv, const g4_batch *b, int t0, int n, float *logits) {
     const gemma4_hparams *hp = &G->hp;
     gemma4_scratch *s = &G->s;
     const int64_t H = hp->n_embd, V = hp->n_vocab;
     const int first_shared = hp->n_layer - hp->n_kv_shared;
     const float emb_scale = sqrtf((float)H);
+    const int32_t *tok = b->token + t0;
+    int32_t seq[GEMMA4_BATCH], pos[GEMMA4_BATCH];
+    int keep[GEMMA4_BATCH], n_want = 0;
+    for (int t = 0; t < n; t++) {
+        seq[t] = b->seq[t0 + t];
+        pos[t] = b->pos[t0 + t];
+        if (b->logits[t0 + t]) keep[n_want++] = t;
+    }
 
     for (int t = 0; t < n; t++) {
         g4_get_row(G->token_embd, tok[t], s->x + t * H);
         g4_scale(s->x + t * H, H, emb_scale);
-        g4_rope_cache(&G->rope, pos0 + t, s->cs + t * hp->n_rot);
-        g4_rope_cache(&G->rope_swa, pos0 + t, s->cs_swa + t * hp->n_rot_swa);
+        g4_rope_cache(&G->rope, pos[t], s->cs + t * hp->n_rot);
+        g4_rope_cache(&G->rope_swa, pos[t], s->cs_swa + t * hp->n_rot_swa);
     }
     if (hp->n_embd_per_layer > 0) per_layer_inputs(m, G, tok, n);
 
     for (int il = 0; il < hp->n_layer; il++) {
         const gemma4_layer *l = &G->layers[il];
         /* From here on no layer writes KV: only tokens whose logits are wanted matter. */
-        if (il == first_shared && !all_logits) {
-            if (!want_last) break;
-            keep_one_token(G, n - 1);
-            pos0 += n - 1;
-            n = 1;
+        if (il == first_shared && n_want < n) {
+            if (!n_want) return 0;
+            keep_tokens(G, keep, n_want);
+            for (int r = 0; r < n_want; r++) { seq[r] = seq[keep[r]]; pos[r] = pos[keep[r]]; keep[r] = r; }
+            n = n_want;
         }
-        attention_block(m, G, il, n, pos0);
+        attention_block(m, G, kv, il, n, seq, pos);
         ffn_block(m, G, il, n);
         if (hp->n_embd_per_layer > 0) ple_block(m, G, il, n);
         if (l->out_scale != 1.0f) g4_scale(s->x, n * H, l->out_scale);
     }
 
-    if (!all_logits && !want_last) return;
-    const int first = all_logits ? 0 : n - 1, rows = all_logits ? n : 1;
-    for (int t = 0; t < rows; t++)
-        g4_rmsnorm(s->xb + t * H, s->x + (first + t) * H, G->output_norm, H, hp->eps);
-    g4_matmul(m->pool, G->output, s->xb, H, logits, V, rows, s->xq);
-    g4_softcap(logits, rows * V, hp->softcap);
+    if (!n_want) return 0;
+    for (int r = 0; r < n_want; r++)
+        g4_rmsnorm(s->xb + r * H, s->x + keep[r] * H, G->output_norm, H, hp->eps);
+    g4_matmul(m->pool, G->output, s->xb, H, logits, V, n_want, s->xq);
+    g4_softcap(logits, n_want * V, hp->softcap);
+    return n_want;
 }
 
-static g4_status gemma4_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
-                                float *logits, int all_logits, g4_err *err) {
+static g4_status gemma4_forward(g4_model *m, const g4_batch *b, g4_kvcache *kv, float *logits, g4_err *err) {
     gemma4 *G = m->impl;
     const int B = G->s.n_batch;
-    for (int32_t c = 0; c < n; c += B) {
-        const int nb = n - c < B ? n - c : B;
-        const int last = c + nb == n;
-        forward_chunk(m, G, tokens + c, nb, (int64_t)pos + c,
-                      all_logits ? logits + (size_t)c * G->hp.n_vocab : logits, all_logits, last);
+    size_t rows = 0;
+    for (int32_t c = 0; c < b->n; c += B) {
+        const int nb = b->n - c < B ? b->n - c : B;
+        rows += (size_t)forward_chunk(m, G, kv, b, c, nb, logits ? logits + rows * (size_t)G->hp.n_vocab : NULL);
     }
     return G4_OK;
 }
@@ -670,5 +668,5 @@ const g4_arch g4_arch_gemma4 = {
     .free = gemma4_free,
     .forward = gemma4_forward,
     .memory = gemma4_memory,
-    .kv_keep = gemma4_kv_keep,
+    .kv_layers = gemma4_kv_layers,
 };

@@ -11,15 +11,15 @@
  * rotate-half, but convert_hf_to_gguf.py permutes the rows of attn_q/attn_k
  * so that adjacent-pair rotation is exact for them too; llama2.c exports
  * (stories260K) were trained with adjacent pairs and need no permutation.
- * The KV cache is IEEE half float, [layer][position][n_head_kv * head_dim],
- * as llama.cpp's default (type_k = type_v = f16): half the memory and the
- * memory traffic of float32 per attended position. A model whose K
- * projection is F32 (an unquantized reference model) keeps a float32 cache,
- * so it still reproduces float32 references to float rounding.
- * The prompt goes through every layer as one batch of up to LLAMA_BATCH
- * tokens (llama.cpp's default n_ubatch): each matmul is a matrix-matrix
- * product whose kernels read each weight block once per tile of tokens, so
- * a prompt costs about one pass over the weights, not one per token.
+ * The KV cache is the engine's paged cache (engine/kvcache.h): F16 by
+ * default as llama.cpp's (type_k = type_v = f16), F32 for a model whose K
+ * projection is F32 (an unquantized reference model, so it reproduces float32
+ * references to float rounding).
+ * A batch (g4_batch: tokens of several sequences, each at its own position)
+ * goes through every layer in chunks of up to LLAMA_BATCH tokens (llama.cpp's
+ * default n_ubatch): each matmul is a matrix-matrix product whose kernels
+ * read each weight block once per tile of tokens, so a prompt, or one decode
+ * token of each of many sequences, costs about one pass over the weights.
  */
 #include <math.h>
 #include <stdio.h>
@@ -55,7 +55,6 @@ typedef struct llama_scratch {
     float *kb, *vb;  /* [n_batch][n_head_kv * head_dim] new keys/values before conversion to F16 */
     float *hb, *hb2; /* [n_batch][n_ff] */
     float *cs;       /* [n_batch][n_rot] rope cos/sin per position */
-    float *att;      /* attention scores, g4_attention_scratch() */
     void *xq;        /* activations converted for the matmul kernels */
     void *base;      /* the one allocation the above are carved from */
     size_t bytes;
@@ -67,9 +66,6 @@ typedef struct llama {
     const float *output_norm;
     const float *rope_freqs;   /* optional rope_freqs.weight (Llama 3.1 scaling) */
     llama_layer *layers;
-    void *k_cache, *v_cache;   /* [n_layer][n_ctx][n_head_kv * head_dim] of fp16 (or float when !kv_f16) */
-    int kv_f16;
-    size_t kv_bytes;
     g4_rope rope;
     g4_attn attn;
     llama_scratch s;
@@ -177,20 +173,6 @@ static g4_status load_weights(g4_model *m, llama *L, g4_err *err) {
 
 /* ------------------------------------------------------- KV cache, scratch */
 
-static g4_status build_kv(g4_model *m, llama *L, g4_err *err) {
-    const size_t kv_dim = (size_t)L->hp.n_head_kv * L->hp.head_dim;
-    const size_t per = (size_t)L->hp.n_layer * (size_t)m->n_ctx * kv_dim;
-    L->kv_f16 = L->layers[0].wk->type != G4_TYPE_F32;
-    const size_t elt = L->kv_f16 ? sizeof(uint16_t) : sizeof(float);
-    L->k_cache = calloc(per, elt);
-    L->v_cache = calloc(per, elt);
-    if (!L->k_cache || !L->v_cache)
-        return g4_err_set(err, G4_ERR_NOMEM, "llama: cannot allocate a %d-token KV cache (%zu MiB)",
-                          m->n_ctx, 2 * per * elt >> 20);
-    L->kv_bytes = 2 * per * elt;
-    return G4_OK;
-}
-
 /* Carve every activation buffer from one 64-byte aligned block, so the
  * forward pass never allocates. */
 static float *carve(char **p, size_t n_floats) {
@@ -209,7 +191,6 @@ static g4_status build_scratch(g4_model *m, llama *L, g4_err *err) {
     if (F > max_cols) max_cols = F;
     const size_t sizes[] = {
         B * E, B * E, B * Q, B * Q, B * F, B * F, B * (size_t)hp->n_rot,
-        (size_t)g4_attention_scratch(m->n_ctx, m->n_threads),
         (size_t)g4_matmul_scratch((int64_t)max_cols, (int)B) / sizeof(float) + 16,
         B * KV, B * KV,
     };
@@ -227,10 +208,9 @@ static g4_status build_scratch(g4_model *m, llama *L, g4_err *err) {
     s->hb = carve(&p, sizes[4]);
     s->hb2 = carve(&p, sizes[5]);
     s->cs = carve(&p, sizes[6]);
-    s->att = carve(&p, sizes[7]);
-    s->xq = carve(&p, sizes[8]);
-    s->kb = carve(&p, sizes[9]);
-    s->vb = carve(&p, sizes[10]);
+    s->xq = carve(&p, sizes[7]);
+    s->kb = carve(&p, sizes[8]);
+    s->vb = carve(&p, sizes[9]);
     s->bytes = total;
     return G4_OK;
 }
@@ -241,8 +221,6 @@ static void llama_free(g4_model *m) {
     llama *L = m->impl;
     if (!L) return;
     free(L->layers);
-    free(L->k_cache);
-    free(L->v_cache);
     free(L->s.base);
     free(L);
     m->impl = NULL;
@@ -265,40 +243,43 @@ static g4_status llama_load(g4_model *m, g4_err *err) {
         .head_dim_k = L->hp.head_dim, .head_dim_v = L->hp.head_dim,
         .scale = 1.0f / sqrtf((float)L->hp.head_dim), .softcap = 0.0f, .window = 0,
     };
-    if ((st = build_kv(m, L, err)) != G4_OK) return st;
     return build_scratch(m, L, err);
 }
 
 static g4_model_memory llama_memory(const g4_model *m) {
     const llama *L = m->impl;
-    g4_model_memory mem = { g4_model_weights_bytes(m), L->kv_bytes, L->s.bytes };
+    g4_model_memory mem = { g4_model_weights_bytes(m), 0, L->s.bytes };
     return mem;
+}
+
+static int llama_kv_layers(const g4_model *m, g4_kv_layer *out) {
+    const llama *L = m->impl;
+    const int kv = L->hp.n_head_kv * L->hp.head_dim;
+    for (int il = 0; out && il < L->hp.n_layer; il++) out[il] = (g4_kv_layer){ kv, kv, 0 };
+    return L->hp.n_layer;
 }
 
 /* ---------------------------------------------------------------- forward */
 
-/* Tokens tok[0..n) at positions pos0.. (n <= n_batch). Writes logits for
- * every token (logits[n][n_vocab]) when all_logits, for the last one when
- * want_last, else none (an early chunk of a long prompt). */
-static void forward_chunk(g4_model *m, llama *L, const int32_t *tok, int n, int64_t pos0,
-                          float *logits, int all_logits, int want_last) {
+/* Tokens b->token[t0..t0+n) (n <= n_batch); logits of the flagged ones to
+ * logits (one row each, in order). Returns the rows written. */
+static int forward_chunk(g4_model *m, llama *L, g4_kvcache *kv, const g4_batch *b, int t0, int n, float *logits) {
     const llama_hparams *hp = &L->hp;
     llama_scratch *s = &L->s;
     const int64_t E = hp->n_embd, F = hp->n_ff, V = hp->n_vocab;
     const int64_t Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
-    const int64_t layer_kv = (int64_t)m->n_ctx * KV;
+    const int32_t *tok = b->token + t0, *pos = b->pos + t0, *seq = b->seq + t0;
+    const int8_t *want = b->logits + t0;
 
     for (int t = 0; t < n; t++) {
         g4_get_row(L->token_embd, tok[t], s->x + t * E);
-        g4_rope_cache(&L->rope, pos0 + t, s->cs + t * hp->n_rot);
+        g4_rope_cache(&L->rope, pos[t], s->cs + t * hp->n_rot);
     }
 
     for (int il = 0; il < hp->n_layer; il++) {
         const llama_layer *l = &L->layers[il];
-        const size_t elt = L->kv_f16 ? sizeof(uint16_t) : sizeof(float);
-        char *kc = (char *)L->k_cache + (size_t)(il * layer_kv) * elt, *vc = (char *)L->v_cache + (size_t)(il * layer_kv) * elt;
 
-        /* attention: q, k, v; k roped, then k and v rounded into the F16 cache */
+        /* attention: q, k, v; k roped, then k and v stored in the paged cache */
         for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, l->attn_norm, E, hp->eps);
         const g4_mm qkv[3] = { { l->wq, s->q, Q }, { l->wk, s->kb, KV }, { l->wv, s->vb, KV } };
         g4_matmul_n(m->pool, qkv, 3, s->xb, E, n, s->xq);
@@ -307,18 +288,8 @@ static void forward_chunk(g4_model *m, llama *L, const int32_t *tok, int n, int6
             g4_rope_apply(&L->rope, cs, s->q + t * Q, hp->n_head, hp->head_dim);
             g4_rope_apply(&L->rope, cs, s->kb + t * KV, hp->n_head_kv, hp->head_dim);
         }
-        /* positions pos0.. are contiguous rows of the cache */
-        if (L->kv_f16) {
-            g4_fp32_to_fp16_row(s->kb, (uint16_t *)kc + pos0 * KV, n * KV);
-            g4_fp32_to_fp16_row(s->vb, (uint16_t *)vc + pos0 * KV, n * KV);
-            g4_attention_f16(m->pool, &L->attn, s->q, Q, (const uint16_t *)kc, KV, (const uint16_t *)vc, KV,
-                             pos0, n, s->xb2, Q, s->att, m->n_ctx);
-        } else {
-            memcpy((float *)kc + pos0 * KV, s->kb, sizeof(float) * (size_t)(n * KV));
-            memcpy((float *)vc + pos0 * KV, s->vb, sizeof(float) * (size_t)(n * KV));
-            g4_attention(m->pool, &L->attn, s->q, Q, (const float *)kc, KV, (const float *)vc, KV,
-                         pos0, n, s->xb2, Q, s->att, m->n_ctx);
-        }
+        g4_kvc_store(kv, il, n, seq, pos, s->kb, KV, s->vb, KV);
+        g4_kvc_attention(m->pool, kv, il, &L->attn, n, seq, pos, s->q, Q, s->xb2, Q);
         g4_matmul(m->pool, l->wo, s->xb2, Q, s->xb, E, n, s->xq);
         g4_add(s->x, s->xb, n * E);
 
@@ -329,24 +300,20 @@ static void forward_chunk(g4_model *m, llama *L, const int32_t *tok, int n, int6
         g4_add(s->x, s->xb, n * E);
     }
 
-    if (all_logits) {
-        for (int t = 0; t < n; t++) g4_rmsnorm(s->xb + t * E, s->x + t * E, L->output_norm, E, hp->eps);
-        g4_matmul(m->pool, L->output, s->xb, E, logits, V, n, s->xq);
-    } else if (want_last) {
-        g4_rmsnorm(s->xb, s->x + (n - 1) * E, L->output_norm, E, hp->eps);
-        g4_matmul(m->pool, L->output, s->xb, E, logits, V, 1, s->xq);
-    }
+    int rows = 0;
+    for (int t = 0; t < n; t++)
+        if (want[t]) g4_rmsnorm(s->xb + (rows++) * E, s->x + t * E, L->output_norm, E, hp->eps);
+    if (rows) g4_matmul(m->pool, L->output, s->xb, E, logits, V, rows, s->xq);
+    return rows;
 }
 
-static g4_status llama_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
-                               float *logits, int all_logits, g4_err *err) {
+static g4_status llama_forward(g4_model *m, const g4_batch *b, g4_kvcache *kv, float *logits, g4_err *err) {
     llama *L = m->impl;
     const int B = L->s.n_batch;
-    for (int32_t c = 0; c < n; c += B) {
-        const int nb = n - c < B ? n - c : B;
-        const int last = c + nb == n;
-        forward_chunk(m, L, tokens + c, nb, (int64_t)pos + c,
-                      all_logits ? logits + (size_t)c * L->hp.n_vocab : logits, all_logits, last);
+    size_t rows = 0;
+    for (int32_t c = 0; c < b->n; c += B) {
+        const int nb = b->n - c < B ? b->n - c : B;
+        rows += (size_t)forward_chunk(m, L, kv, b, c, nb, logits ? logits + rows * (size_t)L->hp.n_vocab : NULL);
     }
     return G4_OK;
 }
@@ -357,4 +324,5 @@ const g4_arch g4_arch_llama = {
     .free = llama_free,
     .forward = llama_forward,
     .memory = llama_memory,
+    .kv_layers = llama_kv_layers,
 };

@@ -260,6 +260,16 @@ g4_model *g4_model_load(const char *path, const g4_model_params *params, g4_err 
     if (!m) { g4_err_set(err, G4_ERR_NOMEM, "%s: out of memory", path); return NULL; }
     m->n_ctx = params ? params->n_ctx : 0;
     m->n_threads = params && params->n_threads > 0 ? params->n_threads : physical_cores();
+    m->kv_type = -1;
+    if (params && params->kv_type && *params->kv_type) {
+        const char *t = params->kv_type;
+        m->kv_type = !strcmp(t, "f16") ? G4_KV_F16 : !strcmp(t, "f32") ? G4_KV_F32 : !strcmp(t, "q8_0") ? G4_KV_Q8_0 : -2;
+        if (m->kv_type == -2) {
+            g4_err_set(err, G4_ERR_INVALID, "KV cache type '%.32s' is not one of f16, q8_0, f32", t);
+            free(m);
+            return NULL;
+        }
+    }
 
     m->gguf = g4_gguf_open(path, err);
     if (!m->gguf) goto fail;
@@ -293,6 +303,10 @@ g4_model *g4_model_load(const char *path, const g4_model_params *params, g4_err 
     /* llama.cpp sizes token_embd by the tokenizer (llama_model::load_tensors,
      * n_vocab = vocab.n_tokens()), so a file whose embedding rows and token
      * list disagree is inconsistent: ids past either end would be out of range. */
+    if (m->kv_type < 0) {
+        const g4_tensor *wk = g4_gguf_find_tensor(m->gguf, "blk.0.attn_k.weight");
+        m->kv_type = wk && wk->type == G4_TYPE_F32 ? G4_KV_F32 : G4_KV_F16;
+    }
     if (m->n_vocab != g4_tokenizer_n_vocab(m->tok)) {
         g4_err_set(err, G4_ERR_FORMAT, "%s: token_embd.weight has %d rows but tokenizer.ggml.tokens has %d tokens",
                    path, m->n_vocab, g4_tokenizer_n_vocab(m->tok));
@@ -306,6 +320,7 @@ fail:
 
 void g4_model_free(g4_model *m) {
     if (!m) return;
+    g4_kvc_free(m->kv1);
     if (m->arch && m->impl) m->arch->free(m);
     g4_pool_free(m->pool);
     g4_tokenizer_free(m->tok);
@@ -322,15 +337,56 @@ int32_t g4_model_n_vocab(const g4_model *m) { return m->n_vocab; }
 int32_t g4_model_n_ctx(const g4_model *m) { return m->n_ctx; }
 int32_t g4_model_n_threads(const g4_model *m) { return m->n_threads; }
 
-g4_model_memory g4_model_memory_usage(const g4_model *m) { return m->arch->memory(m); }
+g4_model_memory g4_model_memory_usage(const g4_model *m) {
+    g4_model_memory mem = m->arch->memory(m);
+    if (m->kv1) mem.kv_bytes += g4_kvc_get_stats(m->kv1).bytes;
+    return mem;
+}
 
 int32_t g4_model_kv_keep(const g4_model *m, int32_t n_keep) {
     if (n_keep <= 0) return 0;
-    if (n_keep > m->n_ctx) n_keep = m->n_ctx;
-    return m->arch->kv_keep ? m->arch->kv_keep(m, n_keep) : n_keep;
+    return n_keep > m->n_ctx ? m->n_ctx : n_keep;
 }
 
+int32_t g4_model_kv_type(const g4_model *m) { return m->kv_type; }
+
+int g4_model_kv_layers(const g4_model *m, g4_kv_layer *out) { return m->arch->kv_layers(m, out); }
+
 /* ---------------------------------------------------------------- forward */
+
+g4_status g4_model_forward_batch(g4_model *m, const g4_batch *b, g4_kvcache *kv, float *logits, g4_err *err) {
+    if (!b || b->n <= 0 || !b->token || !b->pos || !b->seq || !b->logits || !kv)
+        return g4_err_set(err, G4_ERR_INVALID, "forward: need a batch of at least one token and a KV cache");
+    int any = 0;
+    for (int32_t i = 0; i < b->n; i++) {
+        if (b->token[i] < 0 || b->token[i] >= m->n_vocab)
+            return g4_err_set(err, G4_ERR_INVALID, "forward: token id %d (at index %d) is outside the vocabulary 0..%d",
+                              b->token[i], i, m->n_vocab - 1);
+        if (b->pos[i] < 0 || b->pos[i] >= m->n_ctx)
+            return g4_err_set(err, G4_ERR_LIMIT, "forward: position %d is outside the context of %d tokens",
+                              b->pos[i], m->n_ctx);
+        any |= b->logits[i] != 0;
+    }
+    if (any && !logits) return g4_err_set(err, G4_ERR_INVALID, "forward: logits wanted but no buffer given");
+    return m->arch->forward(m, b, kv, logits, err);
+}
+
+/* The single-sequence cache: one slot, every position kept. */
+static g4_status ensure_kv1(g4_model *m, g4_err *err) {
+    if (m->kv1) return G4_OK;
+    g4_kv_layer layers[4096];
+    const int n = m->arch->kv_layers(m, layers);
+    const g4_kvc_params p = { .n_seq = 1, .n_ctx = m->n_ctx, .n_batch = m->n_ctx, .type = m->kv_type,
+                              .n_threads = m->n_threads, .keep_window = 1 };
+    if (!(m->kv1 = g4_kvc_create(layers, n, &p, err))) return err ? err->status : G4_ERR_NOMEM;
+    int32_t cached, tok0 = 0;
+    if (g4_kvc_seq_begin(m->kv1, 0, &tok0, 1, m->n_ctx, 0, &cached, err) != 1) {
+        g4_kvc_free(m->kv1);
+        m->kv1 = NULL;
+        return g4_err_set(err, G4_ERR_NOMEM, "forward: cannot start the single-sequence KV cache");
+    }
+    return G4_OK;
+}
 
 g4_status g4_model_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
                            float *logits, int all_logits, g4_err *err) {
@@ -346,5 +402,24 @@ g4_status g4_model_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_
         if (tokens[i] < 0 || tokens[i] >= m->n_vocab)
             return g4_err_set(err, G4_ERR_INVALID, "forward: token id %d (at index %d) is outside the vocabulary 0..%d",
                               tokens[i], i, m->n_vocab - 1);
-    return m->arch->forward(m, tokens, n, pos, logits, all_logits, err);
+    g4_status st = ensure_kv1(m, err);
+    if (st != G4_OK) return st;
+    if (pos > g4_kvc_seq_len(m->kv1, 0))
+        return g4_err_set(err, G4_ERR_INVALID, "forward: position %d is past the %d positions the KV cache holds",
+                          pos, g4_kvc_seq_len(m->kv1, 0));
+    if ((st = g4_kvc_seq_prepare(m->kv1, 0, pos, n, tokens, err)) != G4_OK) return st;
+    int32_t *buf = malloc(sizeof(int32_t) * 2 * (size_t)n);
+    int8_t *want = malloc((size_t)n);
+    if (!buf || !want) {
+        free(buf); free(want);
+        return g4_err_set(err, G4_ERR_NOMEM, "forward: out of memory");
+    }
+    int32_t *ps = buf, *sq = buf + n;
+    for (int32_t i = 0; i < n; i++) { ps[i] = pos + i; sq[i] = 0; want[i] = all_logits || i == n - 1; }
+    const g4_batch b = { n, tokens, ps, sq, want };
+    st = m->arch->forward(m, &b, m->kv1, logits, err);
+    g4_kvc_seq_commit(m->kv1, 0, st == G4_OK ? pos + n : pos);
+    free(buf);
+    free(want);
+    return st;
 }

@@ -19,7 +19,22 @@ typedef struct g4_model g4_model;  /* opaque */
 typedef struct g4_model_params {
     int32_t n_ctx;       /* KV cache length in tokens; <= 0: the model's trained context, capped at 4096 */
     int32_t n_threads;   /* <= 0: number of physical cores */
+    const char *kv_type; /* KV cache elements: "f16", "q8_0" or "f32"; NULL or "": f16, or f32
+                            when the K projection is F32 (an unquantized reference model) */
 } g4_model_params;
+
+/* One forward over tokens of several sequences (llama.cpp's llama_batch):
+ * token t is id token[t] at position pos[t] of KV sequence seq[t]; logits[t]
+ * nonzero asks for its logits. A sequence's tokens appear in increasing,
+ * consecutive positions, and its KV cache holds every position before its
+ * first one. */
+typedef struct g4_batch {
+    int32_t n;
+    const int32_t *token, *pos, *seq;
+    const int8_t *logits;
+} g4_batch;
+
+struct g4_kvcache;   /* engine/kvcache.h */
 
 typedef struct g4_model_memory {
     uint64_t weights_bytes;   /* tensor bytes mapped from the file */
@@ -40,18 +55,37 @@ int32_t g4_model_n_vocab(const g4_model *m);
 int32_t g4_model_n_ctx(const g4_model *m);
 int32_t g4_model_n_threads(const g4_model *m);
 g4_model_memory g4_model_memory_usage(const g4_model *m);
+int32_t g4_model_kv_type(const g4_model *m);
 
-/* Prefix reuse: of the positions 0..n_keep-1 the KV cache holds from earlier
- * forwards, how many a forward starting at n_keep can build on: n_keep, or
- * less when the cache no longer holds what that position looks back at (a
- * sliding-window layer keeps a ring of window + batch positions). */
+/* The layers that store K/V (KV-shared layers have none), as the paged cache
+ * (engine/kvcache.h) is built for them: out[0..n) when out is not NULL, at
+ * most 4096 entries; returns n. */
+struct g4_kv_layer;
+int g4_model_kv_layers(const g4_model *m, struct g4_kv_layer *out);
+
+/* Run a batch (see g4_batch) over kv, whose sequences the caller prepared
+ * (g4_kvc_seq_prepare) for the batch's positions. logits: float32
+ * [n_out][n_vocab], one row per token with logits[t] set, in batch order.
+ * G4_ERR_INVALID for an id outside the vocab. Every matrix multiplies all the
+ * batch's tokens at once (each weight block is read once per tile of
+ * tokens); attention runs per token over its own sequence's blocks.
+ * One forward at a time per model. */
+g4_status g4_model_forward_batch(g4_model *m, const g4_batch *b, struct g4_kvcache *kv, float *logits,
+                                 g4_err *err);
+
+/* Prefix reuse: of the positions 0..n_keep-1 the single-sequence KV cache
+ * holds from earlier forwards, how many a forward starting at n_keep can
+ * build on (all of them: that cache keeps every position). */
 int32_t g4_model_kv_keep(const g4_model *m, int32_t n_keep);
 
-/* Run tokens[0..n) at positions pos..pos+n-1, appending to the KV cache
- * (entries at >= pos are overwritten). logits: float32, either
- * [n][n_vocab] when all_logits is nonzero or [n_vocab] for the last token.
- * G4_ERR_LIMIT when pos + n > n_ctx; G4_ERR_INVALID for an id outside the
- * vocab. Thread-safe only per model (one forward at a time). */
+/* The single-sequence API, a batch of one over a private paged cache of one
+ * sequence (allocated on first use, every position kept so any rewind works).
+ * Runs tokens[0..n) at positions pos..pos+n-1, appending to that cache
+ * (entries at >= pos are dropped first; pos may not be past what it holds).
+ * logits: float32, either [n][n_vocab] when all_logits is nonzero or
+ * [n_vocab] for the last token. G4_ERR_LIMIT when pos + n > n_ctx;
+ * G4_ERR_INVALID for an id outside the vocab or a position past the cache's
+ * end. Thread-safe only per model (one forward at a time). */
 g4_status g4_model_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
                            float *logits, int all_logits, g4_err *err);
 

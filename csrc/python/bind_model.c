@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/engine.h"
 #include "../model/model.h"
 #include "../tokenizer/tokenizer.h"
 
@@ -99,11 +100,11 @@ static int32_t *ids_from_seq(PyObject *seq, Py_ssize_t *n_out) {
 /* ---------------------------------------------------------------- Model */
 
 static int Model_init(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"path", "n_ctx", "n_threads", NULL};
+    static char *kwlist[] = {"path", "n_ctx", "n_threads", "kv_type", NULL};
     PyObject *path_bytes = NULL;
-    g4_model_params p = {0, 0};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|ii:Model", kwlist, PyUnicode_FSConverter, &path_bytes,
-                                     &p.n_ctx, &p.n_threads))
+    g4_model_params p = {0, 0, NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O&|iiz:Model", kwlist, PyUnicode_FSConverter, &path_bytes,
+                                     &p.n_ctx, &p.n_threads, &p.kv_type))
         return -1;
     if (self->m) { Py_DECREF(path_bytes); PyErr_SetString(PyExc_RuntimeError, "Model is already loaded"); return -1; }
     if (!self->lock && !(self->lock = PyThread_allocate_lock())) {
@@ -510,6 +511,200 @@ static PyTypeObject GenType = {
     .tp_methods = Gen_methods,
 };
 
+
+/* --------------------------------------------------------------- Engine */
+
+typedef struct {
+    PyObject_HEAD
+    ModelObject *model;        /* strong reference */
+    g4_engine *e;              /* NULL once closed */
+    g4_event *events;
+} EngineObject;
+
+static PyTypeObject EngineType;
+
+/* Lock the model for an engine call; ValueError when either is closed. */
+static int lock_engine(EngineObject *self) {
+    if (!self->e) { PyErr_SetString(PyExc_ValueError, "the engine is closed"); return -1; }
+    return lock_model(self->model);
+}
+
+static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"model", "n_seq", "n_batch", "kv_bytes", "queue_max", "prefix_cache", NULL};
+    PyObject *model;
+    g4_engine_params p = { .n_seq = 1, .n_batch = 0, .kv_bytes = 0, .queue_max = 0, .prefix_cache = 1 };
+    unsigned long long kv_bytes = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|iiKip:Engine", kwlist, &ModelType, &model, &p.n_seq,
+                                     &p.n_batch, &kv_bytes, &p.queue_max, &p.prefix_cache))
+        return -1;
+    if (self->e) { PyErr_SetString(PyExc_RuntimeError, "Engine is already built"); return -1; }
+    p.kv_bytes = kv_bytes;
+    ModelObject *mo = (ModelObject *)model;
+    if (lock_model(mo) < 0) return -1;
+    g4_err err;
+    g4_engine *e;
+    Py_BEGIN_ALLOW_THREADS
+    e = g4_engine_create(mo->m, &p, &err);
+    Py_END_ALLOW_THREADS
+    unlock_model(mo);
+    if (!e) { g4py_raise(&err); return -1; }
+    self->events = PyMem_Malloc(sizeof(g4_event) * (size_t)g4_engine_max_events(e));
+    if (!self->events) { g4_engine_free(e); PyErr_NoMemory(); return -1; }
+    self->e = e;
+    Py_INCREF(model);
+    self->model = mo;
+    return 0;
+}
+
+static void Engine_free_engine(EngineObject *self) {
+    g4_engine_free(self->e);
+    self->e = NULL;
+    PyMem_Free(self->events);
+    self->events = NULL;
+}
+
+static void Engine_dealloc(EngineObject *self) {
+    Engine_free_engine(self);
+    Py_XDECREF(self->model);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Engine_close(EngineObject *self, PyObject *unused) {
+    if (!self->e) Py_RETURN_NONE;
+    if (self->model && self->model->lock) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(self->model->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+        Engine_free_engine(self);
+        PyThread_release_lock(self->model->lock);
+    } else {
+        Engine_free_engine(self);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_submit(EngineObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed", NULL};
+    PyObject *seq;
+    g4_request_params rp = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0 };
+    unsigned long long seed = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififK:submit", kwlist, &seq, &rp.max_tokens, &rp.temperature,
+                                     &rp.top_k, &rp.top_p, &seed))
+        return NULL;
+    rp.seed = seed;
+    Py_ssize_t n;
+    int32_t *ids = ids_from_seq(seq, &n);
+    if (!ids) return NULL;
+    if (n > INT32_MAX) { PyMem_Free(ids); PyErr_SetString(PyExc_ValueError, "prompt too long"); return NULL; }
+    if (lock_engine(self) < 0) { PyMem_Free(ids); return NULL; }
+    g4_err err;
+    int64_t id = g4_engine_submit(self->e, ids, (int32_t)n, &rp, &err);
+    unlock_model(self->model);
+    PyMem_Free(ids);
+    if (id < 0) return g4py_raise(&err);
+    return PyLong_FromLongLong(id);
+}
+
+static PyObject *Engine_cancel(EngineObject *self, PyObject *arg) {
+    long long id = PyLong_AsLongLong(arg);
+    if (id == -1 && PyErr_Occurred()) return NULL;
+    if (!self->e) Py_RETURN_FALSE;      /* closed: nothing runs */
+    if (lock_engine(self) < 0) return NULL;
+    int found = g4_engine_cancel(self->e, id);
+    unlock_model(self->model);
+    return PyBool_FromLong(found);
+}
+
+static PyObject *Engine_step(EngineObject *self, PyObject *unused) {
+    if (lock_engine(self) < 0) return NULL;
+    g4_err err;
+    g4_status st;
+    int32_t n = 0;
+    Py_BEGIN_ALLOW_THREADS
+    st = g4_engine_step(self->e, self->events, &n, &err);
+    Py_END_ALLOW_THREADS
+    unlock_model(self->model);
+    if (st != G4_OK) return g4py_raise(&err);
+    PyObject *out = PyList_New(n);
+    if (!out) return NULL;
+    for (int32_t i = 0; i < n; i++) {
+        const g4_event *ev = &self->events[i];
+        const g4_request_stats *s = &ev->stats;
+        PyObject *t = Py_BuildValue("(Liiiiiddd)", (long long)ev->id, ev->token, ev->finish, s->n_prompt,
+                                    s->n_cached, s->n_decode, s->queue_ms, s->prefill_ms, s->decode_ms);
+        if (!t) { Py_DECREF(out); return NULL; }
+        PyList_SET_ITEM(out, i, t);
+    }
+    return out;
+}
+
+static PyObject *Engine_stats(EngineObject *self, PyObject *unused) {
+    if (lock_engine(self) < 0) return NULL;
+    g4_engine_stats s = g4_engine_get_stats(self->e);
+    unlock_model(self->model);
+    int32_t used = 0, total = 0, shared = 0, cached = 0, reserved = 0;
+    for (int g = 0; g < s.kv.n_groups; g++) {
+        used += s.kv.blocks_used[g]; total += s.kv.blocks_total[g]; shared += s.kv.blocks_shared[g];
+        cached += s.kv.blocks_cached[g]; reserved += s.kv.blocks_reserved[g];
+    }
+    const char *type = s.kv.type == 1 ? "f16" : s.kv.type == 8 ? "q8_0" : "f32";
+    return Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:K,s:K,s:K,s:K,s:i,s:i,s:i,s:i,s:i,s:i,s:K,s:K,s:K,s:s}",
+                         "running", s.n_running, "waiting", s.n_waiting, "parallel", s.n_seq,
+                         "batch_tokens", s.n_batch, "queue_max", s.queue_max,
+                         "steps", (unsigned long long)s.steps, "step_tokens", (unsigned long long)s.tokens,
+                         "prompt_tokens", (unsigned long long)s.prompt_tokens,
+                         "generated_tokens", (unsigned long long)s.generated_tokens,
+                         "kv_blocks_total", total, "kv_blocks_used", used, "kv_blocks_free", total - used,
+                         "kv_blocks_shared", shared, "kv_blocks_cached", cached, "kv_blocks_reserved", reserved,
+                         "kv_bytes", (unsigned long long)s.kv.bytes,
+                         "prefix_queried_tokens", (unsigned long long)s.kv.prefix_queried,
+                         "prefix_hit_tokens", (unsigned long long)s.kv.prefix_hit, "kv_type", type);
+}
+
+static PyObject *Engine_seq_kv_bytes(EngineObject *self, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > INT32_MAX) { PyErr_SetString(PyExc_ValueError, "n_ctx must be a positive int32"); return NULL; }
+    if (lock_engine(self) < 0) return NULL;
+    uint64_t b = g4_engine_seq_kv_bytes(self->e, (int32_t)n);
+    unlock_model(self->model);
+    return PyLong_FromUnsignedLongLong(b);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"submit", (PyCFunction)(void (*)(void))Engine_submit, METH_VARARGS | METH_KEYWORDS,
+     "submit(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0) -> int id.\n"
+     "LimitError when the prompt leaves no room in the context or the waiting queue is full\n"
+     "(message starts with 'queue full'); ValueError for ids outside the vocabulary."},
+    {"cancel", (PyCFunction)Engine_cancel, METH_O, "cancel(id) -> bool: stop a request, its KV blocks freed now"},
+    {"step", (PyCFunction)Engine_step, METH_NOARGS,
+     "step() -> list of (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms):\n"
+     "one scheduling step and batched forward with the GIL released. token -1: none; finish 0 running,\n"
+     "1 end-of-generation token, 2 length. [] when there was nothing to run."},
+    {"stats", (PyCFunction)Engine_stats, METH_NOARGS,
+     "stats() -> dict: running/waiting requests, steps, KV blocks total/used/free/shared/cached/reserved,\n"
+     "kv_bytes, prefix_queried_tokens / prefix_hit_tokens (the prefix cache's hit rate), kv_type"},
+    {"seq_kv_bytes", (PyCFunction)Engine_seq_kv_bytes, METH_O,
+     "seq_kv_bytes(n_ctx) -> int: KV bytes one sequence of n_ctx positions holds at most"},
+    {"close", (PyCFunction)Engine_close, METH_NOARGS, "Free the KV pool and every request."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gemma4stack._core.Engine",
+    .tp_doc = "Engine(model, n_seq=1, n_batch=0, kv_bytes=0, queue_max=0, prefix_cache=True):\n"
+              "continuous batching over a Model (csrc/engine/engine.h): a paged KV pool of kv_bytes\n"
+              "(0: n_seq sequences of the model's context), n_seq sequences per step, n_batch tokens\n"
+              "per step (0: 128), queue_max waiting requests (0: 1024).",
+    .tp_basicsize = sizeof(EngineObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Engine_init,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+};
+
 /* ------------------------------------------------------------- register */
 
 PyMethodDef g4py_model_methods[] = {
@@ -517,7 +712,9 @@ PyMethodDef g4py_model_methods[] = {
 };
 
 int g4py_model_register(PyObject *module) {
-    if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&GenType) < 0) return -1;
+    if (PyType_Ready(&ModelType) < 0 || PyType_Ready(&GenType) < 0 || PyType_Ready(&EngineType) < 0) return -1;
+    Py_INCREF(&EngineType);
+    if (PyModule_AddObject(module, "Engine", (PyObject *)&EngineType) < 0) { Py_DECREF(&EngineType); return -1; }
     Py_INCREF(&ModelType);
     if (PyModule_AddObject(module, "Model", (PyObject *)&ModelType) < 0) { Py_DECREF(&ModelType); return -1; }
     Py_INCREF(&GenType);

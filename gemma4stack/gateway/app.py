@@ -84,7 +84,9 @@ def has_media(messages: list[dict] | None) -> bool:
 def load_model(tier: TierConfig):
     """Open a local tier's GGUF with gemma4stack.model.Model (the default model_loader)."""
     from gemma4stack.model import Model
-    return Model(tier.model, threads=tier.threads, context=tier.context)
+    return Model(tier.model, threads=tier.threads, context=tier.context, parallel=tier.parallel,
+                 kv_cache=tier.kv_cache, kv_bytes=tier.kv_bytes, batch_tokens=tier.batch_tokens,
+                 queue_max=max(tier.queue_size, 1))
 
 
 @dataclass
@@ -425,6 +427,8 @@ class Dispatch:
              "prompt_tokens": final.prompt_tokens if final else None,
              "completion_tokens": final.completion_tokens if final else None,
              "fallback_chain": "->".join(self.tried)}
+        if final is not None and final.queue_ms is not None:
+            d["queue_ms"] = round(final.queue_ms, 3)
         if self.reasons:
             d["fallback_reasons"] = dict(self.reasons)
         if self.auto is not None:
@@ -898,10 +902,13 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
         authenticate(request.headers.get("authorization"))
         for name, rt in st.tiers.items():
             st.metrics.breaker.labels(name).set(rt.state.gauge)
-            local = [m for m in rt.pool.members if m.is_local]
+            local = [m.backend.status() for m in rt.pool.members if m.is_local]
             if local:
-                st.metrics.queue.labels(name).set(
-                    sum(m.backend.status()["queue_depth"] for m in local))
+                st.metrics.queue.labels(name).set(sum(x["queue_depth"] for x in local))
+                engines = [x["engine"] for x in local if x.get("engine")]
+                # the tier's engine gauges: one loaded model's stats, or their sum
+                st.metrics.engine(name, engines[0] if len(engines) == 1 else {
+                    k: sum(e.get(k, 0) for e in engines) for k in engines[0]} if engines else None)
             if len(rt.pool.members) > 1:
                 for m in rt.pool.members:
                     st.metrics.backend_up.labels(name, m.name).set(int(m.up(False)))

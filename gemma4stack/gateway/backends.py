@@ -4,9 +4,9 @@ Every backend turns a GenRequest into an async stream of text pieces (str) that 
 one Final (finish_reason, token counts), or raises a BackendError before or during it:
 
     LocalBackend   a GGUF run by gemma4stack.model.Model in this process: one worker thread
-                   per model (a Model is not thread-safe), a bounded queue, generation in
-                   the thread (the C core releases the GIL), cancelled between tokens when
-                   the consumer goes away.
+                   per admitted request, whose generations the Model's engine decodes
+                   together (continuous batching, `parallel` at once); a bounded queue;
+                   cancelled between tokens when the consumer goes away.
     OpenAIBackend  any OpenAI-compatible server (llama.cpp's llama-server, vLLM, Ollama,
                    mlx_lm.server, a hosted API) through httpx, always streaming upstream so
                    the first-byte timeout and TTFT mean the same thing for every tier.
@@ -55,10 +55,12 @@ class GenRequest:
 
 @dataclass
 class Final:
-    """End of a generation: finish_reason "stop" | "length", token counts (None = unknown)."""
+    """End of a generation: finish_reason "stop" | "length", token counts (None = unknown),
+    queue_ms: time a local tier's request waited for a batch slot and KV blocks."""
     finish_reason: str = "stop"
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    queue_ms: float | None = None
 
 
 class BackendError(Exception):
@@ -130,17 +132,25 @@ def _stat(stats: Any, name: str, default=None):
 _END = object()
 
 
+def _queue_full_error() -> type:
+    from gemma4stack.model import QueueFullError
+    return QueueFullError
+
+
 class LocalBackend:
     """A GGUF in this process. model: a gemma4stack.model.Model (or anything with its API).
 
-    At most 1 + tier.queue_size requests are admitted (one running, the rest waiting);
-    more raise BackendError("queue_full", 503), which the gateway may route elsewhere.
+    At most tier.parallel + tier.queue_size requests are admitted (parallel decoded together
+    by the Model's engine, the rest waiting); more raise BackendError("queue_full", 503,
+    Retry-After), which the gateway may route elsewhere. Each admitted request streams in a
+    thread of its own (the C core releases the GIL; the engine batches their steps).
     """
 
     def __init__(self, tier: TierConfig, model: Any, max_tokens: int = 8192):
         self.tier, self.model = tier, model
         self.max_tokens = max_tokens  # used when a request sets none ([server] max_tokens)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"g4gw-{tier.name}")
+        self._slots = max(1, getattr(tier, "parallel", 1)) + tier.queue_size
+        self._pool = ThreadPoolExecutor(self._slots, thread_name_prefix=f"g4gw-{tier.name}")
         self._pending = 0            # admitted and not finished (touched on the loop only)
         self._last_run_s = 1.0       # duration of the last generation, for Retry-After
         self.ready = True
@@ -150,14 +160,21 @@ class LocalBackend:
         return getattr(self.model, "n_ctx", None)
 
     def status(self) -> dict:
-        return {"queue_depth": self._pending, "queue_size": self.tier.queue_size}
+        d = {"queue_depth": self._pending, "queue_size": self.tier.queue_size}
+        stats = getattr(self.model, "stats", None)
+        if callable(stats):
+            try:
+                d["engine"] = stats().to_dict()
+            except (ValueError, AttributeError):      # closed, or not a gemma4stack Model
+                pass
+        return d
 
     def _uses_chat(self) -> bool:
         return (self.tier.chat_template == "auto" and callable(getattr(self.model, "chat", None))
                 and bool(getattr(self.model, "chat_template", None)))
 
     async def stream(self, req: GenRequest) -> AsyncIterator[str | Final]:
-        if self._pending > self.tier.queue_size:
+        if self._pending >= self._slots:
             raise BackendError("queue_full", f"tier '{self.tier.name}': local queue is full "
                                f"({self._pending} requests)", counts=False, fallback=True,
                                status=503, code="queue_full",
@@ -235,11 +252,18 @@ class LocalBackend:
             if cancel.is_set():
                 put(_END)
                 return
-            st = getattr(self.model, "last_stats", None)
+            st = getattr(gen, "stats", None)       # this generation's (TextStream)
+            if st is None:
+                st = getattr(self.model, "last_stats", None)
             put(Final(_stat(st, "finish_reason", "stop") or "stop",
-                      _stat(st, "prompt_tokens"), _stat(st, "completion_tokens")))
+                      _stat(st, "prompt_tokens"), _stat(st, "completion_tokens"),
+                      _stat(st, "queue_ms")))
         except BackendError as e:
             put(e)
+        except _queue_full_error() as e:   # the Model's own queue (another user of it)
+            put(BackendError("queue_full", f"tier '{self.tier.name}': {e}", counts=False,
+                             fallback=True, status=503, code="queue_full",
+                             retry_after=max(1.0, self._last_run_s)))
         except ValueError as e:        # bad parameters, LimitError, GGUFError: the request
             msg = str(e)
             put(client_error(f"tier '{self.tier.name}': {msg}",

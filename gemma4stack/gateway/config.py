@@ -204,9 +204,13 @@ class TierConfig:
     # local
     threads: int | None = None
     context: int | None = None
-    queue_size: int = 8              # waiting requests beyond the running one; more -> 503
+    queue_size: int = 8              # waiting requests beyond the running ones; more -> 503
     chat_template: str = "auto"      # "auto" | "plain" | "raw" (see backends.render_messages)
     keep_alive: str | float | None = None   # None: [models] keep_alive
+    parallel: int = 1                # requests decoded together (continuous batching)
+    kv_cache: str | None = None      # "f16" | "q8_0" | "f32" (None: the Model's default)
+    kv_bytes: int | None = None      # paged KV pool in bytes (None: parallel x context)
+    batch_tokens: int | None = None  # tokens per engine step (None: the Model's default)
     # openai
     url: str | None = None           # base URL ending in /v1
     api_key_env: str | None = None
@@ -239,17 +243,17 @@ class TierConfig:
 
     def to_dict(self) -> dict:
         """The [tiers.NAME] table (round-trips through parse_config; no resolved key)."""
-        common = ("id", "queue_size", "chat_template", "keep_alive", "threads", "context",
-                  "connect_timeout_s",
-                  "first_byte_timeout_s", "total_timeout_s", "max_connections",
-                  "health_interval_s", "health_timeout_s", "health_path", "api_key_env")
+        local = ("queue_size", "chat_template", "keep_alive", "threads", "context", "parallel",
+                 "kv_cache", "kv_bytes", "batch_tokens")
+        common = ("id",) + local + (
+            "connect_timeout_s", "first_byte_timeout_s", "total_timeout_s", "max_connections",
+            "health_interval_s", "health_timeout_s", "health_path", "api_key_env")
         if self.pooled:
             d = {"model": self.model} if any(not b.is_local for b in self.backends) else {}
             d.update({k: getattr(self, k) for k in common if getattr(self, k) is not None})
             d["backends"] = [b.to_dict() for b in self.backends]
             return d
-        keys = (("backend", "model", "id", "threads", "context", "queue_size", "chat_template",
-                 "keep_alive")
+        keys = (("backend", "model", "id") + local
                 if self.is_local else
                 ("backend", "model", "id", "url", "api_key_env", "connect_timeout_s",
                  "first_byte_timeout_s", "total_timeout_s", "max_connections",
@@ -398,6 +402,14 @@ def _read_local_opts(t: _Table, tier: TierConfig):
     tier.chat_template = t.get("chat_template", str, tier.chat_template)
     if tier.chat_template not in ("auto", "plain", "raw"):
         t.fail(f"chat_template must be 'auto', 'plain' or 'raw', got {tier.chat_template!r}")
+    tier.parallel = t.positive("parallel", int, tier.parallel)
+    if tier.parallel > 4096:
+        t.fail(f"parallel must be at most 4096, got {tier.parallel}")
+    tier.kv_cache = t.get("kv_cache", str, None)
+    if tier.kv_cache not in (None, "f16", "q8_0", "f32"):
+        t.fail(f"kv_cache must be 'f16', 'q8_0' or 'f32', got {tier.kv_cache!r}")
+    tier.kv_bytes = t.positive("kv_bytes", int, None) if "kv_bytes" in t.data else None
+    tier.batch_tokens = t.positive("batch_tokens", int, None) if "batch_tokens" in t.data else None
 
 
 def _read_openai_opts(t: _Table, tier: TierConfig):

@@ -255,8 +255,8 @@ class ModelManager:
                  os.path.basename(slot.tier.model), why)
         await backend.aclose()
         close = getattr(model, "close", None)
-        if callable(close):
-            close()                       # frees the mapping and the KV cache now, not at GC
+        if callable(close):               # frees the mapping and KV cache now, not at GC;
+            await asyncio.to_thread(close)   # joins the engine's scheduler thread
 
     async def reap(self):
         """Unload every loaded, idle model whose keep_alive has run out."""

@@ -48,6 +48,28 @@ class Metrics:
                                 "and breaker)", ["tier", "backend"], registry=r)
         self.outstanding = Gauge(p + "backend_outstanding", "Requests admitted to a backend, "
                                  "not finished", ["tier", "backend"], registry=r)
+        self.running = Gauge(p + "sequences_running", "Local tier: sequences in the batch",
+                             ["tier"], registry=r)
+        self.waiting = Gauge(p + "sequences_waiting", "Local tier: requests queued for a slot or KV blocks",
+                             ["tier"], registry=r)
+        self.kv_blocks = Gauge(p + "kv_blocks", "Local tier: paged KV cache blocks by state "
+                               "(used, free, shared, cached)", ["tier", "state"], registry=r)
+        self.kv_usage = Gauge(p + "kv_cache_usage_ratio", "Local tier: KV blocks used / total",
+                              ["tier"], registry=r)
+        self.prefix = Gauge(p + "prefix_cache_tokens", "Local tier: prompt tokens looked up in the "
+                            "prefix cache and reused from it (queried, hit)", ["tier", "kind"], registry=r)
+
+    def engine(self, tier: str, s: dict | None) -> None:
+        """Set the batching-engine gauges of a local tier from Model.stats().to_dict()."""
+        if not s:
+            return
+        self.running.labels(tier).set(s["running"])
+        self.waiting.labels(tier).set(s["waiting"])
+        for state in ("used", "free", "shared", "cached"):
+            self.kv_blocks.labels(tier, state).set(s[f"kv_blocks_{state}"])
+        self.kv_usage.labels(tier).set(s["kv_blocks_used"] / s["kv_blocks_total"] if s["kv_blocks_total"] else 0)
+        self.prefix.labels(tier, "queried").set(s["prefix_queried_tokens"])
+        self.prefix.labels(tier, "hit").set(s["prefix_hit_tokens"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,357 @@
+/* engine.c - the scheduler of continuous batching (see engine.h).
+ *
+ * Requests live in one array of slots: waiting ones in a FIFO (by id order),
+ * running ones bound to a KV sequence slot. A step builds a g4_batch from
+ * them, prepares the KV blocks of every position it writes, runs the
+ * model's batched forward, and samples each sequence whose logits came out.
+ */
+#include "engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../sample/sample.h"
+
+enum { R_FREE = 0, R_WAITING, R_PREFILL, R_DECODE };
+
+typedef struct request {
+    int state;
+    int64_t id;
+    int32_t *prompt, n_prompt;
+    int32_t n_done;             /* prompt tokens in the KV cache */
+    int32_t n_max;              /* positions the sequence may reach */
+    int32_t seq;                /* KV slot while running */
+    int32_t last;               /* last sampled token, fed back next step */
+    int32_t max_tokens;
+    g4_sampler sampler;
+    g4_request_stats st;
+    double t_submit, t_admit, t_first;
+} request;
+
+struct g4_engine {
+    g4_model *m;
+    g4_kvcache *kv;
+    g4_engine_params p;
+    request *req;               /* [n_req] */
+    int32_t n_req;
+    int32_t *seq_req;           /* [n_seq] request index running in the slot, -1 */
+    int64_t next_id;
+    /* the step's batch */
+    int32_t *tok, *pos, *seq, *ridx;
+    int8_t *want;
+    float *logits;              /* [n_seq][n_vocab]: at most one row per sequence */
+    uint64_t steps, tokens, prompt_tokens, generated_tokens;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+void g4_engine_free(g4_engine *e) {
+    if (!e) return;
+    if (e->req)
+        for (int32_t i = 0; i < e->n_req; i++) {
+            free(e->req[i].prompt);
+            g4_sampler_free(&e->req[i].sampler);
+        }
+    g4_kvc_free(e->kv);
+    free(e->req);
+    free(e->seq_req);
+    free(e->tok); free(e->pos); free(e->seq); free(e->ridx); free(e->want);
+    free(e->logits);
+    free(e);
+}
+
+g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err) {
+    if (!m || !p || p->n_seq < 1 || p->n_seq > 4096) {
+        g4_err_set(err, G4_ERR_INVALID, "engine: parallel sequences must be in 1..4096");
+        return NULL;
+    }
+    g4_engine *e = calloc(1, sizeof *e);
+    if (!e) { g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory"); return NULL; }
+    e->m = m;
+    e->p = *p;
+    if (e->p.n_batch <= 0) e->p.n_batch = 128;
+    if (e->p.n_batch < e->p.n_seq) e->p.n_batch = e->p.n_seq;
+    if (e->p.queue_max <= 0) e->p.queue_max = 1024;
+    e->next_id = 1;
+
+    g4_kv_layer *layers = malloc(sizeof(g4_kv_layer) * 4096);
+    if (!layers) { g4_engine_free(e); g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory"); return NULL; }
+    const int nl = g4_model_kv_layers(m, layers);
+    const g4_kvc_params kp = { .n_seq = p->n_seq, .n_ctx = g4_model_n_ctx(m), .n_batch = e->p.n_batch,
+                               .type = g4_model_kv_type(m), .bytes = p->kv_bytes,
+                               .n_threads = g4_model_n_threads(m), .keep_window = 0 };
+    e->kv = g4_kvc_create(layers, nl, &kp, err);
+    free(layers);
+    if (!e->kv) { g4_engine_free(e); return NULL; }
+
+    e->n_req = e->p.n_seq + e->p.queue_max;
+    const size_t B = (size_t)e->p.n_batch, V = (size_t)g4_model_n_vocab(m);
+    e->req = calloc((size_t)e->n_req, sizeof *e->req);
+    e->seq_req = malloc(sizeof(int32_t) * (size_t)p->n_seq);
+    e->tok = malloc(sizeof(int32_t) * B);
+    e->pos = malloc(sizeof(int32_t) * B);
+    e->seq = malloc(sizeof(int32_t) * B);
+    e->ridx = malloc(sizeof(int32_t) * B);
+    e->want = malloc(B);
+    e->logits = malloc(sizeof(float) * V * (size_t)p->n_seq);
+    if (!e->req || !e->seq_req || !e->tok || !e->pos || !e->seq || !e->ridx || !e->want || !e->logits) {
+        g4_engine_free(e);
+        g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory");
+        return NULL;
+    }
+    for (int32_t s = 0; s < p->n_seq; s++) e->seq_req[s] = -1;
+    return e;
+}
+
+/* ---------------------------------------------------------------- requests */
+
+static void finish(g4_engine *e, request *r) {
+    if (r->state == R_PREFILL || r->state == R_DECODE) {
+        g4_kvc_seq_end(e->kv, r->seq);
+        e->seq_req[r->seq] = -1;
+    }
+    free(r->prompt);
+    r->prompt = NULL;
+    g4_sampler_free(&r->sampler);
+    r->state = R_FREE;
+}
+
+int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, const g4_request_params *rp,
+                         g4_err *err) {
+    const int32_t n_ctx = g4_model_n_ctx(e->m), n_vocab = g4_model_n_vocab(e->m);
+    if (!prompt || n_prompt <= 0) { g4_err_set(err, G4_ERR_INVALID, "submit: the prompt is empty"); return -1; }
+    if (!rp || rp->max_tokens < 1) {
+        g4_err_set(err, G4_ERR_INVALID, "submit: max_tokens must be at least 1");
+        return -1;
+    }
+    if (n_prompt > n_ctx) {
+        g4_err_set(err, G4_ERR_LIMIT, "submit: a prompt of %d tokens is longer than the context of %d tokens",
+                   n_prompt, n_ctx);
+        return -1;
+    }
+    for (int32_t i = 0; i < n_prompt; i++)
+        if (prompt[i] < 0 || prompt[i] >= n_vocab) {
+            g4_err_set(err, G4_ERR_INVALID, "submit: token id %d (at index %d) is outside the vocabulary 0..%d",
+                       prompt[i], i, n_vocab - 1);
+            return -1;
+        }
+    int32_t waiting = 0, slot = -1;
+    for (int32_t i = 0; i < e->n_req; i++) {
+        if (e->req[i].state == R_WAITING) waiting++;
+        else if (e->req[i].state == R_FREE && slot < 0) slot = i;
+    }
+    if (waiting >= e->p.queue_max || slot < 0) {
+        g4_err_set(err, G4_ERR_LIMIT, "queue full: %d requests are waiting (queue_max %d) behind %d running",
+                   waiting, e->p.queue_max, e->p.n_seq);
+        return -1;
+    }
+    request *r = &e->req[slot];
+    memset(r, 0, sizeof *r);
+    if (!(r->prompt = malloc(sizeof(int32_t) * (size_t)n_prompt))) {
+        g4_err_set(err, G4_ERR_NOMEM, "submit: out of memory");
+        return -1;
+    }
+    memcpy(r->prompt, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    r->n_prompt = n_prompt;
+    r->max_tokens = rp->max_tokens;
+    const int64_t n_max = (int64_t)n_prompt + rp->max_tokens;
+    r->n_max = n_max < n_ctx ? (int32_t)n_max : n_ctx;
+    g4_sampler_init(&r->sampler, rp->temperature, rp->top_k, rp->top_p, rp->seed);
+    r->id = e->next_id++;
+    r->seq = -1;
+    r->state = R_WAITING;
+    r->st.n_prompt = n_prompt;
+    r->t_submit = now_ms();
+    return r->id;
+}
+
+int g4_engine_cancel(g4_engine *e, int64_t id) {
+    for (int32_t i = 0; i < e->n_req; i++)
+        if (e->req[i].state != R_FREE && e->req[i].id == id) {
+            finish(e, &e->req[i]);
+            return 1;
+        }
+    return 0;
+}
+
+/* Whether a prompt shares at least one full KV block with a prompt still
+ * being prefilled: admitted after that one's prefill, it finds those blocks
+ * in the prefix cache instead of computing them a second time (n samples of
+ * one prompt, many requests with one system prompt arriving together). */
+static int prefix_in_flight(const g4_engine *e, const request *r) {
+    if (!e->p.prefix_cache || r->n_prompt <= G4_KV_BLOCK) return 0;
+    for (int32_t s = 0; s < e->p.n_seq; s++) {
+        const int32_t ri = e->seq_req[s];
+        if (ri < 0 || e->req[ri].state != R_PREFILL) continue;
+        const request *o = &e->req[ri];
+        if (o->n_prompt > G4_KV_BLOCK && !memcmp(o->prompt, r->prompt, sizeof(int32_t) * G4_KV_BLOCK)) return 1;
+    }
+    return 0;
+}
+
+/* The oldest waiting request (ids grow) not held back by a prefix in flight. */
+static int32_t oldest_waiting(const g4_engine *e) {
+    int32_t best = -1;
+    for (int32_t i = 0; i < e->n_req; i++)
+        if (e->req[i].state == R_WAITING && (best < 0 || e->req[i].id < e->req[best].id) &&
+            !prefix_in_flight(e, &e->req[i]))
+            best = i;
+    return best;
+}
+
+static void admit(g4_engine *e) {
+    for (;;) {
+        int32_t slot = -1;
+        for (int32_t s = 0; s < e->p.n_seq && slot < 0; s++)
+            if (e->seq_req[s] < 0) slot = s;
+        if (slot < 0) return;
+        const int32_t ri = oldest_waiting(e);
+        if (ri < 0) return;
+        request *r = &e->req[ri];
+        int32_t cached = 0;
+        g4_err err;
+        /* FIFO: when the oldest does not fit, later ones wait behind it */
+        if (g4_kvc_seq_begin(e->kv, slot, r->prompt, r->n_prompt, r->n_max, e->p.prefix_cache, &cached, &err) != 1)
+            return;
+        r->seq = slot;
+        r->n_done = cached;
+        r->st.n_cached = cached;
+        r->state = R_PREFILL;
+        r->t_admit = now_ms();
+        r->st.queue_ms = r->t_admit - r->t_submit;
+        e->seq_req[slot] = ri;
+    }
+}
+
+int32_t g4_engine_max_events(const g4_engine *e) { return e->p.n_seq; }
+
+/* ------------------------------------------------------------------- step */
+
+g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_err *err) {
+    *n_events = 0;
+    admit(e);
+    const int32_t budget = e->p.n_batch;
+    int32_t n = 0;
+
+    /* one decode token per decoding sequence (slot order) */
+    for (int32_t s = 0; s < e->p.n_seq && n < budget; s++) {
+        const int32_t ri = e->seq_req[s];
+        if (ri < 0 || e->req[ri].state != R_DECODE) continue;
+        request *r = &e->req[ri];
+        const int32_t p = g4_kvc_seq_len(e->kv, s);
+        e->tok[n] = r->last; e->pos[n] = p; e->seq[n] = s; e->ridx[n] = ri; e->want[n] = 1;
+        n++;
+    }
+    /* then prompt chunks, oldest admission first */
+    for (;;) {
+        int32_t best = -1;
+        for (int32_t s = 0; s < e->p.n_seq; s++) {
+            const int32_t ri = e->seq_req[s];
+            if (ri < 0 || e->req[ri].state != R_PREFILL) continue;
+            int taken = 0;
+            for (int32_t t = 0; t < n; t++) taken |= e->ridx[t] == ri;
+            if (!taken && (best < 0 || e->req[ri].t_admit < e->req[best].t_admit ||
+                           (e->req[ri].t_admit == e->req[best].t_admit && e->req[ri].id < e->req[best].id)))
+                best = ri;
+        }
+        if (best < 0 || n >= budget) break;
+        request *r = &e->req[best];
+        int32_t k = r->n_prompt - r->n_done;
+        if (k > budget - n) k = budget - n;
+        for (int32_t i = 0; i < k; i++) {
+            e->tok[n] = r->prompt[r->n_done + i];
+            e->pos[n] = r->n_done + i;
+            e->seq[n] = r->seq;
+            e->ridx[n] = best;
+            e->want[n] = r->n_done + i == r->n_prompt - 1;
+            n++;
+        }
+    }
+    if (n == 0) return G4_OK;
+
+    /* blocks for every position written, per sequence (its tokens are consecutive) */
+    for (int32_t t = 0; t < n;) {
+        int32_t u = t;
+        while (u < n && e->seq[u] == e->seq[t]) u++;
+        g4_status st = g4_kvc_seq_prepare(e->kv, e->seq[t], e->pos[t], u - t, e->tok + t, err);
+        if (st != G4_OK) return st;
+        t = u;
+    }
+    const g4_batch b = { n, e->tok, e->pos, e->seq, e->want };
+    g4_status st = g4_model_forward_batch(e->m, &b, e->kv, e->logits, err);
+    if (st != G4_OK) return st;
+    e->steps++;
+    e->tokens += (uint64_t)n;
+    const double t_now = now_ms();
+
+    /* commit, then sample each sequence that has logits */
+    const g4_tokenizer *tk = g4_model_tokenizer(e->m);
+    const int32_t V = g4_model_n_vocab(e->m), n_ctx = g4_model_n_ctx(e->m);
+    int32_t row = 0;
+    for (int32_t t = 0; t < n; t++) {
+        request *r = &e->req[e->ridx[t]];
+        const int last_of_seq = t + 1 == n || e->seq[t + 1] != e->seq[t];
+        if (r->state == R_PREFILL) { r->n_done++; e->prompt_tokens++; }
+        if (last_of_seq) g4_kvc_seq_commit(e->kv, e->seq[t], e->pos[t] + 1);
+        if (!e->want[t]) continue;
+        float *lg = e->logits + (size_t)row++ * (size_t)V;
+        if (r->state == R_PREFILL) {
+            r->state = R_DECODE;
+            r->t_first = t_now;
+            r->st.prefill_ms = t_now - r->t_admit;
+        } else {
+            r->st.n_decode++;
+        }
+        r->st.decode_ms = t_now - r->t_first;
+        const int32_t id = g4_sample(&r->sampler, lg, V);
+        if (id < 0) return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
+        g4_event *ev = &events[(*n_events)++];
+        ev->id = r->id;
+        ev->token = -1;
+        ev->finish = G4_FINISH_NONE;
+        if (g4_tokenizer_is_eog(tk, id)) {
+            ev->finish = G4_FINISH_STOP;
+        } else {
+            ev->token = id;
+            r->last = id;
+            r->st.n_generated++;
+            e->generated_tokens++;
+            if (r->st.n_generated >= r->max_tokens || e->pos[t] + 1 >= n_ctx || e->pos[t] + 1 >= r->n_max)
+                ev->finish = G4_FINISH_LENGTH;
+        }
+        ev->stats = r->st;
+        if (ev->finish != G4_FINISH_NONE) finish(e, r);
+    }
+    return G4_OK;
+}
+
+/* ------------------------------------------------------------------ stats */
+
+g4_engine_stats g4_engine_get_stats(const g4_engine *e) {
+    g4_engine_stats s;
+    memset(&s, 0, sizeof s);
+    for (int32_t i = 0; i < e->n_req; i++) {
+        if (e->req[i].state == R_WAITING) s.n_waiting++;
+        else if (e->req[i].state != R_FREE) s.n_running++;
+    }
+    s.n_seq = e->p.n_seq;
+    s.n_batch = e->p.n_batch;
+    s.queue_max = e->p.queue_max;
+    s.steps = e->steps;
+    s.tokens = e->tokens;
+    s.prompt_tokens = e->prompt_tokens;
+    s.generated_tokens = e->generated_tokens;
+    s.kv = g4_kvc_get_stats(e->kv);
+    return s;
+}
+
+uint64_t g4_engine_seq_kv_bytes(const g4_engine *e, int32_t n_ctx) {
+    g4_kv_layer layers[4096];
+    const int nl = g4_model_kv_layers(e->m, layers);
+    return g4_kvc_seq_bytes(layers, nl, n_ctx, e->p.n_batch, g4_model_kv_type(e->m));
+}

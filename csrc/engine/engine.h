@@ -1,0 +1,107 @@
+/* engine.h - continuous batching: many requests decoded together, one
+ * weight stream per step for every running sequence.
+ *
+ * Three parts, each readable alone (after vLLM's scheduler / block manager /
+ * model runner split): the paged KV cache (kvcache.h) holds blocks and
+ * prefixes; this file's scheduler decides which tokens run in a step; the
+ * model's batched forward (model.h g4_model_forward_batch) runs them. Nothing
+ * here knows about text or HTTP.
+ *
+ * A request's life: submitted (waiting, FIFO) -> admitted when a sequence
+ * slot is free and the KV pool can promise every block it may need
+ * (prompt + max_tokens) -> prefilling, a chunk of its prompt per step ->
+ * decoding, one token per step -> finished (end-of-generation token,
+ * max_tokens, context full) or cancelled. Every exit returns its blocks.
+ *
+ * Each step (g4_engine_step): one decode token for every decoding sequence,
+ * then prompt tokens of prefilling sequences in admission order up to the
+ * step's token budget (chunked prefill: a long prompt does not stall the
+ * others' streams), one batched forward, one sample per sequence whose
+ * logits were computed.
+ *
+ * Not thread-safe: the caller serialises every call on an engine (and on
+ * its model: g4_model_forward shares the architecture's scratch).
+ */
+#ifndef G4_ENGINE_H
+#define G4_ENGINE_H
+
+#include <stdint.h>
+
+#include "../model/model.h"
+#include "kvcache.h"
+
+typedef struct g4_engine g4_engine;
+
+typedef struct g4_engine_params {
+    int32_t n_seq;          /* sequences running at once (>= 1; llama-server's --parallel) */
+    int32_t n_batch;        /* tokens per step at most, decode + prompt chunks (<= 0: 128;
+                               raised to n_seq so every running sequence decodes each step) */
+    uint64_t kv_bytes;      /* KV pool in bytes; 0: n_seq sequences of the model's n_ctx */
+    int32_t queue_max;      /* waiting requests at most (<= 0: 1024); past it submit fails */
+    int prefix_cache;       /* nonzero: full prompt blocks are shared between requests */
+} g4_engine_params;
+
+typedef struct g4_request_params {
+    int32_t max_tokens;     /* >= 1 */
+    float temperature;      /* <= 0: greedy */
+    int32_t top_k;          /* <= 0: off */
+    float top_p;            /* >= 1: off */
+    uint64_t seed;
+} g4_request_params;
+
+typedef struct g4_request_stats {
+    int32_t n_prompt, n_cached;  /* prompt tokens, of them reused from the prefix cache */
+    int32_t n_generated;         /* tokens returned so far */
+    double queue_ms;             /* submit -> admission */
+    double prefill_ms;           /* admission -> first token */
+    double decode_ms;            /* first token -> this event */
+    int32_t n_decode;            /* decode steps after the first token */
+} g4_request_stats;
+
+/* One step's news about a request: a token (>= 0), and/or the end
+ * (finish != G4_FINISH_NONE; token -1 when it ended on an end-of-generation
+ * token, which is not returned, or by cancellation). */
+typedef struct g4_event {
+    int64_t id;
+    int32_t token;
+    int32_t finish;              /* g4_finish */
+    g4_request_stats stats;
+} g4_event;
+
+#define G4_FINISH_CANCELLED 3
+
+/* Errors: G4_ERR_INVALID (bad params), G4_ERR_LIMIT (a KV pool smaller than
+ * one sequence), G4_ERR_NOMEM. */
+g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err);
+void g4_engine_free(g4_engine *e);
+
+/* Queue a request (the prompt is copied). Returns its id (> 0), or -1 with
+ * err: G4_ERR_INVALID (empty prompt, id outside the vocab, max_tokens < 1),
+ * G4_ERR_LIMIT (prompt + 1 longer than the context; or the waiting queue is
+ * full: err->msg starts with "queue full"). */
+int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, const g4_request_params *rp,
+                         g4_err *err);
+
+/* Cancel a waiting or running request now: its blocks go back to the pool.
+ * Returns 1 when it existed. */
+int g4_engine_cancel(g4_engine *e, int64_t id);
+
+/* Run one step. events[0..*n_events) receive what happened (at most
+ * g4_engine_max_events()). Nothing to do: *n_events = 0 and no forward. */
+g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_err *err);
+int32_t g4_engine_max_events(const g4_engine *e);
+
+typedef struct g4_engine_stats {
+    int32_t n_running, n_waiting;     /* requests */
+    int32_t n_seq, n_batch, queue_max;
+    uint64_t steps, tokens;           /* forward steps run, tokens through them */
+    uint64_t prompt_tokens, generated_tokens;
+    g4_kvc_stats kv;
+} g4_engine_stats;
+
+g4_engine_stats g4_engine_get_stats(const g4_engine *e);
+
+/* KV bytes one sequence of n_ctx positions needs in this engine's pool. */
+uint64_t g4_engine_seq_kv_bytes(const g4_engine *e, int32_t n_ctx);
+
+#endif
