@@ -5,29 +5,18 @@ refused, and GET /v1/models saying which are loaded - over real HTTP with FakeMo
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
 import httpx
 import pytest
 
+from gateway_fixtures import gguf, stack  # noqa: F401 (fixtures)
 from gateway_fakes import GW, HI, FakeModel
 from gemma4stack.gateway.config import ConfigError, parse_config
 from gemma4stack.gateway.lifecycle import parse_keep_alive
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def gguf(models):
-    return str(models / "TinyStories-656K-Q8_0.gguf")
-
-
-@pytest.fixture
-def stack():
-    with contextlib.ExitStack() as s:
-        yield s
 
 
 @pytest.mark.parametrize("v, secs", [("5m", 300), ("1h30m", 5400), ("250ms", 0.25), ("10", 10),

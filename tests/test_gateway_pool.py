@@ -6,8 +6,6 @@ against llama_cpp.server processes.
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import random
 import threading
 import time
@@ -16,21 +14,11 @@ from collections import Counter
 import httpx
 import pytest
 
-from gateway_fakes import GW, HI, FakeModel, FakeUpstream, free_port
+from gateway_fixtures import gguf, stack  # noqa: F401 (fixtures)
+from gateway_fakes import GW, HI, FakeModel, FakeUpstream, free_port, sse_request
 from gemma4stack.gateway.breaker import CircuitBreaker
-from gemma4stack.gateway.config import BackendSpec, ConfigError, parse_config
+from gemma4stack.gateway.config import ConfigError, parse_config
 from gemma4stack.gateway.pool import Member, Pool
-
-
-@pytest.fixture
-def gguf(models):
-    return str(models / "TinyStories-656K-Q8_0.gguf")
-
-
-@pytest.fixture
-def stack():
-    with contextlib.ExitStack() as s:
-        yield s
 
 
 def ups(stack, n, **kw) -> list[FakeUpstream]:
@@ -266,16 +254,9 @@ def _kill_and_restart_run(stack, n_backends=3, workers=8, run_s=4.0, kill_at=1.0
     def worker():
         with httpx.Client(base_url=gw.url, timeout=10) as c:
             while not stop.is_set():
-                events, done, status = [], False, None
                 try:
-                    with c.stream("POST", "/v1/chat/completions", json={
-                            "model": "primary", "messages": HI, "stream": True}) as r:
-                        status = r.status_code
-                        for line in r.iter_lines():
-                            if line == "data: [DONE]":
-                                done = True
-                            elif line.startswith("data: "):
-                                events.append(json.loads(line[6:]))
+                    status, events, done, _ = sse_request(c, body={"model": "primary",
+                                                                    "messages": HI})
                 except httpx.HTTPError as e:       # a hung or broken gateway response
                     results.append(("client_error", repr(e), False))
                     continue

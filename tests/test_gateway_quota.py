@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway_fakes import GW, HI
+from gateway_fixtures import gguf, stack  # noqa: F401 (fixtures)
+from gateway_fakes import GW
 from gemma4stack.cli import main as cli_main
 from gemma4stack.gateway.config import ConfigError, load_config, parse_config
 from gemma4stack.gateway.quota import QuotaLimits, QuotaStore
@@ -25,17 +26,6 @@ from gemma4stack.gateway.quota import QuotaLimits, QuotaStore
 T0 = 1_800_000_000.0          # 2027-01-15T08:00:00Z, a whole minute
 IMG = [{"role": "user", "content": [{"type": "text", "text": "what is this"},
                                     {"type": "image_url", "image_url": {"url": "data:,"}}]}]
-
-
-@pytest.fixture
-def gguf(models):
-    return str(models / "TinyStories-656K-Q8_0.gguf")
-
-
-@pytest.fixture
-def stack():
-    with contextlib.ExitStack() as s:
-        yield s
 
 
 class Wall:

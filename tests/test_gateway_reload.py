@@ -5,7 +5,6 @@ gemma4stack.gateway --config FILE`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -16,17 +15,12 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from gateway_fakes import GW, HI, FakeModel, FakeUpstream
+from gateway_fixtures import gguf  # noqa: F401 (a fixture)
+from gateway_fakes import GW, HI, FakeModel, FakeUpstream, sse_request
 from gemma4stack.gateway.config import load_config
 
 ADMIN = {"Authorization": "Bearer sk-test-admin"}
-
-
-@pytest.fixture
-def gguf(models):
-    return str(models / "TinyStories-656K-Q8_0.gguf")
 
 
 def write(path: Path, primary_url: str, gguf: str, *, heavy_url: str | None = None,
@@ -72,15 +66,8 @@ def test_admin_reload_keeps_streams_in_flight(tmp_path, gguf):
 
         def long_stream():
             with httpx.Client(base_url=gw.url, timeout=10) as c:
-                status, events, done = None, [], False
-                with c.stream("POST", "/v1/chat/completions", json={
-                        "model": "primary", "messages": HI, "stream": True}) as r:
-                    status = r.status_code
-                    for line in r.iter_lines():
-                        if line == "data: [DONE]":
-                            done = True
-                        elif line.startswith("data: "):
-                            events.append(json.loads(line[6:]))
+                status, events, done, _ = sse_request(c, body={"model": "primary",
+                                                                "messages": HI})
                 result.update(status=status, events=events, done=done)
 
         t = threading.Thread(target=long_stream)
