@@ -563,8 +563,13 @@ class Dispatch:
             m.tokens.labels(name, "prompt").inc(pt)
         if ct:
             m.tokens.labels(name, "completion").inc(ct)
-        st.guard.charge(self.caller.key_id, self.caller.ip, pt + ct)
         return r
+
+    def _charge(self, final: Final):
+        """Charge the tokens to the caller's quotas, after the last byte went out (a
+        SQLite transaction is not worth making the client wait for)."""
+        self.st.guard.charge(self.caller.key_id, self.caller.ip,
+                             (final.prompt_tokens or 0) + (final.completion_tokens or 0))
 
     def _usage(self, final: Final) -> dict | None:
         if final.prompt_tokens is None and final.completion_tokens is None:
@@ -584,6 +589,7 @@ class Dispatch:
                 "model": rt.tier.id, "choices": [choice], "usage": self._usage(final),
                 "_routing": r}
         await self._send_json(send, 200, body, _routing_headers(r))
+        self._charge(final)
 
     # -- streaming
     def _chunk(self, model: str, text: str | None, finish: str | None, first: bool = False) -> dict:
@@ -665,6 +671,7 @@ class Dispatch:
         out = b"".join(_sse(c) for c in tail) + b"data: [DONE]\n\n"
         self.finished = True
         await send({"type": "http.response.body", "body": out, "more_body": False})
+        self._charge(final)
 
 
 _STREAM_HEADERS = {"x-gemma4stack-tier", "x-gemma4stack-model", "x-gemma4stack-ttft-ms",

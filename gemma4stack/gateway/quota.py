@@ -123,13 +123,21 @@ class QuotaStore:
         now = self.wall()
         m0, d0 = _minute_start(now), _day_start(now)
         idents = list(idents)
+        # minute rows only for identities with a per-minute limit (day rows are the usage)
+        keys = [(who, "day", d0) for who, _ in idents]
+        keys += [(who, "minute", m0) for who, lim in idents
+                 if lim.requests_per_minute or lim.tokens_per_minute]
+        q = ("SELECT who, period, requests, media, tokens FROM counters WHERE "
+             + " OR ".join(["(who = ? AND period = ? AND start = ?)"] * len(keys)))
+        args = [x for k in keys for x in k]
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                rows = {(w, p): (r, m, t) for w, p, r, m, t in db.execute(q, args)}
                 for who, lim in idents:
-                    mr, _, mt = self._row(who, "minute", m0)
-                    dr, dm, dt = self._row(who, "day", d0)
+                    mr, _, mt = rows.get((who, "minute"), (0, 0, 0))
+                    dr, dm, dt = rows.get((who, "day"), (0, 0, 0))
                     for used, limit, what, reset in (
                             (mr, lim.requests_per_minute, "requests per minute", m0 + 60),
                             (mt, lim.tokens_per_minute, "tokens per minute", m0 + 60),
@@ -141,9 +149,7 @@ class QuotaStore:
                         if limit and used >= limit:
                             db.execute("ROLLBACK")
                             return Exceeded(who, what, limit, reset, now)
-                for who, _ in idents:
-                    db.execute(_UPSERT, (who, "minute", m0, 1, int(media), 0))
-                    db.execute(_UPSERT, (who, "day", d0, 1, int(media), 0))
+                db.executemany(_UPSERT, [(w, p, st, 1, int(media), 0) for w, p, st in keys])
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -158,6 +164,7 @@ class QuotaStore:
         now = self.wall()
         rows = [(who, p, s, 0, 0, tokens) for who in whos
                 for p, s in (("minute", _minute_start(now)), ("day", _day_start(now)))]
+        # (a minute row nobody limits is harmless; charge() does not know the limits)
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -174,11 +181,6 @@ class QuotaStore:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
-
-    def _row(self, who: str, period: str, start: int) -> tuple[int, int, int]:
-        r = self._db.execute("SELECT requests, media, tokens FROM counters WHERE who = ? "
-                             "AND period = ? AND start = ?", (who, period, start)).fetchone()
-        return r or (0, 0, 0)
 
     # -- reports
     def usage(self, *, days: int = 7, who: str | None = None) -> list[dict]:
