@@ -206,6 +206,8 @@ class ModelManager:
                           key=lambda s: s.last_used)
             while need > room and idle:
                 victim = idle.pop(0)
+                if victim.active or not victim.loaded:   # taken since the list was made
+                    continue
                 room += victim.size_bytes or victim.estimate()
                 await self.unload(victim, "least recently used, to make room")
             if need > room:
@@ -225,7 +227,9 @@ class ModelManager:
             idle = sorted((s for s in self.slots if s.loaded and s.active == 0 and s is not slot),
                           key=lambda s: s.last_used)
             while self.room() < 0 and idle:
-                await self.unload(idle.pop(0), "least recently used, over the budget after a load")
+                victim = idle.pop(0)
+                if not victim.active and victim.loaded:
+                    await self.unload(victim, "least recently used, over the budget after a load")
             if self.room() < 0:           # still over: this model does not fit next to the busy ones
                 room = self.room() + (slot.size_bytes or 0)
                 await self.unload(slot, "does not fit")

@@ -162,5 +162,9 @@ class Pool:
         if not urls or self.tier.health_interval_s <= 0:
             return
         while True:
-            await asyncio.gather(*(self.check(m, client) for m in urls))
+            for m, r in zip(urls, await asyncio.gather(*(self.check(m, client) for m in urls),
+                                                       return_exceptions=True)):
+                if isinstance(r, Exception):       # a bug, not a down backend: keep checking
+                    log.error("tier %s backend %s: health check raised %r", self.tier.name,
+                              m.name, r)
             await sleep(self.tier.health_interval_s)
