@@ -7,6 +7,7 @@
     ServerThread   uvicorn serving an ASGI app in a thread on 127.0.0.1:<free port>
     GW             a gateway app (create_app) around these, served by a ServerThread
     sse_request    a streamed request read into its events
+    gateway_process  `python -m gemma4stack.gateway` in a process of its own
     FakeClock      time.monotonic() plus a jump the test controls (breaker cooldowns)
 
 Run `python tests/gateway_fakes.py --port-file F [--tokens N] [--delay S]` to serve a
@@ -407,6 +408,38 @@ def sse_request(client, path: str = "/v1/chat/completions", body: dict | None = 
                     events.append(json.loads(line[6:]))
     return 200, events, done, r.headers
 
+
+
+def gateway_process(stack, config_path, port_file) -> tuple:
+    """`python -m gemma4stack.gateway --config config_path --port 0` as a process of its
+    own (this tree first on its path), killed when `stack` closes. Returns (Popen, url)
+    once GET /health answers 200; RuntimeError with its log when it does not start."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1])] + sys.path)}
+    p = subprocess.Popen([sys.executable, "-m", "gemma4stack.gateway", "--config",
+                          str(config_path), "--port", "0", "--port-file", str(port_file)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stack.callback(lambda: (p.kill(), p.wait()))
+    t0 = time.monotonic()
+    while True:
+        if p.poll() is not None:
+            raise RuntimeError(f"gateway exited: {p.stderr.read()[-2000:]}")
+        if time.monotonic() - t0 > 30:
+            raise RuntimeError("gateway did not start in 30 s")
+        if os.path.exists(port_file):
+            url = f"http://127.0.0.1:{int(open(port_file).read())}"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return p, url
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="a fake OpenAI-compatible server on loopback")

@@ -12,13 +12,17 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from gateway_fixtures import gguf, stack  # noqa: F401 (fixtures)
-from gateway_fakes import GW
+from gateway_fakes import GW, FakeUpstream, gateway_process
 from gemma4stack.cli import main as cli_main
 from gemma4stack.gateway.config import ConfigError, load_config, parse_config
 from gemma4stack.gateway.quota import QuotaLimits, QuotaStore
@@ -118,6 +122,43 @@ def test_exact_under_64_concurrent_requests_from_two_processes(tmp_path):
     rows = {r["who"]: r for r in QuotaStore(db).usage()}
     assert rows["key:all"]["requests"] == 64 and rows["key:all"]["tokens"] == 64 * 7
     assert admitted == 50 and rows["key:capped"]["requests"] == 50
+
+
+def test_two_gateway_processes_share_exact_quotas(tmp_path, stack):
+    """64 concurrent requests, half to each of two gateway processes on one database,
+    against a daily quota of 50: exactly 50 are served, and the counters say so."""
+    up = stack.enter_context(FakeUpstream())
+    path = tmp_path / "gw.toml"
+    path.write_text(textwrap.dedent(f"""
+        [limits]
+        requests_per_minute = 0
+        tokens_per_minute = 0
+        requests_per_day = 50
+
+        [tiers.primary]
+        backend = "openai"
+        url = "{up.url}"
+        model = "m"
+        """))
+    with ThreadPoolExecutor(2) as ex:                    # the two start-ups overlap
+        urls = [u for _, u in ex.map(lambda i: gateway_process(stack, path, tmp_path / f"p{i}"),
+                                     range(2))]
+    start = threading.Barrier(64)
+
+    client = stack.enter_context(httpx.Client(timeout=30, limits=httpx.Limits(
+        max_connections=64, max_keepalive_connections=64)))
+
+    def one(i):
+        start.wait()
+        return client.post(urls[i % 2] + "/v1/chat/completions", json={
+            "model": "primary", "messages": [{"role": "user", "content": "hi"}]}).status_code
+
+    with ThreadPoolExecutor(64) as ex:
+        codes = Counter(ex.map(one, range(64)))
+    assert codes == {200: 50, 429: 14}
+    assert len(up.requests) == 50
+    rows = QuotaStore(tmp_path / "gw.usage.sqlite3").usage()
+    assert [(r["who"], r["requests"]) for r in rows] == [("ip:127.0.0.1", 50)]
 
 
 def _cfg(tmp_path, gguf, **limits) -> Path:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from gateway_fixtures import gguf  # noqa: F401 (a fixture)
-from gateway_fakes import GW, HI, FakeModel, FakeUpstream, sse_request
+from gateway_fakes import GW, HI, FakeModel, FakeUpstream, gateway_process, sse_request
 from gemma4stack.gateway.config import load_config
 
 ADMIN = {"Authorization": "Bearer sk-test-admin"}
@@ -111,23 +109,7 @@ def test_sighup_reloads_a_running_gateway(tmp_path, gguf):
         b = stack.enter_context(FakeUpstream(name="B"))
         path = tmp_path / "gw.toml"
         write(path, a.url, gguf)
-        port_file = tmp_path / "port"
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).resolve().parents[1])] + sys.path)}
-        p = subprocess.Popen([sys.executable, "-m", "gemma4stack.gateway", "--config", str(path),
-                              "--port", "0", "--port-file", str(port_file)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        stack.callback(lambda: (p.kill(), p.wait()))
-        t0 = time.monotonic()
-        while True:
-            assert p.poll() is None, p.stderr.read()
-            assert time.monotonic() - t0 < 30, "gateway did not start"
-            if port_file.exists():
-                url = f"http://127.0.0.1:{int(port_file.read_text())}"
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/health", timeout=1).status_code == 200:
-                        break
-            time.sleep(0.05)
+        p, url = gateway_process(stack, path, tmp_path / "port")
         chat = {"model": "primary", "messages": HI}
         assert httpx.post(url + "/v1/chat/completions", json=chat).status_code == 200
         assert len(a.requests) == 1
