@@ -32,7 +32,12 @@ def __getattr__(name: str):
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'gemma4stack' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"gemma4stack.{mod}"), name)
+    module = importlib.import_module(f"gemma4stack.{mod}")
+    value = getattr(module, name)
+    if name == mod and callable(module):
+        # a callable module (recommend.py) stays the package attribute, so that both
+        # g4.recommend(...) and g4.recommend.machines() work
+        value = module
     globals()[name] = value
     return value
 

@@ -590,3 +590,9 @@ def _cli(args) -> int:
     else:
         sys.stdout.write(r.to_markdown())
     return 0
+
+
+# g4.bench(...) works even after `import gemma4stack.bench` (see _callable.py)
+from gemma4stack._callable import make_callable  # noqa: E402
+
+make_callable(__name__)

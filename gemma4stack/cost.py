@@ -195,6 +195,20 @@ class CostReport:
         if len(self.local) > 1:
             lines.append("  columns: " + ", ".join(r.label for r in self.local[:6])
                          + (" (first 6)" if len(self.local) > 6 else ""))
+        legend = []
+        if any(a.illustrative for a in self.apis):
+            legend.append("* = illustrative price (a single third-party source)")
+        if any(c.over_capacity for c in self.comparisons):
+            legend.append("!cap = one machine cannot generate that many tokens in a month")
+        if legend:
+            lines.append("  " + "; ".join(legend))
+        lines.append(f"  API prices: {self.prices_file} (updated {self.prices_updated})")
+        if self.local:     # the inputs that change the local figures most
+            r = self.local[0]
+            lines.append(f"  assumed: {r.power_watts:g} W at the wall while generating, "
+                         f"{r.electricity_per_kwh:g} {cur}/kWh (pass power_watts=, "
+                         "electricity_per_kwh=)")
+        lines += [f"  note: {a}" for a in self.assumptions if a.startswith("power_watts was not")]
         return "\n".join(lines)
 
     def plot(self, months: int | None = None):
@@ -337,9 +351,26 @@ def _get(row: Any, key: str):
     return row.get(key) if isinstance(row, dict) else getattr(row, key, None)
 
 
+def _check_modelled(variant: str | None, quant: str | None) -> None:
+    """ValueError when variant / quant is not in the recommend() catalog (data/gemma4_catalog.toml),
+    rather than a misleading "nothing that fits" later."""
+    from gemma4stack.recommend import quants, variants
+    if variant is not None:
+        names = {v.name.lower() for v in variants()} | {v.key.lower() for v in variants()}
+        if variant.lower() not in names:
+            raise ValueError(f"variant {variant!r} is not modelled; known: "
+                             + ", ".join(v.key for v in variants()))
+    if quant is not None and quant.lower() not in {q.name.lower() for q in quants()}:
+        raise ValueError(f"quant {quant!r} is not modelled by recommend() (known: "
+                         + ", ".join(q.name for q in quants())
+                         + "); for another quantization, measure it (gemma4stack bench) and "
+                         "pass tokens_per_s=")
+
+
 def _predicted(variant, quant, machine, report, context) -> list[LocalRun]:
     """(label, tokens/s) rows from recommend(); only rows that fit and have a prediction."""
     from gemma4stack.recommend import recommend
+    _check_modelled(variant, quant)
     rec = recommend(report=report, context=context, machine=machine)
     rows = []
     for r in rec.rows:
@@ -357,8 +388,13 @@ def _predicted(variant, quant, machine, report, context) -> list[LocalRun]:
         rows.sort(key=lambda r: (r[0], r[1]) != key)
     if not rows:
         where = f" on {machine}" if machine else ""
+        fitting = [r for r in rec.rows if r.fits
+                   and (not variant or r.variant.lower() == variant.lower())
+                   and (not quant or r.quant.lower() == quant.lower())]
+        why = ("it fits, but no bandwidth is known there, so no speed is predicted"
+               if fitting else "nothing that matches fits in memory")
         raise ValueError(f"recommend() predicts no speed for variant={variant!r} quant={quant!r}"
-                         f"{where} (nothing that fits); pass tokens_per_s= with a measured speed")
+                         f"{where} ({why}); pass tokens_per_s= with a measured speed")
     return rows
 
 
@@ -408,3 +444,9 @@ def cost(tokens_per_s: float | None = None, variant: str | None = None,
     return CostReport(local=runs, apis=list(apis), comparisons=comps, currency=currency,
                       monthly_tokens=float(monthly_tokens), hardware_price=hardware_price,
                       prices_file=pfile, prices_updated=updated, assumptions=notes)
+
+
+# g4.cost(...) works even after `import gemma4stack.cost` (see _callable.py)
+from gemma4stack._callable import make_callable  # noqa: E402
+
+make_callable(__name__)

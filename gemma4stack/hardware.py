@@ -355,13 +355,18 @@ def detect(bandwidth: Union[bool, str] = True,
     An XML topology is never measured (bandwidth_gbs is None), nor are its
     available memory (None) or SIMD features (empty) known.
 
-    topology_xml: path of a topology exported by hwloc 2.x (`lstopo file.xml`).
+    topology_xml: path of a topology exported by hwloc 2.x (`lstopo file.xml`). A relative
+    path that does not exist here is looked up in the shared data ($GEMMA4STACK_SHARED or
+    ../shared beside the repository; "../shared/hwloc-xml/x.xml" and "hwloc-xml/x.xml" both work).
 
     Raises FileNotFoundError if topology_xml does not exist, ValueError if it
     is not an hwloc XML topology, RuntimeError if hwloc fails.
     """
     if bandwidth not in (True, False, "refresh"):
         raise ValueError(f"bandwidth must be True, False or 'refresh', got {bandwidth!r}")
+    if topology_xml is not None:     # a relative path may name a file of the shared data
+        from gemma4stack._shared import resolve_shared_path
+        topology_xml = resolve_shared_path(topology_xml)
     xml = os.fspath(topology_xml) if topology_xml is not None else None
     raw = _core.hw_detect(xml)
     from_xml = xml is not None

@@ -877,8 +877,7 @@ def _run(args: argparse.Namespace) -> int:
                 out.flush()
         finally:
             pieces.close()
-        if out.isatty():
-            out.write("\n")
+        out.write("\n")            # ends the text, so the stderr figures start on their own line
         s = m.last_stats
         print(f"load {load_ms:.0f} ms; "
               f"prompt {s.prompt_tokens} tokens, generated {s.completion_tokens} tokens "

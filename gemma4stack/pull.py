@@ -222,6 +222,10 @@ def download(tag: str, *, publisher: str | None = None, revision: str = "main",
                                endpoint=ep, token=token, local_files_only=offline,
                                tqdm_class=None if progress else _SilentTqdm)
 
+    if not offline and not cached(src.file) and not _resolvable(ep):
+        # no DNS answer for the Hub: fail now rather than after huggingface_hub's ~24 s of
+        # retries (1+2+4+8+8 s), which cannot help when the name does not resolve
+        raise OfflineError(_offline_message(src, ep, offline, cache_dir))
     try:
         try:
             was_cached = cached(src.file)
@@ -321,9 +325,28 @@ def _offline_message(src: GGUFSource, ep: str, offline: bool, cache_dir) -> str:
     else:
         why = f"cannot reach {ep} and {src.repo}/{src.file} is not in the cache {where}"
         todo = ("check the network (and HF_ENDPOINT / proxy settings), then pull again; "
-                "once pulled, the file is used offline")
+                "once pulled, the file is used offline (`gemma4stack pull --offline`, "
+                "offline=True or HF_HUB_OFFLINE=1 read the cache without trying the network)")
     return (f"{why}. To fix: {todo}. Or download the GGUF by other means and pass its path "
             f"to gemma4stack.Model(path) / --model PATH.")
+
+
+def _resolvable(endpoint: str) -> bool:
+    """Whether the endpoint's host name resolves (a proxy in $HTTPS_PROXY / $HTTP_PROXY / $ALL_PROXY
+    may resolve it for us, so then we assume it does)."""
+    import socket
+    from urllib.parse import urlsplit
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                       "ALL_PROXY", "all_proxy")):
+        return True
+    host = urlsplit(endpoint).hostname
+    if not host:
+        return True
+    try:
+        socket.getaddrinfo(host, None)
+        return True
+    except (socket.gaierror, UnicodeError):
+        return False
 
 
 def _is_transport_error(e: Exception) -> bool:
@@ -431,3 +454,9 @@ def _cli(args) -> int:
           f"checksum: {res.checksum}")
     print(res.path)
     return 0
+
+
+# g4.pull(...) works even after `import gemma4stack.pull` (see _callable.py)
+from gemma4stack._callable import make_callable  # noqa: E402
+
+make_callable(__name__)

@@ -15,13 +15,15 @@ tensor in llama.cpp's GGUF naming:
   Gemma4TextModel built on the meta device);
 - weights_bytes: the size of the text-decoder GGUF (the vision/audio encoders go in a separate
   mmproj file and are not counted);
-- kv_bytes at a context: f16 K and V per layer type. A sliding-window layer holds at most
-  `sliding_window` positions; a global layer holds the whole context; E2B/E4B's KV-shared layers
-  hold none (they attend over the cache of an earlier layer). Global layers of 12B/26B/31B have a
-  single K=V projection (no v_proj), but K is RMS-normed and RoPE-rotated while V is only
-  RMS-normed, so the cache stores both: K=V saves weights, not cache, and we count K and V.
-  llama.cpp's sliding-window cache keeps the window plus one micro-batch of cells; we count the
-  window alone (a difference of at most n_ubatch cells per sliding layer);
+- kv_bytes at a context: K and V per layer type (f16 by default, the C core's and llama.cpp's
+  cache type; q8_0 or f32 on request), as the C core's paged cache holds them for one sequence
+  (the same function: _core.kv_seq_bytes, csrc/engine/kvcache.h g4_kvc_seq_bytes): blocks of 32
+  positions; a global layer holds the whole context; a sliding-window layer at most
+  ceil((sliding_window + batch_tokens - 1) / 32) + 1 blocks (the window plus one step's tokens,
+  as llama.cpp's iSWA cache keeps n_swa + n_ubatch cells); E2B/E4B's KV-shared layers hold none
+  (they attend over the cache of an earlier layer). Global layers of 12B/26B/31B have a single
+  K=V projection (no v_proj), but K is RMS-normed and RoPE-rotated while V is only RMS-normed,
+  so the cache stores both: K=V saves weights, not cache, and we count K and V;
 - bytes read per decoded token: every matmul weight (attention, FFN, per-layer-embedding gate and
   projections), the whole tied output head (all 262144 rows are read for the logits), for the MoE
   only the n_expert_used of n_expert experts plus router and dense FFN; the input embedding and the
@@ -320,30 +322,51 @@ def gpu_resident_bytes(variant: Variant, quant: Quant) -> int:
                    if t.kind != "per_layer_token_embd"))
 
 
-def kv_cache_breakdown(variant: Variant, context: int) -> dict:
-    """KV cache by layer type at `context` tokens, f16 K and V.
+KV_BATCH_TOKENS = 128               # the engine's default tokens per step (csrc/engine/engine.h)
+
+
+def kv_layers(variant: Variant) -> list[tuple[int, int, int]]:
+    """(dim_k, dim_v, window) of each layer that stores K/V, as the C core's paged cache is
+    built for the variant's GGUF (window 0: global)."""
+    out = []
+    for il in range(variant.n_layer):
+        if variant.is_kv_shared(il):
+            continue
+        n_kv, hd = variant.layer_dims(il)
+        out.append((n_kv * hd, n_kv * hd, 0 if variant.is_global(il) else variant.sliding_window))
+    return out
+
+
+def kv_cache_breakdown(variant: Variant, context: int, cache_type: str = "f16",
+                       batch_tokens: int = KV_BATCH_TOKENS) -> dict:
+    """KV cache of one sequence by layer type at `context` tokens, as the C core's paged
+    cache holds it (cache_type "f16", "q8_0" or "f32"; batch_tokens: the engine's tokens per
+    step, which a sliding-window layer holds beyond its window).
 
     Returns {"sliding": {...}, "global": {...}, "kv_shared_layers": n, "total_bytes": b}; each
-    type gives layers (holding a cache), cells per layer (min(context, window) or context),
-    bytes_per_cell (= 2 (K and V) x n_head_kv x head_dim x 2 bytes) and bytes.
+    type gives layers (holding a cache), cells per layer (positions held, whole blocks of 32),
+    bytes_per_cell (K and V of n_head_kv x head_dim values) and bytes.
     """
+    from gemma4stack import _core
+
     out: dict[str, Any] = {}
+    layers = kv_layers(variant)
     for kind in ("sliding", "global"):
-        layers = [il for il in range(variant.n_layer)
-                  if variant.is_global(il) == (kind == "global") and not variant.is_kv_shared(il)]
-        n_kv, hd = variant.layer_dims(layers[0]) if layers else (0, 0)
-        cells = context if kind == "global" else min(context, variant.sliding_window)
-        per_cell = 2 * n_kv * hd * KV_BYTES_PER_VALUE
-        out[kind] = {"layers": len(layers), "cells": cells, "bytes_per_cell": per_cell,
-                     "bytes": len(layers) * cells * per_cell}
+        mine = [lay for lay in layers if (lay[2] > 0) == (kind == "sliding")]
+        b = _core.kv_seq_bytes(mine, context, batch_tokens, cache_type) if mine else 0
+        per_cell = _core.kv_seq_bytes(mine[:1], 32, 32, cache_type) // 32 if mine else 0
+        cells = b // len(mine) // per_cell if mine else 0
+        out[kind] = {"layers": len(mine), "cells": cells, "bytes_per_cell": per_cell, "bytes": b}
     out["kv_shared_layers"] = variant.n_kv_shared_layers
     out["total_bytes"] = out["sliding"]["bytes"] + out["global"]["bytes"]
     return out
 
 
-def kv_cache_bytes(variant: Variant, context: int) -> int:
-    """Bytes of f16 KV cache for `context` tokens (see kv_cache_breakdown)."""
-    return kv_cache_breakdown(variant, context)["total_bytes"]
+def kv_cache_bytes(variant: Variant, context: int, cache_type: str = "f16",
+                   batch_tokens: int = KV_BATCH_TOKENS) -> int:
+    """Bytes of KV cache one sequence of `context` tokens holds (see kv_cache_breakdown)."""
+    from gemma4stack import _core
+    return _core.kv_seq_bytes(kv_layers(variant), context, batch_tokens, cache_type)
 
 
 def bytes_per_token(variant: Variant, quant: Quant, context: int) -> int:
@@ -635,23 +658,16 @@ def _row(v: Variant, q: Quant, targets: list[Target], context: int) -> TierRow:
 
 
 def _pick_best(rows: list[TierRow]) -> TierRow | None:
-    """Largest variant, then highest precision, that fits at >= USABLE_TPS; when no fitting row
-    has a known speed, the largest that fits (its speed unknown)."""
+    """Largest variant, then highest precision, that fits at >= USABLE_TPS predicted; None when
+    nothing fitting is predicted that fast, including when no speed is known (no measured
+    bandwidth): the largest row that fits would then be a guess, and often an unusably slow one
+    (31B from system RAM)."""
     vr = {v.name: v.rank for v in variants()}
     qr = {q.name: q.rank for q in quants()}
     key = lambda r: (vr[r.variant], qr[r.quant])
     known = [r for r in rows if r.fits and r.predicted_decode_tps is not None
              and r.predicted_decode_tps >= USABLE_TPS]
-    if known:
-        return max(known, key=key)
-    if any(r.fits and r.predicted_decode_tps is not None for r in rows):
-        return None                                   # fits, but nothing fast enough
-    # no speed known: prefer a GPU / unified memory over system RAM, then the largest variant,
-    # at Q4_K_M (`gemma4stack pull`'s default) if it fits, else the fewest bytes per token
-    kind = lambda r: 0 if r.placement == "ram" else 1
-    unknown = [r for r in rows if r.fits]
-    return max(unknown, key=lambda r: (kind(r), vr[r.variant], r.quant == "Q4_K_M",
-                                       -r.bytes_per_token)) if unknown else None
+    return max(known, key=key) if known else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -730,10 +746,13 @@ class Recommendation:
         lines.append("")
         if self.best:
             b = self.best
-            speed = ("speed unknown" if b.predicted_decode_tps is None
-                     else f"~{b.predicted_decode_tps:.0f} tokens/s predicted")
-            lines.append(f"* best: {b.variant} {b.quant} on {b.placement} ({speed}); "
+            lines.append(f"* best: {b.variant} {b.quant} on {b.placement} "
+                         f"(~{b.predicted_decode_tps:.1f} tokens/s predicted); "
                          f"get it: {pull_hint(b)}")
+        elif not any(r.fits and r.predicted_decode_tps is not None for r in self.rows):
+            lines.append("* best: none chosen: no speed is known for the rows that fit (no "
+                         "measured bandwidth), and the largest that fits may be far below "
+                         f"{USABLE_TPS:g} tokens/s")
         else:
             lines.append(f"* best: none fits at >= {USABLE_TPS:g} tokens/s")
         lines.append("  tok/s = bandwidth x efficiency / bytes read per token; in parentheses: "

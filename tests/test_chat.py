@@ -276,7 +276,7 @@ def test_run_cli_chat(toy):
     assert "finish: stop" in r.stderr and "tokens/s" in r.stderr
     with Model(p, threads=1) as m:
         assert r.stdout == m.chat([{"role": "user", "content": "Hello there, Lily!"}],
-                                               max_tokens=8, temperature=0)
+                                  max_tokens=8, temperature=0) + "\n"   # run ends the line
 
 
 def test_reuse_is_refused_when_the_ring_has_moved_on(toy):

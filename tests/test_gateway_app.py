@@ -47,8 +47,9 @@ def test_chat_nonstream_local_shape_and_params(stack, gguf):
     assert d["usage"] == {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}
     call = gw.model.calls[-1]
     assert call["prompt"] == "User: hi\nAssistant:"
+    # the plain transcript adds the next turn's markers to the client's stop strings
     assert (call["temperature"], call["top_p"], call["seed"], call["stop"], call["max_tokens"]) \
-        == (0.5, 0.9, 7, ["\n"], 4)
+        == (0.5, 0.9, 7, ["\n", "\nUser:", "\nSystem:", "\nAssistant:"], 4)
     rt = d["_routing"]
     assert rt["tier"] == "fast" and rt["model"] == d["model"] and rt["fallback_chain"] == "fast"
     assert (rt["prompt_tokens"], rt["completion_tokens"]) == (4, 4)

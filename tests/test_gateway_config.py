@@ -127,7 +127,7 @@ def test_readme_config_reference_parses(models, monkeypatch):
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("## Gateway\n"):]
-    block = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"^```toml\n(.*?)^```", section, re.S | re.M).group(1)
     block = block.replace("models/gemma-4-e2b-it-Q4_K_M.gguf",
                           str(models / "TinyStories-656K-Q8_0.gguf"))
     monkeypatch.setenv("GEMMA4STACK_API_KEYS", "k1")

@@ -138,25 +138,31 @@ def test_weights_vs_published_gguf_files():
 def test_kv_bytes_by_hand_e2b():
     """E2B: 35 layers, global every 5th (4, 9, ..., 34); layers 15..34 share KV (none of their own).
     Own KV: layers 0..14 = 12 sliding + 3 global (4, 9, 14). 1 KV head; head_dim 256 / 512; f16.
-    sliding: 12 layers x 512 cells x (K+V = 2 x 1 x 256 x 2 bytes = 1024) =  6,291,456
+    The C core's paged cache, blocks of 32 positions, 128 tokens per engine step:
+    sliding: 12 layers x (ceil((512 + 127) / 32) + 1 = 21 blocks = 672 cells)
+             x (K+V = 2 x 1 x 256 x 2 bytes = 1024)                       =  8,257,536
     global:   3 layers x 4096 cells x (2 x 1 x 512 x 2 bytes = 2048)      = 25,165,824
     """
     v = V["e2b"]
-    assert rec.kv_cache_bytes(v, 4096) == 6_291_456 + 25_165_824
+    assert rec.kv_cache_bytes(v, 4096) == 8_257_536 + 25_165_824
     b = rec.kv_cache_breakdown(v, 4096)
     assert (b["sliding"]["layers"], b["global"]["layers"], b["kv_shared_layers"]) == (12, 3, 20)
-    # below the window every layer holds the whole context: 12 x 300 x 1024 + 3 x 300 x 2048
-    assert rec.kv_cache_bytes(v, 300) == 12 * 300 * 1024 + 3 * 300 * 2048
+    assert (b["sliding"]["cells"], b["global"]["cells"]) == (672, 4096)
+    # below the window every layer holds the whole context, in whole blocks: 300 -> 320 cells
+    assert rec.kv_cache_bytes(v, 300) == 12 * 320 * 1024 + 3 * 320 * 2048
+    # q8_0: 34 bytes per 32 values
+    assert rec.kv_cache_bytes(v, 4096, "q8_0") == (8_257_536 + 25_165_824) // 64 * 34
 
 
 def test_kv_bytes_by_hand_31b_k_eq_v():
     """31B: 60 layers, 10 global (K=V projection, 4 KV heads x 512), 50 sliding (16 x 256, window
     1024). K=V shares the weight, not the cache: K is normed and rotated, V only normed, so both
     are stored.
-    sliding: 50 x 1024 cells x (2 x 16 x 256 x 2 = 16384)  =   838,860,800
+    sliding: 50 x (ceil((1024 + 127) / 32) + 1 = 37 blocks = 1184 cells)
+                x (2 x 16 x 256 x 2 = 16384)               =   969,932,800
     global:  10 x 100000 cells x (2 x 4 x 512 x 2 = 8192)  = 8,192,000,000
     """
-    assert rec.kv_cache_bytes(V["31b"], 100_000) == 838_860_800 + 8_192_000_000
+    assert rec.kv_cache_bytes(V["31b"], 100_000) == 969_932_800 + 8_192_000_000
 
 
 def test_kv_grows_only_in_global_layers_past_the_window():
@@ -240,7 +246,8 @@ def test_unmeasured_bandwidth_gives_no_speed():
     r = rec.recommend(report(64), context=4096)
     assert all(row.predicted_decode_tps is None for row in r.rows)
     assert any("not measured" in n for n in r.notes)
-    assert r.best is not None and r.best.fits          # still names the largest that fits
+    assert r.best is None                              # no guess: the largest row may be slow
+    assert "* best: none chosen: no speed is known" in r.to_text()
 
 
 def test_best_is_largest_fitting_with_usable_speed():

@@ -1,5 +1,6 @@
-/* ops_gemma.c - the Gemma architectures' additions to ops.c: ring-buffer KV
- * cache, attention over it, per-head RMSNorm, softcap, MoE routing.
+/* ops_gemma.c - the Gemma architectures' additions to ops.c: vectorized
+ * GeGLU, per-head RMSNorm, softcap, MoE routing (their KV cache is the
+ * engine's paged cache, engine/kvcache.c).
  * Formulas follow HF transformers' modeling_gemma4.py / modeling_gemma3.py,
  * which the tests compare against.
  */
@@ -35,16 +36,6 @@ static int vec_level(void) {
     return VEC_SCALAR;
 }
 
-static float dot_scalar(const float *a, const float *b, int n) {
-    float s = 0.0f;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-static void axpy_scalar(float *y, float a, const float *x, int n) {
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
-}
-
 /* GELU, tanh approximation (Hendrycks & Gimpel 2016), as HF's gelu_pytorch_tanh:
  * 0.5 g (1 + tanh(u)) = g / (1 + e^(-2u)), u = sqrt(2/pi) (g + 0.044715 g^3). */
 #define GELU_C 0.7978845608028654f
@@ -54,29 +45,6 @@ static void axpy_scalar(float *y, float a, const float *x, int n) {
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f, log2e = 1.44269504088896341f; \
     const float p0 = 1.9875691500e-4f, p1 = 1.3981999507e-3f, p2 = 8.3334519073e-3f,   \
                 p3 = 4.1665795894e-2f, p4 = 1.6666665459e-1f, p5 = 5.0000001201e-1f
-
-__attribute__((target("avx512f")))
-static float dot_avx512(const float *a, const float *b, int n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
-    }
-    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-    float s = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-__attribute__((target("avx512f")))
-static void axpy_avx512(float *y, float a, const float *x, int n) {
-    const __m512 va = _mm512_set1_ps(a);
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
 
 __attribute__((target("avx512f")))
 static inline __m512 exp_avx512(__m512 x) {
@@ -124,33 +92,6 @@ static void softcap_avx512(float *x, int64_t n, float cap) {
 }
 
 __attribute__((target("avx2,fma")))
-static float dot_avx2(const float *a, const float *b, int n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s0 = _mm256_add_ps(s0, s1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float s = _mm_cvtss_f32(h);
-    for (; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
-__attribute__((target("avx2,fma")))
-static void axpy_avx2(float *y, float a, const float *x, int n) {
-    const __m256 va = _mm256_set1_ps(a);
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
-__attribute__((target("avx2,fma")))
 static inline __m256 exp_avx2(__m256 x) {
     EXP_CONSTS;
     x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
@@ -185,29 +126,6 @@ static void geglu_avx2(float *out, const float *gate, const float *up, int64_t n
 }
 #endif
 
-typedef float (*dot_fn)(const float *, const float *, int);
-typedef void (*axpy_fn)(float *, float, const float *, int);
-
-static dot_fn pick_dot(void) {
-#ifdef G4_X86
-    switch (vec_level()) {
-    case VEC_AVX512: return dot_avx512;
-    case VEC_AVX2: return dot_avx2;
-    }
-#endif
-    return dot_scalar;
-}
-
-static axpy_fn pick_axpy(void) {
-#ifdef G4_X86
-    switch (vec_level()) {
-    case VEC_AVX512: return axpy_avx512;
-    case VEC_AVX2: return axpy_avx2;
-    }
-#endif
-    return axpy_scalar;
-}
-
 void g4_geglu_vec(float *out, const float *gate, const float *up, int64_t n) {
 #ifdef G4_X86
     switch (vec_level()) {
@@ -238,126 +156,6 @@ void g4_rmsnorm_heads(float *x, int n_heads, int head_dim, const float *w, float
         float *xh = x + (int64_t)h * head_dim;
         g4_rmsnorm(xh, xh, w, head_dim, eps);
     }
-}
-
-/* -------------------------------------------------------------- KV cache */
-
-int64_t g4_kv_rows(int window, int n_batch, int64_t n_ctx) {
-    if (window <= 0) return n_ctx;
-    const int64_t r = (int64_t)window + (n_batch > 0 ? n_batch : 1) - 1;
-    return r < n_ctx ? r : n_ctx;
-}
-
-g4_status g4_kv_build(g4_kv *kv, int64_t n_rows, int dim_k, int dim_v, int window,
-                      uint64_t *bytes, g4_err *err) {
-    memset(kv, 0, sizeof *kv);
-    const size_t nk = (size_t)n_rows * (size_t)dim_k, nv = (size_t)n_rows * (size_t)dim_v;
-    kv->k = calloc(nk ? nk : 1, sizeof(float));
-    kv->v = calloc(nv ? nv : 1, sizeof(float));
-    kv->pos = malloc(sizeof(int64_t) * (size_t)(n_rows > 0 ? n_rows : 1));
-    if (!kv->k || !kv->v || !kv->pos) {
-        g4_kv_free(kv);
-        return g4_err_set(err, G4_ERR_NOMEM, "cannot allocate a KV cache of %lld positions (%zu MiB)",
-                          (long long)n_rows, (nk + nv) * sizeof(float) >> 20);
-    }
-    for (int64_t r = 0; r < n_rows; r++) kv->pos[r] = -1;
-    kv->n_rows = n_rows;
-    kv->dim_k = dim_k;
-    kv->dim_v = dim_v;
-    kv->window = window;
-    *bytes += (uint64_t)(nk + nv) * sizeof(float);
-    return G4_OK;
-}
-
-void g4_kv_free(g4_kv *kv) {
-    free(kv->k);
-    free(kv->v);
-    free(kv->pos);
-    kv->k = kv->v = NULL;
-    kv->pos = NULL;
-}
-
-void g4_kv_store(g4_kv *kv, int64_t pos0, int n, const float *k, int64_t ldk,
-                 const float *v, int64_t ldv) {
-    for (int t = 0; t < n; t++) {
-        const int64_t row = (pos0 + t) % kv->n_rows;
-        kv->pos[row] = pos0 + t;
-        memcpy(kv->k + row * kv->dim_k, k + t * ldk, sizeof(float) * (size_t)kv->dim_k);
-        memcpy(kv->v + row * kv->dim_v, v + t * ldv, sizeof(float) * (size_t)kv->dim_v);
-    }
-}
-
-int g4_kv_can_resume(const g4_kv *kv, int64_t n_keep) {
-    int64_t first = 0;   /* oldest position a query at n_keep looks at */
-    if (kv->window > 0 && n_keep - kv->window + 1 > 0) first = n_keep - kv->window + 1;
-    if (n_keep - first > kv->n_rows) return 0;
-    for (int64_t p = first; p < n_keep; p++)
-        if (kv->pos[p % kv->n_rows] != p) return 0;
-    return 1;
-}
-
-/* ------------------------------------------------------------- attention */
-
-static int64_t att_stride(int64_t n_ctx) { return (n_ctx + 15) / 16 * 16; }
-
-typedef struct kv_attn_job {
-    const g4_attn *a;
-    const float *q; int64_t ldq;
-    const g4_kv *kv;
-    int64_t pos0; int n;
-    float *out; int64_t ldo;
-    float *att; int64_t n_ctx;
-    dot_fn dot; axpy_fn axpy;
-} kv_attn_job;
-
-static void kv_attn_worker(void *arg, int ith, int nth) {
-    const kv_attn_job *j = arg;
-    const g4_attn *a = j->a;
-    const g4_kv *kv = j->kv;
-    const int group = a->n_head / a->n_head_kv;
-    const int dk = a->head_dim_k, dv = a->head_dim_v;
-    float *att = j->att + att_stride(j->n_ctx) * ith;
-    const int64_t n_pairs = (int64_t)j->n * a->n_head;
-
-    /* (token, head) pairs dealt round-robin: later tokens see more keys */
-    for (int64_t idx = ith; idx < n_pairs; idx += nth) {
-        const int t = (int)(idx / a->n_head), h = (int)(idx % a->n_head);
-        const int kvh = h / group;
-        const int64_t pos = j->pos0 + t;
-        int64_t start = 0;
-        if (a->window > 0 && pos - a->window + 1 > 0) start = pos - a->window + 1;
-        const int64_t len = pos - start + 1;
-
-        const float *qh = j->q + t * j->ldq + (int64_t)h * dk;
-        for (int64_t p = start; p <= pos; p++) {
-            const float *kp = kv->k + (p % kv->n_rows) * kv->dim_k + (int64_t)kvh * dk;
-            float s = j->dot(qh, kp, dk) * a->scale;
-            if (a->softcap > 0.0f) s = a->softcap * tanhf(s / a->softcap);
-            att[p - start] = s;
-        }
-        g4_softmax(att, len);
-
-        float *oh = j->out + t * j->ldo + (int64_t)h * dv;
-        memset(oh, 0, sizeof(float) * (size_t)dv);
-        for (int64_t p = start; p <= pos; p++) {
-            const float *vp = kv->v + (p % kv->n_rows) * kv->dim_v + (int64_t)kvh * dv;
-            j->axpy(oh, att[p - start], vp, dv);
-        }
-    }
-}
-
-/* below this many multiply-adds the pool's hand-off costs more than it saves */
-#define KV_ATTN_MIN_PARALLEL (32 * 1024)
-
-void g4_attention_kv(g4_pool *pool, const g4_attn *a, const float *q, int64_t ldq,
-                     const g4_kv *kv, int64_t pos0, int n, float *out, int64_t ldo,
-                     float *att, int64_t n_ctx) {
-    kv_attn_job j = { a, q, ldq, kv, pos0, n, out, ldo, att, n_ctx, pick_dot(), pick_axpy() };
-    const int64_t keys = a->window > 0 && a->window < pos0 + n ? a->window : pos0 + n;
-    if ((int64_t)n * a->n_head * keys * (a->head_dim_k + a->head_dim_v) < KV_ATTN_MIN_PARALLEL)
-        kv_attn_worker(&j, 0, 1);
-    else
-        g4_pool_run(pool, kv_attn_worker, &j);
 }
 
 /* ------------------------------------------------------- mixture of experts */

@@ -707,7 +707,38 @@ static PyTypeObject EngineType = {
 
 /* ------------------------------------------------------------- register */
 
+/* kv_seq_bytes(layers, n_ctx, n_batch, type) -> int: g4_kvc_seq_bytes. */
+static PyObject *py_kv_seq_bytes(PyObject *mod, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"layers", "n_ctx", "n_batch", "type", NULL};
+    PyObject *layers;
+    int n_ctx, n_batch = 128;
+    const char *type = "f16";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Oi|is:kv_seq_bytes", kwlist, &layers, &n_ctx, &n_batch, &type))
+        return NULL;
+    const int t = !strcmp(type, "f16") ? G4_KV_F16 : !strcmp(type, "q8_0") ? G4_KV_Q8_0 : !strcmp(type, "f32") ? G4_KV_F32 : -1;
+    if (t < 0) { PyErr_Format(PyExc_ValueError, "KV cache type '%s' is not one of f16, q8_0, f32", type); return NULL; }
+    if (n_ctx < 1 || n_batch < 1) { PyErr_SetString(PyExc_ValueError, "n_ctx and n_batch must be positive"); return NULL; }
+    PyObject *fast = PySequence_Fast(layers, "layers must be a sequence of (dim_k, dim_v, window)");
+    if (!fast) return NULL;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    g4_kv_layer *l = PyMem_Malloc(sizeof(g4_kv_layer) * (size_t)(n ? n : 1));
+    if (!l) { Py_DECREF(fast); return PyErr_NoMemory(); }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "iii", &l[i].dim_k, &l[i].dim_v, &l[i].window)) {
+            PyMem_Free(l); Py_DECREF(fast); return NULL;
+        }
+    }
+    uint64_t b = g4_kvc_seq_bytes(l, (int)n, n_ctx, n_batch, t);
+    PyMem_Free(l);
+    Py_DECREF(fast);
+    return PyLong_FromUnsignedLongLong(b);
+}
+
 PyMethodDef g4py_model_methods[] = {
+    {"kv_seq_bytes", (PyCFunction)(void (*)(void))py_kv_seq_bytes, METH_VARARGS | METH_KEYWORDS,
+     "kv_seq_bytes(layers, n_ctx, n_batch=128, type='f16') -> int: bytes of paged KV cache one sequence of\n"
+     "n_ctx positions holds at most (csrc/engine/kvcache.h g4_kvc_seq_bytes); layers: (dim_k, dim_v, window)\n"
+     "per layer that stores K/V, dims = n_head_kv * head_dim, window 0 for a global layer."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -119,6 +119,16 @@ def render_messages(messages: list[dict], mode: str = "plain") -> str:
     return "\n".join(lines) + "\nAssistant:"
 
 
+# Where a "plain" transcript's reply ends: a model continuing it (a base model has no
+# end-of-turn token) writes the next turn itself, "\nUser: ..."; cut the reply there.
+TRANSCRIPT_STOPS = ("\nUser:", "\nSystem:", "\nAssistant:")
+
+
+def transcript_stops(stop: list[str] | None) -> list[str]:
+    """A "plain" transcript's stop strings: the request's own, then the next turn's markers."""
+    return list(stop or []) + [s for s in TRANSCRIPT_STOPS if s not in (stop or [])]
+
+
 def _stat(stats: Any, name: str, default=None):
     if stats is None:
         return default
@@ -224,9 +234,11 @@ class LocalBackend:
                 kw["max_tokens"] = req.max_tokens or self.max_tokens
                 gen = self.model.chat(req.messages, stream=True, **kw)
             else:
+                mode = "raw" if self.tier.chat_template == "raw" else "plain"
                 prompt = (req.prompt if req.kind == "completion" else
-                          render_messages(req.messages, "raw" if self.tier.chat_template == "raw"
-                                          else "plain"))
+                          render_messages(req.messages, mode))
+                if req.kind == "chat" and mode == "plain":
+                    kw["stop"] = transcript_stops(req.stop)
                 max_tokens = req.max_tokens
                 if n_ctx:
                     n_prompt = len(self.model.tokenize(prompt))

@@ -39,6 +39,21 @@ class ConfigError(ValueError):
     """A gateway config that cannot be used; the message names the file and the key."""
 
 
+# Values copied from an example without being filled in: "sk-...", "<your key>", "xxx",
+# "…", "YOUR_API_KEY", "changeme". Accepting one would make a copied example a live setting
+# (a routing marker "..." matches every prompt that contains three dots; "sk-..." would
+# open the gateway to anyone who reads the README).
+_PLACEHOLDER = re.compile(
+    r"\.\.\.|\u2026|^<.*>$|^x{3,}$|^(your|my)[-_ ]?(api[-_ ]?)?key$|^changeme$|^replace[-_ ]?me$",
+    re.IGNORECASE)
+
+
+def _placeholder(value: str) -> bool:
+    """True for a string that looks like an example placeholder rather than a real value."""
+    v = value.strip()
+    return bool(_PLACEHOLDER.search(v)) if v else False
+
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"          # loopback unless told otherwise
@@ -379,6 +394,8 @@ def _resolve_key(t: _Table, env: str | None) -> str | None:
     key = os.environ.get(env)
     if not key:
         t.fail(f"api_key_env names ${env}, which is not set")
+    if _placeholder(key):
+        t.fail(f"${env} holds a placeholder key ({key[:3]}...), not the upstream server's key")
     return key
 
 
@@ -554,6 +571,16 @@ def _read_auth(at: _Table, source: str) -> AuthConfig:
     at.done()
     if any(not k for k in auth.api_keys + auth.admin_keys):
         at.fail("api_keys and admin_keys must not contain empty strings")
+    literal = set(at.data.get("api_keys") or []) | set(at.data.get("admin_keys") or [])
+    for name, keys, env in (("api_keys", auth.api_keys, auth.api_keys_env),
+                            ("admin_keys", auth.admin_keys, auth.admin_keys_env),
+                            ("keys", [k.key for k in auth.keys.values()], None)):
+        for k in keys:
+            if _placeholder(k):
+                where = name if k in literal or env is None else "$" + env
+                at.fail(f"{where} holds a placeholder key ({k[:3]}...), not a real one: "
+                        "generate one, e.g. "
+                        "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`")
     every = auth.api_keys + [k.key for k in auth.keys.values()]
     if len(set(every)) != len(every) or set(every) & set(auth.admin_keys):
         at.fail("the same key appears twice (api_keys, keys.NAME and admin_keys must differ)")
@@ -618,6 +645,15 @@ def parse_config(data: dict, *, source: str = "<config>", base_dir: Path | None 
     if routing.max_memory_used > 1:
         raise ConfigError(f"{source}: [routing] max_memory_used is a share of memory in "
                           f"(0, 1] (1 = never skip local backends), got {routing.max_memory_used}")
+    for key in ("code_markers", "reasoning_markers", "heavy_keywords", "primary_keywords",
+                "fast_keywords"):
+        for m in getattr(routing, key):
+            if not m or _placeholder(m):
+                raise ConfigError(
+                    f"{source}: [routing] {key} contains {m!r}, which "
+                    + ("matches every prompt" if not m else
+                       "looks like a placeholder from an example (it would match every prompt "
+                       "containing it)") + "; remove it or write the real marker")
 
     tiers_data = root.get("tiers", dict, {})
     root.done()

@@ -53,6 +53,7 @@ class Gateway:
         self.base_url = self.url + "/v1"
         self.api_key = config.auth.api_keys[0] if config.auth.api_keys else "none"
         self.log_path = workdir / "gateway.log"
+        self._final_log: str | None = None     # the log, kept in memory once stop() removed it
         self._lock = threading.Lock()
         _live.add(self)
 
@@ -65,11 +66,14 @@ class Gateway:
         return self.proc.poll() is None
 
     def logs(self, tail: int | None = None) -> str:
-        """The gateway's log (stdout + stderr); only the last `tail` lines if given."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        """The gateway's log (stdout + stderr); only the last `tail` lines if given. Still
+        available after stop(), which deletes the file."""
+        text = self._final_log
+        if text is None:
+            try:
+                text = self.log_path.read_text(errors="replace")
+            except OSError:
+                return ""
         return "\n".join(text.splitlines()[-tail:]) if tail else text
 
     def health(self, timeout: float = 5.0) -> dict:
@@ -83,7 +87,9 @@ class Gateway:
         return openai.OpenAI(base_url=self.base_url, api_key=self.api_key, **kw)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (graceful shutdown), then SIGKILL after `timeout` s. Returns the exit code."""
+        """SIGTERM (graceful shutdown), then SIGKILL after `timeout` s; then remove the private
+        temporary directory (the log, kept in memory for logs(); the config copy with the API
+        keys was deleted by the child as soon as it had read it). Returns the exit code."""
         with self._lock:
             if self.proc.poll() is None:
                 try:
@@ -92,21 +98,20 @@ class Gateway:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait(5)
-            rc = self.proc.returncode
+            if self._final_log is None:
+                try:
+                    self._final_log = self.log_path.read_text(errors="replace")
+                except OSError:
+                    self._final_log = ""
+                shutil.rmtree(self._workdir, ignore_errors=True)
             _live.discard(self)
-            return rc
-
-    def cleanup(self):
-        """stop() and remove the temporary directory (logs; the config copy with the API
-        keys is deleted by the child as soon as it has read it)."""
-        self.stop()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+            return self.proc.returncode
 
     def __enter__(self) -> "Gateway":
         return self
 
     def __exit__(self, *exc):
-        self.cleanup()
+        self.stop()
 
     def to_dict(self) -> dict:
         return {"url": self.url, "base_url": self.base_url, "pid": self.pid,
@@ -211,6 +216,6 @@ def _wait_ready(proc, cfg: GatewayConfig, workdir: Path, port_file: Path, timeou
 def _stop_all():
     for gw in list(_live):
         try:
-            gw.cleanup()
+            gw.stop()
         except Exception:   # noqa: BLE001 - best effort at exit
             pass
