@@ -71,8 +71,11 @@ def test_config_backends_forms_names_and_round_trip(gguf, monkeypatch):
      r"backend = 'local' but the backends are openai"),
     ({"model": "m", "url": "http://b/v1", "backends": ["http://a/v1"]}, r"either `url` or"),
     ({"model": "m", "backends": ["http://a/v1"], "health_path": "health"}, r"health_path"),
+    ({"model": "m", "backends": [{"url": "http://a/v1", "api_key_env": "G4_TEST_PLACEHOLDER"}]},
+     r"backends\[0\]\] \$G4_TEST_PLACEHOLDER holds a placeholder key"),
 ])
-def test_config_backends_errors(tier, msg):
+def test_config_backends_errors(tier, msg, monkeypatch):
+    monkeypatch.setenv("G4_TEST_PLACEHOLDER", "<your key>")
     with pytest.raises(ConfigError, match=msg):
         parse_config({"tiers": {"p": tier}}, source="gw.toml")
 

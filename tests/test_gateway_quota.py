@@ -256,6 +256,8 @@ def test_per_minute_limit_resets_and_admin_disabled(stack, gguf):
     ('[auth]\napi_keys = ["x"]\nadmin_keys = ["x"]', r"the same key appears twice"),
     ('[limits]\nrequests_per_day = -1', r"requests_per_day must be >= 0"),
     ('[limits.per_ip]\nrequests_per_hour = 1', r"\[limits.per_ip\] unknown key"),
+    ('[auth]\nadmin_keys = ["sk-..."]', r"\[auth\] admin_keys holds a placeholder key"),
+    ('[auth.keys.a]\nkey = "changeme"', r"\[auth\] keys holds a placeholder key"),
 ])
 def test_quota_config_errors(tmp_path, gguf, toml, msg):
     p = tmp_path / "gw.toml"
