@@ -13,11 +13,14 @@ SHARED ?= $(abspath ../shared)
 # or the shared TinyStories-656K-Q8_0.gguf when offline. `make demo MODEL=x.gguf` picks one.
 MODEL ?=
 DEB_PKGS := python3-dev libhwloc-dev libopenblas-dev check pkg-config gcc-aarch64-linux-gnu qemu-user
+# the gateway's chat page is tested in a real headless browser (tests/test_gateway_page.py);
+# only the pytest targets install these
+BROWSER_DEB_PKGS := chromium chromium-driver
 CC ?= cc
 
 export GEMMA4STACK_SHARED ?= $(SHARED)
 
-.PHONY: all deps sysdeps install demo test test-c test-arm test-py test-packaging clean
+.PHONY: all deps sysdeps browserdeps install demo test test-c test-arm test-py test-packaging clean
 
 all: install
 
@@ -27,6 +30,9 @@ sysdeps:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
+
+browserdeps:
+	@$(MAKE) --no-print-directory sysdeps DEB_PKGS="$(BROWSER_DEB_PKGS)"
 
 # torch is pinned and installed first: 2.13.0 is the CPU build available locally;
 # any other version pulls gigabytes of CUDA packages.
@@ -81,7 +87,7 @@ test-arm: sysdeps tests/c/build/arm/test_kernels
 	$(QEMU_AARCH64) -cpu cortex-a72 tests/c/build/arm/test_kernels
 	$(QEMU_AARCH64) -cpu max tests/c/build/arm/test_kernels
 
-test-py: deps
+test-py: deps browserdeps
 	$(PYTHON) -m pytest -q tests
 
 # The sdist built and installed into a fresh venv per CPython 3.10-3.13 of pyenv (in parallel),
@@ -207,7 +213,7 @@ test-asan-c: sysdeps deps $(ASAN_C_TESTS) $(ASAN_REPLAY) fuzz-seeds
 
 # The extension is built with GEMMA4STACK_SANITIZE=1 in a copy of the tree, so the
 # in-place extension others use stays as it is.
-test-asan-py: deps
+test-asan-py: deps browserdeps
 	rm -rf $(ASAN_DIR)/py && mkdir -p $(ASAN_DIR)/py
 	tar -c --exclude=./build --exclude=./.git --exclude='*.so' --exclude=__pycache__ \
 	    --exclude=./tests/c/build --exclude='*.egg-info' . | tar -x -C $(ASAN_DIR)/py

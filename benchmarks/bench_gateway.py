@@ -2,6 +2,10 @@
 
     python benchmarks/bench_gateway.py [--concurrency 64] [--duration 20] [--rounds 4] [--tokens 16]
                                        [--delay 0.02] [--soak 600] [--chaos-every 20]
+                                       [--backends 3]
+
+    # issue 17's target: three backends in one tier, one killed every 20 s for 10 min
+    python benchmarks/bench_gateway.py --backends 3 --concurrency 32 --soak 600 --chaos-every 20
 
 1. Overhead: `concurrency` clients stream chat completions in a loop, straight to a fake
    OpenAI-compatible backend (tests/gateway_fakes.py in its own process: `tokens` pieces,
@@ -9,10 +13,13 @@
    backend, in `rounds` alternating phases. Added latency = gateway percentile - direct
    percentile, for the time to the first token (TTFT) and for the whole stream; plus
    requests/s.
+   With --backends N > 1 there are N fake backends: direct clients are spread over them
+   round-robin, the gateway's tier has them as `backends = [...]` (gateway/pool.py).
 2. Soak (--soak S): the same load through a gateway with two remote tiers (heavy ->
-   primary) for S seconds while one backend at a time is SIGKILLed and restarted every
-   `chaos-every` s. Every request must end within 30 s with [DONE], an SSE error event or
-   an HTTP error ("lost" = none of these); the gateway's RSS is sampled throughout.
+   primary), or with --backends N > 1 one tier of N backends, for S seconds while one
+   backend at a time is SIGKILLed and restarted 2 s later every `chaos-every` s. Every
+   request must end within 30 s with [DONE], an SSE error event (a stream cut by the kill)
+   or an HTTP error ("lost" = none of these); the gateway's RSS is sampled throughout.
 
 The client is a minimal asyncio HTTP/1.1 client (keep-alive, chunked, SSE) so that it
 costs the same on both paths. Prints a JSON summary and a Markdown block for RESULTS.md.
@@ -148,12 +155,14 @@ async def worker(port: int, path: str, model: str, deadline: float, out: list, t
 STAGGER = 0.0   # seconds; set from --stagger
 
 
-async def run_load(port: int, path: str, model: str, conc: int, seconds: float,
+async def run_load(port: int | list[int], path: str, model: str, conc: int, seconds: float,
                    timeout: float = 30.0) -> tuple[list[Result], float]:
+    """`conc` workers for `seconds`; with a list of ports, worker i uses port i mod len."""
     out: list[Result] = []
+    ports = port if isinstance(port, list) else [port]
     t0 = time.monotonic()
-    await asyncio.gather(*(worker(port, path, model, t0 + seconds, out, timeout, STAGGER)
-                           for _ in range(conc)))
+    await asyncio.gather(*(worker(ports[i % len(ports)], path, model, t0 + seconds, out,
+                                  timeout, STAGGER) for i in range(conc)))
     return out, time.monotonic() - t0
 
 
@@ -181,11 +190,14 @@ def overhead(args) -> dict:
     """Direct and gateway phases alternate (`rounds` pairs of duration/rounds s each, after a
     2 s warm-up of each path), so that drift in the machine's load lands on both paths;
     percentiles are taken over all requests of all rounds of a path."""
-    be, port = start_backend(args.tokens, args.delay)
+    started = [start_backend(args.tokens, args.delay) for _ in range(max(1, args.backends))]
+    bes, port = [b for b, _ in started], [p for _, p in started]
+    urls = [f"http://127.0.0.1:{p}/v1" for p in port]
+    tier = ({"backend": "openai", "url": urls[0], "model": "fake"} if len(urls) == 1 else
+            {"model": "fake", "backends": urls})
     cfg = {"server": {"access_log": args.access_log, "log_level": "warning"},
            "limits": {"requests_per_minute": 0, "tokens_per_minute": 0},
-           "tiers": {"heavy": {"backend": "openai", "url": f"http://127.0.0.1:{port}/v1",
-                               "model": "fake"}}}
+           "tiers": {"heavy": tier}}
     phase = args.duration / args.rounds
     try:
         with launch(cfg, timeout=60) as gw:
@@ -198,37 +210,46 @@ def overhead(args) -> dict:
                                              args.concurrency, phase))
                 d += r
                 de += el
-                (u0, s0), (bu0, bs0), m0 = cpu_times(gw.pid), cpu_times(be.pid), os.times()
+                (u0, s0), b0, m0 = cpu_times(gw.pid), sum(map(cpu_s, (b.pid for b in bes))), os.times()
                 r, el = asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy",
                                              args.concurrency, phase))
-                (u1, s1), (bu1, bs1), m1 = cpu_times(gw.pid), cpu_times(be.pid), os.times()
+                (u1, s1), b1, m1 = cpu_times(gw.pid), sum(map(cpu_s, (b.pid for b in bes))), os.times()
                 g += r
                 ge += el
                 cpu["gateway_user"] += u1 - u0
                 cpu["gateway_sys"] += s1 - s0
-                cpu["backend"] += bu1 + bs1 - bu0 - bs0
+                cpu["backend"] += b1 - b0
                 cpu["client"] += m1.user + m1.system - m0.user - m0.system
             direct, via = summarize(d, de), summarize(g, ge)
             n = max(1, len(g))
             via["cpu_ms_per_request"] = {k: v * 1e3 / n for k, v in cpu.items()}
             via["gateway_cpu_share"] = (cpu["gateway_user"] + cpu["gateway_sys"]) / ge
     finally:
-        be.kill()
-        be.wait()
+        for be in bes:
+            be.kill()
+            be.wait()
     added = {k: via[k] - direct[k] for k in ("ttft_p50_ms", "ttft_p99_ms", "total_p50_ms",
                                              "total_p99_ms")}
     return {"direct": direct, "gateway": via, "added": added}
 
 
 def soak(args) -> dict:
-    (a, pa), (b, pb) = start_backend(args.tokens, args.delay), start_backend(args.tokens, args.delay)
-    procs = {"heavy": [a, pa], "primary": [b, pb]}
+    pooled = args.backends > 1
+    names = [f"b{i}" for i in range(args.backends)] if pooled else ["heavy", "primary"]
+    procs = {n: list(start_backend(args.tokens, args.delay)) for n in names}
+    timeouts = {"connect_timeout_s": 1, "first_byte_timeout_s": 5}
+    if pooled:       # one tier of N backends, checked every second
+        tiers = {"heavy": {"model": "fake", "health_interval_s": 1, "health_timeout_s": 1,
+                           **timeouts, "backends": [
+                               {"url": f"http://127.0.0.1:{p}/v1", "name": n}
+                               for n, (_, p) in procs.items()]}}
+    else:
+        tiers = {n: {"backend": "openai", "url": f"http://127.0.0.1:{p}/v1", "model": "fake",
+                     **timeouts} for n, (_, p) in procs.items()}
     cfg = {"server": {"access_log": False, "log_level": "warning"},
            "limits": {"requests_per_minute": 0, "tokens_per_minute": 0},
            "breaker": {"failures": 3, "window_s": 10, "cooldown_s": 3},
-           "tiers": {n: {"backend": "openai", "url": f"http://127.0.0.1:{p}/v1", "model": "fake",
-                         "connect_timeout_s": 1, "first_byte_timeout_s": 5}
-                     for n, (_, p) in procs.items()}}
+           "tiers": tiers}
     rss, kills = [], 0
     with launch(cfg, timeout=60) as gw:
         asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy", args.concurrency, 5))
@@ -236,19 +257,20 @@ def soak(args) -> dict:
 
         async def chaos(t_end):
             nonlocal kills
-            victim = "heavy"
+            victim = 0
             t0 = time.monotonic()
             while time.monotonic() + args.chaos_every < t_end:
                 await asyncio.sleep(args.chaos_every)
                 rss.append((time.monotonic() - t0, rss_kb(gw.pid)))
-                p, port = procs[victim]
+                name = names[victim % len(names)]
+                p, port = procs[name]
                 p.send_signal(signal.SIGKILL)
                 p.wait()
                 kills += 1
                 await asyncio.sleep(2.0)               # down for 2 s, then back on its port
-                procs[victim] = [await asyncio.to_thread(
+                procs[name] = [await asyncio.to_thread(
                     lambda: start_backend(args.tokens, args.delay, port)[0]), port]
-                victim = "primary" if victim == "heavy" else "heavy"
+                victim += 1
 
         async def main():
             t_end = time.monotonic() + args.soak
@@ -265,9 +287,14 @@ def soak(args) -> dict:
         p.wait()
     s = summarize(res, el)
     lost = sum(1 for r in res if r.kind in ("hung", "broken", "connection"))
-    return {"summary": s, "kills": kills, "lost_or_hung": lost,
-            "rss_kb": rss, "rss_growth_kb": rss[-1][1] - rss[0][1],
-            "breakers_at_end": {t: v["breaker"] for t, v in health["tiers"].items()}}
+    out = {"summary": s, "kills": kills, "lost_or_hung": lost,
+           "rss_kb": rss, "rss_growth_kb": rss[-1][1] - rss[0][1],
+           "breakers_at_end": {t: v["breaker"] for t, v in health["tiers"].items()}}
+    if pooled:
+        out["backends_at_end"] = {b["name"]: {k: b[k] for k in ("breaker", "healthy", "served",
+                                                                "failed")}
+                                  for b in health["tiers"]["heavy"]["backends"]}
+    return out
 
 
 def main():
@@ -281,6 +308,8 @@ def main():
     ap.add_argument("--delay", type=float, default=0.02, help="seconds between pieces")
     ap.add_argument("--soak", type=float, default=0, help="soak seconds (0 = skip)")
     ap.add_argument("--chaos-every", type=float, default=20, help="kill a backend every S s")
+    ap.add_argument("--backends", type=int, default=1,
+                    help="fake backends; > 1: one tier with them all (backends = [...])")
     ap.add_argument("--stagger", type=float, default=None,
                     help="start each client at a random time in [0, S] s so the streams are "
                          "out of phase (default: one stream's duration, tokens x delay; "
@@ -306,6 +335,11 @@ def main():
     a = o["added"]
     print(f"| added | | {a['ttft_p50_ms']:+.2f} | {a['ttft_p99_ms']:+.2f} | "
           f"{a['total_p50_ms']:+.2f} | {a['total_p99_ms']:+.2f} |")
+    if args.soak:
+        k = out["soak"]
+        print(f"\nsoak {args.soak:g} s, {args.backends} backend(s), {k['kills']} kills: "
+              f"{k['summary']['requests']} requests, outcomes {k['summary']['outcomes']}, "
+              f"lost or hung {k['lost_or_hung']}, RSS growth {k['rss_growth_kb']} kB")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
                    OpenAI API, that can fail: 500, 429, 400 context, hang, slow first byte,
                    close the connection mid-stream, send an error event mid-stream
     ServerThread   uvicorn serving an ASGI app in a thread on 127.0.0.1:<free port>
+    GW             a gateway app (create_app) around these, served by a ServerThread
+    sse_request    a streamed request read into its events
+    gateway_process  `python -m gemma4stack.gateway` in a process of its own
     FakeClock      time.monotonic() plus a jump the test controls (breaker cooldowns)
 
 Run `python tests/gateway_fakes.py --port-file F [--tokens N] [--delay S]` to serve a
@@ -46,13 +49,14 @@ class FakeModel:
     Output: " w0 w1 w2 ..." up to `story` tokens (then finish "stop") or max_tokens
     ("length"). delay_s: sleep per token (releases the GIL like the C core).
     fail_after: raise RuntimeError after that many tokens. Records calls and closes.
+    memory_bytes: what memory() reports; close() sets `closed` (the gateway unloaded it).
     parallel: generations running at once at most, as the real Model's engine decodes
     `parallel` together and queues the rest (max_active records the most seen at once).
     """
 
     def __init__(self, path=None, threads=None, context=None, *, story: int = 6,
                  delay_s: float = 0.0, fail_after: int | None = None, n_ctx: int = 64,
-                 parallel: int = 1):
+                 memory_bytes: int = 0, parallel: int = 1):
         self.path, self.n_ctx = path, context or n_ctx
         self.story, self.delay_s, self.fail_after = story, delay_s, fail_after
         self.calls: list[dict] = []
@@ -64,6 +68,14 @@ class FakeModel:
         self.active = self.max_active = 0
         self._busy = threading.Semaphore(parallel)
         self._count = threading.Lock()
+        self.memory_bytes, self.closed = memory_bytes, False
+
+    def memory(self) -> dict:
+        """Model.memory()'s shape; memory_bytes as weights (0: unknown to the gateway)."""
+        return {"weights_bytes": self.memory_bytes, "kv_bytes": 0, "scratch_bytes": 0}
+
+    def close(self):
+        self.closed = True
 
     def tokenize(self, text: str) -> list[int]:
         return [1] + [7] * len(text.split())
@@ -114,8 +126,11 @@ class FakeUpstream:
     mode (settable any time): "ok", "500", "429", "400ctx", "hang", "slow" (first byte
     after `slow_s`), "cut" (close the socket after `cut_after` chunks), "error_event"
     (an SSE error object after `cut_after` chunks, no [DONE]), "json" (ignore stream=true).
-    Streams `tokens` pieces " t0", " t1", ... with `delay_s` between them.
+    Streams `tokens` pieces " t0", " t1", ... (or the pieces of `script`, a list of
+    strings, when set) with `delay_s` between them.
     requests: the JSON bodies received; headers: their headers (lower-case names).
+    GET /health answers `health` (an HTTP status, 200 by default; None = 404, as Ollama),
+    GET .../models the model list; gets: the GET paths received.
     """
 
     def __init__(self, mode: str = "ok", *, tokens: int = 5, delay_s: float = 0.0,
@@ -124,6 +139,9 @@ class FakeUpstream:
         self.slow_s, self.cut_after, self.name = slow_s, cut_after, name
         self.requests: list[dict] = []
         self.headers: list[dict] = []
+        self.gets: list[str] = []
+        self.script: list[str] | None = None
+        self.health: int | None = 200
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", port))
@@ -159,6 +177,7 @@ class FakeUpstream:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            self._loop = None             # stop() again (e.g. an ExitStack after a test) is a no-op
 
     def __enter__(self):
         return self.start()
@@ -191,8 +210,15 @@ class FakeUpstream:
     async def _respond(self, method, path, hdrs, body, writer) -> bool:
         """Answer one request; False to close the connection."""
         mode = self.mode
-        if method == "GET" and path.endswith("/models"):
-            self._send_json(writer, 200, {"object": "list", "data": [{"id": self.name}]})
+        if method == "GET":
+            self.gets.append(path)
+            if path.endswith("/models"):
+                self._send_json(writer, 200, {"object": "list", "data": [{"id": self.name}]})
+            elif path == "/health" and self.health is not None:
+                self._send_json(writer, self.health, {"status": "ok" if self.health == 200
+                                                      else "loading model"})
+            else:
+                self._send_json(writer, 404, {"error": {"message": "not found"}})
             return True
         req = json.loads(body or b"{}")
         self.requests.append(req)
@@ -215,8 +241,9 @@ class FakeUpstream:
         if mode == "slow":
             await asyncio.sleep(self.slow_s)
         chat = path.endswith("/chat/completions")
-        pieces = [f" t{i}" for i in range(min(self.tokens, req.get("max_tokens") or 10**9))]
-        finish = "stop" if len(pieces) == self.tokens else "length"
+        script = self.script or [f" t{i}" for i in range(self.tokens)]
+        pieces = script[:req.get("max_tokens") or None]
+        finish = "stop" if len(pieces) == len(script) else "length"
         usage = {"prompt_tokens": 3, "completion_tokens": len(pieces),
                  "total_tokens": 3 + len(pieces)}
         if mode == "json" or not req.get("stream"):
@@ -268,8 +295,8 @@ class FakeUpstream:
     @staticmethod
     def _send_json(writer, status: int, obj: dict):
         body = json.dumps(obj).encode()
-        reason = {200: "OK", 400: "Bad Request", 429: "Too Many Requests",
-                  500: "Internal Server Error"}.get(status, "X")
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests",
+                  500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "X")
         writer.write(f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
                      f"content-length: {len(body)}\r\n\r\n".encode() + body)
 
@@ -322,6 +349,97 @@ class ServerThread:
     def __exit__(self, *exc):
         self.stop()
 
+
+# ----------------------------------------------------------------------------- gateway
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+class GW:
+    """A gateway app served on loopback (uvicorn in a thread, entered on `stack`, an
+    ExitStack), plus what the test injected into it: a FakeClock, a FakeModel, meminfo."""
+
+    def __init__(self, stack, cfg: dict, model=None, meminfo=None, model_loader=None, **app_kw):
+        self.clock = FakeClock()
+        self.model = model or FakeModel()
+        self.mem = {"avail": 20 << 30, "total": 24 << 30}
+        if isinstance(cfg, dict):
+            cfg.setdefault("limits", {"requests_per_minute": 0, "tokens_per_minute": 0})
+        import httpx
+
+        from gemma4stack.gateway.app import create_app
+        from gemma4stack.gateway.config import GatewayConfig, parse_config
+        self.cfg = cfg if isinstance(cfg, GatewayConfig) else parse_config(cfg)
+        # quota windows on a frozen wall clock (a whole UTC day), moved by clock.advance()
+        app_kw.setdefault("wall_clock", lambda: 1_800_000_000.0 + self.clock.offset)
+        self.app = create_app(self.cfg, model_loader=model_loader or (lambda t: self.model),
+                              clock=self.clock, meminfo=meminfo or
+                              (lambda: (self.mem["avail"], self.mem["total"])), **app_kw)
+        self.state = self.app.state.gateway
+        self.srv = stack.enter_context(ServerThread(self.app))
+        self.url = self.srv.url
+        self.http = stack.enter_context(httpx.Client(base_url=self.url, timeout=10))
+
+    def chat(self, model="fast", messages=HI, headers=None, **kw):
+        return self.http.post("/v1/chat/completions", headers=headers,
+                              json={"model": model, "messages": messages, **kw})
+
+    def stream(self, path="/v1/chat/completions", **body):
+        """(status, [parsed data events], saw_done, headers) of a streamed request."""
+        return sse_request(self.http, path, body)
+
+    def breaker(self, tier):
+        return self.state.tiers[tier].breaker.state.value
+
+
+def sse_request(client, path: str = "/v1/chat/completions", body: dict | None = None):
+    """POST body with stream=true on an httpx.Client: (status, [parsed data events],
+    saw_done, headers); a non-200 answer gives its JSON body as the one event."""
+    events, done = [], False
+    with client.stream("POST", path, json={"stream": True, **(body or {})}) as r:
+        if r.status_code != 200:
+            r.read()
+            return r.status_code, [r.json()], False, r.headers
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                if line == "data: [DONE]":
+                    done = True
+                else:
+                    events.append(json.loads(line[6:]))
+    return 200, events, done, r.headers
+
+
+
+def gateway_process(stack, config_path, port_file) -> tuple:
+    """`python -m gemma4stack.gateway --config config_path --port 0` as a process of its
+    own (this tree first on its path), killed when `stack` closes. Returns (Popen, url)
+    once GET /health answers 200; RuntimeError with its log when it does not start."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1])] + sys.path)}
+    p = subprocess.Popen([sys.executable, "-m", "gemma4stack.gateway", "--config",
+                          str(config_path), "--port", "0", "--port-file", str(port_file)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stack.callback(lambda: (p.kill(), p.wait()))
+    t0 = time.monotonic()
+    while True:
+        if p.poll() is not None:
+            raise RuntimeError(f"gateway exited: {p.stderr.read()[-2000:]}")
+        if time.monotonic() - t0 > 30:
+            raise RuntimeError("gateway did not start in 30 s")
+        if os.path.exists(port_file):
+            url = f"http://127.0.0.1:{int(open(port_file).read())}"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    return p, url
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.05)
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="a fake OpenAI-compatible server on loopback")

@@ -215,15 +215,16 @@ def test_gateway_local_tier_serves_concurrent_requests_in_one_batch(tiny_path):
     from prometheus_client.parser import text_string_to_metric_families
 
     from gateway_fakes import ServerThread
-    from gemma4stack.gateway.app import create_app
+    from gemma4stack.gateway.app import create_app, load_model
     from gemma4stack.gateway.config import parse_config
 
     cfg = parse_config({"tiers": {"local": {"backend": "local", "model": str(tiny_path), "parallel": 4,
                                             "queue_size": 8, "chat_template": "raw"}},
                         "limits": {"requests_per_minute": 0, "tokens_per_minute": 0}})
-    app = create_app(cfg)
-    model = app.state.gateway.tiers["local"].backend.model
-    want = model.generate("Once upon a time", max_tokens=24, temperature=0)
+    loaded: list[Model] = []
+    app = create_app(cfg, model_loader=lambda tier: loaded.append(load_model(tier)) or loaded[-1])
+    with Model(tiny_path) as alone:
+        want = alone.generate("Once upon a time", max_tokens=24, temperature=0)
     with ServerThread(app) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
         out: list = [None] * 8
@@ -249,8 +250,8 @@ def test_gateway_local_tier_serves_concurrent_requests_in_one_batch(tiny_path):
         queried = [s.value for s in fams["gemma4stack_prefix_cache_tokens"].samples
                    if s.labels["kind"] == "queried"]
         assert queried and queried[0] > 0
-    _idle(model)
-    model.close()
+        assert len(loaded) == 1 and loaded[0].parallel == 4
+        _idle(loaded[0])
 
 
 def test_real_gemma3_270m_batched_decode_matches_alone(gemma3_270m_path):

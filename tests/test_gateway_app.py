@@ -8,7 +8,6 @@ limits, caps and malformed input.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -17,61 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway_fakes import FakeClock, FakeModel, FakeUpstream, ServerThread, free_port
-from gemma4stack.gateway.app import create_app
-from gemma4stack.gateway.config import parse_config
-
-HI = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture
-def gguf(models):
-    return str(models / "TinyStories-656K-Q8_0.gguf")
-
-
-class GW:
-    """A gateway app served on loopback, plus what the test injected into it."""
-
-    def __init__(self, stack, cfg: dict, model=None, meminfo=None):
-        self.clock = FakeClock()
-        self.model = model or FakeModel()
-        self.mem = {"avail": 20 << 30, "total": 24 << 30}
-        cfg.setdefault("limits", {"requests_per_minute": 0, "tokens_per_minute": 0})
-        self.cfg = parse_config(cfg)
-        self.app = create_app(self.cfg, model_loader=lambda t: self.model, clock=self.clock,
-                              meminfo=meminfo or (lambda: (self.mem["avail"], self.mem["total"])))
-        self.state = self.app.state.gateway
-        self.srv = stack.enter_context(ServerThread(self.app))
-        self.url = self.srv.url
-        self.http = stack.enter_context(httpx.Client(base_url=self.url, timeout=10))
-
-    def chat(self, model="fast", messages=HI, headers=None, **kw):
-        return self.http.post("/v1/chat/completions", headers=headers,
-                              json={"model": model, "messages": messages, **kw})
-
-    def stream(self, path="/v1/chat/completions", **body):
-        """(status, [parsed data events], saw_done, headers) of a streamed request."""
-        events, done = [], False
-        with self.http.stream("POST", path, json={"stream": True, **body}) as r:
-            if r.status_code != 200:
-                r.read()
-                return r.status_code, [r.json()], False, r.headers
-            for line in r.iter_lines():
-                if line.startswith("data: "):
-                    if line == "data: [DONE]":
-                        done = True
-                    else:
-                        events.append(json.loads(line[6:]))
-        return 200, events, done, r.headers
-
-    def breaker(self, tier):
-        return self.state.tiers[tier].breaker.state.value
-
-
-@pytest.fixture
-def stack():
-    with contextlib.ExitStack() as s:
-        yield s
+from gateway_fixtures import gguf, stack  # noqa: F401 (fixtures)
+from gateway_fakes import GW, HI, FakeModel, FakeUpstream, free_port
 
 
 def upstream(stack, mode="ok", **kw) -> FakeUpstream:
@@ -267,7 +213,7 @@ def test_all_down_503_with_retry_after(stack, gguf):
     dead = f"http://127.0.0.1:{free_port()}/v1"        # connection refused
     gw = GW(stack, {"tiers": {"heavy": {"backend": "openai", "url": dead, "model": "big"},
                               "fast": {"backend": "local", "model": gguf}}})
-    gw.mem["avail"] = 1 << 30                          # 1/24 < 10 %: local tiers skipped
+    gw.mem["avail"] = 1 << 30                          # 23/24 used > 85 %: local tiers skipped
     r = gw.chat("heavy")
     assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
     body = r.json()
@@ -294,7 +240,7 @@ def test_memory_pressure_routes_auto_past_local(stack, gguf):
                               "fast": {"backend": "local", "model": gguf}},
                     "routing": {"order": ["primary", "fast"]}})
     assert gw.chat("auto").json()["_routing"]["tier"] == "fast"
-    gw.mem["avail"] = 2 << 30                          # 2/24 = 8 % < 10 %
+    gw.mem["avail"] = 2 << 30                          # 22/24 = 92 % used > 85 %
     gw.clock.advance(1)
     d = gw.chat("auto").json()["_routing"]
     # "hi" is short -> fast, which is local and skipped; auto then tries bigger tiers
@@ -303,6 +249,33 @@ def test_memory_pressure_routes_auto_past_local(stack, gguf):
     # a request naming the local tier only falls back downwards: nothing left -> 503
     r = gw.chat("fast")
     assert r.status_code == 503 and r.json()["_routing"]["fallback_reasons"] == {"fast": "memory_pressure"}
+
+
+def test_memory_threshold_default_85_percent_used_in_routing(stack, gguf):
+    up = upstream(stack)
+    gw = GW(stack, {"tiers": {"primary": {"backend": "openai", "url": up.url, "model": "mid"},
+                              "fast": {"backend": "local", "model": gguf}},
+                    "routing": {"order": ["primary", "fast"]}})
+    gw.mem["avail"] = 4 << 30                          # 20/24 = 83.3 % used: under 85 %
+    d = gw.chat("auto").json()["_routing"]
+    assert d["tier"] == "fast"
+    assert d["memory"] == {"available_bytes": 4 << 30, "total_bytes": 24 << 30,
+                           "used_share": 0.8333, "max_used": 0.85, "pressure": False}
+    gw.mem["avail"] = (7 << 30) // 2                   # 20.5/24 = 85.4 % used: over
+    gw.clock.advance(1)
+    d = gw.chat("auto").json()["_routing"]
+    assert d["tier"] == "primary" and d["fallback_reasons"] == {"fast": "memory_pressure"}
+    assert d["memory"]["pressure"] is True and d["memory"]["used_share"] == 0.8542
+    assert "memory" not in gw.chat("primary").json()["_routing"]   # no local tier considered
+    # the threshold is configurable; the older min_available_memory still reads
+    gw2 = GW(stack, {"tiers": {"fast": {"backend": "local", "model": gguf}},
+                     "routing": {"max_memory_used": 0.9}})
+    gw2.mem["avail"] = (7 << 30) // 2
+    assert gw2.chat("fast").json()["_routing"]["memory"]["pressure"] is False
+    from gemma4stack.gateway.config import parse_config
+    old = parse_config({"tiers": {"f": {"backend": "local", "model": gguf}},
+                        "routing": {"min_available_memory": 0.2}})
+    assert old.routing.max_memory_used == 0.8
 
 
 def test_local_queue_full_503_and_parallel_bound(stack, gguf):

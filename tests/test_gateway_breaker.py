@@ -6,7 +6,7 @@ import pytest
 from gemma4stack.gateway.breaker import CircuitBreaker, State
 from gemma4stack.gateway.config import parse_config
 from gemma4stack.gateway.routing import (Classification, MemoryGauge, UnknownModel, classify,
-                                         plan, read_meminfo, resolve_model)
+                                         plan, read_memory, resolve_model)
 
 
 class Clock:
@@ -129,13 +129,30 @@ def test_plan_fallback_order_and_names():
     assert plan("heavy", None, nofb) == ["heavy"]
 
 
-def test_meminfo_matches_sysconf():
-    """/proc/meminfo MemTotal agrees with sysconf(_SC_PHYS_PAGES) * page size."""
+def test_read_memory_is_cgroup_aware(tmp_path):
+    """A fake /proc + /sys tree (as tests/c/test_hw.c builds): a 1 GiB cgroup v2 limit with
+    512 MiB in use, 128 MiB of it inactive file cache, on a 16 GB host."""
+    def put(rel, text):
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    put("proc/meminfo", "MemTotal:       16000000 kB\nMemFree:         9000000 kB\n"
+                        "MemAvailable:   12000000 kB\n")
+    put("proc/self/cgroup", "0::/app\n")
+    put("proc/self/mountinfo", "22 1 0:21 / / rw - ext4 /dev/vda rw\n"
+                               "35 22 0:30 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n")
+    put("sys/fs/cgroup/app/memory.max", "1073741824\n")
+    put("sys/fs/cgroup/app/memory.current", "536870912\n")
+    put("sys/fs/cgroup/app/memory.stat", "anon 100\ninactive_file 134217728\n")
+    avail, total = read_memory(str(tmp_path))
+    assert total == 1 << 30 and avail == (1 << 30) - (512 << 20) + (128 << 20)
+    (tmp_path / "sys/fs/cgroup/app/memory.max").write_text("max\n")   # no limit: the host
+    assert read_memory(str(tmp_path)) == (12000000 * 1024, 16000000 * 1024)
+    # this machine: total is MemTotal (sysconf) or a smaller cgroup limit
     import os
-    avail, total = read_meminfo()
+    avail, total = read_memory()
     phys = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    assert abs(total - phys) <= 4096 * 16
-    assert 0 < avail <= total
+    assert total <= phys + 4096 * 16 and 0 < avail <= total
 
 
 def test_memory_gauge_threshold_and_cache():
@@ -146,10 +163,11 @@ def test_memory_gauge_threshold_and_cache():
         return state["avail"], 100
 
     state = {"avail": 50}
-    g = MemoryGauge(0.10, meminfo, clk, ttl_s=0.5)
+    g = MemoryGauge(0.90, meminfo, clk, ttl_s=0.5)
     assert not g.under_pressure()
     state["avail"] = 5
     assert not g.under_pressure()     # cached for ttl_s
     clk.t += 0.5
     assert g.under_pressure() and len(reads) == 2
-    assert not MemoryGauge(0.0, meminfo, clk).under_pressure()   # 0 disables
+    assert g.to_dict()["used_share"] == 0.95
+    assert not MemoryGauge(1.0, meminfo, clk).under_pressure()   # 1 disables

@@ -134,3 +134,8 @@ def test_readme_config_reference_parses(models, monkeypatch):
     monkeypatch.setenv("HEAVY_API_KEY", "k2")
     cfg = parse_config(tomllib.loads(block), source="README.md")
     assert set(cfg.tiers) == {"fast", "heavy"} and cfg.auth.api_keys[-1] == "k1"
+    # the examples of several backends per tier load as they are
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)[1:]
+    pools = [parse_config(tomllib.loads(b), source="README.md",
+                          base_dir=Path(__file__).resolve().parent.parent) for b in blocks]
+    assert [[len(t.backends) for t in c.tiers.values() if t.pooled] for c in pools] == [[3], [3]]

@@ -1,6 +1,7 @@
 /* bind_hw.c - Python functions for csrc/hw/ and csrc/bench/bandwidth.c.
  *
  *   _core.hw_detect(topology_xml=None, probe_gpus=None) -> dict   (g4_hw_report as plain values)
+ *   _core.hw_memory(sysroot=None) -> dict        (g4_hw_read_memory: no hwloc, ~50 us)
  *   _core.bandwidth(bytes_per_array=0, threads=0, reps=5) -> dict
  *
  * Thin on purpose: the GIL is released around the C calls and the result is
@@ -140,6 +141,29 @@ static PyObject *py_hw_detect(PyObject *self, PyObject *args, PyObject *kw) {
     return res;
 }
 
+static PyObject *py_hw_memory(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"sysroot", NULL};
+    PyObject *root_obj = Py_None, *bytes = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:hw_memory", kwlist, &root_obj)) return NULL;
+    const char *root = NULL;
+    if (root_obj != Py_None) {
+        if (!PyUnicode_FSConverter(root_obj, &bytes)) return NULL;
+        root = PyBytes_AS_STRING(bytes);
+    }
+    uint64_t total = 0, avail = 0, limit = 0;
+    g4_err err;
+    g4_err_clear(&err);
+    g4_status st;
+    Py_BEGIN_ALLOW_THREADS
+    st = g4_hw_read_memory(root, &total, &avail, &limit, &err);
+    Py_END_ALLOW_THREADS
+    Py_XDECREF(bytes);
+    if (st != G4_OK) return g4py_raise(&err);
+    return Py_BuildValue("{s:K,s:K,s:K}", "total_bytes", (unsigned long long)total,
+                         "available_bytes", (unsigned long long)avail,
+                         "cgroup_limit_bytes", (unsigned long long)limit);
+}
+
 static PyObject *py_bandwidth(PyObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"bytes_per_array", "threads", "reps", NULL};
     Py_ssize_t bytes = 0;
@@ -164,6 +188,10 @@ PyMethodDef g4py_hw_methods[] = {
      "hw_detect(topology_xml=None, probe_gpus=None) -> dict\n\nDescribe this machine, or the machine in an hwloc XML export.\n"
      "Sizes in bytes. probe_gpus: None = ask NVML / sysfs / sysctl for GPUs on this machine only; True = also\n"
      "with an XML (tests); False = never. Raises FileNotFoundError / ValueError for a bad XML path or file."},
+    {"hw_memory", (PyCFunction)(void (*)(void))py_hw_memory, METH_VARARGS | METH_KEYWORDS,
+     "hw_memory(sysroot=None) -> dict\n\nMemTotal, MemAvailable capped by the cgroup's room (limit - "
+     "usage) and the cgroup memory limit (0 = none), in bytes, from /proc and /sys under sysroot.\n"
+     "Raises OSError when meminfo cannot be read."},
     {"bandwidth", (PyCFunction)(void (*)(void))py_bandwidth, METH_VARARGS | METH_KEYWORDS,
      "bandwidth(bytes_per_array=0, threads=0, reps=5) -> dict\n\nSTREAM-style read and triad bandwidth in GB/s "
      "(1e9 bytes/s); 0 = defaults (4 x last-level cache, all CPUs)."},

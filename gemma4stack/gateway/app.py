@@ -22,27 +22,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
+import os
 import random
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib import resources
 from typing import Any, Callable
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from . import routing
 from .auth import Guard
-from .backends import BackendError, Final, GenRequest, LocalBackend, OpenAIBackend, text_of
+from .backends import BackendError, Final, GenRequest, OpenAIBackend, text_of
 from .breaker import CircuitBreaker, State
-from .config import GatewayConfig, TierConfig
+from .config import ConfigError, GatewayConfig, TierConfig, load_config
 from .errors import APIError
 from .metrics import Metrics
+from .lifecycle import LazyLocal, ModelManager, parse_keep_alive
+from .pool import Member, Pool
 from .schemas import parse
 
 log = logging.getLogger("gemma4stack.gateway")
@@ -57,6 +64,23 @@ def _sse(obj) -> bytes:
     return b"data: " + _json(obj) + b"\n\n"
 
 
+@functools.lru_cache(maxsize=1)
+def _chat_html() -> str:
+    """The chat page shipped as package data (pyproject: gateway/static/*.html)."""
+    return (resources.files("gemma4stack.gateway") / "static" / "chat.html").read_text("utf-8")
+
+
+def has_media(messages: list[dict] | None) -> bool:
+    """Does a chat request carry non-text content parts (image_url, input_audio, file)?
+    Such requests count against media_requests_per_day instead of requests_per_day."""
+    for m in messages or ():
+        c = m.get("content")
+        if isinstance(c, list) and any(isinstance(p, dict) and p.get("type") != "text"
+                                       for p in c):
+            return True
+    return False
+
+
 def load_model(tier: TierConfig):
     """Open a local tier's GGUF with gemma4stack.model.Model (the default model_loader)."""
     from gemma4stack.model import Model
@@ -67,27 +91,44 @@ def load_model(tier: TierConfig):
 
 @dataclass
 class TierRuntime:
-    """A tier while the gateway runs: its backend, breaker and recent history."""
+    """A tier while the gateway runs: its pool of backends (pool.py) and recent history."""
     tier: TierConfig
-    backend: Any
-    breaker: CircuitBreaker
+    pool: Pool
     last_latency_ms: float | None = None
     last_ttft_ms: float | None = None
     last_error: str | None = None
     served: int = 0
     failed: int = 0
+    key: str = ""                    # what it was built from; a reload keeps it if unchanged
+
+    @property
+    def busy(self) -> bool:
+        """Requests still running on one of its backends."""
+        return any(m.outstanding or getattr(m.backend, "active", 0) for m in self.pool.members)
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The first backend's breaker: the tier's breaker for a single-engine tier."""
+        return self.pool.members[0].breaker
+
+    @property
+    def state(self) -> State:
+        """The best state among the tier's backends (closed if any is closed)."""
+        return min((m.breaker.state for m in self.pool.members), key=lambda s: s.gauge)
 
     def to_dict(self, pressure: bool) -> dict:
-        b = self.breaker
-        up = b.state is not State.OPEN and getattr(self.backend, "ready", True) and \
-            not (self.tier.is_local and pressure)
-        d = {"up": bool(up), "backend": self.tier.backend, "model": self.tier.id,
-             "breaker": b.state.value, "retry_after_s": round(b.retry_after(), 3),
+        members = [m.to_dict(pressure) for m in self.pool.members]
+        d = {"up": any(m["up"] for m in members), "backend": self.tier.backend,
+             "model": self.tier.id, "breaker": self.state.value,
+             "retry_after_s": min(m["retry_after_s"] for m in members),
              "last_latency_ms": self.last_latency_ms, "last_ttft_ms": self.last_ttft_ms,
              "last_error": self.last_error, "served": self.served, "failed": self.failed}
-        if self.tier.is_local and pressure:
+        if all(m.get("skipped") == "memory_pressure" for m in members):
             d["skipped"] = "memory_pressure"
-        d.update(self.backend.status())
+        if len(members) == 1:
+            d.update(self.pool.members[0].backend.status())
+        else:
+            d["backends"] = members
         return d
 
 
@@ -96,29 +137,141 @@ class GatewayState:
 
     def __init__(self, config: GatewayConfig, *, model_loader: Callable | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
-                 transport=None):
+                 meminfo: Callable[[], tuple[int, int]] = routing.read_memory,
+                 transport=None, wall_clock: Callable[[], float] = time.time):
         self.config, self.clock = config, clock
+        self.transport = transport
         self.metrics = Metrics()
-        self.guard = Guard(config.auth, config.limits)
-        self.memory = routing.MemoryGauge(config.routing.min_available_memory, meminfo, clock)
+        self.guard = Guard(config.auth, config.limits, wall=wall_clock)
+        self.memory = routing.MemoryGauge(config.routing.max_memory_used, meminfo, clock)
         self.tiers: dict[str, TierRuntime] = {}
-        loader = model_loader or load_model
-        b = config.breaker
+        self._health_tasks: list[asyncio.Task] = []
+        self._health_client: httpx.AsyncClient | None = None
+        self.models = ModelManager(model_loader or load_model, max_tokens=config.server.max_tokens,
+                                   meminfo=self.memory.meminfo,
+                                   max_used=config.routing.max_memory_used,
+                                   budget_bytes=config.models.memory_budget_bytes, clock=clock)
+        self._tasks: list[asyncio.Task] = []
+        self.reloads = 0
         for name, tier in config.tiers.items():
-            if tier.is_local:
-                backend = LocalBackend(tier, loader(tier), config.server.max_tokens)
-            else:
-                backend = OpenAIBackend(tier, transport=transport)
-            breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=clock,
-                                     on_change=self._breaker_changed(name))
-            self.tiers[name] = TierRuntime(tier, backend, breaker)
+            self.tiers[name] = self._build_tier(tier, config)
             self.metrics.breaker.labels(name).set(0)
 
-    def _breaker_changed(self, name: str):
+    @staticmethod
+    def _tier_key(tier: TierConfig, config: GatewayConfig) -> str:
+        """Everything a TierRuntime is built from (a reload reuses it when this is equal)."""
+        return json.dumps([tier.to_dict(), tier.api_key, [b.api_key for b in tier.backends],
+                           asdict(config.breaker), config.models.keep_alive,
+                           config.server.max_tokens], sort_keys=True, default=str)
+
+    def _build_tier(self, tier: TierConfig, config: GatewayConfig) -> TierRuntime:
+        name, b = tier.name, config.breaker
+        default_ka = config.models.keep_alive_s
+        members = []
+        for spec in tier.backends:
+            sub = tier.member(spec)
+            if spec.is_local:
+                ka = default_ka if tier.keep_alive is None else parse_keep_alive(tier.keep_alive)
+                backend = LazyLocal(sub, self.models, ka)
+                if config.models.preload:
+                    self.models.load_now(backend)
+            else:
+                backend = OpenAIBackend(sub, transport=self.transport)
+            label = name if len(tier.backends) == 1 else f"{name}/{spec.name}"
+            breaker = CircuitBreaker(b.failures, b.window_s, b.cooldown_s, clock=self.clock,
+                                     on_change=self._breaker_changed(name, label))
+            members.append(Member(spec, backend, breaker))
+        return TierRuntime(tier, Pool(tier, members), key=self._tier_key(tier, config))
+
+    async def reload(self, config: GatewayConfig) -> dict:
+        """Switch to `config` without dropping requests in flight.
+
+        Tiers whose settings did not change keep their backends (loaded models, breakers,
+        connections); new or changed tiers get new ones; the old ones finish the requests
+        they hold and are closed afterwards. Keys and limits apply to the next request
+        (the quota counters stay in the same database). [server] host and port need a
+        restart. Returns {"kept", "added", "replaced", "removed"} tier names.
+        """
+        old, tiers = self.tiers, {}
+        report = {"kept": [], "added": [], "replaced": [], "removed": []}
+        for name, tier in config.tiers.items():
+            rt = old.get(name)
+            if rt is not None and rt.key == self._tier_key(tier, config):
+                tiers[name] = rt
+                report["kept"].append(name)
+            else:
+                tiers[name] = self._build_tier(tier, config)
+                report["replaced" if rt is not None else "added"].append(name)
+        retired = [rt for n, rt in old.items() if tiers.get(n) is not rt]
+        report["removed"] = [n for n in old if n not in tiers]
+        if (config.server.host, config.server.port) != (self.config.server.host,
+                                                        self.config.server.port):
+            log.warning("reload: [server] host/port changes need a restart; still on %s:%d",
+                        self.config.server.host, self.config.server.port)
+        store = self.guard.store
+        same_db = (config.limits.db or ":memory:") == (self.config.limits.db or ":memory:")
+        guard = Guard(config.auth, config.limits, wall=self.guard.store.wall,
+                      store=store if same_db else None)
+        # the swap: requests admitted from here on see only the new state
+        self.config, self.tiers, self.guard = config, tiers, guard
+        self.memory.max_used = self.models.max_used = config.routing.max_memory_used
+        self.models.budget_bytes = config.models.memory_budget_bytes
+        self.models.max_tokens = config.server.max_tokens
+        for name, rt in tiers.items():
+            self.metrics.breaker.labels(name).set(rt.state.gauge)
+        if not same_db:
+            store.close()
+        self._restart_health_checks()
+        if retired:
+            self._tasks.append(asyncio.create_task(self._retire(retired), name="g4gw-retire"))
+        self.reloads += 1
+        log.info("reloaded config: %s", report)
+        return report
+
+    async def _retire(self, retired: list[TierRuntime]):
+        """Close replaced tiers' backends once their requests are done."""
+        while any(rt.busy for rt in retired):
+            await asyncio.sleep(0.05)
+        for rt in retired:
+            for m in rt.pool.members:
+                with contextlib.suppress(Exception):
+                    await m.backend.aclose()
+                if m.backend in self.models.slots:
+                    self.models.slots.remove(m.backend)
+
+    def _restart_health_checks(self):
+        for t in self._health_tasks:
+            t.cancel()
+        self._health_tasks = []
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return                    # not serving yet: start_tasks() will start them
+        self.start_health_checks()
+
+    def start_tasks(self):
+        """The background tasks, on the running loop: the idle-model reaper, then one
+        health-check task per tier with URL backends."""
+        self._tasks.append(asyncio.create_task(self.models.reap_loop(), name="g4gw-model-reaper"))
+        self.start_health_checks()
+
+    def start_health_checks(self):
+        """Start one health-check task per tier with URL backends (on the running loop)."""
+        tiers = [rt for rt in self.tiers.values()
+                 if rt.tier.health_interval_s > 0 and any(not m.is_local for m in rt.pool.members)]
+        if not tiers:
+            return
+        if self._health_client is None:
+            self._health_client = httpx.AsyncClient(transport=self.transport)
+        for rt in tiers:
+            self._health_tasks.append(asyncio.create_task(
+                rt.pool.health_loop(self._health_client), name=f"g4gw-health-{rt.tier.name}"))
+
+    def _breaker_changed(self, name: str, label: str):
         def changed(old: State, new: State):
-            log.warning("tier %s: circuit breaker %s -> %s", name, old.value, new.value)
-            self.metrics.breaker.labels(name).set(new.gauge)
+            log.warning("%s: circuit breaker %s -> %s", label, old.value, new.value)
+            rt = self.tiers.get(name)
+            self.metrics.breaker.labels(name).set(rt.state.gauge if rt else new.gauge)
         return changed
 
     def health(self) -> tuple[int, dict]:
@@ -129,9 +282,27 @@ class GatewayState:
                                       "memory": self.memory.to_dict()}
 
     async def aclose(self):
+        tasks = self._health_tasks + self._tasks
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        if self._health_client is not None:
+            await self._health_client.aclose()
         for rt in self.tiers.values():
-            with contextlib.suppress(Exception):
-                await rt.backend.aclose()
+            for m in rt.pool.members:
+                with contextlib.suppress(Exception):
+                    await m.backend.aclose()
+        self.guard.store.close()
+
+    def reload_from_source(self) -> GatewayConfig:
+        """The config re-read from the file it came from (ConfigError if it cannot be)."""
+        src = self.config.source
+        if not src or not os.path.isfile(src):
+            raise ConfigError(f"cannot reload: the config did not come from a file that still "
+                              f"exists ({src or 'a dict'})")
+        return load_config(src)
 
 
 # ----------------------------------------------------------------------------- admission
@@ -205,11 +376,14 @@ class Dispatch:
                  chain: list[str], stream: bool, include_usage: bool,
                  auto: routing.Classification | None):
         self.st, self.caller, self.endpoint, self.req = st, caller, endpoint, req
+        self.tiers = st.tiers      # a reload swaps st.tiers; this request keeps its own
         self.chain, self.stream, self.include_usage, self.auto = chain, stream, include_usage, auto
         self.disconnected = False
         self.finished = False
         self.started = False
         self.tried: list[str] = []
+        self.member: Member | None = None    # the backend being tried / that answered
+        self.memory: dict | None = None      # the memory figure, once a local backend was considered
         self.reasons: dict[str, str] = {}
         # unique, not secret
         self.rid = ("chatcmpl-" if req.kind == "chat" else "cmpl-") + f"{random.getrandbits(96):024x}"
@@ -247,6 +421,7 @@ class Dispatch:
     def _routing(self, rt: TierRuntime | None, ttft: float | None, final: Final | None) -> dict:
         now = self.st.clock()
         d = {"tier": rt.tier.name if rt else None, "model": rt.tier.id if rt else None,
+             "backend": self.member.name if rt and self.member else None,
              "latency_ms": round((now - self.caller.t0) * 1000, 3),
              "ttft_ms": round(ttft * 1000, 3) if ttft is not None else None,
              "prompt_tokens": final.prompt_tokens if final else None,
@@ -258,6 +433,8 @@ class Dispatch:
             d["fallback_reasons"] = dict(self.reasons)
         if self.auto is not None:
             d["auto"] = self.auto.to_dict()
+        if self.memory is not None:
+            d["memory"] = self.memory
         return d
 
     async def _send_json(self, send, status: int, body: dict, headers: dict):
@@ -277,63 +454,86 @@ class Dispatch:
         retry: list[float] = []
         last: BackendError | None = None
         for name in self.chain:
-            rt = st.tiers[name]
+            rt = self.tiers[name]
+            pool = rt.pool
             self.tried.append(name)
-            if rt.tier.is_local:
-                if pressure is None:
-                    pressure = st.memory.under_pressure()
-                if pressure:
-                    self.reasons[name] = "memory_pressure"
-                    retry.append(5.0)
-                    continue
-            ticket = rt.breaker.allow()
-            if ticket is None:
-                self.reasons[name] = "breaker_open"
-                retry.append(rt.breaker.retry_after())
+            if pressure is None and pool.has_local:
+                pressure = st.memory.under_pressure()
+                self.memory = st.memory.to_dict()
+            members, why = pool.order(bool(pressure))
+            if not members:
+                self.reasons[name] = why
+                retry.append(5.0 if why == "memory_pressure" else
+                             min(m.breaker.retry_after() for m in pool.members))
                 continue
-            agen = rt.backend.stream(self.req)
-            try:
-                first = await agen.__anext__()
-                ttft = st.clock() - self.caller.t0
-                if self.stream:
-                    await self._stream(send, rt, ticket, agen, first, ttft)
-                    return
-                pieces, final = [], first
-                if type(first) is str:
-                    pieces.append(first)
-                    async for item in agen:
-                        if type(item) is str:
-                            pieces.append(item)
-                        else:
-                            final = item
-                if type(final) is str:
-                    final = Final()
-            except BackendError as e:
-                await agen.aclose()
+            multi = len(pool.members) > 1
+            for m in members:
+                ticket = m.breaker.allow()
+                key = f"{name}/{m.name}" if multi else name
+                if ticket is None:           # its half-open probe went to another request
+                    self.reasons[key] = "breaker_open"
+                    retry.append(m.breaker.retry_after())
+                    continue
+                m.outstanding += 1
+                try:
+                    e = await self._try(send, rt, m, ticket)
+                finally:
+                    m.outstanding -= 1
+                if e is None:
+                    return                   # answered (or streamed)
                 last = e
-                (ticket.failure if e.counts else ticket.release)()
-                rt.last_error, rt.failed = f"{e.kind}: {e.message}", rt.failed + 1
-                st.metrics.errors.labels(name, e.kind).inc()
                 if e.retry_after is not None:
                     retry.append(e.retry_after)
                 if not e.fallback:
-                    routing_ = self._routing(rt, None, None)
-                    await self._send_error(send, APIError(e.status, e.message, e.etype, e.code,
-                                                          e.param, routing=routing_), name)
+                    await self._send_error(send, APIError(
+                        e.status, e.message, e.etype, e.code, e.param,
+                        routing=self._routing(rt, None, None)), name)
                     return
-                self.reasons[name] = e.kind
+                self.reasons[key] = e.kind
                 st.metrics.fallbacks.labels(name).inc()
-                log.info("tier %s failed before the first byte (%s); trying the next tier",
-                         name, e.message)
-                continue
-            except BaseException:
-                ticket.release()
-                await agen.aclose()
-                raise
-            ticket.success()
-            await self._answer(send, rt, "".join(pieces), final, ttft)
-            return
+                log.info("%s failed before the first byte (%s); trying the next %s", key,
+                         e.message, "backend" if multi else "tier")
         await self._all_down(send, retry, last)
+
+    def _failed(self, rt: TierRuntime, m: Member, ticket, e: BackendError):
+        """Book-keeping of a backend error: breaker, counters, metrics."""
+        (ticket.failure if e.counts else ticket.release)()
+        rt.last_error = m.last_error = f"{e.kind}: {e.message}"
+        rt.failed, m.failed = rt.failed + 1, m.failed + 1
+        self.st.metrics.errors.labels(rt.tier.name, e.kind).inc()
+
+    async def _try(self, send, rt: TierRuntime, m: Member, ticket) -> BackendError | None:
+        """Send the request to member `m`: None once answered, the error when it failed
+        before the first byte (the caller may try another backend or tier)."""
+        self.member = m
+        agen = m.backend.stream(self.req)
+        try:
+            first = await agen.__anext__()
+            ttft = self.st.clock() - self.caller.t0
+            if self.stream:
+                await self._stream(send, rt, ticket, agen, first, ttft)
+                return None
+            pieces, final = [], first
+            if type(first) is str:
+                pieces.append(first)
+                async for item in agen:
+                    if type(item) is str:
+                        pieces.append(item)
+                    else:
+                        final = item
+            if type(final) is str:
+                final = Final()
+        except BackendError as e:
+            await agen.aclose()
+            self._failed(rt, m, ticket, e)
+            return e
+        except BaseException:
+            ticket.release()
+            await agen.aclose()
+            raise
+        ticket.success()
+        await self._answer(send, rt, "".join(pieces), final, ttft)
+        return None
 
     async def _all_down(self, send, retry: list[float], last: BackendError | None):
         why = ", ".join(f"{t}: {r}" for t, r in self.reasons.items()) or "no tier"
@@ -350,6 +550,8 @@ class Dispatch:
         """Book-keeping when a tier finished a request; returns its _routing."""
         st, r = self.st, self._routing(rt, ttft, final)
         rt.last_latency_ms, rt.served, rt.last_error = r["latency_ms"], rt.served + 1, None
+        if self.member is not None:
+            self.member.served += 1
         rt.last_ttft_ms = r["ttft_ms"]
         m, name = st.metrics, rt.tier.name
         m.requests.labels(name, self.endpoint, status).inc()
@@ -361,8 +563,13 @@ class Dispatch:
             m.tokens.labels(name, "prompt").inc(pt)
         if ct:
             m.tokens.labels(name, "completion").inc(ct)
-        st.guard.charge(self.caller.key_id, self.caller.ip, pt + ct)
         return r
+
+    def _charge(self, final: Final):
+        """Charge the tokens to the caller's quotas, after the last byte went out (a
+        SQLite transaction is not worth making the client wait for)."""
+        self.st.guard.charge(self.caller.key_id, self.caller.ip,
+                             (final.prompt_tokens or 0) + (final.completion_tokens or 0))
 
     def _usage(self, final: Final) -> dict | None:
         if final.prompt_tokens is None and final.completion_tokens is None:
@@ -382,6 +589,7 @@ class Dispatch:
                 "model": rt.tier.id, "choices": [choice], "usage": self._usage(final),
                 "_routing": r}
         await self._send_json(send, 200, body, _routing_headers(r))
+        self._charge(final)
 
     # -- streaming
     def _chunk(self, model: str, text: str | None, finish: str | None, first: bool = False) -> dict:
@@ -435,9 +643,7 @@ class Dispatch:
         except BackendError as e:
             # too late to fall back: end the stream with an error event and no [DONE]
             await agen.aclose()
-            (ticket.failure if e.counts else ticket.release)()
-            rt.last_error, rt.failed = f"{e.kind}: {e.message}", rt.failed + 1
-            self.st.metrics.errors.labels(rt.tier.name, e.kind).inc()
+            self._failed(rt, self.member, ticket, e)
             self.st.metrics.requests.labels(rt.tier.name, self.endpoint, "stream_error").inc()
             log.warning("tier %s failed mid-stream: %s", rt.tier.name, e.message)
             err = APIError(e.status, e.message, e.etype, e.code, routing=self._routing(rt, ttft, None))
@@ -465,6 +671,7 @@ class Dispatch:
         out = b"".join(_sse(c) for c in tail) + b"data: [DONE]\n\n"
         self.finished = True
         await send({"type": "http.response.body", "body": out, "more_body": False})
+        self._charge(final)
 
 
 _STREAM_HEADERS = {"x-gemma4stack-tier", "x-gemma4stack-model", "x-gemma4stack-ttft-ms",
@@ -507,20 +714,26 @@ class _ASGIEndpoint:
 
 def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], Any] | None = None,
                clock: Callable[[], float] = time.monotonic,
-               meminfo: Callable[[], tuple[int, int]] = routing.read_meminfo,
-               transport=None) -> FastAPI:
+               meminfo: Callable[[], tuple[int, int]] = routing.read_memory,
+               transport=None, wall_clock: Callable[[], float] = time.time) -> FastAPI:
     """Build the gateway app (a FastAPI subclass, GatewayApp).
 
     model_loader(tier) -> Model-like object for local tiers (default: gemma4stack.model.Model);
     clock: seconds, used by breakers, latencies and the memory gauge;
-    meminfo() -> (MemAvailable, MemTotal) bytes; transport: httpx transport for openai tiers.
-    Local models are loaded here, so a bad GGUF fails the call (OSError / ValueError).
+    meminfo() -> (available, total) bytes (default routing.read_memory, cgroup-aware); transport: httpx transport for openai tiers;
+    wall_clock: Unix seconds, for the quota windows (minutes and UTC days).
+    Local models load on their first request ([models] preload = true: here, so a bad
+    GGUF fails the call with OSError / ValueError) and unload per keep_alive (lifecycle.py).
     """
     st = GatewayState(config, model_loader=model_loader, clock=clock, meminfo=meminfo,
-                      transport=transport)
+                      transport=transport, wall_clock=wall_clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        st.start_tasks()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            # SIGHUP re-reads the config file (only possible on the main thread)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
         yield
         await st.aclose()
 
@@ -533,7 +746,6 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     app = GatewayApp(title="gemma4stack gateway", lifespan=lifespan, docs_url=None,
                      redoc_url=None, openapi_url=None, **kw)
     app.state.gateway = st
-    cfg = config
 
     def _reject(reason: str, e: APIError):
         st.metrics.rejections.labels(reason).inc()
@@ -546,17 +758,13 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
             _reject("auth", e)
 
     async def admit(scope, receive) -> tuple[Caller, dict]:
-        """Auth, rate limit, body cap, JSON: the caller and the body (a dict) or APIError."""
+        """Auth, body cap, JSON: the caller and the body (a dict) or APIError."""
         t0 = st.clock()
         key_id = authenticate(_header(scope, b"authorization"))
         client = scope.get("client")
         ip = client[0] if client else None
         try:
-            st.guard.admit(key_id, ip)
-        except APIError as e:
-            _reject("rate_limit", e)
-        try:
-            raw = await _read_body(scope, receive, cfg.server.max_body_bytes)
+            raw = await _read_body(scope, receive, st.config.server.max_body_bytes)
         except APIError as e:
             _reject("body_too_large", e)
         try:
@@ -571,23 +779,27 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     async def plan(scope, receive, kind: str, endpoint: str) -> Dispatch:
         caller, body = await admit(scope, receive)
         try:
-            model, req, stream, include_usage = parse(body, kind, cfg.server)
-            tier = routing.resolve_model(model, cfg)
+            model, req, stream, include_usage = parse(body, kind, st.config.server)
+            tier = routing.resolve_model(model, st.config)
         except APIError as e:
             _reject("invalid", e)
         except routing.UnknownModel:
             _reject("unknown_model", APIError(
                 404, f"The model '{model}' does not exist; use 'auto', a tier "
-                f"({', '.join(cfg.tiers)}) or a model id from /v1/models.",
+                f"({', '.join(st.config.tiers)}) or a model id from /v1/models.",
                 param="model", code="model_not_found"))
+        try:                               # a valid request: count it against the quotas
+            st.guard.admit(caller.key_id, caller.ip, media=has_media(req.messages))
+        except APIError as e:
+            _reject("rate_limit", e)
         auto = None
         if tier is None:
             msgs = req.messages or []
             last_user = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
             text = text_of(last_user.get("content")) if last_user else (req.prompt or "")
             total = sum(len(text_of(m.get("content"))) for m in msgs) if msgs else len(text)
-            auto = routing.classify(text, total, cfg.routing)
-        chain = routing.plan(tier, auto, cfg)
+            auto = routing.classify(text, total, st.config.routing)
+        chain = routing.plan(tier, auto, st.config)
         return Dispatch(st, caller, endpoint, req, chain, stream, include_usage, auto)
 
     def generation(kind: str, endpoint: str):
@@ -622,12 +834,69 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
         data = [{"id": "auto", "object": "model", "created": created, "owned_by": "gemma4stack",
                  "tier": None, "backend": "router"}]
         seen = {"auto"}
-        for name, t in cfg.tiers.items():
+        for name, rt in st.tiers.items():
+            t = rt.tier
+            local = [m for m in rt.pool.members if m.is_local]
+            extra = {}
+            if local:                      # which local models are loaded, and their memory
+                stats = [dict(m.backend.status(), name=m.name) for m in local]
+                extra = {"loaded": any(x["loaded"] for x in stats),
+                         "memory_bytes": sum(x["memory_bytes"] or 0 for x in stats),
+                         "local_backends": [{k: x[k] for k in (
+                             "name", "loaded", "memory_bytes", "keep_alive_s", "expires_in_s")}
+                             for x in stats]}
             for mid in (name, t.id):
                 if mid not in seen:
                     seen.add(mid)
                     data.append({"id": mid, "object": "model", "created": created,
-                                 "owned_by": "gemma4stack", "tier": name, "backend": t.backend})
+                                 "owned_by": "gemma4stack", "tier": name, "backend": t.backend,
+                                 **extra})
+        return {"object": "list", "data": data}
+
+    @app.get("/")
+    async def chat_page():
+        """The chat page (static/chat.html); the API key is entered in the page."""
+        return HTMLResponse(_chat_html(), headers={
+            # its own inline script and style, requests to this origin only
+            "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
+
+    def on_sighup():
+        async def run():
+            try:
+                await st.reload(st.reload_from_source())
+            except (ConfigError, OSError, ValueError) as e:
+                log.error("SIGHUP: config not reloaded, the old one stays: %s", e)
+        st._tasks.append(asyncio.create_task(run(), name="g4gw-sighup-reload"))
+
+    @app.post("/admin/reload")
+    async def admin_reload(request: Request):
+        """Re-read the config file (admin keys only); requests in flight are not dropped.
+        400 with the config error (the old config stays) when the file is bad."""
+        st.guard.authenticate_admin(request.headers.get("authorization"))
+        try:
+            report = await st.reload(st.reload_from_source())
+        except (ConfigError, OSError, ValueError) as e:
+            raise APIError(400, f"Config not reloaded (the old one stays): {e}",
+                           code="invalid_config") from None
+        return {"object": "reload", "reloads": st.reloads, **report}
+
+    @app.get("/v1/usage")
+    async def usage(request: Request, days: int = 7, key: str | None = None,
+                    ip: str | None = None):
+        """Requests, text / media requests and tokens per key (and client IP) and UTC day,
+        newest first; admin keys only. ?days=N (1..366), ?key=NAME or ?ip=ADDR to filter."""
+        st.guard.authenticate_admin(request.headers.get("authorization"))
+        if not 1 <= days <= 366:
+            raise APIError(400, "days must be in 1..366", param="days", code="invalid_value")
+        who = f"key:{key}" if key is not None else f"ip:{ip}" if ip is not None else None
+        rows = st.guard.store.usage(days=days, who=who)
+        data = []
+        for r in rows:
+            kind, _, name = r.pop("who").partition(":")
+            data.append({"object": "usage", "kind": kind, "name": name, **r})
         return {"object": "list", "data": data}
 
     @app.get("/health")
@@ -639,11 +908,18 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
     async def metrics(request: Request):
         authenticate(request.headers.get("authorization"))
         for name, rt in st.tiers.items():
-            st.metrics.breaker.labels(name).set(rt.breaker.state.gauge)
-            if rt.tier.is_local:
-                status = rt.backend.status()
-                st.metrics.queue.labels(name).set(status["queue_depth"])
-                st.metrics.engine(name, status.get("engine"))
+            st.metrics.breaker.labels(name).set(rt.state.gauge)
+            local = [m.backend.status() for m in rt.pool.members if m.is_local]
+            if local:
+                st.metrics.queue.labels(name).set(sum(x["queue_depth"] for x in local))
+                engines = [x["engine"] for x in local if x.get("engine")]
+                # the tier's engine gauges: one loaded model's stats, or their sum
+                st.metrics.engine(name, engines[0] if len(engines) == 1 else {
+                    k: sum(e.get(k, 0) for e in engines) for k in engines[0]} if engines else None)
+            if len(rt.pool.members) > 1:
+                for m in rt.pool.members:
+                    st.metrics.backend_up.labels(name, m.name).set(int(m.up(False)))
+                    st.metrics.outstanding.labels(name, m.name).set(m.outstanding)
         return Response(st.metrics.render(), media_type=st.metrics.content_type)
 
     # -- every error as an OpenAI error object

@@ -18,8 +18,10 @@ class APIError(Exception):
 
     def __init__(self, status: int, message: str, etype: str = "invalid_request_error",
                  code: str | None = None, param: str | None = None,
-                 retry_after: float | None = None, routing: dict | None = None):
+                 retry_after: float | None = None, routing: dict | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
+        self.extra_headers = headers or {}
         self.status, self.message, self.etype = status, message, etype
         self.code, self.param, self.retry_after, self.routing = code, param, retry_after, routing
 
@@ -32,5 +34,5 @@ class APIError(Exception):
 
     def headers(self) -> dict:
         if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+            return dict(self.extra_headers)
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after))), **self.extra_headers}

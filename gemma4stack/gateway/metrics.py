@@ -9,6 +9,8 @@
     gemma4stack_ttft_seconds{tier}                       histogram: request start to first token
     gemma4stack_breaker_state{tier}                      0 closed, 1 half-open, 2 open
     gemma4stack_queue_depth{tier}                        local tiers: admitted, not finished
+    gemma4stack_backend_up{tier,backend}                 tiers of several backends: 1 up, 0 down
+    gemma4stack_backend_outstanding{tier,backend}        ... requests admitted, not finished
 """
 from __future__ import annotations
 
@@ -42,6 +44,10 @@ class Metrics:
         self.queue = Gauge(p + "queue_depth", "Local tier requests admitted and not finished",
                            ["tier"], registry=r)
 
+        self.backend_up = Gauge(p + "backend_up", "Backend of a pooled tier up (health check "
+                                "and breaker)", ["tier", "backend"], registry=r)
+        self.outstanding = Gauge(p + "backend_outstanding", "Requests admitted to a backend, "
+                                 "not finished", ["tier", "backend"], registry=r)
         self.running = Gauge(p + "sequences_running", "Local tier: sequences in the batch",
                              ["tier"], registry=r)
         self.waiting = Gauge(p + "sequences_waiting", "Local tier: requests queued for a slot or KV blocks",

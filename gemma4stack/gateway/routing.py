@@ -10,8 +10,12 @@ markers, reasoning markers, and configurable keywords, in this order of preceden
 heavy_keywords > primary_keywords > fast_keywords > length >= heavy_min_chars >
 reasoning markers > code markers > length > fast_max_chars (-> primary) > fast.
 
-Memory pressure: MemAvailable / MemTotal from /proc/meminfo (see proc(5)); when the share
-falls below routing.min_available_memory, local tiers are skipped for new requests.
+Memory pressure: the memory this process may still use, as the C core's hardware
+detection sees it (g4_hw_read_memory, csrc/hw/meminfo.c): MemAvailable capped by the room
+left under the cgroup's memory limit (cgroup v2 memory.max - working set, or v1), against
+MemTotal capped by that limit. When the used share 1 - available / total passes
+routing.max_memory_used (default 0.85, the seed stack's hybrid threshold), local backends
+are skipped for new requests; the figure and the decision go into `_routing.memory`.
 """
 from __future__ import annotations
 
@@ -108,26 +112,29 @@ def plan(tier: str | None, cls: Classification | None, cfg: GatewayConfig) -> li
 
 # ----------------------------------------------------------------------------- memory
 
-def read_meminfo(path: str = "/proc/meminfo") -> tuple[int, int]:
-    """(MemAvailable, MemTotal) in bytes from /proc/meminfo (kB values there, proc(5))."""
-    vals = {}
-    with open(path, "rb") as f:
-        for line in f:
-            key, _, rest = line.partition(b":")
-            if key in (b"MemAvailable", b"MemTotal"):
-                vals[key] = int(rest.split()[0]) * 1024
-    return vals[b"MemAvailable"], vals[b"MemTotal"]
+def read_memory(sysroot: str | None = None) -> tuple[int, int]:
+    """(available, total) bytes for this process, cgroup-aware (see the module docstring):
+    available = MemAvailable capped by the cgroup limit minus its working set, total =
+    MemTotal capped by the cgroup limit. sysroot: a fake /proc + /sys tree for tests.
+    Raises OSError when /proc/meminfo cannot be read."""
+    from gemma4stack import _core
+    m = _core.hw_memory(sysroot)
+    total, limit = m["total_bytes"], m["cgroup_limit_bytes"]
+    if limit and limit < total:
+        total = limit
+    return min(m["available_bytes"], total), total
 
 
 class MemoryGauge:
     """Is the host under memory pressure? Reads at most every `ttl_s` seconds.
 
+    max_used: share of memory in use (0..1] above which there is pressure; 1 = never.
     meminfo: callable -> (available_bytes, total_bytes); injectable for tests.
     """
 
-    def __init__(self, min_share: float, meminfo: Callable[[], tuple[int, int]] = read_meminfo,
+    def __init__(self, max_used: float, meminfo: Callable[[], tuple[int, int]] = read_memory,
                  clock: Callable[[], float] = time.monotonic, ttl_s: float = 0.5):
-        self.min_share, self.meminfo, self.clock, self.ttl_s = min_share, meminfo, clock, ttl_s
+        self.max_used, self.meminfo, self.clock, self.ttl_s = max_used, meminfo, clock, ttl_s
         self._at = float("-inf")
         self._avail, self._total = 1, 1
 
@@ -139,15 +146,16 @@ class MemoryGauge:
         return self._avail, self._total
 
     @property
-    def share(self) -> float:
+    def used_share(self) -> float:
         avail, total = self.sample()
-        return avail / total if total else 1.0
+        return 1.0 - avail / total if total else 0.0
 
     def under_pressure(self) -> bool:
-        return self.min_share > 0 and self.share < self.min_share
+        return self.max_used < 1 and self.used_share > self.max_used
 
     def to_dict(self) -> dict:
+        """The figure and the decision, as /health and `_routing.memory` show them."""
         avail, total = self.sample()
         return {"available_bytes": avail, "total_bytes": total,
-                "available_share": round(avail / total, 4) if total else None,
-                "min_share": self.min_share, "pressure": self.under_pressure()}
+                "used_share": round(1.0 - avail / total, 4) if total else None,
+                "max_used": self.max_used, "pressure": self.under_pressure()}

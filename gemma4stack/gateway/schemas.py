@@ -51,6 +51,7 @@ class _Sampling(BaseModel):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     user: str | None = None
+    keep_alive: Union[str, int, float, None] = None    # Ollama's; see lifecycle.parse_keep_alive
 
 
 class ChatRequest(_Sampling):
@@ -102,8 +103,16 @@ def parse(body: dict, kind: str, server: ServerConfig) -> tuple[str, GenRequest,
         raise APIError(400, "At most 16 stop sequences.", param="stop", code="invalid_value")
     extra = {k: v for k, v in (("presence_penalty", r.presence_penalty),
                                ("frequency_penalty", r.frequency_penalty)) if v is not None}
+    keep_alive = None
+    if r.keep_alive is not None:
+        from .lifecycle import parse_keep_alive
+        try:
+            keep_alive = parse_keep_alive(r.keep_alive)
+        except ValueError as e:
+            raise APIError(400, str(e), param="keep_alive", code="invalid_value") from None
     req = GenRequest(kind=kind, max_tokens=max_tokens, temperature=r.temperature, top_p=r.top_p,
-                     top_k=r.top_k, seed=r.seed, stop=stop or None, extra=extra)
+                     top_k=r.top_k, seed=r.seed, stop=stop or None, extra=extra,
+                     keep_alive=keep_alive)
     if kind == "chat":
         if len(r.messages) > server.max_messages:
             raise APIError(400, f"{len(r.messages)} messages; this gateway allows at most "
