@@ -177,7 +177,7 @@ class _Request:
     thread as (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms,
     decode_ms) tuples, or an exception."""
 
-    __slots__ = ("id", "q", "sched", "last", "done")
+    __slots__ = ("id", "q", "sched", "last", "done", "waiting")
 
     def __init__(self, rid: int, sched: "_Scheduler"):
         self.id = rid
@@ -185,11 +185,14 @@ class _Request:
         self.sched = sched
         self.last: tuple | None = None
         self.done = False
+        self.waiting = False         # the consumer is blocked on the queue (see _Scheduler._handoff)
 
     def tokens(self) -> Iterator[int]:
         """Token ids as they are sampled; ends at the request's end."""
         while not self.done:
+            self.waiting = True
             ev = self.q.get()
+            self.waiting = False
             if isinstance(ev, BaseException):
                 self.done = True
                 raise ev
@@ -258,6 +261,7 @@ class _Scheduler:
                     self.engine.cancel(r.id)
                     r.q.put(e)
                 continue
+            handed: list[_Request] = []
             with self.cv:
                 for ev in events:
                     req = self.live.get(ev[0])
@@ -265,6 +269,8 @@ class _Scheduler:
                         continue
                     if ev[2]:
                         del self.live[ev[0]]
+                    if req.waiting:
+                        handed.append(req)
                     req.q.put(ev)
                 if not events and self.live:
                     st = self.engine.stats()
@@ -272,6 +278,26 @@ class _Scheduler:
                         for r in self.live.values():
                             r.q.put(RuntimeError("the engine dropped the request"))
                         self.live = {}
+            if handed:
+                self._handoff(handed)
+
+    @staticmethod
+    def _handoff(reqs: list[_Request], limit_s: float = 0.002) -> None:
+        """Let the consumers that were waiting take their tokens before the next step.
+
+        The next forward keeps every core busy (the pool runs one thread per core), so a
+        consumer thread woken by put() would get a CPU, and the GIL, only when the OS preempts
+        a compute thread: in practice one step later, and tokens then arrive in pairs with a
+        step's gap between them. Sleeping here (GIL and CPU released) until each such consumer
+        is waiting for its next token again, or for at most limit_s, keeps the inter-token
+        latency even; a consumer busy elsewhere is not waited for."""
+        deadline = time.perf_counter() + limit_s
+        pending = [r for r in reqs if not r.done]
+        time.sleep(0)
+        while pending and time.perf_counter() < deadline:
+            pending = [r for r in pending if not r.done and (not r.waiting or not r.q.empty())]
+            if pending:
+                time.sleep(0.00005)
 
     def close(self) -> None:
         with self.cv:
