@@ -373,7 +373,8 @@ def start_gemma4stack(model: Path, threads: int, context: int, parallel: int,
         info["parallel"] = 1
         info["note"] = "parallel unsupported by this gateway: requests run one at a time"
         gw = launch(config=data, timeout=600)
-    return Running(gw.base_url, gw.api_key, name, gw.cleanup, info)
+    # stop() also removes the log directory in newer gateways; older ones had cleanup() for it
+    return Running(gw.base_url, gw.api_key, name, getattr(gw, "cleanup", gw.stop), info)
 
 
 def _free_port() -> int:
