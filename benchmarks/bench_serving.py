@@ -47,8 +47,13 @@ the 1st request's TTFT (the whole prompt computed) and the 2nd..8th's (only the 
 server reuses the cached prefix), per target.
 
 The client runs on the same machine and takes some CPU (the openai client's SSE parsing; small
-against a decode step, but not zero on 2 cores). The lead runs the full benchmark on a quiet
-machine; `--concurrency 1,2 --max-tokens 8 --requests 2` is a quick smoke run.
+against a decode step, but not zero on 2 cores). Run it on a quiet machine: ggml's worker
+threads poll (spin) between graph nodes (`--poll`, default 50), so on a machine loaded by other
+work llama-server slows down far more than an engine whose threads sleep (on this 2-core machine
+at load ~10, a smoke run saw llama-server's inter-token latency at 300 ms against ~60 ms for the
+gateway; a quiet run is expected near parity, benchmarks/RESULTS.md). `--llama-args "--poll 0"`
+makes its threads sleep instead. `--concurrency 1,2 --max-tokens 8 --requests 2` is a quick
+smoke run.
 """
 from __future__ import annotations
 
@@ -368,7 +373,8 @@ def start_gemma4stack(model: Path, threads: int, context: int, parallel: int,
         info["parallel"] = 1
         info["note"] = "parallel unsupported by this gateway: requests run one at a time"
         gw = launch(config=data, timeout=600)
-    return Running(gw.base_url, gw.api_key, name, gw.cleanup, info)
+    # stop() also removes the log directory in newer gateways; older ones had cleanup() for it
+    return Running(gw.base_url, gw.api_key, name, getattr(gw, "cleanup", gw.stop), info)
 
 
 def _free_port() -> int:
