@@ -453,6 +453,16 @@ def _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop) -> tuple:
 
 # ----------------------------------------------------------------------- chat templates
 
+@functools.lru_cache(maxsize=1)
+def _template_error_class():
+    """ChatTemplateError, made once jinja2 is imported (it is imported lazily)."""
+    import jinja2
+
+    class ChatTemplateError(jinja2.exceptions.TemplateError, ValueError):
+        """A chat template's raise_exception(): the messages are not valid for it."""
+    return ChatTemplateError
+
+
 @functools.lru_cache(maxsize=8)
 def _compile_chat_template(template: str):
     """A jinja2 template in the environment HF transformers gives chat templates
@@ -476,7 +486,9 @@ def _compile_chat_template(template: str):
             return caller()
 
     def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
+        # the template rejects the conversation (e.g. roles that do not alternate): the
+        # caller's mistake, so also a ValueError (the gateway answers 400, not 500)
+        raise _template_error_class()(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # jinja's own tojson escapes HTML characters; HF's does not

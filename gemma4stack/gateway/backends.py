@@ -269,10 +269,11 @@ class LocalBackend:
                       _stat(st, "prompt_tokens"), _stat(st, "completion_tokens")))
         except BackendError as e:
             put(e)
-        except ValueError as e:        # bad parameters, LimitError, GGUFError: the request
-            msg = str(e)
+        except ValueError as e:        # bad parameters, schemas, grammars, a template's
+            msg = str(e)               # raise_exception, LimitError, GGUFError: the request
             put(client_error(f"tier '{self.tier.name}': {msg}",
-                             code="context_length_exceeded" if "context" in msg.lower() else None))
+                             code="context_length_exceeded" if "context" in msg.lower() else None,
+                             param=getattr(e, "param", None)))
         except Exception as e:         # noqa: BLE001 - anything else is the backend failing
             put(failure("local_error", f"tier '{self.tier.name}': local model failed: "
                         f"{type(e).__name__}: {e}", status=500))
