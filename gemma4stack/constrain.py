@@ -61,9 +61,37 @@ class _GGUFTokenizer:
         self.bos_token_id = cm.bos_id if cm.bos_id >= 0 else None
         self.eog = [i for i in range(n) if cm.is_eog(i)] if n <= 1 << 20 else [self.eos_token_id]
         self._cm = cm
+        self._prev = prev
+        # SentencePiece vocabularies with add_space_prefix put a space before the text
+        # (llama.cpp does too); llguidance tokenizes grammar text mid-output, where none goes
+        self._by_bytes = {}
+        for i, b in enumerate(tokens):
+            if b and i not in special:
+                self._by_bytes.setdefault(b, i)
+        first = cm.tokenize("a", add_bos=False)
+        self._space_prefix = bool(first) and cm.piece(first[0], prev).startswith(b" ")
 
     def __call__(self, s: bytes) -> list[int]:
-        return self._cm.tokenize(s.decode("utf-8", "replace"), add_bos=False)
+        ids = self._cm.tokenize(s.decode("utf-8", "replace"), add_bos=False)
+        if self._space_prefix and ids:
+            head = self._cm.piece(ids[0], self._prev)
+            if head.startswith(b" "):
+                ids = self._greedy(head[1:]) + ids[1:]
+        return ids
+
+    def _greedy(self, b: bytes) -> list[int]:
+        """Longest-match ids of bytes b (a few bytes: what is left of the first token)."""
+        out, i = [], 0
+        while i < len(b):
+            for j in range(len(b), i, -1):
+                t = self._by_bytes.get(b[i:j])
+                if t is not None:
+                    out.append(t)
+                    i = j
+                    break
+            else:
+                i += 1                                   # no token holds this byte: skip it
+        return out
 
 
 def tokenizer_for(model):
