@@ -149,43 +149,81 @@ def grammar_for(*, json_schema: Any = None, json_object: bool = False, regex: st
     return g
 
 
+_POOL = None
+
+
+def _pool():
+    """One background thread for the masks of the next step (see Constraint.advance)."""
+    global _POOL
+    with _LOCK:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+            _POOL = ThreadPoolExecutor(1, thread_name_prefix="g4-mask")
+        return _POOL
+
+
 class Constraint:
     """One sequence's grammar state. grammar: from grammar_for(); model: a gemma4stack Model
-    (for its tokenizer). ValueError when llguidance rejects the grammar for this vocabulary."""
+    (for its tokenizer). ValueError when llguidance rejects the grammar for this vocabulary.
 
-    def __init__(self, model, grammar: str):
+    overlap=True: advance() starts computing the next step's mask in a background thread,
+    so that it runs while the C forward pass (which releases the GIL) computes the next
+    logits; mask_fn() then waits for it. Two mask buffers alternate, so the one the sampler
+    read is never the one being written."""
+
+    def __init__(self, model, grammar: str, overlap: bool = True):
         from llguidance import LLMatcher
         self.tokenizer = tokenizer_for(model)
         self.n_vocab = model.n_vocab
         self.matcher = LLMatcher(self.tokenizer, grammar)
         if self.matcher.is_error():
             raise ValueError(f"invalid grammar: {self.matcher.get_error()}")
-        self._mask = np.zeros((self.n_vocab + 31) // 32, dtype=np.uint32)
+        words = (self.n_vocab + 31) // 32
+        self._bufs = [np.zeros(words, dtype=np.uint32), np.zeros(words, dtype=np.uint32)]
+        self._cur = 0
+        self._next = None           # the Future of the next mask, when overlapping
+        self._stopped = False
+        self.overlap = overlap
 
     @classmethod
     def for_request(cls, model, **kw) -> "Constraint":
         """Constraint(model, grammar_for(**kw))."""
         return cls(model, grammar_for(**kw))
 
+    def _compute(self, buf: np.ndarray) -> np.ndarray:
+        self.matcher.unsafe_compute_mask_ptr(buf.ctypes.data, buf.nbytes)
+        return buf
+
     def mask_fn(self) -> np.ndarray | None:
-        """The allowed tokens of the next step as a uint32 bitmask (the same array, refilled
-        each call). ValueError when the matcher is in an error state."""
-        m = self.matcher
-        if m.is_error():
-            raise ValueError(f"constrained decoding failed: {m.get_error()}")
-        m.unsafe_compute_mask_ptr(self._mask.ctypes.data, self._mask.nbytes)
-        return self._mask
+        """The allowed tokens of the next step as a uint32 bitmask (one of two buffers,
+        refilled on later steps). ValueError when the matcher is in an error state."""
+        fut, self._next = self._next, None
+        buf = fut.result() if fut is not None else self._compute(self._bufs[self._cur])
+        if self.matcher.is_error():
+            raise ValueError(f"constrained decoding failed: {self.matcher.get_error()}")
+        return buf
 
     def advance(self, token: int) -> None:
-        """Feed the sampled token. ValueError if the grammar does not allow it (it cannot,
-        when the mask was applied)."""
+        """Feed the sampled token (then, with overlap, start the next mask). ValueError if
+        the grammar does not allow it (it cannot, when the mask was applied)."""
+        if self._next is not None:           # advance twice without a mask in between
+            self._next.result()
+            self._next = None
         if not self.matcher.consume_token(int(token)):
             raise ValueError(f"token {token} violates the grammar: {self.matcher.get_error()}")
+        self._cur ^= 1
+        self._stopped = self.matcher.is_stopped()
+        if self.overlap and not self._stopped:
+            # the matcher may not be touched until mask_fn() collects this (llguidance
+            # raises "Already mutably borrowed"): read state before, not during
+            self._next = _pool().submit(self._compute, self._bufs[self._cur])
 
     @property
     def done(self) -> bool:
         """True once the grammar is complete and nothing more may follow."""
-        return self.matcher.is_stopped()
+        return self._stopped
 
     def is_accepting(self) -> bool:
+        if self._next is not None:
+            self._next.result()
         return self.matcher.is_accepting()
