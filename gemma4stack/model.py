@@ -298,11 +298,16 @@ class Model:
         t0 = time.perf_counter()
         args = _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop)
         text = self.apply_chat_template(messages, add_generation_prompt, **template_kwargs)
+        return self._generate_ids(self._chat_ids(text), args, stream, t0)
+
+    def _chat_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered chat prompt: special tokens parsed, BOS added only when
+        the template did not start with it and the vocabulary asks for it."""
         ids = self.tokenize(text, add_bos=False, parse_special=True)
         bos = self._core.bos_id
         if self._core.add_bos and bos >= 0 and (not ids or ids[0] != bos):
             ids = [bos] + ids
-        return self._generate_ids(ids, args, stream, t0)
+        return ids
 
     def _reusable_prefix(self, ids: list[int]) -> tuple[int, int]:
         """(n_keep, epoch): how many leading prompt tokens the KV cache still holds from the

@@ -415,16 +415,21 @@ def _decode(model, ids: list[int], args: tuple, constraint, n_logprobs: int | No
 class _Stream:
     """Tokens -> ChatDelta: the UTF-8 text, split into content / reasoning / tool calls at
     the model's markers, with stop strings on the content and logprob entries. Iterate it;
-    .finish_reason afterwards ("tool_calls" when a call was parsed)."""
+    .finish_reason once it ended: "tool_calls" when a call was parsed, "stop" at a stop
+    string, else the generation's (model.last_stats)."""
 
     def __init__(self, model, tokens: Iterator, vocab: _Vocab, prev: int, *, parse_tools: bool,
                  json_tools: bool, stops: list[str], n_logprobs: int | None):
         self.model, self.tokens, self.v, self.prev = model, tokens, vocab, prev
         self.parse_tools, self.json_tools, self.stops = parse_tools, json_tools, stops
         self.n_logprobs = n_logprobs
-        self.finish_reason: str | None = None
+        self._finish: str | None = None
         self.n_calls = 0
         self._it = self._run()
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._finish or getattr(self.model.last_stats, "finish_reason", None)
 
     def __iter__(self):
         return self
@@ -540,9 +545,9 @@ class _Stream:
         if held or lps:
             yield ChatDelta(content=held or None, logprobs=lps or None)
         if self.n_calls:
-            self.finish_reason = "tool_calls"
+            self._finish = "tool_calls"
         elif stopped:
-            self.finish_reason = "stop"
+            self._finish = "stop"
 
 
 # --------------------------------------------------------------------------- entry points
@@ -631,10 +636,7 @@ def chat(model, messages: Sequence[Mapping], *, tools: Sequence[Mapping] | None 
     if template:
         text = model.apply_chat_template(_template_messages(messages), add_generation_prompt,
                                          tools=tools or None, **tkw)
-        ids = model.tokenize(text, add_bos=False, parse_special=True)
-        bos = model._core.bos_id
-        if model._core.add_bos and bos >= 0 and (not ids or ids[0] != bos):
-            ids = [bos] + ids
+        ids = model._chat_ids(text)
     else:
         ids = model.tokenize(render_raw_prompt(messages, tools), add_bos=bool(model._core.add_bos))
     n_lp = None
@@ -643,32 +645,10 @@ def chat(model, messages: Sequence[Mapping], *, tools: Sequence[Mapping] | None 
     tokens = _decode(model, ids, args, constraint, n_lp, sampling, t0)
     st = _Stream(model, tokens, v, ids[-1], parse_tools=bool(tools),
                  json_tools=bool(tools) and not v.native_tools, stops=args[5], n_logprobs=n_lp)
-    if stream:
-        return _Finishing(st, model)
-    return _collect(st, model, fmt)
+    return st if stream else _collect(st, fmt)
 
 
-class _Finishing:
-    """A ChatDelta stream whose finish_reason is the stream's or the generation's."""
-
-    def __init__(self, st: _Stream, model):
-        self.st, self.model = st, model
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> ChatDelta:
-        return next(self.st)
-
-    def close(self):
-        self.st.close()
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self.st.finish_reason or getattr(self.model.last_stats, "finish_reason", None)
-
-
-def _collect(st: _Stream, model, fmt: str | None) -> ChatResult:
+def _collect(st: _Stream, fmt: str | None) -> ChatResult:
     content, reasoning, calls, lps = [], [], [], []
     have_lp = st.n_logprobs is not None
     for d in st:
@@ -687,9 +667,8 @@ def _collect(st: _Stream, model, fmt: str | None) -> ChatResult:
             parsed = json.loads(text)
         except ValueError:
             parsed = None                        # cut by max_tokens
-    finish = st.finish_reason or getattr(model.last_stats, "finish_reason", "stop")
     return ChatResult(content=text, reasoning="".join(reasoning) or None, tool_calls=calls,
-                      finish_reason=finish, logprobs=lps if have_lp else None, parsed=parsed)
+                      finish_reason=st.finish_reason or "stop", logprobs=lps if have_lp else None, parsed=parsed)
 
 
 def generate(model, prompt: str, *, json_schema: Any = None, regex: str | None = None,
@@ -718,7 +697,7 @@ def generate(model, prompt: str, *, json_schema: Any = None, regex: str | None =
     st = _Stream(model, tokens, _vocab(model), ids[-1] if ids else -1, parse_tools=False,
                  json_tools=False, stops=args[5], n_logprobs=logprobs)
     if logprobs is not None:
-        return _Finishing(st, model) if stream else list(st)
+        return st if stream else list(st)
     pieces = (d.content for d in st if d.content)
     return pieces if stream else "".join(pieces)
 

@@ -14,6 +14,7 @@ import pydantic
 import pytest
 
 from gateway_fakes import TOOL_CALL, FakeModel, FakeUpstream, ServerThread
+from gemma4stack import Model
 from gemma4stack.gateway.app import create_app
 from gemma4stack.gateway.config import parse_config
 
@@ -26,12 +27,8 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def g4(tmp_path_factory):
-    from gemma4stack import Model
-    from gemma4stack.synth import synth
-    p = tmp_path_factory.mktemp("g4") / "g4.gguf"
-    synth(p, variant="e2b", type="q4_0", layers=2, n_vocab=4096, seed=1)
-    with Model(p, threads=1, context=1024) as m:
+def g4(synth_gemma4):
+    with Model(synth_gemma4, threads=1, context=1024) as m:
         yield m
 
 

@@ -78,6 +78,46 @@ int g4py_mask_view(PyObject *obj, int32_t n_vocab, Py_buffer *view) {
     return 0;
 }
 
+/* n=None -> 1 draw (*draws = 1, returns 0), else n >= 0; -1 with ValueError. */
+int g4py_draws_arg(PyObject *n_obj, Py_ssize_t *draws) {
+    *draws = 1;
+    if (n_obj == Py_None) return 0;
+    *draws = PyLong_AsSsize_t(n_obj);
+    if (*draws == -1 && PyErr_Occurred()) return -1;
+    if (*draws < 0) { PyErr_SetString(PyExc_ValueError, "n must be >= 0"); return -1; }
+    return 0;
+}
+
+/* A malloc'd copy of a non-empty contiguous float32 buffer (the sampler modifies its
+ * input) and its length; NULL with ValueError / MemoryError. */
+float *g4py_logits_copy(PyObject *obj, int32_t *n) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    if (view.itemsize != 4 || !view.format || strcmp(view.format, "f") != 0 || view.len / 4 > INT32_MAX ||
+        view.len == 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "logits must be a non-empty contiguous float32 buffer");
+        return NULL;
+    }
+    *n = (int32_t)(view.len / 4);
+    float *copy = malloc((size_t)view.len);
+    if (copy) memcpy(copy, view.buf, (size_t)view.len);
+    else PyErr_NoMemory();
+    PyBuffer_Release(&view);
+    return copy;
+}
+
+/* list[int] of ids[n] */
+PyObject *g4py_id_list(const int32_t *ids, Py_ssize_t n) {
+    PyObject *res = PyList_New(n);
+    for (Py_ssize_t i = 0; res && i < n; i++) {
+        PyObject *v = PyLong_FromLong(ids[i]);
+        if (!v) { Py_CLEAR(res); break; }
+        PyList_SET_ITEM(res, i, v);
+    }
+    return res;
+}
+
 /* ---- _core.sample_ex -------------------------------------------------- */
 
 static PyObject *top_list(const int32_t *ids, const float *lps, int32_t n) {
@@ -108,30 +148,18 @@ static PyObject *py_sample_ex(PyObject *mod, PyObject *args, PyObject *kw) {
     a.p.seed = seed;
     if (n_top < 0 || n_top > G4_SAMPLE_MAX_TOP)
         return PyErr_Format(PyExc_ValueError, "n_top must be in 0..%d", G4_SAMPLE_MAX_TOP);
-    Py_ssize_t draws = 1;
-    if (n_obj != Py_None) {
-        draws = PyLong_AsSsize_t(n_obj);
-        if (draws == -1 && PyErr_Occurred()) return NULL;
-        if (draws < 0) { PyErr_SetString(PyExc_ValueError, "n must be >= 0"); return NULL; }
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    if (view.itemsize != 4 || !view.format || strcmp(view.format, "f") != 0 || view.len / 4 > INT32_MAX ||
-        view.len == 0) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "logits must be a non-empty contiguous float32 buffer");
-        return NULL;
-    }
-    const int32_t n = (int32_t)(view.len / 4);
-    float *orig = malloc((size_t)view.len), *work = malloc((size_t)view.len);
-    if (orig) memcpy(orig, view.buf, (size_t)view.len);
-    PyBuffer_Release(&view);
+    Py_ssize_t draws;
+    if (g4py_draws_arg(n_obj, &draws) < 0) return NULL;
+    int32_t n;
+    float *orig = g4py_logits_copy(obj, &n);
+    if (!orig) return NULL;
+    float *work = malloc(sizeof(float) * (size_t)n);
     int32_t *hist = NULL;
     Py_ssize_t n_hist = 0;
     Py_buffer mview = {0};
     int have_mask = 0;
     PyObject *res = NULL;
-    if (!orig || !work) { PyErr_NoMemory(); goto done; }
+    if (!work) { PyErr_NoMemory(); goto done; }
     if (hist_obj != Py_None) {
         PyObject *fast = PySequence_Fast(hist_obj, "history must be a sequence of token ids");
         if (!fast) goto done;
@@ -173,12 +201,7 @@ static PyObject *py_sample_ex(PyObject *mod, PyObject *args, PyObject *kw) {
         PyObject *top = top_list(ids, lps, n_top);
         res = top ? Py_BuildValue("(ifN)", out[0], chosen, top) : NULL;
     } else {
-        res = PyList_New(draws);
-        for (Py_ssize_t i = 0; res && i < draws; i++) {
-            PyObject *v = PyLong_FromLong(out[i]);
-            if (!v) { Py_CLEAR(res); break; }
-            PyList_SET_ITEM(res, i, v);
-        }
+        res = g4py_id_list(out, draws);
     }
     PyMem_Free(out);
 done:

@@ -37,6 +37,11 @@ typedef struct g4py_sample_args {
 } g4py_sample_args;
 int g4py_sample_args_bias(g4py_sample_args *a, PyObject *logit_bias);
 void g4py_sample_args_free(g4py_sample_args *a);
+/* sample()/sample_ex() arguments (bind_sample.c): n=None -> 1 draw; a malloc'd copy of
+ * float32 logits; a list of ids. NULL / -1 with an exception set. */
+int g4py_draws_arg(PyObject *n_obj, Py_ssize_t *draws);
+float *g4py_logits_copy(PyObject *obj, int32_t *n);
+PyObject *g4py_id_list(const int32_t *ids, Py_ssize_t n);
 /* A uint32 token mask covering n_vocab tokens; 0, or -1 with an exception. */
 int g4py_mask_view(PyObject *obj, int32_t n_vocab, Py_buffer *view);
 
