@@ -704,10 +704,11 @@ def generate(model, prompt: str, *, json_schema: Any = None, regex: str | None =
 
 # --------------------------------------------------------------------------- gateway
 
-def local_options(extra: Mapping[str, Any], kind: str, model) -> dict:
-    """Keyword arguments for a local Model's chat()/generate() from the request fields the
-    gateway forwards in GenRequest.extra (OpenAI names). RequestError (400) for what a
-    local tier cannot do (n > 1, a stop list it does not support...)."""
+def local_options(extra: Mapping[str, Any], call: str) -> dict:
+    """Keyword arguments for a local Model's chat() (call "chat") or generate() (call
+    "completion": completions, and chats rendered without a template) from the request
+    fields the gateway forwards in GenRequest.extra (OpenAI names). RequestError (400) for
+    what a local tier cannot do (n > 1)."""
     kw: dict = {}
     n = extra.get("n")
     if n not in (None, 1):
@@ -717,7 +718,7 @@ def local_options(extra: Mapping[str, Any], kind: str, model) -> dict:
             kw[k] = extra[k]
     if extra.get("logit_bias"):
         kw["logit_bias"] = {int(k): float(v) for k, v in extra["logit_bias"].items()}
-    if kind == "chat":
+    if call == "chat":
         for k in ("tools", "tool_choice", "response_format", "reasoning_effort",
                   "parallel_tool_calls"):
             if extra.get(k) is not None:
@@ -728,6 +729,8 @@ def local_options(extra: Mapping[str, Any], kind: str, model) -> dict:
         tk = extra.get("chat_template_kwargs")
         if isinstance(tk, Mapping) and "enable_thinking" in tk:
             kw["enable_thinking"] = bool(tk["enable_thinking"])
-    elif extra.get("logprobs") is not None:
+    elif extra.get("logprobs") is True:            # a chat's logprobs=true, top_logprobs=N
+        kw["logprobs"] = int(extra.get("top_logprobs") or 0)
+    elif extra.get("logprobs") not in (None, False):   # completions: logprobs=N (0..5)
         kw["logprobs"] = int(extra["logprobs"])
     return kw

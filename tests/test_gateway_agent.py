@@ -148,6 +148,27 @@ def test_local_streamed_required_call_and_logprobs(g4):
             assert all(a.logprob >= b.logprob for a, b in zip(e.top_logprobs, e.top_logprobs[1:]))
 
 
+def test_local_tools_without_a_chat_template(tmp_path):
+    """A base model (no template, no tool tokens): tools described in a raw prompt, the call
+    constrained to JSON and returned as tool_calls; completions with legacy logprobs."""
+    from gemma4stack.synth import synth
+    p = tmp_path / "llama.gguf"
+    synth(p, arch="llama", type="q8_0", layers=1, n_vocab=2048, seed=2)
+    with Model(p, threads=1, context=1024) as m, \
+            gateway({"base": {"backend": "local", "model": str(p)}}, m) as (st, client, url):
+        r = client.chat.completions.create(model="base", messages=ASK, tools=[WEATHER],
+                                           tool_choice="required", max_tokens=60, seed=3)
+        (call,) = r.choices[0].message.tool_calls
+        assert call.function.name == "get_weather" and r.choices[0].finish_reason == "tool_calls"
+        assert set(json.loads(call.function.arguments)) == {"city", "unit"}
+        c = client.completions.create(model="base", prompt="Once", max_tokens=3, logprobs=2, seed=1)
+        lp = c.choices[0].logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 3
+        assert "".join(lp.tokens) == c.choices[0].text
+        assert all(len(t) <= 2 and max(t.values()) >= v - 1e-6
+                   for t, v in zip(lp.top_logprobs, lp.token_logprobs))
+
+
 class Answer(pydantic.BaseModel):
     ok: bool
     colour: str = pydantic.Field(json_schema_extra={"enum": ["red", "green"]})

@@ -225,11 +225,15 @@ class LocalBackend:
             kw = {k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p),
                                     ("top_k", req.top_k), ("seed", req.seed), ("stop", req.stop))
                   if v is not None}
+            # tools and response_format go through Model.chat even without a chat template
+            # (it then describes the tools in a raw prompt)
+            chat = req.kind == "chat" and (self._uses_chat() or any(
+                req.extra.get(k) for k in ("tools", "response_format")))
             if req.extra:
                 from gemma4stack.tools import local_options
-                kw.update(local_options(req.extra, req.kind, self.model))
+                kw.update(local_options(req.extra, "chat" if chat else "completion"))
             n_ctx = self.n_ctx
-            if req.kind == "chat" and self._uses_chat():
+            if chat:
                 kw["max_tokens"] = req.max_tokens or self.max_tokens
                 gen = self.model.chat(req.messages, stream=True, **kw)
             else:
