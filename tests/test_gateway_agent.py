@@ -169,6 +169,23 @@ def test_local_tools_without_a_chat_template(tmp_path):
                    for t, v in zip(lp.top_logprobs, lp.token_logprobs))
 
 
+def test_local_sampler_options_take_effect(g4):
+    """logit_bias and presence/frequency penalties reach the local sampler."""
+    with gateway({"local": {"backend": "local", "model": g4.path}}, g4) as (st, client, url):
+        kw = dict(model="local", messages=ASK, max_tokens=8, temperature=0, logprobs=True)
+        base = client.chat.completions.create(**kw)
+        first = base.choices[0].logprobs.content[0]
+        tid = g4.tokenize(first.token, add_bos=False)
+        assert len(tid) == 1
+        banned = client.chat.completions.create(**kw, logit_bias={str(tid[0]): -100})
+        assert banned.choices[0].logprobs.content[0].token != first.token
+        pen = client.chat.completions.create(**kw, frequency_penalty=2.0, presence_penalty=2.0)
+        toks = [e.token for e in pen.choices[0].logprobs.content]
+        plain = [e.token for e in base.choices[0].logprobs.content]
+        assert toks != plain or len(set(plain)) == len(plain)
+        assert len(set(plain)) < len(plain)       # greedy repeats here, so penalties matter
+
+
 class Answer(pydantic.BaseModel):
     ok: bool
     colour: str = pydantic.Field(json_schema_extra={"enum": ["red", "green"]})
