@@ -23,10 +23,11 @@ How each part works, and where its format comes from:
   id "call_" + 24 hex digits and its arguments as JSON text (OpenAI's shape).
 - tool_choice "required" or a named function constrains the output (gemma4stack.constrain,
   llguidance) to one call whose arguments are valid against the function's JSON schema:
-  for Gemma 4, `<|tool_call>call:NAME` + the arguments as JSON + `<tool_call|>` (JSON
-  inside the native frame, which the parser reads too: llguidance embeds a JSON schema in
-  a Lark grammar, the native key:value syntax has no schema compiler); otherwise the JSON
-  call object. "none" drops the tools from the prompt.
+  for Gemma 4, `<|tool_call>call:NAME{...}<tool_call|>` in its own key:value syntax, from
+  a Lark grammar built from the schema (_gemma_args_lark: the common schema features),
+  or, for schemas outside that subset, with the arguments as JSON inside the native frame
+  (llguidance's %json; the parser reads both); for other models the JSON call object.
+  "none" drops the tools from the prompt.
 - Gemma 4 thinking, `<|channel>thought\\n...<channel|>`, goes to .reasoning (the
   reasoning_content of llama-server and vLLM), streamed as such, never into content.
   enable_thinking=True (or reasoning_effort other than "none"/"minimal") passes
@@ -311,6 +312,7 @@ class _Vocab:
         self.call, self.call_end = tid("<|tool_call>"), tid("<tool_call|>")
         self.chan, self.chan_end = tid("<|channel>"), tid("<channel|>")
         self.response = tid("<|tool_response>")
+        self.quote = tid(_Q)
         self.native_tools = self.call >= 0 and self.call_end >= 0
         self.marks = {i: model._core.token_text(i) for i in
                       (self.call, self.call_end, self.chan, self.chan_end, self.response) if i >= 0}
@@ -329,6 +331,119 @@ def _tool_schema(tool: Mapping) -> dict:
     return dict(p)
 
 
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _gemma_args_lark(schema: Mapping, quote: int, prefix: str) -> tuple[str, list[str]] | None:
+    """A Lark rule (and its helper rules) for arguments in Gemma 4's call syntax that are
+    valid against `schema`: {key:value,...} with bare keys, strings between <|"|> tokens
+    (id `quote`), bare numbers/true/false/null, nested {} and []. Covers what tool schemas
+    mostly use: objects (required properties first, then optional ones), strings (maxLength,
+    enums, const), integers (small minimum..maximum ranges are enumerated), numbers and
+    integers without bounds, booleans, null, arrays (maxItems up to 8), anyOf/oneOf and type
+    lists. None for anything else (patterns, formats, minLength, bounded numbers, objects
+    with only optional properties...): the caller then constrains JSON arguments instead."""
+    rules: list[str] = []
+    n = [0]
+
+    def rule(body: str) -> str:
+        name = f"{prefix}{n[0]}"
+        n[0] += 1
+        rules.append(f"{name}: {body}")
+        return name
+
+    def lit(v: Any) -> str | None:
+        if isinstance(v, bool):
+            return '"true"' if v else '"false"'
+        if v is None:
+            return '"null"'
+        if isinstance(v, (int, float)):
+            return json.dumps(json.dumps(v))
+        if isinstance(v, str):
+            return f"<[{quote}]> {json.dumps(v, ensure_ascii=False)} <[{quote}]>" if v else \
+                f"<[{quote}]> <[{quote}]>"
+        return None
+
+    def val(sch: Any, depth: int = 0) -> str | None:
+        if not isinstance(sch, Mapping) or depth > 8:
+            return None
+        if "enum" in sch or "const" in sch:
+            opts = sch["enum"] if "enum" in sch else [sch["const"]]
+            alts = [lit(v) for v in opts]
+            return None if not alts or None in alts else "(" + " | ".join(alts) + ")"
+        for k in ("anyOf", "oneOf"):
+            if k in sch:
+                alts = [val(x, depth + 1) for x in sch[k]]
+                return None if not alts or None in alts else "(" + " | ".join(alts) + ")"
+        if set(sch) & {"allOf", "$ref", "not", "if", "pattern", "format", "minLength",
+                       "patternProperties", "minItems", "uniqueItems", "exclusiveMinimum",
+                       "exclusiveMaximum", "multipleOf"}:
+            return None
+        t = sch.get("type")
+        if isinstance(t, list):
+            alts = [val({**sch, "type": x}, depth + 1) for x in t]
+            return None if not alts or None in alts else "(" + " | ".join(alts) + ")"
+        if t == "string":
+            m = sch.get("maxLength")
+            body = f"/[^\\x00]{{0,{int(m)}}}/" if isinstance(m, int) else "/[^\\x00]*/"
+            return f"<[{quote}]> {_terminal(rules, prefix, n, body)} <[{quote}]>"
+        if t in ("integer", "number"):
+            lo, hi = sch.get("minimum"), sch.get("maximum")
+            if lo is None and hi is None:
+                body = "/-?[0-9]{1,12}/" if t == "integer" else "/-?[0-9]{1,12}(\\.[0-9]{1,8})?/"
+                return _terminal(rules, prefix, n, body)
+            if t == "integer" and isinstance(lo, int) and isinstance(hi, int) and 0 <= hi - lo <= 64:
+                return "(" + " | ".join(json.dumps(str(i)) for i in range(lo, hi + 1)) + ")"
+            return None
+        if t == "boolean":
+            return '("true" | "false")'
+        if t == "null":
+            return '"null"'
+        if t == "array":
+            item = val(sch.get("items", {}), depth + 1) if sch.get("items") is not None else None
+            if item is None:
+                return None
+            mx = sch.get("maxItems")
+            if mx is None:
+                return f'"[" ({item} ("," {item})*)? "]"'
+            if not isinstance(mx, int) or mx > 8:
+                return None
+            inner = ""
+            for _ in range(max(mx - 1, 0)):
+                inner = f'("," {item} {inner})?'
+            return f'"[" ({item} {inner})? "]"' if mx > 0 else '"[" "]"'
+        if t == "object" or (t is None and "properties" in sch):
+            props = sch.get("properties") or {}
+            req = [k for k in props if k in set(sch.get("required") or [])]
+            opt = [k for k in props if k not in req]
+            if not all(_KEY.match(k) for k in props) or (opt and not req):
+                return None
+            parts = []
+            for i, k in enumerate(req):
+                v = val(props[k], depth + 1)
+                if v is None:
+                    return None
+                parts.append(f'{json.dumps(("," if i else "") + k + ":")} {v}')
+            for k in opt:
+                v = val(props[k], depth + 1)
+                if v is None:
+                    return None
+                parts.append(f'({json.dumps("," + k + ":")} {v})?')
+            return '"{" ' + " ".join(parts) + ' "}"'
+        return None
+
+    top = val(schema)
+    return None if top is None else (rule(top), rules)
+
+
+def _terminal(rules: list[str], prefix: str, n: list[int], regex: str) -> str:
+    """A named terminal (upper case: a lexeme) for a regex."""
+    name = f"{prefix.upper()}T{n[0]}"
+    n[0] += 1
+    rules.append(f"{name}: {regex}")
+    return name
+
+
 def _call_grammar(vocab: _Vocab, tools: Sequence[Mapping], name: str | None) -> str:
     """An llguidance Lark grammar for exactly one call of `name` (or of any of the tools)
     with arguments valid against its schema."""
@@ -341,7 +456,13 @@ def _call_grammar(vocab: _Vocab, tools: Sequence[Mapping], name: str | None) -> 
     for i, t in enumerate(chosen):
         fname = t["function"]["name"]
         schema = {**_tool_schema(t), "x-guidance": _JSON_OPTIONS}
-        if vocab.native_tools:
+        native = _gemma_args_lark(_tool_schema(t), vocab.quote, f"a{i}_") \
+            if vocab.native_tools and vocab.quote >= 0 else None
+        if native is not None:                       # Gemma 4's own key:value syntax
+            top, rules = native
+            alts.append(f'call{i}: <[{vocab.call}]> "call:{fname}" {top} <[{vocab.call_end}]>')
+            alts += rules
+        elif vocab.native_tools:                     # JSON arguments in the native frame
             alts.append(f'call{i}: <[{vocab.call}]> "call:{fname}" %json {json.dumps(schema)} '
                         f'<[{vocab.call_end}]>')
         else:

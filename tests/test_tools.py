@@ -14,7 +14,8 @@ import pytest
 from gemma4stack import Model
 from gemma4stack.constrain import Constraint, grammar_for
 from gemma4stack.model import render_chat_template
-from gemma4stack.tools import _Stream, _template_messages, _vocab, parse_gemma4_call
+from gemma4stack.tools import (_call_grammar, _gemma_args_lark, _Stream, _template_messages, _vocab,
+                               parse_gemma4_call)
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -163,6 +164,7 @@ def test_json_calls_for_models_without_tool_tokens(llama, stories):
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_constrained_calls_valid_against_schema(g4, llama, choice):
     params = WEATHER["function"]["parameters"]
+    assert "<[52]>" in _call_grammar(_vocab(g4), [WEATHER], None)     # Gemma 4's own syntax
     for m in (g4, llama):                       # native Gemma 4 tokens; JSON in a raw prompt
         for seed in (1, 2, 3):
             r = m.chat([{"role": "user", "content": "weather?"}], tools=[WEATHER],
@@ -228,3 +230,17 @@ def test_logprobs_and_plain_chat_unchanged(g4):
     for e in r.logprobs:                          # greedy: the chosen token is the best one
         assert e["top_logprobs"][0]["token"] == e["token"]
         assert e["logprob"] == pytest.approx(e["top_logprobs"][0]["logprob"])
+
+
+def test_gemma4_argument_grammar_subset():
+    """Schemas outside the covered subset fall back to JSON arguments (None here)."""
+    ok = {"type": "object", "properties": {"a": {"type": ["string", "null"]},
+                                           "b": {"anyOf": [{"type": "integer"}, {"const": "x"}]},
+                                           "c": {"type": "array", "items": {"type": "boolean"}}},
+          "required": ["a"]}
+    assert _gemma_args_lark(ok, 52, "p") is not None
+    for bad in ({"type": "string", "pattern": "a+"}, {"type": "integer", "minimum": 0, "maximum": 10**6},
+                {"type": "object", "properties": {"a": {"type": "string"}}},
+                {"type": "object", "properties": {"bad key": {"type": "string"}}, "required": ["bad key"]}):
+        assert _gemma_args_lark({"type": "object", "properties": {"x": bad}, "required": ["x"]}
+                                if "properties" not in bad else bad, 52, "p") is None
