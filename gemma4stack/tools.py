@@ -540,8 +540,10 @@ class _Stream:
     string, else the generation's (model.last_stats)."""
 
     def __init__(self, model, tokens: Iterator, vocab: _Vocab, prev: int, *, parse_tools: bool,
-                 json_tools: bool, stops: list[str], n_logprobs: int | None):
+                 json_tools: bool, stops: list[str], n_logprobs: int | None,
+                 single_call: bool = False):
         self.model, self.tokens, self.v, self.prev = model, tokens, vocab, prev
+        self.single_call = single_call
         self.parse_tools, self.json_tools, self.stops = parse_tools, json_tools, stops
         self.n_logprobs = n_logprobs
         self._finish: str | None = None
@@ -609,6 +611,8 @@ class _Stream:
                                   logprobs=lps or None)
                     self.n_calls, lps = self.n_calls + 1, []
                     yield d
+                    if self.single_call:            # parallel_tool_calls=False
+                        break
                 elif mode == "content":
                     held += v.marks[tok]
                 prev = tok
@@ -655,6 +659,8 @@ class _Stream:
                 held, lps = held[len(held) - keep:], []
         if json_buf is not None:
             calls = _json_calls(json_buf)
+            if calls and self.single_call:
+                calls = calls[:1]
             if calls:
                 yield ChatDelta(tool_calls=[_openai_call(i, n, a) for i, (n, a) in enumerate(calls)],
                                 logprobs=lps or None)
@@ -765,7 +771,8 @@ def chat(model, messages: Sequence[Mapping], *, tools: Sequence[Mapping] | None 
         n_lp = int(top_logprobs or 0) if logprobs is True else int(logprobs)
     tokens = _decode(model, ids, args, constraint, n_lp, sampling, t0)
     st = _Stream(model, tokens, v, ids[-1], parse_tools=bool(tools),
-                 json_tools=bool(tools) and not v.native_tools, stops=args[5], n_logprobs=n_lp)
+                 json_tools=bool(tools) and not v.native_tools, stops=args[5], n_logprobs=n_lp,
+                 single_call=parallel_tool_calls is False)
     return st if stream else _collect(st, fmt)
 
 

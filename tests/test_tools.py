@@ -244,3 +244,11 @@ def test_gemma4_argument_grammar_subset():
                 {"type": "object", "properties": {"bad key": {"type": "string"}}, "required": ["bad key"]}):
         assert _gemma_args_lark({"type": "object", "properties": {"x": bad}, "required": ["x"]}
                                 if "properties" not in bad else bad, 52, "p") is None
+
+
+def test_parallel_tool_calls_false_keeps_the_first(g4):
+    text = ('<|tool_call>call:a{x:1}<tool_call|><|tool_call>call:b{y:2}<tool_call|>')
+    deltas, st = _parse(g4, text, parse_tools=True, json_tools=False)
+    assert [c["function"]["name"] for d in deltas for c in d.tool_calls or ()] == ["a", "b"]
+    deltas, st = _parse(g4, text, parse_tools=True, json_tools=False, single_call=True)
+    assert [c["function"]["name"] for d in deltas for c in d.tool_calls or ()] == ["a"]
