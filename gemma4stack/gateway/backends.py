@@ -315,6 +315,9 @@ def _upstream_error(status: int, body: bytes, tier: str) -> BackendError:
                         "invalid_request_error", param=err.get("param"))
 
 
+_PLAIN = frozenset(("content", "role"))   # a delta with only these is plain text
+
+
 def _upstream_piece(c: dict, chat: bool, key: str, finish: str | None = None) -> str | Delta | None:
     """One upstream choice (a chunk's `delta` or a whole `message`) as a piece: the plain text
     when that is all it holds (the common case, kept cheap), else a Delta with every other
@@ -327,8 +330,8 @@ def _upstream_piece(c: dict, chat: bool, key: str, finish: str | None = None) ->
         return Delta(text or None, None, logprobs, index, finish)
     d = c.get(key) or {}
     text = d.get("content")
-    if logprobs is None and not index and finish is None and all(
-            k in ("content", "role") or v is None for k, v in d.items()):
+    if logprobs is None and not index and finish is None and (
+            d.keys() <= _PLAIN or all(v is None for k, v in d.items() if k not in _PLAIN)):
         return text or None
     fields = {k: v for k, v in d.items() if k not in ("content", "role") and v is not None}
     if key == "message" and fields.get("tool_calls"):     # a whole message: give them indexes
