@@ -65,8 +65,9 @@ class _GGUFTokenizer:
         # SentencePiece vocabularies with add_space_prefix put a space before the text
         # (llama.cpp does too); llguidance tokenizes grammar text mid-output, where none goes
         self._by_bytes = {}
+        is_special = set(special)
         for i, b in enumerate(tokens):
-            if b and i not in special:
+            if b and i not in is_special:
                 self._by_bytes.setdefault(b, i)
         first = cm.tokenize("a", add_bos=False)
         self._space_prefix = bool(first) and cm.piece(first[0], prev).startswith(b" ")
