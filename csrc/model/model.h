@@ -105,6 +105,17 @@ typedef struct g4_gen_params {
     uint64_t seed;
     int32_t n_keep;          /* prompt tokens [0, n_keep) are already in the KV cache at
                                 their positions (prefix reuse); 0 <= n_keep < n_prompt */
+    /* the rest of the sampler chain (csrc/sample/sample.h); zero = off. The
+       penalties count the generated tokens (OpenAI: tokens sampled so far). */
+    float min_p;
+    float repeat_penalty;    /* 0 or 1: off */
+    int32_t repeat_last_n;   /* 0: off, -1: all generated tokens */
+    float presence_penalty;
+    float frequency_penalty;
+    const int32_t *bias_ids; /* copied by g4_gen_create */
+    const float *bias_vals;
+    int32_t n_bias;
+    int32_t n_logprobs;      /* 0..G4_SAMPLE_MAX_TOP top log-probabilities kept per step */
 } g4_gen_params;
 
 typedef enum g4_finish {
@@ -135,6 +146,18 @@ g4_gen *g4_gen_create(g4_model *m, const int32_t *prompt, int32_t n_prompt,
 /* Next token id in *token, or -1 when finished (see g4_gen_stats.finish).
  * The first call runs the prompt. */
 g4_status g4_gen_next(g4_gen *g, int32_t *token, g4_err *err);
+/* g4_gen_next in two halves, so that a token mask (constrained decoding) can
+ * be computed while the forward pass runs and applied to the sample:
+ * g4_gen_forward runs the prompt or the last token (sets *done when the
+ * generation is finished: nothing to sample), g4_gen_sample draws from its
+ * logits. allowed: NULL or ceil(n_vocab / 32) uint32 words (sample.h);
+ * G4_ERR_INVALID when the mask allows no token. */
+g4_status g4_gen_forward(g4_gen *g, int *done, g4_err *err);
+g4_status g4_gen_sample(g4_gen *g, const uint32_t *allowed, int32_t *token, g4_err *err);
+/* The log-probabilities of the last sampled token (sample.h: after mask,
+ * bias, penalties; before temperature): *chosen, and the best n_logprobs
+ * ids/logprobs (id -1 past the allowed ones). Returns n_logprobs. */
+int32_t g4_gen_logprobs(const g4_gen *g, float *chosen, const int32_t **top_ids, const float **top_logprobs);
 g4_gen_stats g4_gen_get_stats(const g4_gen *g);
 void g4_gen_free(g4_gen *g);
 

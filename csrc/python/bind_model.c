@@ -29,6 +29,7 @@ typedef struct {
     PyObject_HEAD
     ModelObject *model;        /* strong reference */
     g4_gen *gen;               /* NULL once closed */
+    PyObject *mask_fn;         /* None or a callable: () -> uint32 mask | None, before each sample */
     uint64_t epoch;
     g4_gen_stats closed_stats; /* stats as they were at close() */
 } GenObject;
@@ -271,38 +272,58 @@ static PyObject *Model_memory(ModelObject *self, PyObject *unused) {
 
 static PyObject *Model_generate_iter(ModelObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed",
-                             "n_keep", "epoch", NULL};
-    PyObject *prompt_obj;
-    g4_gen_params p = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0 };
+                             "n_keep", "epoch", "min_p", "repeat_penalty", "repeat_last_n",
+                             "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+                             "mask_fn", NULL};
+    PyObject *prompt_obj, *bias = Py_None, *mask_fn = Py_None;
+    g4_gen_params p = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0,
+                        .repeat_penalty = 1.0f, .repeat_last_n = 64 };
     unsigned long long seed = 0, want_epoch = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififKiK:generate_iter", kwlist, &prompt_obj, &p.max_tokens,
-                                     &p.temperature, &p.top_k, &p.top_p, &seed, &p.n_keep, &want_epoch))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififKiKffiffOiO:generate_iter", kwlist, &prompt_obj,
+                                     &p.max_tokens, &p.temperature, &p.top_k, &p.top_p, &seed, &p.n_keep,
+                                     &want_epoch, &p.min_p, &p.repeat_penalty, &p.repeat_last_n,
+                                     &p.presence_penalty, &p.frequency_penalty, &bias, &p.n_logprobs,
+                                     &mask_fn))
         return NULL;
     p.seed = seed;
+    if (mask_fn != Py_None && !PyCallable_Check(mask_fn)) {
+        PyErr_SetString(PyExc_TypeError, "mask_fn must be None or a callable returning a uint32 mask or None");
+        return NULL;
+    }
+    g4py_sample_args sa;
+    memset(&sa, 0, sizeof sa);
+    if (g4py_sample_args_bias(&sa, bias) < 0) return NULL;
+    p.bias_ids = sa.bias_ids;
+    p.bias_vals = sa.bias_vals;
+    p.n_bias = sa.p.n_bias;
     Py_ssize_t n;
     int32_t *ids = ids_from_seq(prompt_obj, &n);
-    if (!ids) return NULL;
+    if (!ids) { g4py_sample_args_free(&sa); return NULL; }
     if (n > INT32_MAX) n = INT32_MAX;
-    if (lock_model(self) < 0) { PyMem_Free(ids); return NULL; }
+    if (lock_model(self) < 0) { PyMem_Free(ids); g4py_sample_args_free(&sa); return NULL; }
     if (p.n_keep > 0 && self->epoch != want_epoch) {
         /* someone used the cache since the caller looked: nothing to reuse */
         unlock_model(self);
         PyMem_Free(ids);
+        g4py_sample_args_free(&sa);
         PyErr_SetString(PyExc_RuntimeError, "generate_iter: n_keep given but the KV cache changed "
                         "since `epoch` (another call used the model)");
         return NULL;
     }
     g4_err err;
-    g4_gen *gen = g4_gen_create(self->m, ids, (int32_t)n, &p, &err);
+    g4_gen *gen = g4_gen_create(self->m, ids, (int32_t)n, &p, &err);   /* copies the bias */
     uint64_t epoch = ++self->epoch;
     unlock_model(self);
     PyMem_Free(ids);
+    g4py_sample_args_free(&sa);
     if (!gen) return g4py_raise(&err);
     GenObject *g = PyObject_New(GenObject, &GenType);
     if (!g) { g4_gen_free(gen); return NULL; }
     Py_INCREF(self);
     g->model = self;
     g->gen = gen;
+    Py_INCREF(mask_fn);
+    g->mask_fn = mask_fn;
     g->epoch = epoch;
     memset(&g->closed_stats, 0, sizeof g->closed_stats);
     return (PyObject *)g;
@@ -394,7 +415,14 @@ static PyMethodDef Model_methods[] = {
      "logits_out: writable float32 buffer of n_vocab (or len(tokens) * n_vocab with all_logits) floats"},
     {"generate_iter", (PyCFunction)(void (*)(void))Model_generate_iter, METH_VARARGS | METH_KEYWORDS,
      "generate_iter(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0, n_keep=0,\n"
-     "              epoch=0) -> Generation\n"
+     "              epoch=0, min_p=0, repeat_penalty=1, repeat_last_n=64, presence_penalty=0,\n"
+     "              frequency_penalty=0, logit_bias=None, logprobs=0, mask_fn=None) -> Generation\n"
+     "The sampler chain of csrc/sample/sample.h; the penalties count the generated tokens.\n"
+     "logit_bias: {token id: bias}. logprobs: keep the top n (0..20) log-probabilities of each\n"
+     "step (Generation.logprobs()). mask_fn: called before each sample, after the forward pass\n"
+     "(which runs with the GIL released, so a mask computed in another thread overlaps it):\n"
+     "returns None (no constraint) or a uint32 array of ceil(n_vocab/32) words, bit i%32 of\n"
+     "word i/32 set = token i allowed.\n"
      "An iterator of generated token ids; each step runs with the GIL released. The prompt starts at\n"
      "position 0; with n_keep > 0 its first n_keep tokens are taken as already in the KV cache, which\n"
      "must not have been touched since `epoch` (the value of Model.epoch after the generation that\n"
@@ -445,6 +473,7 @@ static PyTypeObject ModelType = {
 
 static void Gen_dealloc(GenObject *self) {
     g4_gen_free(self->gen);
+    Py_XDECREF(self->mask_fn);
     Py_XDECREF(self->model);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -462,13 +491,64 @@ static PyObject *Gen_next(GenObject *self) {
     int32_t tok;
     g4_err err;
     g4_status st;
+    if (self->mask_fn == Py_None) {
+        Py_BEGIN_ALLOW_THREADS
+        st = g4_gen_next(self->gen, &tok, &err);
+        Py_END_ALLOW_THREADS
+        unlock_model(mo);
+        if (st != G4_OK) return g4py_raise(&err);
+        if (tok < 0) return NULL;      /* finished: StopIteration */
+        return PyLong_FromLong(tok);
+    }
+    /* constrained: forward, then the mask (Python, GIL held), then the sample */
+    int done;
     Py_BEGIN_ALLOW_THREADS
-    st = g4_gen_next(self->gen, &tok, &err);
+    st = g4_gen_forward(self->gen, &done, &err);
     Py_END_ALLOW_THREADS
+    if (st != G4_OK) { unlock_model(mo); return g4py_raise(&err); }
+    if (done) { unlock_model(mo); return NULL; }
+    const int32_t n_vocab = g4_model_n_vocab(mo->m);
+    unlock_model(mo);   /* mask_fn may use the model (its tokenizer) */
+    PyObject *mask = PyObject_CallNoArgs(self->mask_fn);
+    if (!mask) return NULL;
+    Py_buffer view;
+    int have = mask != Py_None;
+    if (have && g4py_mask_view(mask, n_vocab, &view) < 0) { Py_DECREF(mask); return NULL; }
+    if (lock_model(mo) < 0 || mo->epoch != self->epoch || !self->gen) {
+        if (!PyErr_Occurred()) {
+            unlock_model(mo);
+            PyErr_SetString(PyExc_RuntimeError, "the model was used by another call during this generation "
+                            "(its KV cache was overwritten)");
+        }
+        if (have) PyBuffer_Release(&view);
+        Py_DECREF(mask);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = g4_gen_sample(self->gen, have ? view.buf : NULL, &tok, &err);
+    Py_END_ALLOW_THREADS
+    if (have) PyBuffer_Release(&view);
+    Py_DECREF(mask);
     unlock_model(mo);
     if (st != G4_OK) return g4py_raise(&err);
-    if (tok < 0) return NULL;      /* finished: StopIteration */
+    if (tok < 0) return NULL;
     return PyLong_FromLong(tok);
+}
+
+static PyObject *Gen_logprobs(GenObject *self, PyObject *unused) {
+    if (!self->gen) Py_RETURN_NONE;
+    float chosen;
+    const int32_t *ids;
+    const float *lps;
+    int32_t n = g4_gen_logprobs(self->gen, &chosen, &ids, &lps);
+    PyObject *top = PyList_New(0);
+    for (int32_t k = 0; top && k < n && ids[k] >= 0; k++) {
+        PyObject *t = Py_BuildValue("(if)", ids[k], lps[k]);
+        if (!t || PyList_Append(top, t) < 0) { Py_XDECREF(t); Py_CLEAR(top); break; }
+        Py_DECREF(t);
+    }
+    if (!top) return NULL;
+    return Py_BuildValue("(fN)", chosen, top);
 }
 
 static PyObject *Gen_close(GenObject *self, PyObject *unused) {
@@ -495,6 +575,9 @@ static PyMethodDef Gen_methods[] = {
      "ttft_ms, decode_ms, finish_reason: None while running, 'stop' (end-of-generation token) or\n"
      "'length', epoch: the model epoch this generation owns). n_past: KV positions holding\n"
      "prompt + returned tokens, reusable with generate_iter(n_keep=..., epoch=...)."},
+    {"logprobs", (PyCFunction)Gen_logprobs, METH_NOARGS,
+     "logprobs() -> (chosen_logprob, [(id, logprob), ...]) of the last token returned (the top list\n"
+     "holds generate_iter's `logprobs` entries, best first; csrc/sample/sample.h says what they are)."},
     {"close", (PyCFunction)Gen_close, METH_NOARGS, "Stop early and free the generation's buffers."},
     {NULL, NULL, 0, NULL},
 };

@@ -245,25 +245,11 @@ static PyObject *py_sample(PyObject *mod, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "O|fifKO:sample", kwlist, &obj, &temperature, &top_k,
                                      &top_p, &seed, &n_obj))
         return NULL;
-    Py_ssize_t draws = 1;
-    if (n_obj != Py_None) {
-        draws = PyLong_AsSsize_t(n_obj);
-        if (draws == -1 && PyErr_Occurred()) return NULL;
-        if (draws < 0) { PyErr_SetString(PyExc_ValueError, "n must be >= 0"); return NULL; }
-    }
-    Py_buffer view;
-    if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    if (view.itemsize != 4 || !view.format || strcmp(view.format, "f") != 0 || view.len / 4 > INT32_MAX ||
-        view.len == 0) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "logits must be a non-empty contiguous float32 buffer");
-        return NULL;
-    }
-    int32_t n = (int32_t)(view.len / 4);
-    float *copy = malloc((size_t)view.len);   /* g4_sample may modify its input */
-    if (!copy) { PyBuffer_Release(&view); return PyErr_NoMemory(); }
-    memcpy(copy, view.buf, (size_t)view.len);
-    PyBuffer_Release(&view);
+    Py_ssize_t draws;
+    if (g4py_draws_arg(n_obj, &draws) < 0) return NULL;
+    int32_t n;
+    float *copy = g4py_logits_copy(obj, &n);   /* g4_sample may modify its input */
+    if (!copy) return NULL;
 
     g4_sampler s;
     g4_sampler_init(&s, temperature, top_k, top_p, (uint64_t)seed);
@@ -284,12 +270,7 @@ static PyObject *py_sample(PyObject *mod, PyObject *args, PyObject *kw) {
     if (n_obj == Py_None) {
         res = PyLong_FromLong(out[0]);
     } else {
-        res = PyList_New(draws);
-        for (Py_ssize_t i = 0; res && i < draws; i++) {
-            PyObject *v = PyLong_FromLong(out[i]);
-            if (!v) { Py_CLEAR(res); break; }
-            PyList_SET_ITEM(res, i, v);
-        }
+        res = g4py_id_list(out, draws);
     }
     free(out);
     return res;

@@ -65,7 +65,8 @@ PyMODINIT_FUNC PyInit__core(void) {
         PyModule_AddObject(m, "LimitError", g4py_LimitError) < 0)
         goto fail;
     if (add_methods(m, g4py_hw_methods) < 0 || add_methods(m, g4py_gguf_methods) < 0 ||
-        add_methods(m, g4py_model_methods) < 0 || add_methods(m, g4py_tokenizer_methods) < 0)
+        add_methods(m, g4py_model_methods) < 0 || add_methods(m, g4py_tokenizer_methods) < 0 ||
+        add_methods(m, g4py_sample_methods) < 0)
         goto fail;
     if (g4py_model_register(m) < 0 || g4py_tokenizer_register(m) < 0) goto fail;
     return m;

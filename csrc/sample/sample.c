@@ -1,8 +1,8 @@
 /* sample.c - next-token sampling (see sample.h).
  *
- * The chain is llama.cpp's default order (common/sampling.cpp): top-k, then
- * top-p on the probabilities at temperature 1, then temperature, softmax and
- * one draw. Nothing is sorted in full: top-k is a quickselect (O(n)), top-p
+ * The chain is llama.cpp's order (common/sampling.cpp): mask, logit bias,
+ * penalties, top-k, top-p and min-p on the probabilities at temperature 1,
+ * then temperature, softmax and one draw. Nothing is sorted in full: top-k is a quickselect (O(n)), top-p
  * takes growing blocks of the best candidates by quickselect until they
  * hold the requested mass, and the draw is a linear pass over the kept
  * candidates in whatever order they are (the distribution does not depend
@@ -13,6 +13,7 @@
 #include <float.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct cand { float logit; int32_t id; } cand;
 
@@ -51,12 +52,62 @@ void g4_sampler_init(g4_sampler *s, float temperature, int32_t top_k, float top_
     if (!s->rng_state) s->rng_state = 0x9e3779b97f4a7c15ull;
     s->scratch = NULL;
     s->scratch_n = 0;
+    s->min_p = 0.0f;
+    s->repeat_penalty = 1.0f;
+    s->repeat_last_n = 0;
+    s->presence_penalty = 0.0f;
+    s->frequency_penalty = 0.0f;
+    s->bias_ids = NULL;
+    s->bias_vals = NULL;
+    s->n_bias = 0;
+    s->hist = NULL;
+    s->hist_n = 0;
+}
+
+g4_sample_params g4_sample_params_default(void) {
+    g4_sample_params p;
+    memset(&p, 0, sizeof p);
+    p.temperature = 1.0f;
+    p.top_p = 1.0f;
+    p.repeat_penalty = 1.0f;
+    p.repeat_last_n = 64;   /* llama.cpp's penalty_last_n default */
+    return p;
+}
+
+int g4_sampler_init_ex(g4_sampler *s, const g4_sample_params *p) {
+    g4_sampler_init(s, p->temperature, p->top_k, p->top_p, p->seed);
+    s->min_p = p->min_p;
+    s->repeat_penalty = p->repeat_penalty > 0.0f ? p->repeat_penalty : 1.0f;
+    s->repeat_last_n = p->repeat_last_n;
+    s->presence_penalty = p->presence_penalty;
+    s->frequency_penalty = p->frequency_penalty;
+    if (p->n_bias > 0 && p->bias_ids && p->bias_vals) {
+        s->bias_ids = malloc(sizeof(int32_t) * (size_t)p->n_bias);
+        s->bias_vals = malloc(sizeof(float) * (size_t)p->n_bias);
+        if (!s->bias_ids || !s->bias_vals) {
+            free(s->bias_ids); free(s->bias_vals);
+            s->bias_ids = NULL; s->bias_vals = NULL;
+            return -1;
+        }
+        memcpy(s->bias_ids, p->bias_ids, sizeof(int32_t) * (size_t)p->n_bias);
+        memcpy(s->bias_vals, p->bias_vals, sizeof(float) * (size_t)p->n_bias);
+        s->n_bias = p->n_bias;
+    }
+    return 0;
 }
 
 void g4_sampler_free(g4_sampler *s) {
     free(s->scratch);
+    free(s->bias_ids);
+    free(s->bias_vals);
+    free(s->hist);
     s->scratch = NULL;
     s->scratch_n = 0;
+    s->bias_ids = NULL;
+    s->bias_vals = NULL;
+    s->n_bias = 0;
+    s->hist = NULL;
+    s->hist_n = 0;
 }
 
 /* ======================================================================
@@ -175,32 +226,174 @@ static int32_t draw(cand *c, int32_t m, float temperature, uint64_t *rng) {
     return c[best].id;   /* rounding left u at the very top */
 }
 
-int32_t g4_sample(g4_sampler *s, float *logits, int32_t n_vocab) {
-    if (n_vocab <= 0) return -1;
-    if (!(s->temperature > 0.0f)) return g4_argmax(logits, n_vocab);
+/* c[0..n_vocab) from logits, clamped: NaN never wins; +inf would make every
+ * shifted logit NaN. Returns the scratch, or NULL when out of memory. */
+static cand *candidates(g4_sampler *s, const float *logits, int32_t n_vocab) {
     if (s->scratch_n < n_vocab) {
         cand *c = realloc(s->scratch, (size_t)n_vocab * sizeof *c);
-        if (!c) return -1;
+        if (!c) return NULL;
         s->scratch = c;
         s->scratch_n = n_vocab;
     }
     cand *c = s->scratch;
     for (int32_t i = 0; i < n_vocab; i++) {
         float l = logits[i];
-        /* NaN never wins; +inf would make every shifted logit NaN */
         c[i].logit = isnan(l) ? -INFINITY : l > FLT_MAX ? FLT_MAX : l;
         c[i].id = i;
     }
+    return c;
+}
+
+/* Min-p (llama_sampler_min_p_apply, min_keep 1): keep c[i] with
+ * p_i >= min_p * p_max, at temperature 1: logit >= max + log(min_p).
+ * Compacts the kept ones to the front; returns their count (>= 1). */
+static int32_t min_p_keep(cand *c, int32_t m, float min_p) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < m; i++) if (before(&c[i], &c[best])) best = i;
+    const float cut = c[best].logit + logf(min_p);
+    int32_t k = 0;
+    for (int32_t i = 0; i < m; i++)
+        if (c[i].logit >= cut) { cand t = c[i]; c[i] = c[k]; c[k++] = t; }
+    return k > 0 ? k : 1;
+}
+
+/* top-k -> top-p -> min-p -> temperature -> draw over the candidates */
+static int32_t chain(g4_sampler *s, cand *c, int32_t n_vocab) {
     int32_t m = n_vocab;
     if (s->top_k > 0 && s->top_k < n_vocab) {
         select_top(c, n_vocab, s->top_k);
         m = s->top_k;
     }
-    if (s->top_p < 1.0f) {
+    if (s->top_p < 1.0f || s->min_p > 0.0f) {
         int32_t best = 0;
         for (int32_t i = 1; i < m; i++) if (before(&c[i], &c[best])) best = i;
         if (c[best].logit == -INFINITY) return c[best].id;   /* nothing has mass */
-        m = top_p_keep(c, m, s->top_p);
     }
+    if (s->top_p < 1.0f) m = top_p_keep(c, m, s->top_p);
+    if (s->min_p > 0.0f) m = min_p_keep(c, m, s->min_p);
     return draw(c, m, s->temperature, &s->rng_state);
+}
+
+int32_t g4_sample(g4_sampler *s, float *logits, int32_t n_vocab) {
+    if (n_vocab <= 0) return -1;
+    if (!(s->temperature > 0.0f)) return g4_argmax(logits, n_vocab);
+    cand *c = candidates(s, logits, n_vocab);
+    if (!c) return -1;
+    return chain(s, c, n_vocab);
+}
+
+/* ======================================================================
+ * Mask, bias, penalties, log-probabilities
+ * ====================================================================== */
+
+int32_t g4_apply_mask(float *logits, int32_t n_vocab, const uint32_t *allowed) {
+    const int32_t n_words = (int32_t)(((int64_t)n_vocab + 31) / 32);
+    int32_t n_allowed = 0;
+    for (int32_t w = 0; w < n_words; w++) {
+        uint32_t bits = allowed[w];
+        const int32_t base = w * 32, n = n_vocab - base < 32 ? n_vocab - base : 32;
+        if (n < 32) bits &= (1u << n) - 1u;       /* ids past the vocabulary do not count */
+        else if (bits == 0xffffffffu) { n_allowed += 32; continue; }
+        n_allowed += __builtin_popcount(bits);
+        for (int32_t b = 0; b < n; b++)
+            if (!(bits >> b & 1u)) logits[base + b] = -INFINITY;
+    }
+    return n_allowed;
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* llama_sampler_penalties_apply over the last repeat_last_n tokens of the
+ * history: counted by sorting a copy of the window (the window is small;
+ * no vocabulary-sized table). Returns -1 when out of memory. */
+static int apply_penalties(g4_sampler *s, float *logits, int32_t n_vocab,
+                           const int32_t *history, int32_t n_history) {
+    if (s->repeat_last_n == 0 || n_history <= 0 || !history) return 0;
+    if (s->repeat_penalty == 1.0f && s->presence_penalty == 0.0f && s->frequency_penalty == 0.0f) return 0;
+    int32_t n = s->repeat_last_n < 0 || s->repeat_last_n > n_history ? n_history : s->repeat_last_n;
+    if (s->hist_n < n) {
+        int32_t *h = realloc(s->hist, sizeof(int32_t) * (size_t)n);
+        if (!h) return -1;
+        s->hist = h;
+        s->hist_n = n;
+    }
+    memcpy(s->hist, history + (n_history - n), sizeof(int32_t) * (size_t)n);
+    qsort(s->hist, (size_t)n, sizeof(int32_t), cmp_i32);
+    for (int32_t i = 0; i < n;) {
+        int32_t id = s->hist[i], j = i;
+        while (j < n && s->hist[j] == id) j++;
+        const int32_t count = j - i;
+        i = j;
+        if (id < 0 || id >= n_vocab) continue;
+        float l = logits[id];
+        l = l <= 0.0f ? l * s->repeat_penalty : l / s->repeat_penalty;
+        l -= (float)count * s->frequency_penalty + s->presence_penalty;
+        logits[id] = l;
+    }
+    return 0;
+}
+
+/* log-softmax of logits (mask/bias/penalties applied) at temperature 1: the
+ * top n_top and the chosen one. Two passes over the vocabulary. */
+static void logprobs(const float *logits, int32_t n_vocab, int32_t chosen, int32_t n_top,
+                     int32_t *top_ids, float *top_lp, float *chosen_lp) {
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < n_vocab; i++) if (logits[i] > mx) mx = logits[i];
+    if (mx > FLT_MAX) mx = FLT_MAX;
+    for (int32_t k = 0; k < n_top; k++) { top_ids[k] = -1; top_lp[k] = -INFINITY; }
+    double z = 0.0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        const float l = logits[i];
+        if (!(l > -INFINITY)) continue;   /* masked, banned or NaN */
+        z += exp((double)(l > FLT_MAX ? FLT_MAX : l) - mx);
+        if (n_top > 0 && (top_ids[n_top - 1] < 0 || l > top_lp[n_top - 1])) {
+            int32_t k = n_top - 1;          /* insertion into the sorted top list */
+            while (k > 0 && (top_ids[k - 1] < 0 || l > top_lp[k - 1])) {
+                top_ids[k] = top_ids[k - 1]; top_lp[k] = top_lp[k - 1]; k--;
+            }
+            top_ids[k] = i; top_lp[k] = l;
+        }
+    }
+    const double lz = (double)mx + log(z > 0.0 ? z : 1.0);
+    for (int32_t k = 0; k < n_top && top_ids[k] >= 0; k++) top_lp[k] = (float)((double)top_lp[k] - lz);
+    if (chosen_lp) {
+        const float l = chosen >= 0 && chosen < n_vocab ? logits[chosen] : -INFINITY;
+        *chosen_lp = l > -INFINITY ? (float)((double)(l > FLT_MAX ? FLT_MAX : l) - lz) : -INFINITY;
+    }
+}
+
+int32_t g4_sample_ex(g4_sampler *s, float *logits, int32_t n_vocab,
+                     const int32_t *history, int32_t n_history, const uint32_t *allowed,
+                     int32_t n_top, int32_t *top_ids, float *top_logprobs, float *chosen_logprob) {
+    if (n_vocab <= 0) return -1;
+    if (n_top < 0 || !top_ids || !top_logprobs) n_top = 0;
+    if (n_top > G4_SAMPLE_MAX_TOP) n_top = G4_SAMPLE_MAX_TOP;
+    if (allowed && g4_apply_mask(logits, n_vocab, allowed) == 0) return -2;
+    for (int32_t i = 0; i < s->n_bias; i++) {
+        const int32_t id = s->bias_ids[i];
+        if (id >= 0 && id < n_vocab) logits[id] += s->bias_vals[i];
+    }
+    if (apply_penalties(s, logits, n_vocab, history, n_history) < 0) return -1;
+    int32_t id;
+    if (!(s->temperature > 0.0f)) {
+        id = g4_argmax(logits, n_vocab);
+        /* argmax falls back to 0 when everything is NaN/-inf: keep to the mask */
+        if (allowed && !(allowed[id / 32] >> (id % 32) & 1u)) {
+            for (id = 0; id < n_vocab && !(allowed[id / 32] >> (id % 32) & 1u); id++) {}
+        }
+    } else {
+        cand *c = candidates(s, logits, n_vocab);
+        if (!c) return -1;
+        id = chain(s, c, n_vocab);
+        if (allowed && !(allowed[id / 32] >> (id % 32) & 1u)) {
+            /* every allowed token had -inf after bias: the draw fell back to the best id */
+            for (id = 0; id < n_vocab && !(allowed[id / 32] >> (id % 32) & 1u); id++) {}
+        }
+    }
+    if (n_top > 0 || chosen_logprob)
+        logprobs(logits, n_vocab, id, n_top, top_ids, top_logprobs, chosen_logprob);
+    return id;
 }

@@ -43,7 +43,7 @@ from starlette.routing import Route
 
 from . import routing
 from .auth import Guard
-from .backends import BackendError, Final, GenRequest, OpenAIBackend, text_of
+from .backends import BackendError, Delta, Final, GenRequest, OpenAIBackend, text_of
 from .breaker import CircuitBreaker, State
 from .config import ConfigError, GatewayConfig, TierConfig, load_config
 from .errors import APIError
@@ -350,6 +350,23 @@ async def _read_body(scope, receive, cap: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+_MAX_DEPTH = 64   # JSON nesting a request may have (tool schemas included); deeper: 400
+
+
+def _check_depth(obj, limit: int):
+    """ValueError when obj (parsed JSON) nests containers deeper than limit; walks only
+    containers. Deeper bodies would make later encoders and validators recurse."""
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            raise ValueError(f"nested more than {limit} levels deep")
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values() if isinstance(v, (dict, list)))
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o if isinstance(v, (dict, list)))
+
+
 async def _send_json(send, status: int, body: dict, headers: dict):
     """A whole JSON response through ASGI `send`; headers: name -> value (any case)."""
     raw = _json(body)
@@ -514,14 +531,14 @@ class Dispatch:
                 await self._stream(send, rt, ticket, agen, first, ttft)
                 return None
             pieces, final = [], first
-            if type(first) is str:
+            if type(first) is str or type(first) is Delta:
                 pieces.append(first)
                 async for item in agen:
-                    if type(item) is str:
+                    if type(item) is str or type(item) is Delta:
                         pieces.append(item)
                     else:
                         final = item
-            if type(final) is str:
+            if not isinstance(final, Final):
                 final = Final()
         except BackendError as e:
             await agen.aclose()
@@ -532,7 +549,7 @@ class Dispatch:
             await agen.aclose()
             raise
         ticket.success()
-        await self._answer(send, rt, "".join(pieces), final, ttft)
+        await self._answer(send, rt, pieces, final, ttft)
         return None
 
     async def _all_down(self, send, retry: list[float], last: BackendError | None):
@@ -577,16 +594,20 @@ class Dispatch:
         pt, ct = final.prompt_tokens or 0, final.completion_tokens or 0
         return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
 
-    async def _answer(self, send, rt: TierRuntime, text: str, final: Final, ttft: float):
+    async def _answer(self, send, rt: TierRuntime, pieces: list, final: Final, ttft: float):
         r = self._done(rt, final, ttft, "200")
-        if self.req.kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "logprobs": None, "finish_reason": final.finish_reason}
+        if all(type(p) is str for p in pieces):
+            text = "".join(pieces)
+            if self.req.kind == "chat":
+                choices = [{"index": 0, "message": {"role": "assistant", "content": text},
+                            "logprobs": None, "finish_reason": final.finish_reason}]
+            else:
+                choices = [{"index": 0, "text": text, "logprobs": None,
+                            "finish_reason": final.finish_reason}]
         else:
-            choice = {"index": 0, "text": text, "logprobs": None,
-                      "finish_reason": final.finish_reason}
+            choices = merge_pieces(pieces, self.req.kind == "chat", final.finish_reason)
         body = {"id": self.rid, "object": self.obj, "created": self.created,
-                "model": rt.tier.id, "choices": [choice], "usage": self._usage(final),
+                "model": rt.tier.id, "choices": choices, "usage": self._usage(final),
                 "_routing": r}
         await self._send_json(send, 200, body, _routing_headers(r))
         self._charge(final)
@@ -600,6 +621,25 @@ class Dispatch:
             obj = "chat.completion.chunk"
         else:
             choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            obj = "text_completion"
+        return {"id": self.rid, "object": obj, "created": self.created, "model": model,
+                "choices": [choice]}
+
+    def _delta_chunk(self, model: str, d: Delta, first: bool) -> dict:
+        """A chunk for a structured piece: its content and other delta fields, logprobs and
+        choice index as the backend gave them (an upstream's, unchanged)."""
+        if self.req.kind == "chat":
+            delta = {"role": "assistant"} if first else {}
+            if d.content is not None or first:
+                delta["content"] = d.content if d.content is not None else ""
+            if d.fields:
+                delta.update(d.fields)
+            choice = {"index": d.index, "delta": delta, "logprobs": d.logprobs,
+                      "finish_reason": d.finish_reason}
+            obj = "chat.completion.chunk"
+        else:
+            choice = {"index": d.index, "text": d.content or "", "logprobs": d.logprobs,
+                      "finish_reason": d.finish_reason}
             obj = "text_completion"
         return {"id": self.rid, "object": obj, "created": self.created, "model": model,
                 "choices": [choice]}
@@ -627,13 +667,18 @@ class Dispatch:
         dumps = json.dumps
         final = None
         try:
-            if type(first) is str:
+            if type(first) is str or type(first) is Delta:
+                chunk = (self._chunk(model, first, None, first=True) if type(first) is str
+                         else self._delta_chunk(model, first, True))
                 await send({"type": "http.response.body", "more_body": True,
-                            "body": _sse(self._chunk(model, first, None, first=True))})
+                            "body": _sse(chunk)})
                 async for item in agen:
                     if type(item) is str:
                         await send({"type": "http.response.body", "more_body": True,
                                     "body": pre + dumps(item, ensure_ascii=False).encode() + suf})
+                    elif type(item) is Delta:
+                        await send({"type": "http.response.body", "more_body": True,
+                                    "body": _sse(self._delta_chunk(model, item, False))})
                     else:
                         final = item
             else:
@@ -672,6 +717,71 @@ class Dispatch:
         self.finished = True
         await send({"type": "http.response.body", "body": out, "more_body": False})
         self._charge(final)
+
+
+def merge_pieces(pieces: list, chat: bool, finish_reason: str) -> list[dict]:
+    """The choices of a whole response from its streamed pieces (str and Delta), merged as
+    the official clients merge stream deltas: strings concatenated (content,
+    reasoning_content, refusal, ...), tool_calls by their index (id/type kept, function
+    name and arguments concatenated), logprobs' token lists appended; other values: the
+    last one. Choice 0 ends with finish_reason; the others with their Delta's."""
+    out: dict[int, dict] = {}
+    for p in pieces:
+        d = Delta(p) if type(p) is str else p
+        c = out.setdefault(d.index, {"msg": {}, "lp": None, "finish": None})
+        msg = c["msg"]
+        if d.content is not None:
+            msg["content"] = msg.get("content", "") + d.content
+        for k, v in (d.fields or {}).items():
+            if k == "tool_calls" and isinstance(v, list):
+                calls = msg.setdefault("tool_calls", [])
+                for tc in v:
+                    i = tc.get("index", len(calls))
+                    while len(calls) <= i:
+                        calls.append({})
+                    _merge_into(calls[i], tc)
+            elif isinstance(v, str) and isinstance(msg.get(k), str):
+                msg[k] += v
+            else:
+                msg[k] = v
+        if d.logprobs:
+            if c["lp"] is None:
+                c["lp"] = {}
+            for k, v in d.logprobs.items():
+                if isinstance(v, list):
+                    c["lp"].setdefault(k, []).extend(v)
+                else:
+                    c["lp"][k] = v
+        if d.finish_reason:
+            c["finish"] = d.finish_reason
+    out.setdefault(0, {"msg": {}, "lp": None, "finish": None})["finish"] = finish_reason
+    choices = []
+    for i in sorted(out):
+        c, msg = out[i], out[i]["msg"]
+        for tc in msg.get("tool_calls", ()):
+            tc.pop("index", None)
+        if chat:
+            m = {"role": "assistant", "content": msg.pop("content", None)}
+            if m["content"] is None and not msg.get("tool_calls"):
+                m["content"] = ""
+            m.update(msg)
+            choices.append({"index": i, "message": m, "logprobs": c["lp"],
+                            "finish_reason": c["finish"] or "stop"})
+        else:
+            choices.append({"index": i, "text": msg.get("content", ""), "logprobs": c["lp"],
+                            "finish_reason": c["finish"] or "stop"})
+    return choices
+
+
+def _merge_into(dst: dict, src: dict):
+    """One tool-call delta into the call built so far (strings appended, dicts merged)."""
+    for k, v in src.items():
+        if isinstance(v, dict):
+            _merge_into(dst.setdefault(k, {}), v)
+        elif isinstance(v, str) and isinstance(dst.get(k), str) and k in ("arguments", "name"):
+            dst[k] += v
+        elif k not in dst or dst[k] is None:
+            dst[k] = v
 
 
 _STREAM_HEADERS = {"x-gemma4stack-tier", "x-gemma4stack-model", "x-gemma4stack-ttft-ms",
@@ -769,8 +879,13 @@ def create_app(config: GatewayConfig, *, model_loader: Callable[[TierConfig], An
             _reject("body_too_large", e)
         try:
             body = json.loads(raw)
+            if raw.count(b"[") + raw.count(b"{") > _MAX_DEPTH:
+                _check_depth(body, _MAX_DEPTH)
         except (ValueError, UnicodeDecodeError) as e:
             _reject("invalid", APIError(400, f"Malformed JSON body: {e}", code="invalid_json"))
+        except RecursionError:
+            _reject("invalid", APIError(400, "Malformed JSON body: nested too deeply",
+                                        code="invalid_json"))
         if not isinstance(body, dict):
             _reject("invalid", APIError(400, "The request body must be a JSON object.",
                                         code="invalid_json"))

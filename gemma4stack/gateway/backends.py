@@ -1,7 +1,9 @@
 """Backends: where a tier's tokens come from.
 
-Every backend turns a GenRequest into an async stream of text pieces (str) that ends with
-one Final (finish_reason, token counts), or raises a BackendError before or during it:
+Every backend turns a GenRequest into an async stream of text pieces (str, or a Delta when
+a piece carries more than content: tool calls, reasoning, a refusal, logprobs, another
+choice index) that ends with one Final (finish_reason, token counts), or raises a
+BackendError before or during it:
 
     LocalBackend   a GGUF run by gemma4stack.model.Model in this process: one worker thread
                    per admitted request, whose generations the Model's engine decodes
@@ -49,8 +51,30 @@ class GenRequest:
     top_k: int | None = None
     seed: int | None = None
     stop: list[str] | None = None
-    extra: dict = field(default_factory=dict)   # presence/frequency_penalty, forwarded upstream
+    # every other field of the request body as the client sent it (tools, tool_choice,
+    # response_format, logprobs, logit_bias, presence/frequency_penalty, n, user, metadata,
+    # fields the gateway does not know...): forwarded to openai tiers unchanged; local
+    # tiers use what they understand (gemma4stack.tools.local_options)
+    extra: dict = field(default_factory=dict)
     keep_alive: float | None = None   # local models: seconds to stay loaded after it, -1 = forever
+
+
+@dataclass
+class Delta:
+    """A streamed piece with more than text, as an OpenAI chunk's choice carries it.
+
+    content: the text (None: none in this piece). fields: the delta's other fields as the
+    upstream sent them (tool_calls with their index, reasoning_content, refusal, ...).
+    logprobs: the choice's logprobs object for this piece ({"content": [...]} for chat,
+    the legacy {tokens, token_logprobs, top_logprobs, text_offset} for completions).
+    index: the choice index (n > 1). finish_reason: set on the last piece of a choice other
+    than choice 0 (choice 0's comes in Final).
+    """
+    content: str | None = None
+    fields: dict | None = None
+    logprobs: dict | None = None
+    index: int = 0
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -198,7 +222,7 @@ class LocalBackend:
         try:
             while True:
                 item = await q.get()
-                if type(item) is str:
+                if type(item) is str or type(item) is Delta:
                     yield item
                 elif isinstance(item, Final):
                     yield item
@@ -229,8 +253,15 @@ class LocalBackend:
             kw = {k: v for k, v in (("temperature", req.temperature), ("top_p", req.top_p),
                                     ("top_k", req.top_k), ("seed", req.seed), ("stop", req.stop))
                   if v is not None}
+            # tools and response_format go through Model.chat even without a chat template
+            # (it then describes the tools in a raw prompt)
+            chat = req.kind == "chat" and (self._uses_chat() or any(
+                req.extra.get(k) for k in ("tools", "response_format")))
+            if req.extra:
+                from gemma4stack.tools import local_options
+                kw.update(local_options(req.extra, "chat" if chat else "completion"))
             n_ctx = self.n_ctx
-            if req.kind == "chat" and self._uses_chat():
+            if chat:
                 kw["max_tokens"] = req.max_tokens or self.max_tokens
                 gen = self.model.chat(req.messages, stream=True, **kw)
             else:
@@ -255,6 +286,9 @@ class LocalBackend:
                 for piece in gen:
                     if cancel.is_set():
                         break
+                    if type(piece) is not str:     # a tools.ChatDelta: structured piece
+                        piece = Delta(piece.content, piece.fields() or None,
+                                      piece.logprobs_dict(req.kind))
                     if piece:
                         put(piece)
             finally:
@@ -267,7 +301,7 @@ class LocalBackend:
             st = getattr(gen, "stats", None)       # this generation's (TextStream)
             if st is None:
                 st = getattr(self.model, "last_stats", None)
-            put(Final(_stat(st, "finish_reason", "stop") or "stop",
+            put(Final(getattr(gen, "finish_reason", None) or _stat(st, "finish_reason", "stop") or "stop",
                       _stat(st, "prompt_tokens"), _stat(st, "completion_tokens"),
                       _stat(st, "queue_ms")))
         except BackendError as e:
@@ -276,10 +310,11 @@ class LocalBackend:
             put(BackendError("queue_full", f"tier '{self.tier.name}': {e}", counts=False,
                              fallback=True, status=503, code="queue_full",
                              retry_after=max(1.0, self._last_run_s)))
-        except ValueError as e:        # bad parameters, LimitError, GGUFError: the request
-            msg = str(e)
+        except ValueError as e:        # bad parameters, schemas, grammars, a template's
+            msg = str(e)               # raise_exception, LimitError, GGUFError: the request
             put(client_error(f"tier '{self.tier.name}': {msg}",
-                             code="context_length_exceeded" if "context" in msg.lower() else None))
+                             code="context_length_exceeded" if "context" in msg.lower() else None,
+                             param=getattr(e, "param", None)))
         except Exception as e:         # noqa: BLE001 - anything else is the backend failing
             put(failure("local_error", f"tier '{self.tier.name}': local model failed: "
                         f"{type(e).__name__}: {e}", status=500))
@@ -315,6 +350,30 @@ def _upstream_error(status: int, body: bytes, tier: str) -> BackendError:
         code = "context_length_exceeded"
     return client_error(msg, status=status, code=code, etype=err.get("type") or
                         "invalid_request_error", param=err.get("param"))
+
+
+_PLAIN = frozenset(("content", "role"))   # a delta with only these is plain text
+
+
+def _upstream_piece(c: dict, chat: bool, key: str, finish: str | None = None) -> str | Delta | None:
+    """One upstream choice (a chunk's `delta` or a whole `message`) as a piece: the plain text
+    when that is all it holds (the common case, kept cheap), else a Delta with every other
+    field of it (tool_calls, reasoning_content, refusal, ...) and its logprobs, unchanged."""
+    index, logprobs = c.get("index", 0), c.get("logprobs")
+    if not chat:
+        text = c.get("text")
+        if logprobs is None and not index and finish is None:
+            return text or None
+        return Delta(text or None, None, logprobs, index, finish)
+    d = c.get(key) or {}
+    text = d.get("content")
+    if logprobs is None and not index and finish is None and (
+            d.keys() <= _PLAIN or all(v is None for k, v in d.items() if k not in _PLAIN)):
+        return text or None
+    fields = {k: v for k, v in d.items() if k not in ("content", "role") and v is not None}
+    if key == "message" and fields.get("tool_calls"):     # a whole message: give them indexes
+        fields["tool_calls"] = [{"index": i, **tc} for i, tc in enumerate(fields["tool_calls"])]
+    return Delta(text, fields or None, logprobs, index, finish)
 
 
 async def _read_all(resp: httpx.Response) -> bytes:
@@ -406,7 +465,9 @@ class OpenAIBackend:
             v = getattr(req, k)
             if v is not None:
                 body[k] = v
-        body.update(req.extra)
+        if "max_completion_tokens" in req.extra:
+            body.pop("max_tokens", None)      # the client's own name for it goes upstream
+        body.update(req.extra)                # everything else exactly as the client sent it
         return body
 
     async def stream(self, req: GenRequest) -> AsyncIterator[str | Final]:
@@ -435,10 +496,13 @@ class OpenAIBackend:
             if "text/event-stream" not in resp.headers.get("content-type", ""):
                 # a server that ignored stream=true answers with one JSON object
                 data = json.loads(await _read_all(resp))
-                c = (data.get("choices") or [{}])[0]
-                text = (c.get("message") or {}).get("content") if chat else c.get("text")
-                if text:
-                    yield text
+                choices = data.get("choices") or [{}]
+                for c in choices[1:]:
+                    yield _upstream_piece(c, chat, "message", c.get("finish_reason") or "stop")
+                c = choices[0]
+                piece = _upstream_piece(c, chat, "message")
+                if piece:
+                    yield piece
                 u = data.get("usage") or {}
                 yield Final(c.get("finish_reason") or "stop", u.get("prompt_tokens"),
                             u.get("completion_tokens"))
@@ -465,12 +529,13 @@ class OpenAIBackend:
                         raise failure("upstream_stream_error", f"tier '{name}' upstream error "
                                       f"mid-stream: "
                                       f"{e.get('message', e) if isinstance(e, dict) else e}")
-                    choices = obj.get("choices")
-                    if choices:
-                        c = choices[0]
-                        text = (c.get("delta") or {}).get("content") if chat else c.get("text")
-                        if text:
-                            yield text
+                    for c in obj.get("choices") or ():
+                        if c.get("index", 0):
+                            yield _upstream_piece(c, chat, "delta", c.get("finish_reason"))
+                            continue
+                        piece = _upstream_piece(c, chat, "delta")
+                        if piece:
+                            yield piece
                         if c.get("finish_reason"):
                             finish = c["finish_reason"]
                     if obj.get("usage"):
