@@ -46,13 +46,13 @@ def isa(request):
     _core.set_isa(before)
 
 
-def random_weights(rng: np.random.Generator, qtype: T, rows: int, cols: int) -> bytes:
-    """Blocks of random payload bytes with finite fp16 scales of about 0.01 (random bytes
+def random_weights(rng: np.random.Generator, qtype: T, rows: int, cols: int, mag: float = 1.0) -> bytes:
+    """Blocks of random payload bytes with finite fp16 scales of about 0.01 * mag (random bytes
     would make some of them inf/NaN)."""
     bs, ts = GGML_QUANT_SIZES[qtype]
     nb = rows * cols // bs
     raw = rng.integers(0, 256, (nb, ts), dtype=np.uint8)
-    scale = lambda k: (rng.uniform(0.005, 0.02, (nb, k)) * rng.choice([-1, 1], (nb, k))).astype(np.float16)
+    scale = lambda k: (rng.uniform(0.005, 0.02, (nb, k)) * mag * rng.choice([-1, 1], (nb, k))).astype(np.float16)
     if qtype == T.Q6_K:
         raw[:, 208:210] = scale(1).view(np.uint8)
     elif qtype == T.Q2_K:                              # d, dmin at the end
