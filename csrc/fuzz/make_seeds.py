@@ -90,6 +90,25 @@ def _field_value(f):
 
 
 def shrink_model(src: Path, dst: Path, rng: np.random.Generator) -> None:
+    write_gguf(dst, *_shrunk(src, rng))
+
+
+def split_pair(src: Path, dst: Path, rng: np.random.Generator) -> None:
+    """The shrunk model as two gguf-split shards (split.no u16, split.count u16 = 2,
+    split.tensors.count i32 in the first; the second only its split keys), concatenated:
+    fuzz_gguf's split mode cuts the input at the second magic."""
+    kvs, tensors = _shrunk(src, rng)
+    half = len(tensors) // 2
+    a, b = dst.with_suffix(".a"), dst.with_suffix(".b")
+    write_gguf(a, kvs + [("split.no", UINT16, 0), ("split.count", UINT16, 2),
+                         ("split.tensors.count", INT32, len(tensors))], tensors[:half])
+    write_gguf(b, [("split.no", UINT16, 1), ("split.count", UINT16, 2)], tensors[half:])
+    dst.write_bytes(a.read_bytes() + b.read_bytes())
+    a.unlink()
+    b.unlink()
+
+
+def _shrunk(src: Path, rng: np.random.Generator) -> tuple[list, list]:
     from gguf import GGML_QUANT_SIZES, GGUFReader
     r = GGUFReader(src)
     kvs = []
@@ -108,7 +127,7 @@ def shrink_model(src: Path, dst: Path, rng: np.random.Generator) -> None:
         ne = [blck] + [min(int(d), 2) for d in list(t.shape)[1:]]
         n_bytes = int(np.prod(ne)) // blck * tsize
         tensors.append((t.name, ne, ttype, rng.integers(0, 256, n_bytes, dtype=np.uint8).tobytes()))
-    write_gguf(dst, kvs, tensors)
+    return kvs, tensors
 
 
 def every_type_file(dst: Path, rng: np.random.Generator) -> None:
@@ -138,6 +157,7 @@ def gguf_seeds(out: Path, models: Path) -> None:
     for p in sorted(models.glob("*.gguf")):
         shrink_model(p, out / f"mini-{p.name}", rng)
     every_type_file(out / "every-type.gguf", rng)
+    split_pair(models / "TinyStories-656K-Q8_0.gguf", out / "split-pair.gguf", rng)
 
 
 # ---- the gemma4 toy vocab ---------------------------------------------------------------------

@@ -689,6 +689,11 @@ void g4_gguf_close(g4_gguf *g) {
 
 uint32_t g4_gguf_n_shards(const g4_gguf *g) { return g->n_shards; }
 
+const g4_gguf *g4_gguf_shard(const g4_gguf *g, uint32_t i) {
+    if (i >= g->n_shards) return NULL;
+    return g->shards ? g->shards[i] : g;
+}
+
 const char *g4_gguf_shard_path(const g4_gguf *g, uint32_t i) {
     if (i >= g->n_shards) return NULL;
     return g->shards ? g->shards[i]->path : g->path;

@@ -125,6 +125,9 @@ const char *g4_gguf_path(const g4_gguf *g);
 /* Number of files (1 unless split), the path of file i (NULL when out of
  * range), and the bytes of all files together. */
 uint32_t g4_gguf_n_shards(const g4_gguf *g);
+/* Shard i's own handle (its header fields, kvs and tensors; g itself for i = 0),
+ * NULL when out of range. Owned by g. */
+const g4_gguf *g4_gguf_shard(const g4_gguf *g, uint32_t i);
 const char *g4_gguf_shard_path(const g4_gguf *g, uint32_t i);
 uint64_t g4_gguf_total_size(const g4_gguf *g);
 /* "UINT8", "STRING", ... as the spec names them; "?" when out of range. */
