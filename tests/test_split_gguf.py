@@ -144,3 +144,79 @@ def test_bad_split_keys(tiny, tmp_path):
     _rewrite_split_keys(shards[0], p, **{"split.count": ("three", gguf.GGUFValueType.STRING)})
     with pytest.raises(GGUFError, match=r"split.count must be an integer"):
         _core.gguf_read(str(p))
+
+
+# ---- pull: every shard of a split file ------------------------------------------------------
+
+PULL_CATALOG = """
+[defaults]
+quant = "q8_0"
+publishers = ["test-org"]
+
+[[file]]
+variant = "tiny"
+quant = "q8_0"
+repo = "test-org/tiny-split-GGUF"
+file = "TinyStories-656K-Q8_0-00001-of-00003.gguf"
+confirmed = true
+
+[[file]]
+variant = "tiny"
+quant = "q4_0"
+repo = "test-org/tiny-split-GGUF"
+file = "tiny-Q4_0.gguf"
+confirmed = false
+"""
+
+
+@pytest.fixture
+def split_hub(tiny, tmp_path, monkeypatch):
+    """A loopback stand-in for the Hub (tests/test_pull.py FakeHub) serving the 3 shards under
+    their gguf-split names, and a Q4_0 split that is only found through the repo listing."""
+    import huggingface_hub.constants as C
+    from test_pull import FakeHub
+    _, shards, _ = tiny
+    files = {p.name: p.read_bytes() for p in shards}
+    files.update({p.name.replace("TinyStories-656K-Q8_0", "tiny-q4_0"): p.read_bytes() for p in shards[:2]})
+    hub = FakeHub({"test-org/tiny-split-GGUF": files})
+    monkeypatch.setattr(C, "DOWNLOAD_CHUNK_SIZE", 64 * 1024)
+    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    cat = tmp_path / "repos.toml"
+    cat.write_text(PULL_CATALOG)
+    yield hub, files, {"cache_dir": tmp_path / "hub", "catalog": cat, "token": False, "progress": False}
+    hub.close()
+
+
+def test_pull_downloads_every_shard(tiny, split_hub):
+    import hashlib
+    import importlib
+    P = importlib.import_module("gemma4stack.pull")
+    _, _, ref = tiny
+    hub, files, env = split_hub
+    res = P.download("gemma4:tiny", **env)
+    names = sorted(n for n in files if n.startswith("TinyStories"))
+    assert [p.name for p in res.shards] == names and res.path == res.shards[0]
+    assert len({p.parent for p in res.shards}) == 1              # one snapshot folder
+    for p in res.shards:                                         # each shard's bytes, checked
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == hashlib.sha256(files[p.name]).hexdigest()
+    assert res.checksum == "verified sha256" and res.downloaded
+    assert res.size == sum(len(files[n]) for n in names)
+    with Model(res.path, threads=1) as m:
+        assert np.array_equal(m.logits(IDS), ref)
+    again = P.download("gemma4:tiny", **env)                     # cached: no new transfers
+    assert not again.downloaded and again.shards == res.shards
+
+
+def test_pull_split_missing_shard_and_listing(split_hub):
+    import importlib
+    P = importlib.import_module("gemma4stack.pull")
+    _, _, env = split_hub
+    # the catalog's name is off; the listing has tiny-q4_0-00001-of-00003 but not shard 3
+    with pytest.raises(FileNotFoundError, match=r"not tiny-q4_0-00003-of-00003\.gguf \(shard 3 of 3"):
+        P.download("gemma4:tiny:q4_0", **env)
+    assert P.shard_names("a/b-00002-of-00003.gguf") == [f"a/b-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    assert P.shard_names("x.gguf") == ["x.gguf"]
+    with pytest.raises(ValueError):
+        P.shard_names("b-00004-of-00003.gguf")
