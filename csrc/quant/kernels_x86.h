@@ -967,6 +967,143 @@ KRN void SFX(fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] = g4_fp16_to_fp32(x[i]);
 }
 
+/* ---------------------------------------------------------------------------
+ * Q2_K, Q3_K and the i-quants: blocks decoded to g4_kq_block (quant_kq.c), with
+ * vector decoders for the common ones (Q2_K, Q3_K, IQ4_XS) and the scalar
+ * decoders for the grid types; IQ4_NL against Q8_0 like Q4_0 through a table.
+ * Every kernel returns the reference's exact int32 per block and the same
+ * float steps, so the results equal the scalar references bit for bit.
+ * ------------------------------------------------------------------------- */
+
+INL int32_t SFX(hsum_i32)(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* sum_g sc[g] * sum(q * x) over the 16 groups, and *summ = sum_g mn[g] * bsums[g].
+   |q| <= 127 and |x| <= 127 (Q8_K never produces -128), so vpmaddubsw on
+   (|q|, x with q's sign) cannot saturate (2 * 127 * 127 < 32767); the scales are
+   at most 64 in magnitude, so every int32 sum is exact. */
+KRN int32_t SFX(kq_dot)(const g4_kq_block *k, const block_q8_K *x, int32_t *summ) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(k->q + 32 * c));
+        const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+        const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(k->sc[2 * c + 1]), _mm_set1_epi16(k->sc[2 * c]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+    }
+    const __m256i mn = _mm256_loadu_si256((const __m256i *)k->mn), bs = _mm256_loadu_si256((const __m256i *)x->bsums);
+    *summ = SFX(hsum_i32)(_mm256_madd_epi16(mn, bs));   /* |mn| <= 15, |bsum| <= 2032 */
+    return SFX(hsum_i32)(acc);
+}
+
+/* Q2_K: qs byte l of half h holds element 128h + 32k + l in bits 2k..2k+1 */
+KRN void SFX(decode_q2_K)(const uint8_t *b, g4_kq_block *o) {
+    o->d = SFX(f16)(b + 80);
+    o->dmin = SFX(f16)(b + 82);
+    const __m128i s = _mm_loadu_si128((const __m128i *)b), m4 = _mm_set1_epi8(0x0f);
+    _mm256_storeu_si256((__m256i *)o->sc, _mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
+    _mm256_storeu_si256((__m256i *)o->mn, _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), m4)));
+    const __m256i m2 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i v = SFX(loadu)(b + 16 + 32 * h);
+        for (int k = 0; k < 4; k++)
+            _mm256_storeu_si256((__m256i *)(o->q + 128 * h + 32 * k),
+                                _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k)), m2));
+    }
+}
+
+/* Q3_K: the 2 low bits as Q2_K's, minus 4 where the element's hmask bit is clear */
+KRN void SFX(decode_q3_K)(const uint8_t *b, g4_kq_block *o) {
+    const uint8_t *sc = b + 96;
+    o->d = SFX(f16)(b + 108);
+    o->dmin = 0.0f;
+    for (int s = 0; s < 16; s++) {
+        int lo = s < 8 ? sc[s] & 15 : sc[s - 8] >> 4;
+        int hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+        o->sc[s] = (int16_t)((lo | hi << 4) - 32);
+    }
+    _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
+    const __m256i hm = SFX(loadu)(b), m2 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    for (int h = 0; h < 2; h++) {
+        const __m256i v = SFX(loadu)(b + 32 + 32 * h);
+        for (int k = 0; k < 4; k++) {
+            const __m256i low = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k)), m2);
+            const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
+            const __m256i clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
+            _mm256_storeu_si256((__m256i *)(o->q + 128 * h + 32 * k),
+                                _mm256_sub_epi8(low, _mm256_and_si256(clear, four)));
+        }
+    }
+}
+
+/* IQ4_XS: nibbles through the kvalues_iq4nl table (vpshufb) */
+KRN void SFX(decode_iq4_xs)(const uint8_t *b, g4_kq_block *o) {
+    const uint16_t sh = (uint16_t)(b[2] | b[3] << 8);
+    o->d = SFX(f16)(b);
+    o->dmin = 0.0f;
+    for (int ib = 0; ib < 8; ib++) {
+        int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 15) | ((sh >> (2 * ib)) & 3) << 4;
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(ls - 32);
+    }
+    _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)g4_iq4nl_values()));
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int c = 0; c < 4; c++) {   /* sub-blocks 2c (low lane) and 2c + 1 (high lane) */
+        const __m256i v = SFX(loadu)(b + 8 + 32 * c);
+        const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+        const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        _mm256_storeu_si256((__m256i *)(o->q + 64 * c), _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256((__m256i *)(o->q + 64 * c + 32), _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+}
+
+#define KQ_X86(name, TYPE, DEC)                                                                      \
+    KRN void SFX(gemm_##name)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x,  \
+                              size_t xs, int64_t nt, float *y, int64_t ldy) {                        \
+        g4_gemm_kq(TYPE, DEC, SFX(kq_dot), n, w, ws, nr, x, xs, nt, y, ldy);                         \
+    }
+KQ_X86(q2_K, G4_TYPE_Q2_K, SFX(decode_q2_K))
+KQ_X86(q3_K, G4_TYPE_Q3_K, SFX(decode_q3_K))
+KQ_X86(iq4_xs, G4_TYPE_IQ4_XS, SFX(decode_iq4_xs))
+KQ_X86(iq3_xxs, G4_TYPE_IQ3_XXS, g4_kq_decoder(G4_TYPE_IQ3_XXS))
+KQ_X86(iq3_s, G4_TYPE_IQ3_S, g4_kq_decoder(G4_TYPE_IQ3_S))
+KQ_X86(iq2_xxs, G4_TYPE_IQ2_XXS, g4_kq_decoder(G4_TYPE_IQ2_XXS))
+KQ_X86(iq2_xs, G4_TYPE_IQ2_XS, g4_kq_decoder(G4_TYPE_IQ2_XS))
+KQ_X86(iq2_s, G4_TYPE_IQ2_S, g4_kq_decoder(G4_TYPE_IQ2_S))
+KQ_X86(iq1_s, G4_TYPE_IQ1_S, g4_kq_decoder(G4_TYPE_IQ1_S))
+KQ_X86(iq1_m, G4_TYPE_IQ1_M, g4_kq_decoder(G4_TYPE_IQ1_M))
+#undef KQ_X86
+
+/* IQ4_NL x Q8_0: per block the exact int32 as ref_dot_iq4_nl_q8_0, then
+   acc += sumi * (d_w * d_x) in block order (the reference's float steps).
+   Weight blocks outer, tokens inner, so a block is decoded once per call. */
+KRN void SFX(gemm_iq4_nl)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x,
+                          size_t xs, int64_t nt, float *y, int64_t ldy) {
+    const __m128i table = _mm_loadu_si128((const __m128i *)g4_iq4nl_values()), m4 = _mm_set1_epi8(0x0f);
+    const int64_t nb = n / QK4_NL;
+    for (int64_t r = 0; r < nr; r++) {
+        for (int64_t t = 0; t < nt; t++) y[t * ldy + r] = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = w + (size_t)r * ws + (size_t)b * sizeof(block_iq4_nl);
+            const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
+            const __m256i q = _mm256_set_m128i(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), m4)),
+                                               _mm_shuffle_epi8(table, _mm_and_si128(v, m4)));
+            const __m256i qa = _mm256_sign_epi8(q, q);
+            const float dw = SFX(f16)(blk);
+            for (int64_t t = 0; t < nt; t++) {
+                const uint8_t *xb = x + (size_t)t * xs + (size_t)b * sizeof(block_q8_0);
+                const __m256i p = _mm256_maddubs_epi16(qa, _mm256_sign_epi8(SFX(loadu)(xb + 2), q));
+                const int32_t sumi = SFX(hsum_i32)(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                y[t * ldy + r] += (float)sumi * (dw * SFX(f16)(xb));
+            }
+        }
+    }
+}
+
 /* The table entries this inclusion provides (the including file adds .isa). */
 #ifndef G4_KERNELS_X86_ONCE
 #define G4_KERNELS_X86_ONCE
@@ -977,6 +1114,11 @@ KRN void SFX(fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n) {
         [G4_TYPE_Q4_0] = SFX(gemm_q4_0), [G4_TYPE_Q4_1] = SFX(gemm_q4_1), [G4_TYPE_Q5_0] = SFX(gemm_q5_0), \
         [G4_TYPE_Q5_1] = SFX(gemm_q5_1), [G4_TYPE_Q8_0] = SFX(gemm_q8_0), [G4_TYPE_Q4_K] = SFX(gemm_q4_K), \
         [G4_TYPE_Q5_K] = SFX(gemm_q5_K), [G4_TYPE_Q6_K] = SFX(gemm_q6_K),                            \
+        [G4_TYPE_IQ4_NL] = SFX(gemm_iq4_nl), [G4_TYPE_Q2_K] = SFX(gemm_q2_K), [G4_TYPE_Q3_K] = SFX(gemm_q3_K), \
+        [G4_TYPE_IQ4_XS] = SFX(gemm_iq4_xs), [G4_TYPE_IQ3_XXS] = SFX(gemm_iq3_xxs),                  \
+        [G4_TYPE_IQ3_S] = SFX(gemm_iq3_s), [G4_TYPE_IQ2_XXS] = SFX(gemm_iq2_xxs),                    \
+        [G4_TYPE_IQ2_XS] = SFX(gemm_iq2_xs), [G4_TYPE_IQ2_S] = SFX(gemm_iq2_s),                      \
+        [G4_TYPE_IQ1_S] = SFX(gemm_iq1_s), [G4_TYPE_IQ1_M] = SFX(gemm_iq1_m),                        \
     },                                                                                               \
     .gemm_x8 = {                                                                                     \
         [G4_TYPE_Q4_0] = SFX(gemm_x8_q4_0), [G4_TYPE_Q8_0] = SFX(gemm_x8_q8_0),                      \

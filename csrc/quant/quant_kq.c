@@ -290,12 +290,12 @@ float g4_ref_dot_kq_acc(uint32_t type, float acc, int64_t nb, const void *w, con
 }
 
 /* The generic matmul over decoded blocks: each weight block is decoded once per
-   call and dotted with every token's activation block, in the reference's order
+   call (by `dec`, which must fill the block exactly as g4_kq_decoder(type)'s)
+   and dotted with every token's activation block, in the reference's order
    (blocks in sequence per output), so any `dot` that returns the exact integers
    gives bit-identical results. y is used as the running sum. */
-void g4_gemm_kq(uint32_t type, g4_kq_dot_fn dot, int64_t n, const uint8_t *w, size_t ws, int64_t nr,
-                const uint8_t *x, size_t xs, int64_t nt, float *y, int64_t ldy) {
-    const g4_kq_decode_fn dec = g4_kq_decoder(type);
+void g4_gemm_kq(uint32_t type, g4_kq_decode_fn dec, g4_kq_dot_fn dot, int64_t n, const uint8_t *w, size_t ws,
+                int64_t nr, const uint8_t *x, size_t xs, int64_t nt, float *y, int64_t ldy) {
     const size_t bsz = g4_type_size(type);
     const int64_t nb = n / QK_K;
     _Alignas(64) g4_kq_block k;
