@@ -21,8 +21,8 @@
  * it and from it on are also written as <dir>/fz-00001-of-00002.gguf and
  * fz-00002-of-00002.gguf and the first is opened, so a pair with
  * split.count = 2 goes through the shard checks and the merged tensor table
- * (every tensor then checked against its own shard's mapping). A seed of this
- * form is written by make_seeds.py (split-pair.gguf).
+ * (every tensor then checked against its own shard's mapping). Seeds of this
+ * form are written by make_seeds.py (split-*.gguf).
  */
 #include "fuzz.h"
 

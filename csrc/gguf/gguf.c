@@ -556,6 +556,16 @@ static g4_status check_shard(const g4_gguf *s, int64_t count, int64_t no, g4_err
     return G4_OK;
 }
 
+/* err->msg = pre + path + ": " + err->msg, truncated to fit as g4_err_set does. */
+static void err_prefix(g4_err *err, const char *pre, const char *path) {
+    char msg[sizeof err->msg + 4096 + 160];   /* pre (< 128) + path (<= 4096) + ": " + msg */
+    snprintf(msg, sizeof msg, "%s%.4096s: %s", pre, path, err->msg);
+    size_t len = strlen(msg);
+    if (len >= sizeof err->msg) len = sizeof err->msg - 1;
+    memcpy(err->msg, msg, len);
+    err->msg[len] = '\0';
+}
+
 static g4_gguf *open_split(g4_gguf *first, int64_t count, int64_t no, const caps *cp, g4_err *err) {
     const char *path = first->path;
     const size_t plen = strlen(path);
@@ -586,9 +596,10 @@ static g4_gguf *open_split(g4_gguf *first, int64_t count, int64_t no, const caps
         if (!(sh[i] = open_one(spath, cp, &e1))) {
             /* keep the cause's status (FileNotFoundError for a missing shard) */
             if (err) {
+                char pre[128];
+                snprintf(pre, sizeof pre, "shard %" PRId64 " of %" PRId64 " of ", i + 1, count);
                 *err = e1;
-                snprintf(err->msg, sizeof err->msg, "shard %" PRId64 " of %" PRId64 " of %s: %s",
-                         i + 1, count, path, e1.msg);
+                err_prefix(err, pre, path);
             }
             goto fail;
         }
@@ -645,6 +656,8 @@ static g4_gguf *open_split(g4_gguf *first, int64_t count, int64_t no, const caps
     sh = NULL;
     goto done;
 fail:
+    /* every message names the file the caller opened (path dies with the shards) */
+    if (err && !strstr(err->msg, path)) err_prefix(err, "", path);
     for (int64_t i = 0; sh && i < count; i++) g4_gguf_close(sh[i]);
     g = NULL;
 done:
