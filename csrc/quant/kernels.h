@@ -72,6 +72,13 @@ void g4_gemm_kq(uint32_t type, g4_kq_decode_fn dec, g4_kq_dot_fn dot, int64_t n,
                 int64_t nr, const uint8_t *x, size_t xs, int64_t nt, float *y, int64_t ldy);
 float g4_ref_dot_iq4_nl_q8_0_acc(float acc, int64_t nb, const block_iq4_nl *w, const block_q8_0 *x);
 const int8_t *g4_iq4nl_values(void);   /* kvalues_iq4nl[16] */
+/* The i-quant tables of iq_tables.h, for the vector decoders (one copy, in quant_kq.c). */
+typedef struct g4_iq_tables {
+    const uint64_t *iq2xxs, *iq2xs, *iq2s, *iq1s;
+    const uint32_t *iq3xxs, *iq3s;
+    const uint8_t *ksigns;
+} g4_iq_tables;
+extern const g4_iq_tables g4_iq_grids;
 
 /* gemm entries for the kq types from an ISA's integer block dot */
 #define KQ_GEMM_WRAP(isa, dotfn, name, TYPE)                                                         \

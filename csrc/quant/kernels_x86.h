@@ -1061,6 +1061,145 @@ KRN void SFX(decode_iq4_xs)(const uint8_t *b, g4_kq_block *o) {
     }
 }
 
+/* The grid types: table lookups stay scalar (one 8-byte load per 8 elements);
+   signs, scales and the IQ1 offsets are applied 16 bytes at a time. */
+
+/* two 8-byte grid entries with the signs of the bits of s0 (first 8) and s1 */
+INL __m128i SFX(signed16)(uint64_t g0, uint64_t g1, uint8_t s0, uint8_t s1) {
+    const __m128i g = _mm_set_epi64x((long long)g1, (long long)g0);
+    const __m128i s = _mm_set_epi64x((long long)(s1 * 0x0101010101010101ull), (long long)(s0 * 0x0101010101010101ull));
+    const __m128i bit = _mm_set1_epi64x((long long)0x8040201008040201ull);
+    const __m128i neg = _mm_cmpeq_epi8(_mm_and_si128(s, bit), bit);
+    return _mm_sub_epi8(_mm_xor_si128(g, neg), neg);
+}
+
+INL uint32_t SFX(u32)(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+INL uint16_t SFX(u16)(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+INL void SFX(kq_head)(g4_kq_block *o, float d) {
+    o->d = d;
+    o->dmin = 0.0f;
+    _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
+}
+
+/* the 16 group scales 2 * nibble + 1 of 8 bytes (IQ2_XS, IQ2_S) */
+INL void SFX(kq_nibble_scales)(g4_kq_block *o, const uint8_t *scales) {
+    const __m128i s = _mm_loadl_epi64((const __m128i *)scales), m4 = _mm_set1_epi8(0x0f);
+    const __m128i n = _mm_unpacklo_epi8(_mm_and_si128(s, m4), _mm_and_si128(_mm_srli_epi16(s, 4), m4));
+    const __m256i v = _mm256_cvtepu8_epi16(n);
+    _mm256_storeu_si256((__m256i *)o->sc, _mm256_add_epi16(_mm256_add_epi16(v, v), _mm256_set1_epi16(1)));
+}
+
+KRN void SFX(decode_iq2_xxs)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.125f);
+    for (int ib = 0; ib < 8; ib++) {
+        const uint32_t idx = SFX(u32)(b + 2 + 8 * ib), aux = SFX(u32)(b + 6 + 8 * ib);
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(2 * (aux >> 28) + 1);
+        for (int h = 0; h < 2; h++)
+            _mm_storeu_si128((__m128i *)(o->q + 32 * ib + 16 * h),
+                             SFX(signed16)(T->iq2xxs[(idx >> (16 * h)) & 255], T->iq2xxs[(idx >> (16 * h + 8)) & 255],
+                                           T->ksigns[(aux >> (14 * h)) & 127], T->ksigns[(aux >> (14 * h + 7)) & 127]));
+    }
+}
+
+KRN void SFX(decode_iq2_xs)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.125f);
+    SFX(kq_nibble_scales)(o, b + 66);
+    for (int p = 0; p < 16; p++) {
+        const uint16_t v0 = SFX(u16)(b + 2 + 4 * p), v1 = SFX(u16)(b + 4 + 4 * p);
+        _mm_storeu_si128((__m128i *)(o->q + 16 * p), SFX(signed16)(T->iq2xs[v0 & 511], T->iq2xs[v1 & 511],
+                                                                   T->ksigns[v0 >> 9], T->ksigns[v1 >> 9]));
+    }
+}
+
+KRN void SFX(decode_iq2_s)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b + 2, *signs = b + 34, *qh = b + 66;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.125f);
+    SFX(kq_nibble_scales)(o, b + 74);
+    for (int p = 0; p < 16; p++) {
+        const int i = 2 * p;
+        const int i0 = qs[i] | ((qh[i / 4] >> (2 * (i % 4))) & 3) << 8;
+        const int i1 = qs[i + 1] | ((qh[(i + 1) / 4] >> (2 * ((i + 1) % 4))) & 3) << 8;
+        _mm_storeu_si128((__m128i *)(o->q + 16 * p), SFX(signed16)(T->iq2s[i0], T->iq2s[i1], signs[i], signs[i + 1]));
+    }
+}
+
+KRN void SFX(decode_iq3_xxs)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b + 2;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.25f);
+    for (int ib = 0; ib < 8; ib++) {
+        const uint32_t aux = SFX(u32)(b + 66 + 4 * ib);
+        const uint8_t *g = qs + 8 * ib;
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(2 * (aux >> 28) + 1);
+        for (int h = 0; h < 2; h++) {   /* 8-element groups k = 2h, 2h + 1 */
+            const uint64_t g0 = T->iq3xxs[g[4 * h]] | (uint64_t)T->iq3xxs[g[4 * h + 1]] << 32;
+            const uint64_t g1 = T->iq3xxs[g[4 * h + 2]] | (uint64_t)T->iq3xxs[g[4 * h + 3]] << 32;
+            _mm_storeu_si128((__m128i *)(o->q + 32 * ib + 16 * h),
+                             SFX(signed16)(g0, g1, T->ksigns[(aux >> (14 * h)) & 127], T->ksigns[(aux >> (14 * h + 7)) & 127]));
+        }
+    }
+}
+
+KRN void SFX(decode_iq3_s)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b + 2, *qh = b + 66, *signs = b + 74, *scales = b + 106;
+    SFX(kq_head)(o, SFX(f16)(b));
+    for (int ib = 0; ib < 8; ib++)
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(2 * ((scales[ib / 2] >> (4 * (ib % 2))) & 15) + 1);
+    for (int p = 0; p < 16; p++) {   /* grid entries 4p .. 4p + 3, elements 16p .. 16p + 15 */
+        uint64_t g[2];
+        for (int k = 0; k < 2; k++) {
+            const int i = 4 * p + 2 * k;
+            const int i0 = qs[i] | ((qh[i / 8] >> (i % 8)) & 1) << 8, i1 = qs[i + 1] | ((qh[(i + 1) / 8] >> ((i + 1) % 8)) & 1) << 8;
+            g[k] = T->iq3s[i0] | (uint64_t)T->iq3s[i1] << 32;
+        }
+        _mm_storeu_si128((__m128i *)(o->q + 16 * p), SFX(signed16)(g[0], g[1], signs[2 * p], signs[2 * p + 1]));
+    }
+}
+
+/* IQ1: grid bytes -1/0/+1 as 8 g +- 1 (the delta's sign per 8 elements) */
+INL __m128i SFX(iq1_16)(uint64_t g0, uint64_t g1, int neg0, int neg1) {
+    const __m128i g = _mm_set_epi64x((long long)g1, (long long)g0);
+    const __m128i g8 = _mm_and_si128(_mm_slli_epi16(g, 3), _mm_set1_epi8((char)0xf8));   /* 8 g per byte */
+    const __m128i delta = _mm_set_epi64x(neg1 ? -1LL : 0x0101010101010101LL, neg0 ? -1LL : 0x0101010101010101LL);
+    return _mm_add_epi8(g8, delta);
+}
+
+KRN void SFX(decode_iq1_s)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b + 2;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.125f);
+    for (int ib = 0; ib < 8; ib++) {
+        const uint16_t h = SFX(u16)(b + 34 + 2 * ib);
+        const int neg = h >> 15;
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(2 * ((h >> 12) & 7) + 1);
+        for (int k = 0; k < 4; k += 2)
+            _mm_storeu_si128((__m128i *)(o->q + 32 * ib + 8 * k),
+                             SFX(iq1_16)(T->iq1s[qs[4 * ib + k] | ((h >> (3 * k)) & 7) << 8],
+                                         T->iq1s[qs[4 * ib + k + 1] | ((h >> (3 * k + 3)) & 7) << 8], neg, neg));
+    }
+}
+
+KRN void SFX(decode_iq1_m)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b, *qh = b + 32;
+    uint16_t s[4];
+    for (int w = 0; w < 4; w++) s[w] = SFX(u16)(b + 48 + 2 * w);
+    const uint16_t dh = (uint16_t)((s[0] >> 12) | ((s[1] >> 8) & 0xf0) | ((s[2] >> 4) & 0xf00) | (s[3] & 0xf000));
+    SFX(kq_head)(o, SFX(f16)((const uint8_t *)&dh) * 0.125f);
+    for (int g = 0; g < 16; g++) o->sc[g] = (int16_t)(2 * ((s[g / 4] >> (3 * (g % 4))) & 7) + 1);
+    for (int p = 0; p < 16; p++) {   /* qh byte p: a nibble for 8-element groups 2p and 2p + 1 */
+        const int n0 = qh[p] & 15, n1 = qh[p] >> 4;
+        _mm_storeu_si128((__m128i *)(o->q + 16 * p),
+                         SFX(iq1_16)(T->iq1s[qs[2 * p] | (n0 & 7) << 8], T->iq1s[qs[2 * p + 1] | (n1 & 7) << 8],
+                                     n0 & 8, n1 & 8));
+    }
+}
+
 #define KQ_X86(name, TYPE, DEC)                                                                      \
     KRN void SFX(gemm_##name)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x,  \
                               size_t xs, int64_t nt, float *y, int64_t ldy) {                        \
@@ -1069,13 +1208,13 @@ KRN void SFX(decode_iq4_xs)(const uint8_t *b, g4_kq_block *o) {
 KQ_X86(q2_K, G4_TYPE_Q2_K, SFX(decode_q2_K))
 KQ_X86(q3_K, G4_TYPE_Q3_K, SFX(decode_q3_K))
 KQ_X86(iq4_xs, G4_TYPE_IQ4_XS, SFX(decode_iq4_xs))
-KQ_X86(iq3_xxs, G4_TYPE_IQ3_XXS, g4_kq_decoder(G4_TYPE_IQ3_XXS))
-KQ_X86(iq3_s, G4_TYPE_IQ3_S, g4_kq_decoder(G4_TYPE_IQ3_S))
-KQ_X86(iq2_xxs, G4_TYPE_IQ2_XXS, g4_kq_decoder(G4_TYPE_IQ2_XXS))
-KQ_X86(iq2_xs, G4_TYPE_IQ2_XS, g4_kq_decoder(G4_TYPE_IQ2_XS))
-KQ_X86(iq2_s, G4_TYPE_IQ2_S, g4_kq_decoder(G4_TYPE_IQ2_S))
-KQ_X86(iq1_s, G4_TYPE_IQ1_S, g4_kq_decoder(G4_TYPE_IQ1_S))
-KQ_X86(iq1_m, G4_TYPE_IQ1_M, g4_kq_decoder(G4_TYPE_IQ1_M))
+KQ_X86(iq3_xxs, G4_TYPE_IQ3_XXS, SFX(decode_iq3_xxs))
+KQ_X86(iq3_s, G4_TYPE_IQ3_S, SFX(decode_iq3_s))
+KQ_X86(iq2_xxs, G4_TYPE_IQ2_XXS, SFX(decode_iq2_xxs))
+KQ_X86(iq2_xs, G4_TYPE_IQ2_XS, SFX(decode_iq2_xs))
+KQ_X86(iq2_s, G4_TYPE_IQ2_S, SFX(decode_iq2_s))
+KQ_X86(iq1_s, G4_TYPE_IQ1_S, SFX(decode_iq1_s))
+KQ_X86(iq1_m, G4_TYPE_IQ1_M, SFX(decode_iq1_m))
 #undef KQ_X86
 
 /* IQ4_NL x Q8_0: per block the exact int32 as ref_dot_iq4_nl_q8_0, then

@@ -344,3 +344,8 @@ float g4_vec_dot_kq_q8_K(uint32_t type, int64_t n, const void *w, const block_q8
 }
 
 const int8_t *g4_iq4nl_values(void) { return g4_kvalues_iq4nl; }
+
+const g4_iq_tables g4_iq_grids = {
+    .iq2xxs = g4_iq2xxs_grid, .iq2xs = g4_iq2xs_grid, .iq2s = g4_iq2s_grid, .iq1s = g4_iq1s_grid,
+    .iq3xxs = g4_iq3xxs_grid, .iq3s = g4_iq3s_grid, .ksigns = g4_ksigns_iq2xs,
+};
