@@ -44,9 +44,10 @@ def _blocks_like(rng: np.random.Generator, qtype: T, rows: int, cols: int, sigma
     return np.frombuffer(w, np.uint8).reshape(rows, -1)
 
 
-def _copy_kv(r: gguf.GGUFReader, w: gguf.GGUFWriter) -> None:
+def _copy_kv(r: gguf.GGUFReader, w: gguf.GGUFWriter, skip: set[str] = frozenset()) -> None:
+    """Every key of r except skip into w, with its GGUF value type."""
     for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
+        if name.startswith("GGUF.") or name == "general.architecture" or name in skip:
             continue
         vt = f.types[0]
         if vt == gguf.GGUFValueType.ARRAY:

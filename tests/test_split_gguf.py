@@ -99,16 +99,7 @@ def _rewrite_split_keys(src, dst, **keys):
     r = gguf.GGUFReader(str(src))
     w = gguf.GGUFWriter(str(dst), r.fields["general.architecture"].contents()
                         if "general.architecture" in r.fields else "llama")
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture":
-            continue
-        if name in keys:
-            continue
-        vt = f.types[0]
-        if vt == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(name, f.contents(), vt, sub_type=f.types[-1])
-        else:
-            w.add_key_value(name, f.contents(), vt)
+    quant_mix._copy_kv(r, w, skip=set(keys))
     for name, (v, vt) in keys.items():
         w.add_key_value(name, v, vt)
     for t in r.tensors:

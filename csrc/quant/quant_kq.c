@@ -144,14 +144,19 @@ static void decode_iq2_xxs(const uint8_t *b, g4_kq_block *o) {
     }
 }
 
-static void decode_iq2_xs(const uint8_t *b, g4_kq_block *o) {
-    const uint8_t *qs = b + 2, *scales = b + 66;
+/* IQ2_XS / IQ2_S: d / 8 and a scale nibble per 16 elements, 2 ls + 1 */
+static void iq2_head(const uint8_t *b, const uint8_t *scales, g4_kq_block *o) {
     o->d = f16_at(b) * 0.125f;
     o->dmin = 0.0f;
     for (int g = 0; g < 16; g++) {
         o->sc[g] = (int16_t)(2 * ((scales[g / 2] >> (4 * (g % 2))) & 15) + 1);
         o->mn[g] = 0;
     }
+}
+
+static void decode_iq2_xs(const uint8_t *b, g4_kq_block *o) {
+    const uint8_t *qs = b + 2;
+    iq2_head(b, b + 66, o);
     for (int i = 0; i < 32; i++) {
         const uint16_t v = u16_at(qs + 2 * i);
         put8_signed(o->q + 8 * i, g4_iq2xs_grid[v & 511], g4_ksigns_iq2xs[v >> 9]);
@@ -159,13 +164,8 @@ static void decode_iq2_xs(const uint8_t *b, g4_kq_block *o) {
 }
 
 static void decode_iq2_s(const uint8_t *b, g4_kq_block *o) {
-    const uint8_t *qs = b + 2, *signs = b + 34, *qh = b + 66, *scales = b + 74;
-    o->d = f16_at(b) * 0.125f;
-    o->dmin = 0.0f;
-    for (int g = 0; g < 16; g++) {
-        o->sc[g] = (int16_t)(2 * ((scales[g / 2] >> (4 * (g % 2))) & 15) + 1);
-        o->mn[g] = 0;
-    }
+    const uint8_t *qs = b + 2, *signs = b + 34, *qh = b + 66;
+    iq2_head(b, b + 74, o);
     for (int i = 0; i < 32; i++) {
         const int idx = qs[i] | ((qh[i / 4] >> (2 * (i % 4))) & 3) << 8;
         put8_signed(o->q + 8 * i, g4_iq2s_grid[idx], signs[i]);
