@@ -1000,6 +1000,8 @@ KRN int32_t SFX(kq_dot)(const g4_kq_block *k, const block_q8_K *x, int32_t *summ
     return SFX(hsum_i32)(acc);
 }
 
+INL uint32_t SFX(u32)(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
 /* Q2_K: qs byte l of half h holds element 128h + 32k + l in bits 2k..2k+1 */
 KRN void SFX(decode_q2_K)(const uint8_t *b, g4_kq_block *o) {
     o->d = SFX(f16)(b + 80);
@@ -1018,13 +1020,16 @@ KRN void SFX(decode_q2_K)(const uint8_t *b, g4_kq_block *o) {
 
 /* Q3_K: the 2 low bits as Q2_K's, minus 4 where the element's hmask bit is clear */
 KRN void SFX(decode_q3_K)(const uint8_t *b, g4_kq_block *o) {
-    const uint8_t *sc = b + 96;
     o->d = SFX(f16)(b + 108);
     o->dmin = 0.0f;
-    for (int s = 0; s < 16; s++) {
-        int lo = s < 8 ? sc[s] & 15 : sc[s - 8] >> 4;
-        int hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
-        o->sc[s] = (int16_t)((lo | hi << 4) - 32);
+    {   /* scale s: low nibble of byte s (s < 8) or high nibble of byte s - 8, then bits
+           2 (s / 4) .. +1 of byte 8 + s % 4 on top (vpsrlvd shifts dword s / 4 by 2 (s / 4)) */
+        const __m128i a = _mm_loadl_epi64((const __m128i *)(b + 96)), m4 = _mm_set1_epi8(0x0f);
+        const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(a, m4), _mm_and_si128(_mm_srli_epi16(a, 4), m4));
+        const __m128i h = _mm_srlv_epi32(_mm_set1_epi32((int)SFX(u32)(b + 104)), _mm_setr_epi32(0, 2, 4, 6));
+        const __m128i hi = _mm_and_si128(h, _mm_set1_epi8(3));
+        const __m128i v = _mm_or_si128(lo, _mm_slli_epi16(hi, 4));   /* hi <= 3: no carry across bytes */
+        _mm256_storeu_si256((__m256i *)o->sc, _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), _mm256_set1_epi16(32)));
     }
     _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
     const __m256i hm = SFX(loadu)(b), m2 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
@@ -1073,7 +1078,6 @@ INL __m128i SFX(signed16)(uint64_t g0, uint64_t g1, uint8_t s0, uint8_t s1) {
     return _mm_sub_epi8(_mm_xor_si128(g, neg), neg);
 }
 
-INL uint32_t SFX(u32)(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 INL uint16_t SFX(u16)(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
 INL void SFX(kq_head)(g4_kq_block *o, float d) {
