@@ -17,6 +17,9 @@ On top of it this module adds what a first-time user needs:
   cache names the blob after it, so a fresh download is hashed and compared; a mismatch deletes
   the blob and raises ChecksumError. For a non-LFS file the ETag is the git blob sha1, which is
   checked the git way. If no ETag-named blob exists (a cache without symlinks) we say so.
+- split files: a file published in shards (llama.cpp's gguf-split names them
+  <prefix>-00001-of-00003.gguf ...) is downloaded shard by shard into the same snapshot folder;
+  the path returned is the first shard's, which gemma4stack.Model opens with all the others.
 - errors that say what to do: GatedModelError (HTTP 401/403: accept the license, set a token),
   OfflineError (no connection or HF_HUB_OFFLINE=1, and the file is not cached: a cached copy is
   returned when there is one), UnknownTagError (lists the tags we know).
@@ -40,6 +43,22 @@ from pathlib import Path
 _DATA = Path(__file__).resolve().parent / "data" / "gemma4_gguf_repos.toml"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
+# llama.cpp's gguf-split shard names (llama_split_path: "%s-%05d-of-%05d.gguf")
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
+
+
+def shard_names(fname: str) -> list[str]:
+    """Every file of a split GGUF, given the name of any of its shards (gguf-split's
+    <prefix>-%05d-of-%05d.gguf, shards numbered from 1), in order; [fname] for a file that is
+    not split. Raises ValueError for a shard number outside 1..count."""
+    m = _SPLIT.search(fname)
+    if not m:
+        return [fname]
+    i, n = int(m.group(1)), int(m.group(2))
+    if not 1 <= i <= n:
+        raise ValueError(f"{fname}: shard {i} of {n} is not a gguf-split shard name")
+    prefix = fname[:m.start()]
+    return [f"{prefix}-{k:05d}-of-{n:05d}.gguf" for k in range(1, n + 1)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,8 +189,9 @@ def _unknown(tag: str, cat: dict, why: str) -> str:
 class PullResult:
     """What `download()` did.
 
-    path: the file in the HF cache (a snapshot symlink to blobs/<etag>);
-    size: bytes; sha256: hex digest when computed;
+    path: the file in the HF cache (a snapshot symlink to blobs/<etag>), the first shard
+    of a split file; shards: all of its files (just path when not split);
+    size: bytes (all shards); sha256: hex digest when computed (of path);
     checksum: "verified sha256", "verified git-sha1", "cached (not re-hashed)",
     or "unavailable: <why>"; downloaded: False when the cache already had it.
     """
@@ -182,10 +202,12 @@ class PullResult:
     checksum: str
     sha256: str | None = None
     notes: list[str] = field(default_factory=list)
+    shards: list[Path] = field(default_factory=list)   # every file of a split GGUF, path first
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["path"] = str(self.path)
+        d["shards"] = [str(p) for p in self.shards]
         return d
 
 
@@ -231,15 +253,25 @@ def download(tag: str, *, publisher: str | None = None, revision: str = "main",
         raise OfflineError(_offline_message(src, ep, offline, cache_dir))
     try:
         try:
-            was_cached = cached(src.file)
-            path = fetch(src.file)
+            names = shard_names(src.file)
+            was_cached = all(cached(n) for n in names)
+            paths = [fetch(names[0])]
         except RemoteEntryNotFoundError:
             # Unconfirmed names can be off by case or prefix: ask the repo what it has.
             fname = _find_in_listing(src, ep, revision, token)
             notes.append(f"{src.file} not in {src.repo}; the repo listing has {fname}")
             src.file = fname
-            was_cached = cached(fname)
-            path = fetch(fname)
+            names = shard_names(fname)
+            was_cached = all(cached(n) for n in names)
+            paths = [fetch(names[0])]
+        for k, name in enumerate(names[1:], start=2):   # the other shards of a split file
+            try:
+                paths.append(fetch(name))
+            except RemoteEntryNotFoundError as e:
+                raise FileNotFoundError(f"{src.repo} has {names[0]} but not {name} (shard {k} of "
+                                        f"{len(names)} of the split file)") from e
+        if len(names) > 1:
+            notes.append(f"split file: {len(names)} shards, {names[0]} ... {names[-1]}")
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
         raise OfflineError(_offline_message(src, ep, offline, cache_dir)) from e
     except RepositoryNotFoundError as e:   # includes GatedRepoError; the Hub says 401 for both
@@ -255,9 +287,9 @@ def download(tag: str, *, publisher: str | None = None, revision: str = "main",
                                "Check the connection and run the same pull again.") from e
         raise
 
-    path = Path(path)
-    res = PullResult(source=src, path=path, size=path.stat().st_size,
-                     downloaded=not was_cached, checksum="", notes=notes)
+    shards = [Path(p) for p in paths]
+    res = PullResult(source=src, path=shards[0], size=sum(p.stat().st_size for p in shards),
+                     downloaded=not was_cached, checksum="", notes=notes, shards=shards)
     if verify is None:
         verify = res.downloaded
     if verify:
@@ -294,7 +326,11 @@ def _find_in_listing(src: GGUFSource, ep: str, revision: str, token) -> str:
     files = HfApi(endpoint=ep, token=token).list_repo_files(src.repo, revision=revision)
     want = src.quant.lower() + ".gguf"
     cands = [f for f in files if f.lower().endswith(want) and "mmproj" not in f.lower()
-             and "/" not in f and not re.search(r"-\d{5}-of-\d{5}", f)]   # no split files
+             and "/" not in f]
+    if not cands:   # a split file, named by its first shard (possibly in a folder)
+        cands = [f for f in files if _SPLIT.search(f) and "mmproj" not in f.lower()
+                 and _SPLIT.sub(".gguf", f).lower().endswith(want)
+                 and int(_SPLIT.search(f).group(1)) == 1]
     plain = [f for f in cands if "ud-" not in f.lower()] or cands
     if len(plain) == 1:
         return plain[0]
@@ -359,34 +395,48 @@ def _is_transport_error(e: Exception) -> bool:
 
 
 def _verify(res: PullResult, progress: bool) -> None:
-    """Hash res.path and compare with the ETag the cache named the blob after."""
-    blob = Path(os.path.realpath(res.path))
+    """Hash each file (every shard of a split one) and compare with the ETag the cache named
+    its blob after. res.checksum tells the outcome; the first file's sha256 goes to res.sha256."""
+    outcomes = []
+    for k, path in enumerate(res.shards or [res.path]):
+        label = f"{res.source.repo}/{path.name}"
+        checksum, digest = _verify_file(path, label, progress)
+        if k == 0:
+            res.sha256 = digest
+        outcomes.append(checksum)
+    # one message when every shard agrees ("verified sha256"), else each shard's
+    res.checksum = outcomes[0] if len(set(outcomes)) == 1 else "; ".join(
+        f"shard {k + 1}: {c}" for k, c in enumerate(outcomes))
+
+
+def _verify_file(path: Path, label: str, progress: bool) -> tuple[str, str | None]:
+    """(checksum outcome, sha256 or None) of one cached file; a mismatch deletes it and
+    raises ChecksumError."""
+    blob = Path(os.path.realpath(path))
     etag = blob.name if blob.parent.name == "blobs" else None
     if etag is None:
-        res.checksum = ("unavailable: the cache stores no ETag-named blob (symlinks disabled); "
-                        "compare sha256 by hand with the Hub's file page")
-        return
+        return ("unavailable: the cache stores no ETag-named blob (symlinks disabled); "
+                "compare sha256 by hand with the Hub's file page"), None
+    sha = None
     if _SHA256.fullmatch(etag):
-        digest = sha256_file(blob, progress=progress)
-        res.sha256 = digest
+        digest = sha = sha256_file(blob, progress=progress)
         ok, kind = digest == etag, "sha256"
     elif _SHA1.fullmatch(etag):
-        h = hashlib.sha1(b"blob %d\0" % res.size)   # git blob id: sha1("blob <size>\0" + data)
+        h = hashlib.sha1(b"blob %d\0" % blob.stat().st_size)   # git blob id: sha1("blob <size>\0" + data)
         _hash_into(h, blob)
         ok, kind, digest = h.hexdigest() == etag, "git-sha1", h.hexdigest()
     else:
-        res.checksum = f"unavailable: the Hub's ETag {etag!r} is not a content hash"
-        return
+        return f"unavailable: the Hub's ETag {etag!r} is not a content hash", None
     if not ok:
-        for p in (res.path, blob):
+        for p in (path, blob):
             try:
                 os.unlink(p)
             except OSError:
                 pass
-        raise ChecksumError(f"{res.source.repo}/{res.source.file}: {kind} of the downloaded "
-                            f"bytes is {digest} but the Hub says {etag}. The corrupt copy was "
-                            "deleted from the cache; run the same pull again.")
-    res.checksum = f"verified {kind}"
+        raise ChecksumError(f"{label}: {kind} of the downloaded bytes is {digest} but the Hub "
+                            f"says {etag}. The corrupt copy was deleted from the cache; run the "
+                            "same pull again.")
+    return f"verified {kind}", sha
 
 
 def _hash_into(h, path: Path, progress: bool = False) -> None:

@@ -253,7 +253,9 @@ def test_type_table_matches_gguf_py():
         # gguf-py keeps Q8_1 at 40 bytes (an old float d/s layout); ggml's block_q8_1 is 36
         assert s == (36 if t == GGMLQuantizationType.Q8_1 else size), t.name
         assert supported == (t.name in {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
-                                         "Q4_K", "Q5_K", "Q6_K"})
+                                         "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS",
+                                         "IQ3_XXS", "IQ3_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_S",
+                                         "IQ1_M"})
     with pytest.raises(ValueError):
         _core.type_info(4)
     with pytest.raises(gemma4stack.UnsupportedError, match="Q4_K"):

@@ -30,6 +30,9 @@ from gemma4stack import _core
 
 ISAS = [name for name, ok in _core.isas().items() if ok]
 QTYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+# Q2_K, Q3_K and the i-quants (tests/test_quant_types.py checks their dequantizers exactly)
+NEW_QTYPES = [T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S,
+              T.IQ1_S, T.IQ1_M]
 REPACKED = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K]
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,15 +46,25 @@ def isa(request):
     _core.set_isa(before)
 
 
-def random_weights(rng: np.random.Generator, qtype: T, rows: int, cols: int) -> bytes:
-    """Blocks of random payload bytes with finite fp16 scales of about 0.01 (random bytes
+def random_weights(rng: np.random.Generator, qtype: T, rows: int, cols: int, mag: float = 1.0) -> bytes:
+    """Blocks of random payload bytes with finite fp16 scales of about 0.01 * mag (random bytes
     would make some of them inf/NaN)."""
     bs, ts = GGML_QUANT_SIZES[qtype]
     nb = rows * cols // bs
     raw = rng.integers(0, 256, (nb, ts), dtype=np.uint8)
-    scale = lambda k: (rng.uniform(0.005, 0.02, (nb, k)) * rng.choice([-1, 1], (nb, k))).astype(np.float16)
+    scale = lambda k: (rng.uniform(0.005, 0.02, (nb, k)) * mag * rng.choice([-1, 1], (nb, k))).astype(np.float16)
     if qtype == T.Q6_K:
         raw[:, 208:210] = scale(1).view(np.uint8)
+    elif qtype == T.Q2_K:                              # d, dmin at the end
+        raw[:, 80:84] = np.abs(scale(2)).view(np.uint8)
+    elif qtype == T.Q3_K:
+        raw[:, 108:110] = scale(1).view(np.uint8)
+    elif qtype == T.IQ1_M:                             # d in the top nibbles of the 4 scale words
+        h = scale(1).view(np.uint16)[:, 0]
+        words = raw[:, 48:56].copy().view(np.uint16) & np.uint16(0x0FFF)
+        for k in range(4):
+            words[:, k] |= ((h >> np.uint16(4 * k)) & np.uint16(0xF)) << np.uint16(12)
+        raw[:, 48:56] = words.view(np.uint8)
     elif qtype in (T.Q4_K, T.Q5_K):
         raw[:, 0:4] = np.abs(scale(2)).view(np.uint8)
     elif qtype in (T.Q4_1, T.Q5_1):
@@ -113,7 +126,7 @@ def test_quantizers_match_gguf_py(isa):
 # ---- matmul on every ISA against gguf-py's dequantization in float64 --------------------------
 
 @pytest.mark.parametrize("isa", ISAS, indirect=True)
-@pytest.mark.parametrize("qtype", QTYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", QTYPES + NEW_QTYPES, ids=lambda t: t.name)
 def test_matmul_matches_dequantized_product(isa, qtype):
     rng = np.random.default_rng(int(qtype) * 7)
     bs = GGML_QUANT_SIZES[qtype][0]

@@ -315,10 +315,10 @@ def test_missing_tensor_named(tmp_path):
 
 
 def test_unsupported_tensor_type_named(tmp_path):
-    """IQ2_XXS is a valid ggml type (66 bytes per 256 elements) this build cannot compute with."""
+    """TQ1_0 is a valid ggml type (54 bytes per 256 elements) this build cannot compute with."""
     def edit(t):
-        t["blk.0.ffn_down.weight"] = (np.zeros((32, 66), np.uint8), gguf.GGMLQuantizationType.IQ2_XXS)
-    with pytest.raises(UnsupportedError, match=r"blk\.0\.ffn_down\.weight.*IQ2_XXS"):
+        t["blk.0.ffn_down.weight"] = (np.zeros((32, 54), np.uint8), gguf.GGMLQuantizationType.TQ1_0)
+    with pytest.raises(UnsupportedError, match=r"blk\.0\.ffn_down\.weight.*TQ1_0"):
         Model(write_gguf(tmp_path / "type.gguf", edit=edit, n_ff=256))
 
 

@@ -16,8 +16,17 @@
  *
  * Inputs whose length is a multiple of 7 are read with small caps
  * (GEMMA4STACK_MAX_* = a few KiB), so the limit paths are fuzzed as well.
+ *
+ * Split models: when the input holds a second "GGUF" magic, the bytes before
+ * it and from it on are also written as <dir>/fz-00001-of-00002.gguf and
+ * fz-00002-of-00002.gguf and the first is opened, so a pair with
+ * split.count = 2 goes through the shard checks and the merged tensor table
+ * (every tensor then checked against its own shard's mapping). Seeds of this
+ * form are written by make_seeds.py (split-*.gguf).
  */
 #include "fuzz.h"
+
+#include <fcntl.h>
 
 #include "../gguf/gguf.h"
 #include "../quant/quant.h"
@@ -154,7 +163,8 @@ static void walk_kvs(const span *f, const g4_gguf *g) {
 
 /* ---- tensors ------------------------------------------------------------------ */
 
-static void walk_tensor(const span *f, const g4_gguf *g, const g4_tensor *t) {
+/* f and sh: the span and handle of the file holding t (its shard) */
+static void walk_tensor(const span *f, const g4_gguf *g, const g4_gguf *sh, const g4_tensor *t) {
     char name[256];
     in_file(f, t->name.ptr, t->name.len, "tensor name");
     G4FUZZ_CHECK(t->n_dims <= G4_MAX_DIMS, "n_dims %u accepted", t->n_dims);
@@ -168,7 +178,7 @@ static void walk_tensor(const span *f, const g4_gguf *g, const g4_tensor *t) {
     G4FUZZ_CHECK(row && row * (uint64_t)(nel / t->ne[0]) == t->nbytes, "nbytes %llu is not rows x row size",
                  (unsigned long long)t->nbytes);
     G4FUZZ_CHECK(t->offset % g4_gguf_alignment(g) == 0, "unaligned offset accepted");
-    G4FUZZ_CHECK((const uint8_t *)t->data == f->lo + g4_gguf_data_offset(g) + t->offset,
+    G4FUZZ_CHECK((const uint8_t *)t->data == f->lo + g4_gguf_data_offset(sh) + t->offset,
                  "tensor data pointer is not data section + offset");
     in_file(f, t->data, t->nbytes, "tensor data");
     if (t->name.len < sizeof name && !memchr(t->name.ptr, 0, t->name.len)) {
@@ -226,24 +236,9 @@ static void set_caps(int small) {
     }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    static g4fuzz_file file;
-    const char *path = g4fuzz_file_put(&file, data, size);
-    set_caps(size % 7 == 0);
-    g4_err err;
-    g4_gguf *g = g4_gguf_open(path, &err);
-    if (!g) {
-        G4FUZZ_CHECK_ERR(err, "g4_gguf_open");
-        G4FUZZ_CHECK(strstr(err.msg, path), "the error does not name the file: %s", err.msg);
-        return 0;
-    }
-    G4FUZZ_CHECK(g4_gguf_file_size(g) == size, "file size %llu, input %zu",
-                 (unsigned long long)g4_gguf_file_size(g), size);
-    G4FUZZ_CHECK(g4_gguf_version(g) == 2 || g4_gguf_version(g) == 3, "version accepted");
-    uint64_t al = g4_gguf_alignment(g);
-    G4FUZZ_CHECK(al && !(al & (al - 1)) && g4_gguf_data_offset(g) % al == 0, "alignment");
-    /* The mapping starts 24 bytes before the first key's length prefix (or
-       the first tensor name's when there are no keys). */
+/* The mapping of a file starts 24 bytes before the first key's length prefix
+   (or the first tensor name's when there are no keys); NULL lo when neither. */
+static span file_span(const g4_gguf *g, size_t size) {
     span f = {0};
     if (g4_gguf_n_kv(g)) f.lo = (const uint8_t *)g4_gguf_kv_at(g, 0)->key.ptr - 32;
     else if (g4_gguf_n_tensors(g)) f.lo = (const uint8_t *)g4_gguf_tensor_at(g, 0)->name.ptr - 32;
@@ -251,11 +246,76 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         f.hi = f.lo + size;
         G4FUZZ_CHECK(memcmp(f.lo, "GGUF", 4) == 0, "no magic at the inferred map start");
     }
-    walk_kvs(&f, g);
-    for (uint64_t i = 0; i < g4_gguf_n_tensors(g); i++) walk_tensor(&f, g, g4_gguf_tensor_at(g, i));
+    return f;
+}
+
+/* Open `path` (n_files files of sizes[]) and walk everything. */
+static void run(const char *path, const size_t *sizes, uint32_t n_files) {
+    g4_err err;
+    g4_gguf *g = g4_gguf_open(path, &err);
+    if (!g) {
+        G4FUZZ_CHECK_ERR(err, "g4_gguf_open");
+        /* a shard's own error names that shard, prefixed with the opened path */
+        G4FUZZ_CHECK(strstr(err.msg, path), "the error does not name the file: %s", err.msg);
+        return;
+    }
+    const uint32_t ns = g4_gguf_n_shards(g);
+    G4FUZZ_CHECK(ns == 1 || ns == n_files, "%u shards from %u files", ns, n_files);
+    span f[2] = {{0}};
+    for (uint32_t i = 0; i < ns; i++) {
+        const g4_gguf *sh = g4_gguf_shard(g, i);
+        G4FUZZ_CHECK(sh && (i || sh == g), "g4_gguf_shard(%u)", i);
+        G4FUZZ_CHECK(g4_gguf_file_size(sh) == sizes[i], "file size %llu, input %zu",
+                     (unsigned long long)g4_gguf_file_size(sh), sizes[i]);
+        G4FUZZ_CHECK(g4_gguf_version(sh) == 2 || g4_gguf_version(sh) == 3, "version accepted");
+        uint64_t al = g4_gguf_alignment(sh);
+        G4FUZZ_CHECK(al && !(al & (al - 1)) && g4_gguf_data_offset(sh) % al == 0, "alignment");
+        f[i] = file_span(sh, sizes[i]);
+    }
+    G4FUZZ_CHECK(!g4_gguf_shard(g, ns), "g4_gguf_shard(n_shards) is not NULL");
+    walk_kvs(&f[0], g);
+    for (uint64_t i = 0; i < g4_gguf_n_tensors(g); i++) {
+        const g4_tensor *t = g4_gguf_tensor_at(g, i);
+        G4FUZZ_CHECK(t->shard < ns, "tensor in shard %u of %u", t->shard, ns);
+        walk_tensor(&f[t->shard], g, g4_gguf_shard(g, t->shard), t);
+    }
     G4FUZZ_CHECK(!g4_gguf_tensor_at(g, g4_gguf_n_tensors(g)), "tensor_at(n_tensors) is not NULL");
     g4fuzz_touch(g4_gguf_find_tensor(g, "no.such.tensor"), 0);
     walk_tokenizer(g);
     g4_gguf_close(g);
+}
+
+/* The two shard files of the split mode, in a directory made once per process. */
+static void split_run(const uint8_t *data, size_t size) {
+    const uint8_t *second = size > 8 ? memmem(data + 4, size - 4, "GGUF", 4) : NULL;
+    if (!second) return;
+    static char dir[64], paths[2][96];
+    if (!dir[0]) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(dir, sizeof dir, "%s/g4fuzz-XXXXXX", tmp && strlen(tmp) < 40 ? tmp : "/tmp");
+        if (!mkdtemp(dir)) { perror("mkdtemp"); abort(); }
+        for (int i = 0; i < 2; i++) snprintf(paths[i], sizeof paths[i], "%s/fz-%05d-of-00002.gguf", dir, i + 1);
+    }
+    const size_t sizes[2] = {(size_t)(second - data), size - (size_t)(second - data)};
+    const uint8_t *parts[2] = {data, second};
+    for (int i = 0; i < 2; i++) {
+        int fd = open(paths[i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (fd < 0) { perror("open"); abort(); }
+        for (size_t done = 0; done < sizes[i];) {
+            ssize_t w = write(fd, parts[i] + done, sizes[i] - done);
+            if (w <= 0) { perror("write"); abort(); }
+            done += (size_t)w;
+        }
+        close(fd);
+    }
+    run(paths[0], sizes, 2);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    static g4fuzz_file file;
+    const char *path = g4fuzz_file_put(&file, data, size);
+    set_caps(size % 7 == 0);
+    run(path, &size, 1);
+    split_run(data, size);
     return 0;
 }

@@ -90,6 +90,40 @@ def _field_value(f):
 
 
 def shrink_model(src: Path, dst: Path, rng: np.random.Generator) -> None:
+    write_gguf(dst, *_shrunk(src, rng))
+
+
+def split_pairs(src: Path, out: Path, rng: np.random.Generator) -> None:
+    """The shrunk model as two gguf-split shards (split.no u16, split.count u16 = 2,
+    split.tensors.count i32 in the first; the second only its split keys), concatenated:
+    fuzz_gguf's split mode cuts the input at the second magic. Besides the valid pair
+    (split-pair.gguf), one per failure: second shard truncated, claiming split.no 0, a
+    tensor count that does not add up, the first shard's tensors repeated."""
+    kvs, tensors = _shrunk(src, rng)
+    half = len(tensors) // 2
+    a, b = out / "split.a", out / "split.b"
+
+    def pair(name, ka, kb, ta, tb, cut=0):
+        write_gguf(a, ka, ta)
+        write_gguf(b, kb, tb)
+        bb = b.read_bytes()
+        (out / f"{name}.gguf").write_bytes(a.read_bytes() + (bb[:-cut] if cut else bb))
+
+    split = [("split.no", UINT16, 0), ("split.count", UINT16, 2)]
+    first = kvs + split + [("split.tensors.count", INT32, len(tensors))]
+    second = [("split.no", UINT16, 1), ("split.count", UINT16, 2)]
+    pair("split-pair", first, second, tensors[:half], tensors[half:])
+    pair("split-truncated", first, second, tensors[:half], tensors[half:], cut=40)
+    pair("split-wrong-no", first, split, tensors[:half], tensors[half:])
+    pair("split-bad-count", kvs + split + [("split.tensors.count", INT32, 99)], second,
+         tensors[:half], tensors[half:])
+    pair("split-duplicate", kvs + split + [("split.tensors.count", INT32, 2 * half)], second,
+         tensors[:half], tensors[:half])
+    a.unlink()
+    b.unlink()
+
+
+def _shrunk(src: Path, rng: np.random.Generator) -> tuple[list, list]:
     from gguf import GGML_QUANT_SIZES, GGUFReader
     r = GGUFReader(src)
     kvs = []
@@ -108,7 +142,7 @@ def shrink_model(src: Path, dst: Path, rng: np.random.Generator) -> None:
         ne = [blck] + [min(int(d), 2) for d in list(t.shape)[1:]]
         n_bytes = int(np.prod(ne)) // blck * tsize
         tensors.append((t.name, ne, ttype, rng.integers(0, 256, n_bytes, dtype=np.uint8).tobytes()))
-    write_gguf(dst, kvs, tensors)
+    return kvs, tensors
 
 
 def every_type_file(dst: Path, rng: np.random.Generator) -> None:
@@ -138,6 +172,7 @@ def gguf_seeds(out: Path, models: Path) -> None:
     for p in sorted(models.glob("*.gguf")):
         shrink_model(p, out / f"mini-{p.name}", rng)
     every_type_file(out / "every-type.gguf", rng)
+    split_pairs(models / "TinyStories-656K-Q8_0.gguf", out, rng)
 
 
 # ---- the gemma4 toy vocab ---------------------------------------------------------------------

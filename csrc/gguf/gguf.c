@@ -58,6 +58,10 @@ struct g4_gguf {
     uint64_t n_tensors;
     g4_tensor *tensors;
     name_index tensor_index;
+    /* A split model (see g4_gguf_open): this is shard 0 and owns the others;
+       tensors/tensor_index then cover every shard. n_shards = 1 otherwise. */
+    uint32_t n_shards;
+    g4_gguf **shards;          /* [n_shards], shards[0] == this; NULL when not split */
 };
 
 typedef struct caps {
@@ -492,20 +496,19 @@ static g4_status parse_tensor_infos(g4_gguf *g, cursor *c) {
     return G4_OK;
 }
 
-g4_gguf *g4_gguf_open(const char *path, g4_err *err) {
-    g4_err_clear(err);
-    caps cp;
-    if (read_caps(&cp, err)) return NULL;
+/* Open one file (a single-file model, or one shard of a split one). */
+static g4_gguf *open_one(const char *path, const caps *cp, g4_err *err) {
     g4_gguf *g = calloc(1, sizeof *g);
     if (!g || !(g->path = strdup(path))) {
         free(g);
         g4_err_set(err, G4_ERR_NOMEM, "out of memory opening %s", path);
         return NULL;
     }
+    g->n_shards = 1;
     cursor c = {0};
     g4_status st = map_file(g, path, err);
     if (st) goto fail;
-    c = (cursor){ .base = g->map, .size = g->size, .pos = 0, .path = path, .caps = &cp, .err = err };
+    c = (cursor){ .base = g->map, .size = g->size, .pos = 0, .path = path, .caps = cp, .err = err };
     if ((st = parse_header(g, &c)) || (st = parse_kvs(g, &c)) || (st = read_alignment(g, err)) ||
         (st = parse_tensor_infos(g, &c)) || (st = place_tensor_data(g, c.pos, err)))
         goto fail;
@@ -515,8 +518,179 @@ fail:
     return NULL;
 }
 
+/* ---------------------------------------------------------------------------
+ * Split models, as llama.cpp's gguf-split writes them (tools/gguf-split,
+ * llama.cpp src/llama-model-loader.cpp): shard i of n is
+ * <prefix>-%05d-of-%05d.gguf with i + 1 and n; every shard carries
+ * split.no (u16, 0-based) and split.count (u16); shard 0 holds all other
+ * metadata and split.tensors.count (i32), the total number of tensors. Each
+ * shard is a complete GGUF with its own tensor infos and data section, so each
+ * is validated on its own exactly as a single file is.
+ * ------------------------------------------------------------------------- */
+
+#define SPLIT_SUFFIX_LEN 20   /* strlen("-00001-of-00003.gguf") */
+#define SPLIT_MAX 99999       /* what the %05d file names can count to */
+
+/* split.<what> of g as an integer in [lo, hi]; absent -> *out = dflt. */
+static g4_status split_key(const g4_gguf *g, const char *key, int64_t lo, int64_t hi, int64_t dflt,
+                           int64_t *out, g4_err *err) {
+    const g4_gguf_kv *kv = g4_gguf_find(g, key);
+    if (!kv) { *out = dflt; return G4_OK; }
+    if (!g4_gguf_kv_as_i64(kv, out) || *out < lo || *out > hi)
+        return g4_err_set(err, G4_ERR_FORMAT, "%s: %s must be an integer in [%" PRId64 ", %" PRId64 "]",
+                          g->path, key, lo, hi);
+    return G4_OK;
+}
+
+/* The shard's split.count / split.no checked against what the set expects. */
+static g4_status check_shard(const g4_gguf *s, int64_t count, int64_t no, g4_err *err) {
+    int64_t c = 0, n = 0;
+    g4_status st;
+    if ((st = split_key(s, "split.count", 0, SPLIT_MAX, 0, &c, err)) ||
+        (st = split_key(s, "split.no", 0, SPLIT_MAX, -1, &n, err)))
+        return st;
+    if (c != count || n != no)
+        return g4_err_set(err, G4_ERR_FORMAT, "%s: expected shard %" PRId64 " of %" PRId64
+                          " (split.no %" PRId64 ", split.count %" PRId64 ") but it says split.no %" PRId64
+                          ", split.count %" PRId64, s->path, no + 1, count, no, count, n, c);
+    return G4_OK;
+}
+
+/* err->msg = pre + path + ": " + err->msg, truncated to fit as g4_err_set does. */
+static void err_prefix(g4_err *err, const char *pre, const char *path) {
+    char msg[sizeof err->msg + 4096 + 160];   /* pre (< 128) + path (<= 4096) + ": " + msg */
+    snprintf(msg, sizeof msg, "%s%.4096s: %s", pre, path, err->msg);
+    size_t len = strlen(msg);
+    if (len >= sizeof err->msg) len = sizeof err->msg - 1;
+    memcpy(err->msg, msg, len);
+    err->msg[len] = '\0';
+}
+
+static g4_gguf *open_split(g4_gguf *first, int64_t count, int64_t no, const caps *cp, g4_err *err) {
+    const char *path = first->path;
+    const size_t plen = strlen(path);
+    char want[SPLIT_SUFFIX_LEN + 1];
+    snprintf(want, sizeof want, "-%05d-of-%05d.gguf", (int)(no + 1), (int)count);
+    if (plen < SPLIT_SUFFIX_LEN || strcmp(path + plen - SPLIT_SUFFIX_LEN, want) != 0) {
+        g4_err_set(err, G4_ERR_FORMAT, "%s: shard %" PRId64 " of a split model (split.no %" PRId64
+                   ", split.count %" PRId64 ") but its name does not end in %s, so the other shards"
+                   " cannot be found", path, no + 1, no, count, want);
+        g4_gguf_close(first);
+        return NULL;
+    }
+    g4_gguf **sh = calloc((size_t)count, sizeof *sh);
+    char *spath = malloc(plen + 1);
+    g4_gguf *g = NULL;
+    if (!sh || !spath) {
+        g4_err_set(err, G4_ERR_NOMEM, "%s: out of memory for %" PRId64 " shards", path, count);
+        g4_gguf_close(first);
+        goto done;
+    }
+    sh[no] = first;
+    memcpy(spath, path, plen + 1);
+    for (int64_t i = 0; i < count; i++) {
+        if (sh[i]) continue;
+        snprintf(spath + plen - SPLIT_SUFFIX_LEN, SPLIT_SUFFIX_LEN + 1, "-%05d-of-%05d.gguf", (int)(i + 1), (int)count);
+        g4_err e1;
+        g4_err_clear(&e1);
+        if (!(sh[i] = open_one(spath, cp, &e1))) {
+            /* keep the cause's status (FileNotFoundError for a missing shard) */
+            if (err) {
+                char pre[128];
+                snprintf(pre, sizeof pre, "shard %" PRId64 " of %" PRId64 " of ", i + 1, count);
+                *err = e1;
+                err_prefix(err, pre, path);
+            }
+            goto fail;
+        }
+    }
+    for (int64_t i = 0; i < count; i++)
+        if (check_shard(sh[i], count, i, err)) goto fail;
+    g = sh[0];
+    int64_t want_tensors = -1;
+    if (split_key(g, "split.tensors.count", 0, INT64_MAX, -1, &want_tensors, err)) goto fail;
+    uint64_t total = 0;
+    for (int64_t i = 0; i < count; i++) total += sh[i]->n_tensors;   /* each is capped: no overflow */
+    if (want_tensors >= 0 && (uint64_t)want_tensors != total) {
+        g4_err_set(err, G4_ERR_FORMAT, "%s: split.tensors.count is %" PRId64 " but the %" PRId64
+                   " shards hold %" PRIu64 " tensors", g->path, want_tensors, count, total);
+        goto fail;
+    }
+    if (total > cp->max_tensors) {
+        g4_err_set(err, G4_ERR_LIMIT, "%s: %" PRIu64 " tensors over %" PRId64 " shards exceed the cap of %"
+                   PRIu64 " (raise it with " G4_GGUF_MAX_TENSORS_ENV "=<n>)", g->path, total, count, cp->max_tensors);
+        goto fail;
+    }
+    /* One tensor table over all shards; names and data stay in each shard's mapping. */
+    g4_tensor *all = calloc(total ? total : 1, sizeof *all);
+    name_index ix = {0};
+    if (!all || !build_index(&ix, total)) {
+        free(all);
+        g4_err_set(err, G4_ERR_NOMEM, "%s: out of memory for %" PRIu64 " tensors", g->path, total);
+        goto fail;
+    }
+    g4_tensor *own = g->tensors;   /* shard 0's, copied first */
+    const uint64_t n_own = g->n_tensors;
+    free_index(&g->tensor_index);
+    g->tensors = all;
+    g->tensor_index = ix;
+    g->n_tensors = 0;
+    for (int64_t i = 0; i < count; i++)
+        for (uint64_t j = 0; j < (i ? sh[i]->n_tensors : n_own); j++) {
+            g4_tensor *t = &all[g->n_tensors];
+            *t = i ? sh[i]->tensors[j] : own[j];
+            t->shard = (uint32_t)i;
+            uint64_t dup = index_insert(&g->tensor_index, g, tensor_name_of, t->name, g->n_tensors);
+            if (dup) {
+                char nbuf[128];
+                g4_err_set(err, G4_ERR_FORMAT, "%s: tensor '%s' is in shard %" PRIu32 " and again in shard %" PRId64,
+                           g->path, key_cstr(t->name, nbuf, sizeof nbuf), all[dup - 1].shard + 1, i + 1);
+                free(own);
+                goto fail;
+            }
+            g->n_tensors++;
+        }
+    free(own);
+    g->shards = sh;
+    g->n_shards = (uint32_t)count;
+    sh = NULL;
+    goto done;
+fail:
+    /* every message names the file the caller opened (path dies with the shards) */
+    if (err && !strstr(err->msg, path)) err_prefix(err, "", path);
+    for (int64_t i = 0; sh && i < count; i++) g4_gguf_close(sh[i]);
+    g = NULL;
+done:
+    free(sh);
+    free(spath);
+    return g;
+}
+
+g4_gguf *g4_gguf_open(const char *path, g4_err *err) {
+    g4_err_clear(err);
+    caps cp;
+    if (read_caps(&cp, err)) return NULL;
+    g4_gguf *g = open_one(path, &cp, err);
+    if (!g) return NULL;
+    int64_t count = 0, no = 0;
+    if (split_key(g, "split.count", 0, SPLIT_MAX, 0, &count, err) ||
+        split_key(g, "split.no", 0, SPLIT_MAX, 0, &no, err)) {
+        g4_gguf_close(g);
+        return NULL;
+    }
+    if (count <= 1) return g;   /* a single file (gguf-split --merge leaves split.count 0 or 1) */
+    if (no >= count) {
+        g4_err_set(err, G4_ERR_FORMAT, "%s: split.no %" PRId64 " is not below split.count %" PRId64, path, no, count);
+        g4_gguf_close(g);
+        return NULL;
+    }
+    return open_split(g, count, no, &cp, err);
+}
+
 void g4_gguf_close(g4_gguf *g) {
     if (!g) return;
+    for (uint32_t i = 1; g->shards && i < g->n_shards; i++) g4_gguf_close(g->shards[i]);
+    free(g->shards);
     if (g->map) munmap((void *)g->map, (size_t)g->size);
     free_index(&g->kv_index);
     free_index(&g->tensor_index);
@@ -524,6 +698,24 @@ void g4_gguf_close(g4_gguf *g) {
     free(g->tensors);
     free(g->path);
     free(g);
+}
+
+uint32_t g4_gguf_n_shards(const g4_gguf *g) { return g->n_shards; }
+
+const g4_gguf *g4_gguf_shard(const g4_gguf *g, uint32_t i) {
+    if (i >= g->n_shards) return NULL;
+    return g->shards ? g->shards[i] : g;
+}
+
+const char *g4_gguf_shard_path(const g4_gguf *g, uint32_t i) {
+    if (i >= g->n_shards) return NULL;
+    return g->shards ? g->shards[i]->path : g->path;
+}
+
+uint64_t g4_gguf_total_size(const g4_gguf *g) {
+    uint64_t s = 0;
+    for (uint32_t i = 0; i < g->n_shards; i++) s += g->shards ? g->shards[i]->size : g->size;
+    return s;
 }
 
 /* ---------------------------------------------------------------------------

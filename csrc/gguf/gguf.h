@@ -49,6 +49,7 @@ typedef struct g4_tensor {
     uint64_t offset;           /* relative to the start of the data section */
     const void *data;          /* pointer into the mapping */
     uint64_t nbytes;           /* bytes of data, from g4_row_size() */
+    uint32_t shard;            /* the file it is in (0 unless split); offset is within that file */
 } g4_tensor;
 
 typedef struct g4_gguf g4_gguf;  /* opaque */
@@ -64,6 +65,17 @@ typedef struct g4_gguf g4_gguf;  /* opaque */
  * Messages start with the path and name the key or tensor at fault.
  * Only the headers are read; tensor data is mapped but not touched. */
 g4_gguf *g4_gguf_open(const char *path, g4_err *err);
+/* Split models (llama.cpp gguf-split: <prefix>-00001-of-00003.gguf ...): when the
+ * opened file has split.count > 1, every shard is opened and validated like a
+ * single file, from any shard's path. The handle then has shard 0's metadata
+ * (path, version, alignment, data offset, file size and kvs are shard 0's) and
+ * the tensors of all shards, found by name, in shard order (g4_tensor.shard).
+ * Extra errors: G4_ERR_FORMAT when the name does not end in
+ * -%05d-of-%05d.gguf matching split.no + 1 / split.count, a shard disagrees on
+ * split.no/split.count, split.tensors.count differs from the tensors found, or
+ * a tensor name repeats across shards; a missing or broken shard fails with
+ * that shard's own error, the message prefixed "shard i of n of <path>:" (a
+ * missing one is G4_ERR_IO with ENOENT). */
 void g4_gguf_close(g4_gguf *g);
 
 uint32_t g4_gguf_version(const g4_gguf *g);
@@ -108,8 +120,16 @@ int g4_str_eq(g4_str s, const char *cstr);
 /* Absolute file offset of the tensor data section (a multiple of the
  * alignment; may lie past the end of a file without tensors). */
 uint64_t g4_gguf_data_offset(const g4_gguf *g);
-/* The path given to g4_gguf_open (for messages). */
+/* The path given to g4_gguf_open (for messages); shard 0's for a split model. */
 const char *g4_gguf_path(const g4_gguf *g);
+/* Number of files (1 unless split), the path of file i (NULL when out of
+ * range), and the bytes of all files together. */
+uint32_t g4_gguf_n_shards(const g4_gguf *g);
+/* Shard i's own handle (its header fields, kvs and tensors; g itself for i = 0),
+ * NULL when out of range. Owned by g. */
+const g4_gguf *g4_gguf_shard(const g4_gguf *g, uint32_t i);
+const char *g4_gguf_shard_path(const g4_gguf *g, uint32_t i);
+uint64_t g4_gguf_total_size(const g4_gguf *g);
 /* "UINT8", "STRING", ... as the spec names them; "?" when out of range. */
 const char *g4_gguf_vtype_name(uint32_t vtype);
 

@@ -2,7 +2,8 @@
  *
  *   gguf_read(path) -> dict(version, alignment, file_size, data_offset,
  *                           metadata={key: value}, tensors=[{name, type, type_name,
- *                           shape, offset, nbytes}])
+ *                           shape, offset, nbytes, shard}], shards=[paths])
+ *                      (a split model: shard 0's header fields, every shard's tensors)
  *   type_info(type) -> (name, blck_size, type_size, supported)
  *   dequantize(type, data, n) -> bytes (n float32)
  *   quantize(type, data) -> bytes (data: a float32 buffer)
@@ -88,7 +89,8 @@ static PyObject *tensor_to_py(const g4_tensor *t) {
         set_item(d, "type", PyLong_FromUnsignedLong(t->type)) ||
         set_item(d, "type_name", PyUnicode_FromString(tn ? tn : "?")) ||
         set_item(d, "offset", PyLong_FromUnsignedLongLong(t->offset)) ||
-        set_item(d, "nbytes", PyLong_FromUnsignedLongLong(t->nbytes)))
+        set_item(d, "nbytes", PyLong_FromUnsignedLongLong(t->nbytes)) ||
+        set_item(d, "shard", PyLong_FromUnsignedLong(t->shard)))
         goto fail;
     return d;
 fail:
@@ -119,6 +121,14 @@ static PyObject *build_result(const g4_gguf *g) {
         set_item(res, "file_size", PyLong_FromUnsignedLongLong(g4_gguf_file_size(g))) ||
         set_item(res, "data_offset", PyLong_FromUnsignedLongLong(g4_gguf_data_offset(g))))
         goto fail;
+    PyObject *shards = PyList_New((Py_ssize_t)g4_gguf_n_shards(g));   /* the files of a split model */
+    if (!shards) goto fail;
+    for (uint32_t i = 0; i < g4_gguf_n_shards(g); i++) {
+        PyObject *p = PyUnicode_DecodeFSDefault(g4_gguf_shard_path(g, i));
+        if (!p) { Py_DECREF(shards); goto fail; }
+        PyList_SET_ITEM(shards, (Py_ssize_t)i, p);
+    }
+    if (set_item(res, "shards", shards)) goto fail;
     int rc = set_item(res, "metadata", meta);
     meta = NULL;
     if (rc) goto fail;

@@ -58,6 +58,47 @@ float g4_ref_dot_q4_K_q8_K_acc(float acc, int64_t nb, const block_q4_K *w, const
 float g4_ref_dot_q5_K_q8_K_acc(float acc, int64_t nb, const block_q5_K *w, const block_q8_K *x);
 float g4_ref_dot_q6_K_q8_K_acc(float acc, int64_t nb, const block_q6_K *w, const block_q8_K *x);
 
+/* Q2_K, Q3_K and the 256-element i-quants (quant_kq.c): one decoder per type
+ * into g4_kq_block, and the generic gemm over decoded blocks. An ISA supplies
+ * only the integer part of the block dot (`dot`: the exact sumi, and summ, as
+ * g4_kq_dot_ref), so every ISA gives the reference's floats bit for bit. */
+typedef void (*g4_kq_decode_fn)(const uint8_t *block, g4_kq_block *out);
+typedef int32_t (*g4_kq_dot_fn)(const g4_kq_block *k, const block_q8_K *x, int32_t *summ);
+g4_kq_decode_fn g4_kq_decoder(uint32_t type);   /* NULL for other types */
+int32_t g4_kq_dot_ref(const g4_kq_block *k, const block_q8_K *x, int32_t *summ);
+float g4_kq_block_finish(float acc, const g4_kq_block *k, float dx, int32_t sumi, int32_t summ);
+float g4_ref_dot_kq_acc(uint32_t type, float acc, int64_t nb, const void *w, const block_q8_K *x);
+void g4_gemm_kq(uint32_t type, g4_kq_decode_fn dec, g4_kq_dot_fn dot, int64_t n, const uint8_t *w, size_t ws,
+                int64_t nr, const uint8_t *x, size_t xs, int64_t nt, float *y, int64_t ldy);
+float g4_ref_dot_iq4_nl_q8_0_acc(float acc, int64_t nb, const block_iq4_nl *w, const block_q8_0 *x);
+const int8_t *g4_iq4nl_values(void);   /* kvalues_iq4nl[16] */
+/* The i-quant tables of iq_tables.h, for the vector decoders (one copy, in quant_kq.c). */
+typedef struct g4_iq_tables {
+    const uint64_t *iq2xxs, *iq2xs, *iq2s, *iq1s;
+    const uint32_t *iq3xxs, *iq3s;
+    const uint8_t *ksigns;
+} g4_iq_tables;
+extern const g4_iq_tables g4_iq_grids;
+
+/* gemm entries for the kq types from an ISA's integer block dot */
+#define KQ_GEMM_WRAP(isa, dotfn, name, TYPE)                                                         \
+    static void gemm_##name##_##isa(int64_t n, const uint8_t *w, size_t ws, int64_t nr,              \
+                                    const uint8_t *x, size_t xs, int64_t nt, float *y, int64_t ldy) { \
+        g4_gemm_kq(TYPE, g4_kq_decoder(TYPE), dotfn, n, w, ws, nr, x, xs, nt, y, ldy);               \
+    }
+#define KQ_GEMM_ALL(isa, dotfn)                                                                      \
+    KQ_GEMM_WRAP(isa, dotfn, q2_K, G4_TYPE_Q2_K) KQ_GEMM_WRAP(isa, dotfn, q3_K, G4_TYPE_Q3_K)         \
+    KQ_GEMM_WRAP(isa, dotfn, iq4_xs, G4_TYPE_IQ4_XS) KQ_GEMM_WRAP(isa, dotfn, iq3_xxs, G4_TYPE_IQ3_XXS) \
+    KQ_GEMM_WRAP(isa, dotfn, iq3_s, G4_TYPE_IQ3_S) KQ_GEMM_WRAP(isa, dotfn, iq2_xxs, G4_TYPE_IQ2_XXS) \
+    KQ_GEMM_WRAP(isa, dotfn, iq2_xs, G4_TYPE_IQ2_XS) KQ_GEMM_WRAP(isa, dotfn, iq2_s, G4_TYPE_IQ2_S)   \
+    KQ_GEMM_WRAP(isa, dotfn, iq1_s, G4_TYPE_IQ1_S) KQ_GEMM_WRAP(isa, dotfn, iq1_m, G4_TYPE_IQ1_M)
+#define KQ_GEMM_ENTRIES(isa)                                                                         \
+    [G4_TYPE_Q2_K] = gemm_q2_K_##isa, [G4_TYPE_Q3_K] = gemm_q3_K_##isa,                              \
+    [G4_TYPE_IQ4_XS] = gemm_iq4_xs_##isa, [G4_TYPE_IQ3_XXS] = gemm_iq3_xxs_##isa,                    \
+    [G4_TYPE_IQ3_S] = gemm_iq3_s_##isa, [G4_TYPE_IQ2_XXS] = gemm_iq2_xxs_##isa,                      \
+    [G4_TYPE_IQ2_XS] = gemm_iq2_xs_##isa, [G4_TYPE_IQ2_S] = gemm_iq2_s_##isa,                        \
+    [G4_TYPE_IQ1_S] = gemm_iq1_s_##isa, [G4_TYPE_IQ1_M] = gemm_iq1_m_##isa
+
 /* The scalar kernel for repacked weights (repack.c). */
 void g4_gemm_x8_scalar(uint32_t type, int64_t n, const uint8_t *w, int64_t nr,
                        const uint8_t *x, size_t xs, int64_t nt, float *y, int64_t ldy);

@@ -419,6 +419,132 @@ ARM_GEMM_X8(SFX(gemm_x8_q8_0), AQ8_0, SFX(tile_x8), 32)
 ARM_GEMM_X8(SFX(gemm_x8_q4_K), AQ4_K, SFX(tile_x8), QK_K)
 ARM_GEMM_X8(SFX(gemm_x8_q6_K), AQ6_K, SFX(tile_x8), QK_K)
 
+/* ---------------------------------------------------------------------------
+ * Q2_K, Q3_K and the i-quants over decoded blocks (vector decoders below for
+ * Q2_K, Q3_K, IQ4_XS; quant_kq.c's for the grid types), and
+ * IQ4_NL x Q8_0 through a table lookup (tbl). Exact int32 per block and the
+ * references' float steps: bit-identical to them.
+ * ------------------------------------------------------------------------- */
+
+KRN int32_t SFX(kq_dot)(const g4_kq_block *k, const block_q8_K *x, int32_t *summ) {
+    int32x4_t acc = vdupq_n_s32(0);
+    const int32x4_t z = vdupq_n_s32(0);
+    UNROLL
+    for (int g = 0; g < 16; g++)   /* |sc| <= 64: every product and sum fits int32 exactly */
+        acc = vmlaq_n_s32(acc, DOT(z, SFX(ld)(k->q + 16 * g), SFX(ld)(x->qs + 16 * g)), k->sc[g]);
+    const int16x8_t m0 = vld1q_s16(k->mn), m1 = vld1q_s16(k->mn + 8);
+    const int16x8_t b0 = vld1q_s16(x->bsums), b1 = vld1q_s16(x->bsums + 8);
+    int32x4_t sm = vmull_s16(vget_low_s16(m0), vget_low_s16(b0));
+    sm = vmlal_high_s16(sm, m0, b0);
+    sm = vmlal_s16(sm, vget_low_s16(m1), vget_low_s16(b1));
+    sm = vmlal_high_s16(sm, m1, b1);
+    *summ = vaddvq_s32(sm);
+    return vaddvq_s32(acc);
+}
+
+/* Vector decoders for the common ones (Q2_K, Q3_K, IQ4_XS), exactly as quant_kq.c's */
+KRN void SFX(decode_q2_K)(const uint8_t *b, g4_kq_block *o) {
+    o->d = SFX(f16)(b + 80);
+    o->dmin = SFX(f16)(b + 82);
+    const uint8x16_t s = vld1q_u8(b), lo = vandq_u8(s, vdupq_n_u8(15)), hi = vshrq_n_u8(s, 4);
+    vst1q_s16(o->sc, vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(lo))));
+    vst1q_s16(o->sc + 8, vreinterpretq_s16_u16(vmovl_high_u8(lo)));
+    vst1q_s16(o->mn, vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(hi))));
+    vst1q_s16(o->mn + 8, vreinterpretq_s16_u16(vmovl_high_u8(hi)));
+    const uint8x16_t m3 = vdupq_n_u8(3);
+    UNROLL
+    for (int h = 0; h < 2; h++)
+        for (int j = 0; j < 2; j++) {
+            const uint8x16_t v = vld1q_u8(b + 16 + 32 * h + 16 * j);
+            for (int k = 0; k < 4; k++)
+                vst1q_u8((uint8_t *)o->q + 128 * h + 32 * k + 16 * j, vandq_u8(vshlq_u8(v, vdupq_n_s8((int8_t)(-2 * k))), m3));
+        }
+}
+
+KRN void SFX(decode_q3_K)(const uint8_t *b, g4_kq_block *o) {
+    const uint8_t *sc = b + 96;
+    o->d = SFX(f16)(b + 108);
+    o->dmin = 0.0f;
+    for (int s = 0; s < 16; s++) {
+        int lo = s < 8 ? sc[s] & 15 : sc[s - 8] >> 4;
+        int hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+        o->sc[s] = (int16_t)((lo | hi << 4) - 32);
+    }
+    vst1q_s16(o->mn, vdupq_n_s16(0));
+    vst1q_s16(o->mn + 8, vdupq_n_s16(0));
+    const uint8x16_t m3 = vdupq_n_u8(3), four = vdupq_n_u8(4);
+    UNROLL
+    for (int j = 0; j < 2; j++) {
+        const uint8x16_t hm = vld1q_u8(b + 16 * j);
+        for (int h = 0; h < 2; h++) {
+            const uint8x16_t v = vld1q_u8(b + 32 + 32 * h + 16 * j);
+            for (int k = 0; k < 4; k++) {
+                const uint8x16_t low = vandq_u8(vshlq_u8(v, vdupq_n_s8((int8_t)(-2 * k))), m3);
+                const uint8x16_t set = vtstq_u8(hm, vdupq_n_u8((uint8_t)(1 << (4 * h + k))));
+                vst1q_u8((uint8_t *)o->q + 128 * h + 32 * k + 16 * j, vsubq_u8(low, vbicq_u8(four, set)));
+            }
+        }
+    }
+}
+
+KRN void SFX(decode_iq4_xs)(const uint8_t *b, g4_kq_block *o) {
+    const uint16_t sh = (uint16_t)(b[2] | b[3] << 8);
+    o->d = SFX(f16)(b);
+    o->dmin = 0.0f;
+    for (int ib = 0; ib < 8; ib++) {
+        int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 15) | ((sh >> (2 * ib)) & 3) << 4;
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(ls - 32);
+    }
+    vst1q_s16(o->mn, vdupq_n_s16(0));
+    vst1q_s16(o->mn + 8, vdupq_n_s16(0));
+    const int8x16_t table = vld1q_s8(g4_iq4nl_values());
+    for (int ib = 0; ib < 8; ib++) {
+        const uint8x16_t v = vld1q_u8(b + 8 + 16 * ib);
+        vst1q_s8(o->q + 32 * ib, vqtbl1q_s8(table, vandq_u8(v, vdupq_n_u8(15))));
+        vst1q_s8(o->q + 32 * ib + 16, vqtbl1q_s8(table, vshrq_n_u8(v, 4)));
+    }
+}
+
+#ifndef G4_KERNELS_ARM_ONCE
+#define KQ_ARM(name, TYPE, DEC)                                                                      \
+    KRN void SFX(gemm_##name)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x,  \
+                              size_t xs, int64_t nt, float *y, int64_t ldy) {                        \
+        g4_gemm_kq(TYPE, DEC, SFX(kq_dot), n, w, ws, nr, x, xs, nt, y, ldy);                         \
+    }
+#endif
+KQ_ARM(q2_K, G4_TYPE_Q2_K, SFX(decode_q2_K))
+KQ_ARM(q3_K, G4_TYPE_Q3_K, SFX(decode_q3_K))
+KQ_ARM(iq4_xs, G4_TYPE_IQ4_XS, SFX(decode_iq4_xs))
+KQ_ARM(iq3_xxs, G4_TYPE_IQ3_XXS, g4_kq_decoder(G4_TYPE_IQ3_XXS))
+KQ_ARM(iq3_s, G4_TYPE_IQ3_S, g4_kq_decoder(G4_TYPE_IQ3_S))
+KQ_ARM(iq2_xxs, G4_TYPE_IQ2_XXS, g4_kq_decoder(G4_TYPE_IQ2_XXS))
+KQ_ARM(iq2_xs, G4_TYPE_IQ2_XS, g4_kq_decoder(G4_TYPE_IQ2_XS))
+KQ_ARM(iq2_s, G4_TYPE_IQ2_S, g4_kq_decoder(G4_TYPE_IQ2_S))
+KQ_ARM(iq1_s, G4_TYPE_IQ1_S, g4_kq_decoder(G4_TYPE_IQ1_S))
+KQ_ARM(iq1_m, G4_TYPE_IQ1_M, g4_kq_decoder(G4_TYPE_IQ1_M))
+
+KRN void SFX(gemm_iq4_nl)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x,
+                          size_t xs, int64_t nt, float *y, int64_t ldy) {
+    const int8x16_t table = vld1q_s8(g4_iq4nl_values());
+    const uint8x16_t m4 = vdupq_n_u8(0x0f);
+    const int32x4_t z = vdupq_n_s32(0);
+    const int64_t nb = n / QK4_NL;
+    for (int64_t r = 0; r < nr; r++) {
+        for (int64_t t = 0; t < nt; t++) y[t * ldy + r] = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = w + (size_t)r * ws + (size_t)b * sizeof(block_iq4_nl);
+            const uint8x16_t v = vld1q_u8(blk + 2);
+            const int8x16_t lo = vqtbl1q_s8(table, vandq_u8(v, m4)), hi = vqtbl1q_s8(table, vshrq_n_u8(v, 4));
+            const float dw = SFX(f16)(blk);
+            for (int64_t t = 0; t < nt; t++) {
+                const uint8_t *xb = x + (size_t)t * xs + (size_t)b * sizeof(block_q8_0);
+                const int32_t sumi = vaddvq_s32(DOT(DOT(z, lo, SFX(ld)(xb + 2)), hi, SFX(ld)(xb + 18)));
+                y[t * ldy + r] += (float)sumi * (dw * SFX(f16)(xb));
+            }
+        }
+    }
+}
+
 #ifndef G4_KERNELS_ARM_ONCE
 #define G4_KERNELS_ARM_ONCE
 #define ARM_KERNEL_ENTRIES                                                                           \
@@ -427,6 +553,11 @@ ARM_GEMM_X8(SFX(gemm_x8_q6_K), AQ6_K, SFX(tile_x8), QK_K)
         [G4_TYPE_Q4_0] = SFX(gemm_q4_0), [G4_TYPE_Q4_1] = SFX(gemm_q4_1), [G4_TYPE_Q5_0] = SFX(gemm_q5_0), \
         [G4_TYPE_Q5_1] = SFX(gemm_q5_1), [G4_TYPE_Q8_0] = SFX(gemm_q8_0), [G4_TYPE_Q4_K] = SFX(gemm_q4_K), \
         [G4_TYPE_Q5_K] = SFX(gemm_q5_K), [G4_TYPE_Q6_K] = SFX(gemm_q6_K),                            \
+        [G4_TYPE_IQ4_NL] = SFX(gemm_iq4_nl), [G4_TYPE_Q2_K] = SFX(gemm_q2_K), [G4_TYPE_Q3_K] = SFX(gemm_q3_K), \
+        [G4_TYPE_IQ4_XS] = SFX(gemm_iq4_xs), [G4_TYPE_IQ3_XXS] = SFX(gemm_iq3_xxs),                  \
+        [G4_TYPE_IQ3_S] = SFX(gemm_iq3_s), [G4_TYPE_IQ2_XXS] = SFX(gemm_iq2_xxs),                    \
+        [G4_TYPE_IQ2_XS] = SFX(gemm_iq2_xs), [G4_TYPE_IQ2_S] = SFX(gemm_iq2_s),                      \
+        [G4_TYPE_IQ1_S] = SFX(gemm_iq1_s), [G4_TYPE_IQ1_M] = SFX(gemm_iq1_m),                        \
     },                                                                                               \
     .gemm_x8 = {                                                                                     \
         [G4_TYPE_Q4_0] = SFX(gemm_x8_q4_0), [G4_TYPE_Q8_0] = SFX(gemm_x8_q8_0),                      \

@@ -967,6 +967,286 @@ KRN void SFX(fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n) {
     for (; i < n; i++) y[i] = g4_fp16_to_fp32(x[i]);
 }
 
+/* ---------------------------------------------------------------------------
+ * Q2_K, Q3_K and the i-quants: blocks decoded to g4_kq_block (quant_kq.c), with
+ * vector decoders for the common ones (Q2_K, Q3_K, IQ4_XS) and the scalar
+ * decoders for the grid types; IQ4_NL against Q8_0 like Q4_0 through a table.
+ * Every kernel returns the reference's exact int32 per block and the same
+ * float steps, so the results equal the scalar references bit for bit.
+ * ------------------------------------------------------------------------- */
+
+INL int32_t SFX(hsum_i32)(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* sum_g sc[g] * sum(q * x) over the 16 groups, and *summ = sum_g mn[g] * bsums[g].
+   |q| <= 127 and |x| <= 127 (Q8_K never produces -128), so vpmaddubsw on
+   (|q|, x with q's sign) cannot saturate (2 * 127 * 127 < 32767); the scales are
+   at most 64 in magnitude, so every int32 sum is exact. */
+KRN int32_t SFX(kq_dot)(const g4_kq_block *k, const block_q8_K *x, int32_t *summ) {
+    __m256i acc = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        const __m256i q = _mm256_loadu_si256((const __m256i *)(k->q + 32 * c));
+        const __m256i y = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * c));
+        const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(y, q));
+        const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(k->sc[2 * c + 1]), _mm_set1_epi16(k->sc[2 * c]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+    }
+    const __m256i mn = _mm256_loadu_si256((const __m256i *)k->mn), bs = _mm256_loadu_si256((const __m256i *)x->bsums);
+    *summ = SFX(hsum_i32)(_mm256_madd_epi16(mn, bs));   /* |mn| <= 15, |bsum| <= 2032 */
+    return SFX(hsum_i32)(acc);
+}
+
+INL uint32_t SFX(u32)(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* Q2_K: qs byte l of half h holds element 128h + 32k + l in bits 2k..2k+1 */
+KRN void SFX(decode_q2_K)(const uint8_t *b, g4_kq_block *o) {
+    o->d = SFX(f16)(b + 80);
+    o->dmin = SFX(f16)(b + 82);
+    const __m128i s = _mm_loadu_si128((const __m128i *)b), m4 = _mm_set1_epi8(0x0f);
+    _mm256_storeu_si256((__m256i *)o->sc, _mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
+    _mm256_storeu_si256((__m256i *)o->mn, _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), m4)));
+    const __m256i m2 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i v = SFX(loadu)(b + 16 + 32 * h);
+        for (int k = 0; k < 4; k++)
+            _mm256_storeu_si256((__m256i *)(o->q + 128 * h + 32 * k),
+                                _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k)), m2));
+    }
+}
+
+/* Q3_K: the 2 low bits as Q2_K's, minus 4 where the element's hmask bit is clear */
+KRN void SFX(decode_q3_K)(const uint8_t *b, g4_kq_block *o) {
+    o->d = SFX(f16)(b + 108);
+    o->dmin = 0.0f;
+    {   /* scale s: low nibble of byte s (s < 8) or high nibble of byte s - 8, then bits
+           2 (s / 4) .. +1 of byte 8 + s % 4 on top (vpsrlvd shifts dword s / 4 by 2 (s / 4)) */
+        const __m128i a = _mm_loadl_epi64((const __m128i *)(b + 96)), m4 = _mm_set1_epi8(0x0f);
+        const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(a, m4), _mm_and_si128(_mm_srli_epi16(a, 4), m4));
+        const __m128i h = _mm_srlv_epi32(_mm_set1_epi32((int)SFX(u32)(b + 104)), _mm_setr_epi32(0, 2, 4, 6));
+        const __m128i hi = _mm_and_si128(h, _mm_set1_epi8(3));
+        const __m128i v = _mm_or_si128(lo, _mm_slli_epi16(hi, 4));   /* hi <= 3: no carry across bytes */
+        _mm256_storeu_si256((__m256i *)o->sc, _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), _mm256_set1_epi16(32)));
+    }
+    _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
+    const __m256i hm = SFX(loadu)(b), m2 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    for (int h = 0; h < 2; h++) {
+        const __m256i v = SFX(loadu)(b + 32 + 32 * h);
+        for (int k = 0; k < 4; k++) {
+            const __m256i low = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k)), m2);
+            const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
+            const __m256i clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
+            _mm256_storeu_si256((__m256i *)(o->q + 128 * h + 32 * k),
+                                _mm256_sub_epi8(low, _mm256_and_si256(clear, four)));
+        }
+    }
+}
+
+/* IQ4_XS: nibbles through the kvalues_iq4nl table (vpshufb) */
+KRN void SFX(decode_iq4_xs)(const uint8_t *b, g4_kq_block *o) {
+    const uint16_t sh = (uint16_t)(b[2] | b[3] << 8);
+    o->d = SFX(f16)(b);
+    o->dmin = 0.0f;
+    for (int ib = 0; ib < 8; ib++) {
+        int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 15) | ((sh >> (2 * ib)) & 3) << 4;
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(ls - 32);
+    }
+    _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)g4_iq4nl_values()));
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    for (int c = 0; c < 4; c++) {   /* sub-blocks 2c (low lane) and 2c + 1 (high lane) */
+        const __m256i v = SFX(loadu)(b + 8 + 32 * c);
+        const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
+        const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        _mm256_storeu_si256((__m256i *)(o->q + 64 * c), _mm256_permute2x128_si256(lo, hi, 0x20));
+        _mm256_storeu_si256((__m256i *)(o->q + 64 * c + 32), _mm256_permute2x128_si256(lo, hi, 0x31));
+    }
+}
+
+/* The grid types: table lookups stay scalar (one 8-byte load per 8 elements);
+   signs, scales and the IQ1 offsets are applied 16 bytes at a time. */
+
+/* two 8-byte grid entries with the signs of the bits of s0 (first 8) and s1 */
+INL __m128i SFX(signed16)(uint64_t g0, uint64_t g1, uint8_t s0, uint8_t s1) {
+    const __m128i g = _mm_set_epi64x((long long)g1, (long long)g0);
+    const __m128i s = _mm_set_epi64x((long long)(s1 * 0x0101010101010101ull), (long long)(s0 * 0x0101010101010101ull));
+    const __m128i bit = _mm_set1_epi64x((long long)0x8040201008040201ull);
+    const __m128i neg = _mm_cmpeq_epi8(_mm_and_si128(s, bit), bit);
+    return _mm_sub_epi8(_mm_xor_si128(g, neg), neg);
+}
+
+INL uint16_t SFX(u16)(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+INL void SFX(kq_head)(g4_kq_block *o, float d) {
+    o->d = d;
+    o->dmin = 0.0f;
+    _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
+}
+
+/* the 16 group scales 2 * nibble + 1 of 8 bytes (IQ2_XS, IQ2_S) */
+INL void SFX(kq_nibble_scales)(g4_kq_block *o, const uint8_t *scales) {
+    const __m128i s = _mm_loadl_epi64((const __m128i *)scales), m4 = _mm_set1_epi8(0x0f);
+    const __m128i n = _mm_unpacklo_epi8(_mm_and_si128(s, m4), _mm_and_si128(_mm_srli_epi16(s, 4), m4));
+    const __m256i v = _mm256_cvtepu8_epi16(n);
+    _mm256_storeu_si256((__m256i *)o->sc, _mm256_add_epi16(_mm256_add_epi16(v, v), _mm256_set1_epi16(1)));
+}
+
+KRN void SFX(decode_iq2_xxs)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.125f);
+    for (int ib = 0; ib < 8; ib++) {
+        const uint32_t idx = SFX(u32)(b + 2 + 8 * ib), aux = SFX(u32)(b + 6 + 8 * ib);
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(2 * (aux >> 28) + 1);
+        for (int h = 0; h < 2; h++)
+            _mm_storeu_si128((__m128i *)(o->q + 32 * ib + 16 * h),
+                             SFX(signed16)(T->iq2xxs[(idx >> (16 * h)) & 255], T->iq2xxs[(idx >> (16 * h + 8)) & 255],
+                                           T->ksigns[(aux >> (14 * h)) & 127], T->ksigns[(aux >> (14 * h + 7)) & 127]));
+    }
+}
+
+KRN void SFX(decode_iq2_xs)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.125f);
+    SFX(kq_nibble_scales)(o, b + 66);
+    for (int p = 0; p < 16; p++) {
+        const uint16_t v0 = SFX(u16)(b + 2 + 4 * p), v1 = SFX(u16)(b + 4 + 4 * p);
+        _mm_storeu_si128((__m128i *)(o->q + 16 * p), SFX(signed16)(T->iq2xs[v0 & 511], T->iq2xs[v1 & 511],
+                                                                   T->ksigns[v0 >> 9], T->ksigns[v1 >> 9]));
+    }
+}
+
+KRN void SFX(decode_iq2_s)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b + 2, *signs = b + 34, *qh = b + 66;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.125f);
+    SFX(kq_nibble_scales)(o, b + 74);
+    for (int p = 0; p < 16; p++) {
+        const int i = 2 * p;
+        const int i0 = qs[i] | ((qh[i / 4] >> (2 * (i % 4))) & 3) << 8;
+        const int i1 = qs[i + 1] | ((qh[(i + 1) / 4] >> (2 * ((i + 1) % 4))) & 3) << 8;
+        _mm_storeu_si128((__m128i *)(o->q + 16 * p), SFX(signed16)(T->iq2s[i0], T->iq2s[i1], signs[i], signs[i + 1]));
+    }
+}
+
+KRN void SFX(decode_iq3_xxs)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b + 2;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.25f);
+    for (int ib = 0; ib < 8; ib++) {
+        const uint32_t aux = SFX(u32)(b + 66 + 4 * ib);
+        const uint8_t *g = qs + 8 * ib;
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(2 * (aux >> 28) + 1);
+        for (int h = 0; h < 2; h++) {   /* 8-element groups k = 2h, 2h + 1 */
+            const uint64_t g0 = T->iq3xxs[g[4 * h]] | (uint64_t)T->iq3xxs[g[4 * h + 1]] << 32;
+            const uint64_t g1 = T->iq3xxs[g[4 * h + 2]] | (uint64_t)T->iq3xxs[g[4 * h + 3]] << 32;
+            _mm_storeu_si128((__m128i *)(o->q + 32 * ib + 16 * h),
+                             SFX(signed16)(g0, g1, T->ksigns[(aux >> (14 * h)) & 127], T->ksigns[(aux >> (14 * h + 7)) & 127]));
+        }
+    }
+}
+
+KRN void SFX(decode_iq3_s)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b + 2, *qh = b + 66, *signs = b + 74, *scales = b + 106;
+    SFX(kq_head)(o, SFX(f16)(b));
+    for (int ib = 0; ib < 8; ib++)
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(2 * ((scales[ib / 2] >> (4 * (ib % 2))) & 15) + 1);
+    for (int p = 0; p < 16; p++) {   /* grid entries 4p .. 4p + 3, elements 16p .. 16p + 15 */
+        uint64_t g[2];
+        for (int k = 0; k < 2; k++) {
+            const int i = 4 * p + 2 * k;
+            const int i0 = qs[i] | ((qh[i / 8] >> (i % 8)) & 1) << 8, i1 = qs[i + 1] | ((qh[(i + 1) / 8] >> ((i + 1) % 8)) & 1) << 8;
+            g[k] = T->iq3s[i0] | (uint64_t)T->iq3s[i1] << 32;
+        }
+        _mm_storeu_si128((__m128i *)(o->q + 16 * p), SFX(signed16)(g[0], g[1], signs[2 * p], signs[2 * p + 1]));
+    }
+}
+
+/* IQ1: grid bytes -1/0/+1 as 8 g +- 1 (the delta's sign per 8 elements) */
+INL __m128i SFX(iq1_16)(uint64_t g0, uint64_t g1, int neg0, int neg1) {
+    const __m128i g = _mm_set_epi64x((long long)g1, (long long)g0);
+    const __m128i g8 = _mm_and_si128(_mm_slli_epi16(g, 3), _mm_set1_epi8((char)0xf8));   /* 8 g per byte */
+    const __m128i delta = _mm_set_epi64x(neg1 ? -1LL : 0x0101010101010101LL, neg0 ? -1LL : 0x0101010101010101LL);
+    return _mm_add_epi8(g8, delta);
+}
+
+KRN void SFX(decode_iq1_s)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b + 2;
+    SFX(kq_head)(o, SFX(f16)(b) * 0.125f);
+    for (int ib = 0; ib < 8; ib++) {
+        const uint16_t h = SFX(u16)(b + 34 + 2 * ib);
+        const int neg = h >> 15;
+        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(2 * ((h >> 12) & 7) + 1);
+        for (int k = 0; k < 4; k += 2)
+            _mm_storeu_si128((__m128i *)(o->q + 32 * ib + 8 * k),
+                             SFX(iq1_16)(T->iq1s[qs[4 * ib + k] | ((h >> (3 * k)) & 7) << 8],
+                                         T->iq1s[qs[4 * ib + k + 1] | ((h >> (3 * k + 3)) & 7) << 8], neg, neg));
+    }
+}
+
+KRN void SFX(decode_iq1_m)(const uint8_t *b, g4_kq_block *o) {
+    const g4_iq_tables *T = &g4_iq_grids;
+    const uint8_t *qs = b, *qh = b + 32;
+    uint16_t s[4];
+    for (int w = 0; w < 4; w++) s[w] = SFX(u16)(b + 48 + 2 * w);
+    const uint16_t dh = (uint16_t)((s[0] >> 12) | ((s[1] >> 8) & 0xf0) | ((s[2] >> 4) & 0xf00) | (s[3] & 0xf000));
+    SFX(kq_head)(o, SFX(f16)((const uint8_t *)&dh) * 0.125f);
+    for (int g = 0; g < 16; g++) o->sc[g] = (int16_t)(2 * ((s[g / 4] >> (3 * (g % 4))) & 7) + 1);
+    for (int p = 0; p < 16; p++) {   /* qh byte p: a nibble for 8-element groups 2p and 2p + 1 */
+        const int n0 = qh[p] & 15, n1 = qh[p] >> 4;
+        _mm_storeu_si128((__m128i *)(o->q + 16 * p),
+                         SFX(iq1_16)(T->iq1s[qs[2 * p] | (n0 & 7) << 8], T->iq1s[qs[2 * p + 1] | (n1 & 7) << 8],
+                                     n0 & 8, n1 & 8));
+    }
+}
+
+#define KQ_X86(name, TYPE, DEC)                                                                      \
+    KRN void SFX(gemm_##name)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x,  \
+                              size_t xs, int64_t nt, float *y, int64_t ldy) {                        \
+        g4_gemm_kq(TYPE, DEC, SFX(kq_dot), n, w, ws, nr, x, xs, nt, y, ldy);                         \
+    }
+KQ_X86(q2_K, G4_TYPE_Q2_K, SFX(decode_q2_K))
+KQ_X86(q3_K, G4_TYPE_Q3_K, SFX(decode_q3_K))
+KQ_X86(iq4_xs, G4_TYPE_IQ4_XS, SFX(decode_iq4_xs))
+KQ_X86(iq3_xxs, G4_TYPE_IQ3_XXS, SFX(decode_iq3_xxs))
+KQ_X86(iq3_s, G4_TYPE_IQ3_S, SFX(decode_iq3_s))
+KQ_X86(iq2_xxs, G4_TYPE_IQ2_XXS, SFX(decode_iq2_xxs))
+KQ_X86(iq2_xs, G4_TYPE_IQ2_XS, SFX(decode_iq2_xs))
+KQ_X86(iq2_s, G4_TYPE_IQ2_S, SFX(decode_iq2_s))
+KQ_X86(iq1_s, G4_TYPE_IQ1_S, SFX(decode_iq1_s))
+KQ_X86(iq1_m, G4_TYPE_IQ1_M, SFX(decode_iq1_m))
+#undef KQ_X86
+
+/* IQ4_NL x Q8_0: per block the exact int32 as ref_dot_iq4_nl_q8_0, then
+   acc += sumi * (d_w * d_x) in block order (the reference's float steps).
+   Weight blocks outer, tokens inner, so a block is decoded once per call. */
+KRN void SFX(gemm_iq4_nl)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x,
+                          size_t xs, int64_t nt, float *y, int64_t ldy) {
+    const __m128i table = _mm_loadu_si128((const __m128i *)g4_iq4nl_values()), m4 = _mm_set1_epi8(0x0f);
+    const int64_t nb = n / QK4_NL;
+    for (int64_t r = 0; r < nr; r++) {
+        for (int64_t t = 0; t < nt; t++) y[t * ldy + r] = 0.0f;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = w + (size_t)r * ws + (size_t)b * sizeof(block_iq4_nl);
+            const __m128i v = _mm_loadu_si128((const __m128i *)(blk + 2));
+            const __m256i q = _mm256_set_m128i(_mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(v, 4), m4)),
+                                               _mm_shuffle_epi8(table, _mm_and_si128(v, m4)));
+            const __m256i qa = _mm256_sign_epi8(q, q);
+            const float dw = SFX(f16)(blk);
+            for (int64_t t = 0; t < nt; t++) {
+                const uint8_t *xb = x + (size_t)t * xs + (size_t)b * sizeof(block_q8_0);
+                const __m256i p = _mm256_maddubs_epi16(qa, _mm256_sign_epi8(SFX(loadu)(xb + 2), q));
+                const int32_t sumi = SFX(hsum_i32)(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+                y[t * ldy + r] += (float)sumi * (dw * SFX(f16)(xb));
+            }
+        }
+    }
+}
+
 /* The table entries this inclusion provides (the including file adds .isa). */
 #ifndef G4_KERNELS_X86_ONCE
 #define G4_KERNELS_X86_ONCE
@@ -977,6 +1257,11 @@ KRN void SFX(fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n) {
         [G4_TYPE_Q4_0] = SFX(gemm_q4_0), [G4_TYPE_Q4_1] = SFX(gemm_q4_1), [G4_TYPE_Q5_0] = SFX(gemm_q5_0), \
         [G4_TYPE_Q5_1] = SFX(gemm_q5_1), [G4_TYPE_Q8_0] = SFX(gemm_q8_0), [G4_TYPE_Q4_K] = SFX(gemm_q4_K), \
         [G4_TYPE_Q5_K] = SFX(gemm_q5_K), [G4_TYPE_Q6_K] = SFX(gemm_q6_K),                            \
+        [G4_TYPE_IQ4_NL] = SFX(gemm_iq4_nl), [G4_TYPE_Q2_K] = SFX(gemm_q2_K), [G4_TYPE_Q3_K] = SFX(gemm_q3_K), \
+        [G4_TYPE_IQ4_XS] = SFX(gemm_iq4_xs), [G4_TYPE_IQ3_XXS] = SFX(gemm_iq3_xxs),                  \
+        [G4_TYPE_IQ3_S] = SFX(gemm_iq3_s), [G4_TYPE_IQ2_XXS] = SFX(gemm_iq2_xxs),                    \
+        [G4_TYPE_IQ2_XS] = SFX(gemm_iq2_xs), [G4_TYPE_IQ2_S] = SFX(gemm_iq2_s),                      \
+        [G4_TYPE_IQ1_S] = SFX(gemm_iq1_s), [G4_TYPE_IQ1_M] = SFX(gemm_iq1_m),                        \
     },                                                                                               \
     .gemm_x8 = {                                                                                     \
         [G4_TYPE_Q4_0] = SFX(gemm_x8_q4_0), [G4_TYPE_Q8_0] = SFX(gemm_x8_q8_0),                      \

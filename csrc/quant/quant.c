@@ -44,26 +44,26 @@ static const type_info TYPES[G4_TYPE_COUNT] = {
     [G4_TYPE_Q5_1]    = {"Q5_1",    32,  24,  1},
     [G4_TYPE_Q8_0]    = {"Q8_0",    32,  34,  1},
     [G4_TYPE_Q8_1]    = {"Q8_1",    32,  36,  0},
-    [G4_TYPE_Q2_K]    = {"Q2_K",    256, 84,  0},
-    [G4_TYPE_Q3_K]    = {"Q3_K",    256, 110, 0},
+    [G4_TYPE_Q2_K]    = {"Q2_K",    256, 84,  1},
+    [G4_TYPE_Q3_K]    = {"Q3_K",    256, 110, 1},
     [G4_TYPE_Q4_K]    = {"Q4_K",    256, 144, 1},
     [G4_TYPE_Q5_K]    = {"Q5_K",    256, 176, 1},
     [G4_TYPE_Q6_K]    = {"Q6_K",    256, 210, 1},
     [G4_TYPE_Q8_K]    = {"Q8_K",    256, 292, 0},
-    [G4_TYPE_IQ2_XXS] = {"IQ2_XXS", 256, 66,  0},
-    [G4_TYPE_IQ2_XS]  = {"IQ2_XS",  256, 74,  0},
-    [G4_TYPE_IQ3_XXS] = {"IQ3_XXS", 256, 98,  0},
-    [G4_TYPE_IQ1_S]   = {"IQ1_S",   256, 50,  0},
-    [G4_TYPE_IQ4_NL]  = {"IQ4_NL",  32,  18,  0},
-    [G4_TYPE_IQ3_S]   = {"IQ3_S",   256, 110, 0},
-    [G4_TYPE_IQ2_S]   = {"IQ2_S",   256, 82,  0},
-    [G4_TYPE_IQ4_XS]  = {"IQ4_XS",  256, 136, 0},
+    [G4_TYPE_IQ2_XXS] = {"IQ2_XXS", 256, 66,  1},
+    [G4_TYPE_IQ2_XS]  = {"IQ2_XS",  256, 74,  1},
+    [G4_TYPE_IQ3_XXS] = {"IQ3_XXS", 256, 98,  1},
+    [G4_TYPE_IQ1_S]   = {"IQ1_S",   256, 50,  1},
+    [G4_TYPE_IQ4_NL]  = {"IQ4_NL",  32,  18,  1},
+    [G4_TYPE_IQ3_S]   = {"IQ3_S",   256, 110, 1},
+    [G4_TYPE_IQ2_S]   = {"IQ2_S",   256, 82,  1},
+    [G4_TYPE_IQ4_XS]  = {"IQ4_XS",  256, 136, 1},
     [G4_TYPE_I8]      = {"I8",      1,   1,   0},
     [G4_TYPE_I16]     = {"I16",     1,   2,   0},
     [G4_TYPE_I32]     = {"I32",     1,   4,   0},
     [G4_TYPE_I64]     = {"I64",     1,   8,   0},
     [G4_TYPE_F64]     = {"F64",     1,   8,   0},
-    [G4_TYPE_IQ1_M]   = {"IQ1_M",   256, 56,  0},
+    [G4_TYPE_IQ1_M]   = {"IQ1_M",   256, 56,  1},
     [G4_TYPE_BF16]    = {"BF16",    1,   2,   1},
     [G4_TYPE_TQ1_0]   = {"TQ1_0",   256, 54,  0},
     [G4_TYPE_TQ2_0]   = {"TQ2_0",   256, 66,  0},
@@ -185,6 +185,10 @@ void g4_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n) {
     case G4_TYPE_Q5_K: g4_dequantize_row_q5_K(src, dst, n); return;
     case G4_TYPE_Q6_K: g4_dequantize_row_q6_K(src, dst, n); return;
     case G4_TYPE_Q8_K: g4_dequantize_row_q8_K(src, dst, n); return;
+    case G4_TYPE_IQ4_NL: g4_dequantize_row_iq4_nl(src, dst, n); return;
+    case G4_TYPE_Q2_K: case G4_TYPE_Q3_K: case G4_TYPE_IQ4_XS: case G4_TYPE_IQ3_XXS: case G4_TYPE_IQ3_S:
+    case G4_TYPE_IQ2_XXS: case G4_TYPE_IQ2_XS: case G4_TYPE_IQ2_S: case G4_TYPE_IQ1_S: case G4_TYPE_IQ1_M:
+        g4_dequantize_row_kq(type, src, dst, n); return;
     default:
         for (int64_t i = 0; i < n; i++) dst[i] = NAN;
     }
@@ -239,6 +243,8 @@ SCALAR_GEMM(q5_1, block_q5_1, block_q8_1, g4_vec_dot_q5_1_q8_1)
 SCALAR_GEMM(q4_K, block_q4_K, block_q8_K, g4_vec_dot_q4_K_q8_K)
 SCALAR_GEMM(q5_K, block_q5_K, block_q8_K, g4_vec_dot_q5_K_q8_K)
 SCALAR_GEMM(q6_K, block_q6_K, block_q8_K, g4_vec_dot_q6_K_q8_K)
+SCALAR_GEMM(iq4_nl, block_iq4_nl, block_q8_0, g4_vec_dot_iq4_nl_q8_0)
+KQ_GEMM_ALL(scalar, g4_kq_dot_ref)
 
 #define SCALAR_GEMM_X8(name, type)                                                           \
     static void gemm_x8_##name##_scalar(int64_t n, const uint8_t *w, size_t ws, int64_t nr,  \
@@ -291,6 +297,7 @@ static const g4_kernels kernels_scalar = {
         [G4_TYPE_Q8_0] = gemm_q8_0_scalar, [G4_TYPE_Q4_0] = gemm_q4_0_scalar, [G4_TYPE_Q4_1] = gemm_q4_1_scalar,
         [G4_TYPE_Q5_0] = gemm_q5_0_scalar, [G4_TYPE_Q5_1] = gemm_q5_1_scalar, [G4_TYPE_Q4_K] = gemm_q4_K_scalar,
         [G4_TYPE_Q5_K] = gemm_q5_K_scalar, [G4_TYPE_Q6_K] = gemm_q6_K_scalar,
+        [G4_TYPE_IQ4_NL] = gemm_iq4_nl_scalar, KQ_GEMM_ENTRIES(scalar),
     },
     .gemm_x8 = {
         [G4_TYPE_Q4_0] = gemm_x8_q4_0_scalar, [G4_TYPE_Q8_0] = gemm_x8_q8_0_scalar,
@@ -443,9 +450,13 @@ int g4_quant_set_isa(int isa) {
 
 uint32_t g4_vec_dot_type(uint32_t type) {
     switch (type) {
-    case G4_TYPE_Q4_0: case G4_TYPE_Q5_0: case G4_TYPE_Q8_0: return G4_TYPE_Q8_0;
+    case G4_TYPE_Q4_0: case G4_TYPE_Q5_0: case G4_TYPE_Q8_0: case G4_TYPE_IQ4_NL: return G4_TYPE_Q8_0;
     case G4_TYPE_Q4_1: case G4_TYPE_Q5_1: return G4_TYPE_Q8_1;
     case G4_TYPE_Q4_K: case G4_TYPE_Q5_K: case G4_TYPE_Q6_K: return G4_TYPE_Q8_K;
+    /* as ggml-cpu.c type_traits_cpu[].vec_dot_type for these */
+    case G4_TYPE_Q2_K: case G4_TYPE_Q3_K: case G4_TYPE_IQ4_XS: case G4_TYPE_IQ3_XXS: case G4_TYPE_IQ3_S:
+    case G4_TYPE_IQ2_XXS: case G4_TYPE_IQ2_XS: case G4_TYPE_IQ2_S: case G4_TYPE_IQ1_S: case G4_TYPE_IQ1_M:
+        return G4_TYPE_Q8_K;
     case G4_TYPE_F32: case G4_TYPE_F16: case G4_TYPE_BF16: return G4_TYPE_F32;
     }
     return G4_TYPE_COUNT;
@@ -520,7 +531,9 @@ static float ref_dot_acc(uint32_t type, float acc, int64_t nb, const void *w, co
     case G4_TYPE_Q4_K: return g4_ref_dot_q4_K_q8_K_acc(acc, nb, w, x);
     case G4_TYPE_Q5_K: return g4_ref_dot_q5_K_q8_K_acc(acc, nb, w, x);
     case G4_TYPE_Q6_K: return g4_ref_dot_q6_K_q8_K_acc(acc, nb, w, x);
+    case G4_TYPE_IQ4_NL: return g4_ref_dot_iq4_nl_q8_0_acc(acc, nb, w, x);
     }
+    if (g4_kq_decoder(type)) return g4_ref_dot_kq_acc(type, acc, nb, w, x);
     return NAN;
 }
 

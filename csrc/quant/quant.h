@@ -23,8 +23,8 @@ typedef enum g4_type {
     G4_TYPE_Q2_K = 10, G4_TYPE_Q3_K = 11, G4_TYPE_Q4_K = 12, G4_TYPE_Q5_K = 13,
     G4_TYPE_Q6_K = 14, G4_TYPE_Q8_K = 15, G4_TYPE_I8 = 24, G4_TYPE_I16 = 25,
     G4_TYPE_I32 = 26, G4_TYPE_I64 = 27, G4_TYPE_F64 = 28, G4_TYPE_BF16 = 30,
-    /* Known to the type table (names, block sizes) but without compute support:
-       the i-quants, ternary and fp4 formats, so files using them still open. */
+    /* The i-quants (compute support), then types known to the table (names,
+       block sizes) without compute support: ternary and fp4 formats. */
     G4_TYPE_IQ2_XXS = 16, G4_TYPE_IQ2_XS = 17, G4_TYPE_IQ3_XXS = 18, G4_TYPE_IQ1_S = 19,
     G4_TYPE_IQ4_NL = 20, G4_TYPE_IQ3_S = 21, G4_TYPE_IQ2_S = 22, G4_TYPE_IQ4_XS = 23,
     G4_TYPE_IQ1_M = 29, G4_TYPE_TQ1_0 = 34, G4_TYPE_TQ2_0 = 35, G4_TYPE_MXFP4 = 39,
@@ -72,6 +72,60 @@ typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K 
    each 16 of them (bsums), so the weights' offsets (mins, -32) cost one
    small dot per block instead of one per element. */
 typedef struct { float d; int8_t qs[QK_K]; int16_t bsums[QK_K / 16]; } block_q8_K;                       /* 292 */
+
+/* Q2_K: 16 sub-blocks of 16, x ~= d * (scales[s] & 15) * q - dmin * (scales[s] >> 4),
+ * q in [0,3]; qs byte l of 32-byte chunk h (0..1) holds element 128h + 32k + l in
+ * bits 2k..2k+1. Q3_K: x ~= d * (sc[s] - 32) * q, q in [-4,3] = its 2 low bits (as
+ * Q2_K's) minus 4 unless bit (element / 32) of hmask[element % 32] is set; the 16
+ * 6-bit scales: low nibbles in scales[0..7] (s < 8: low nibble of byte s, else high
+ * nibble of byte s - 8), top 2 bits in bits 2k..2k+1 of scales[8 + s % 4], k = s / 4.
+ * (ggml-common.h block_q2_K / block_q3_K; gguf-py quants.py Q2_K / Q3_K.) */
+typedef struct { uint8_t scales[QK_K / 16]; uint8_t qs[QK_K / 4]; g4_fp16 d; g4_fp16 dmin; } block_q2_K;   /* 84 */
+typedef struct { uint8_t hmask[QK_K / 8]; uint8_t qs[QK_K / 4]; uint8_t scales[12]; g4_fp16 d; } block_q3_K; /* 110 */
+
+/* The i-quants (ggml-common.h block_iq*; tables in iq_tables.h). All use
+ * super-blocks of 256 except IQ4_NL (32). Byte layouts, little endian:
+ *   IQ4_NL  d, qs[16]: x = d * kvalues_iq4nl[nibble]; byte j = elements j (low), j + 16
+ *   IQ4_XS  d, u16 scales_h, scales_l[4], qs[128]: 8 sub-blocks of 32 as IQ4_NL with
+ *           scale d * (ls - 32), ls = 4 bits of scales_l + 2 bits of scales_h
+ *   IQ2_XXS d, qs[64]: per 32: u32 of 4 grid indices (iq2xxs_grid), u32 of 4 x 7 sign
+ *           bits (ksigns_iq2xs) + 4-bit scale ls (bits 28..31): x = d (ls + 1/2) / 4 * g
+ *   IQ2_XS  d, u16 qs[32] (9-bit iq2xs_grid index + 7 sign bits), scales[8] (nibble
+ *           per 16 elements): x = d (ls + 1/2) / 4 * g
+ *   IQ2_S   d, qs[32] (low 8 index bits), signs[32] (one bit per element), qh[8]
+ *           (2 high index bits each), scales[8]: as IQ2_XS over iq2s_grid
+ *   IQ3_XXS d, qs[64] (iq3xxs_grid indices, 4 elements each), u32[8] (4 x 7 sign bits
+ *           + 4-bit ls per 32): x = d (ls + 1/2) / 2 * g
+ *   IQ3_S   d, qs[64], qh[8] (9th index bit), signs[32], scales[4] (nibble per 32):
+ *           x = d (2 ls + 1) * g over iq3s_grid
+ *   IQ1_S   d, qs[32], u16 qh[8]: per 32, qh bits 0..11 the 4 high index bits of 8
+ *           elements each (iq1s_grid), 12..14 ls, 15 the delta's sign:
+ *           x = d (2 ls + 1) (g +- 1/8)
+ *   IQ1_M   qs[32], qh[16] (a nibble per 8: 3 index bits + delta sign), u16 scales[4]
+ *           (3-bit ls per 16 elements; the fp16 d in their top nibbles) */
+#define QK4_NL 32
+typedef struct { g4_fp16 d; uint8_t qs[QK4_NL / 2]; } block_iq4_nl;                                     /* 18 */
+typedef struct { g4_fp16 d; uint16_t scales_h; uint8_t scales_l[QK_K / 64]; uint8_t qs[QK_K / 2]; } block_iq4_xs; /* 136 */
+typedef struct { g4_fp16 d; uint16_t qs[QK_K / 8]; } block_iq2_xxs;                                    /* 66 */
+typedef struct { g4_fp16 d; uint16_t qs[QK_K / 8]; uint8_t scales[QK_K / 32]; } block_iq2_xs;          /* 74 */
+typedef struct { g4_fp16 d; uint8_t qs[QK_K / 4]; uint8_t qh[QK_K / 32]; uint8_t scales[QK_K / 32]; } block_iq2_s; /* 82 */
+typedef struct { g4_fp16 d; uint8_t qs[3 * QK_K / 8]; } block_iq3_xxs;                                 /* 98 */
+typedef struct { g4_fp16 d; uint8_t qs[QK_K / 4]; uint8_t qh[QK_K / 32]; uint8_t signs[QK_K / 8];
+                 uint8_t scales[QK_K / 64]; } block_iq3_s;                                              /* 110 */
+typedef struct { g4_fp16 d; uint8_t qs[QK_K / 8]; uint16_t qh[QK_K / 32]; } block_iq1_s;               /* 50 */
+typedef struct { uint8_t qs[QK_K / 8]; uint8_t qh[QK_K / 16]; uint8_t scales[QK_K / 32]; } block_iq1_m;  /* 56 */
+
+/* A block of Q2_K, Q3_K or an i-quant of 256 decoded to integers (quant_kq.c):
+ * element j is d * sc[j / 16] * q[j] - dmin * mn[j / 16], exactly the float the
+ * format defines when evaluated in that order. The constant factors of the
+ * formats are folded in so everything stays integer: the i-quants' (ls + 1/2) / 4
+ * becomes sc = 2 ls + 1 with d = d / 8, IQ1's g +- 1/8 becomes q = 8 g +- 1 with d / 8
+ * (powers of two, so the products round exactly as the format's). Against Q8_K
+ * activations a block's dot is then
+ *   d * d_x * sum_g sc[g] * sum(q * x) - dmin * d_x * sum_g mn[g] * bsums[g]. */
+typedef struct { float d, dmin; int16_t sc[QK_K / 16]; int16_t mn[QK_K / 16]; int8_t q[QK_K]; } g4_kq_block;
+/* Decode one block of `type` (1), or return 0 for a type not decoded this way. */
+int g4_kq_decode(uint32_t type, const void *block, g4_kq_block *out);
 
 /* Name as ggml spells it ("Q4_0", "F32", ...), or NULL for an unknown id. */
 const char *g4_type_name(uint32_t type);
@@ -130,8 +184,8 @@ void g4_matvec_rows(uint32_t type, const void *W, int64_t cols,
  * results; otherwise they differ by float rounding only (see below). */
 
 /* The type x must be in for g4_matvec_rows_vq / vec_dot with `type` weights:
- * G4_TYPE_Q8_0 for Q4_0/Q5_0/Q8_0, G4_TYPE_Q8_1 for Q4_1/Q5_1, G4_TYPE_Q8_K
- * for Q4_K/Q5_K/Q6_K, G4_TYPE_F32 for F32/F16/BF16, or G4_TYPE_COUNT when
+ * G4_TYPE_Q8_0 for Q4_0/Q5_0/Q8_0/IQ4_NL, G4_TYPE_Q8_1 for Q4_1/Q5_1, G4_TYPE_Q8_K
+ * for Q2_K..Q6_K and the 256-element i-quants, G4_TYPE_F32 for F32/F16/BF16, or G4_TYPE_COUNT when
  * `type` has no compute support. */
 uint32_t g4_vec_dot_type(uint32_t type);
 
@@ -181,6 +235,16 @@ float g4_vec_dot_q5_1_q8_1(int64_t n, const block_q5_1 *w, const block_q8_1 *x);
 float g4_vec_dot_q4_K_q8_K(int64_t n, const block_q4_K *w, const block_q8_K *x);
 float g4_vec_dot_q5_K_q8_K(int64_t n, const block_q5_K *w, const block_q8_K *x);
 float g4_vec_dot_q6_K_q8_K(int64_t n, const block_q6_K *w, const block_q8_K *x);
+
+/* Q2_K, Q3_K, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M
+ * (`type`; quant_kq.c): dequantize via g4_kq_block, and the reference dot with
+ * Q8_K activations, per block acc += (d_w * d_x) * sumi, then, when the block
+ * has mins (Q2_K), acc -= (dmin_w * d_x) * summ (see g4_kq_block).
+ * IQ4_NL pairs with Q8_0 like Q4_0, with kvalues_iq4nl[q] for q - 8. */
+void g4_dequantize_row_kq(uint32_t type, const void *src, float *dst, int64_t n);
+float g4_vec_dot_kq_q8_K(uint32_t type, int64_t n, const void *w, const block_q8_K *x);
+void g4_dequantize_row_iq4_nl(const block_iq4_nl *x, float *y, int64_t n);
+float g4_vec_dot_iq4_nl_q8_0(int64_t n, const block_iq4_nl *w, const block_q8_0 *x);
 
 /* The 8 6-bit scales and 8 6-bit mins of a Q4_K/Q5_K block, unpacked from
  * its 12 scale bytes (ggml-quants.c get_scale_min_k4). */

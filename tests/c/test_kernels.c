@@ -323,6 +323,63 @@ START_TEST(test_matmul_quant) {
 }
 END_TEST
 
+/* Q2_K, Q3_K and the i-quants: random payload bytes with a finite fp16 scale
+   (sane magnitude) where each format keeps it. */
+static const uint32_t KQTYPES[] = {G4_TYPE_Q2_K, G4_TYPE_Q3_K, G4_TYPE_IQ4_NL, G4_TYPE_IQ4_XS, G4_TYPE_IQ3_XXS,
+                                   G4_TYPE_IQ3_S, G4_TYPE_IQ2_XXS, G4_TYPE_IQ2_XS, G4_TYPE_IQ2_S,
+                                   G4_TYPE_IQ1_S, G4_TYPE_IQ1_M};
+
+static uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static void random_kq_weights(uint32_t type, uint8_t *w, size_t bytes) {
+    const size_t bs = g4_type_size(type);
+    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t)rng_u64();
+    for (uint8_t *p = w; p < w + bytes; p += bs) {
+        const float d = (0.005f + 0.01f * (float)(rng_u64() % 1000) / 1000.0f) * ((rng_u64() & 1) ? 1 : -1);
+        if (type == G4_TYPE_Q2_K) { put_f16(p + 80, fabsf(d)); put_f16(p + 82, fabsf(d)); }
+        else if (type == G4_TYPE_Q3_K) put_f16(p + 108, d);
+        else if (type == G4_TYPE_IQ1_M) {   /* the fp16 d in the top nibbles of the 4 scale words */
+            const g4_fp16 h = g4_fp32_to_fp16(fabsf(d));
+            for (int k = 0; k < 4; k++) p[48 + 2 * k + 1] = (uint8_t)((p[48 + 2 * k + 1] & 0x0f) | (((h >> (4 * k)) & 15) << 4));
+        } else put_f16(p, d);
+    }
+}
+
+/* Every ISA equals the scalar reference bit for bit (same exact int32 per block,
+   same float steps); the scalar reference itself is checked element for element
+   against gguf-py's dequantizers in tests/test_quant_types.py. */
+START_TEST(test_matmul_kq_bit_identical) {
+    const int isa0 = g4_isa_active();
+    const int64_t n = 3 * QK_K, rows = 5, nt = 3;
+    for (size_t k = 0; k < sizeof KQTYPES / sizeof KQTYPES[0]; k++) {
+        const uint32_t type = KQTYPES[k], vdt = g4_vec_dot_type(type);
+        const size_t rs = g4_row_size(type, n), xs = g4_row_size(vdt, n);
+        uint8_t *w = malloc(rs * rows), *xq = malloc(xs * nt);
+        float x[3 * QK_K], ref[5 * 3], got[5 * 3];
+        random_kq_weights(type, w, rs * rows);
+        for (int64_t t = 0; t < nt; t++) {
+            random_acts(x, n, 0);
+            ck_assert(g4_quantize_row(vdt, x, xq + t * xs, n));
+        }
+        ck_assert(g4_quant_set_isa(G4_ISA_SCALAR));
+        g4_matmul_rows_vq(type, w, n, xq, xs, nt, ref, rows, 0, rows);
+        for (int i = 0; i < rows * nt; i++) ck_assert_msg(isfinite(ref[i]), "%s: %g", g4_type_name(type), ref[i]);
+        for (int isa = 0; isa < G4_ISA_COUNT; isa++) {
+            if (!g4_isa_available(isa)) continue;
+            ck_assert(g4_quant_set_isa(isa));
+            memset(got, 0, sizeof got);
+            g4_matmul_rows_vq(type, w, n, xq, xs, nt, got, rows, 0, rows);
+            for (int i = 0; i < rows * nt; i++)
+                ck_assert_msg(bits_of(got[i]) == bits_of(ref[i]), "%s on %s, output %d: %a vs %a",
+                              g4_type_name(type), g4_isa_name(isa), i, (double)got[i], (double)ref[i]);
+        }
+        free(w);
+        free(xq);
+    }
+    ck_assert(g4_quant_set_isa(isa0));
+}
+END_TEST
+
 START_TEST(test_matmul_float) {
     const uint32_t ft[] = {G4_TYPE_F32, G4_TYPE_F16, G4_TYPE_BF16};
     const int64_t ns[] = {1, 31, 256, 4096 + 256 + 3};
@@ -470,6 +527,7 @@ static Suite *kernels_suite(void) {
     tcase_add_test(tc, test_quantizers_bit_identical);
     tcase_add_test(tc, test_matmul_quant);
     tcase_add_test(tc, test_matmul_float);
+    tcase_add_test(tc, test_matmul_kq_bit_identical);
     tcase_add_test(tc, test_repacked);
     tcase_add_test(tc, test_float_helpers);
     suite_add_tcase(s, tc);

@@ -39,13 +39,17 @@ START_TEST(test_type_table) {
         {G4_TYPE_Q4_0, "Q4_0", 32, 18, 1}, {G4_TYPE_Q8_0, "Q8_0", 32, 34, 1},
         {G4_TYPE_Q4_1, "Q4_1", 32, 20, 1}, {G4_TYPE_Q5_0, "Q5_0", 32, 22, 1}, {G4_TYPE_Q5_1, "Q5_1", 32, 24, 1},
         {G4_TYPE_Q8_1, "Q8_1", 32, 36, 0},
-        {G4_TYPE_Q2_K, "Q2_K", 256, 84, 0},  {G4_TYPE_Q3_K, "Q3_K", 256, 110, 0},
+        {G4_TYPE_Q2_K, "Q2_K", 256, 84, 1},  {G4_TYPE_Q3_K, "Q3_K", 256, 110, 1},
         {G4_TYPE_Q4_K, "Q4_K", 256, 144, 1}, {G4_TYPE_Q5_K, "Q5_K", 256, 176, 1},
         {G4_TYPE_Q6_K, "Q6_K", 256, 210, 1}, {G4_TYPE_Q8_K, "Q8_K", 256, 292, 0},
         {G4_TYPE_I8, "I8", 1, 1, 0}, {G4_TYPE_I16, "I16", 1, 2, 0}, {G4_TYPE_I32, "I32", 1, 4, 0},
         {G4_TYPE_I64, "I64", 1, 8, 0}, {G4_TYPE_F64, "F64", 1, 8, 0},
-        {G4_TYPE_IQ4_NL, "IQ4_NL", 32, 18, 0}, {G4_TYPE_IQ4_XS, "IQ4_XS", 256, 136, 0},
-        {G4_TYPE_MXFP4, "MXFP4", 32, 17, 0},
+        {G4_TYPE_IQ4_NL, "IQ4_NL", 32, 18, 1}, {G4_TYPE_IQ4_XS, "IQ4_XS", 256, 136, 1},
+        {G4_TYPE_IQ3_XXS, "IQ3_XXS", 256, 98, 1}, {G4_TYPE_IQ3_S, "IQ3_S", 256, 110, 1},
+        {G4_TYPE_IQ2_XXS, "IQ2_XXS", 256, 66, 1}, {G4_TYPE_IQ2_XS, "IQ2_XS", 256, 74, 1},
+        {G4_TYPE_IQ2_S, "IQ2_S", 256, 82, 1}, {G4_TYPE_IQ1_S, "IQ1_S", 256, 50, 1},
+        {G4_TYPE_IQ1_M, "IQ1_M", 256, 56, 1},
+        {G4_TYPE_MXFP4, "MXFP4", 32, 17, 0}, {G4_TYPE_TQ1_0, "TQ1_0", 256, 54, 0},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         ck_assert_str_eq(g4_type_name(want[i].t), want[i].name);
@@ -58,6 +62,17 @@ START_TEST(test_type_table) {
     ck_assert_uint_eq(sizeof(block_q4_0), 18);
     ck_assert_uint_eq(sizeof(block_q4_1), 20);
     ck_assert_uint_eq(sizeof(block_q5_0), 22);
+    ck_assert_uint_eq(sizeof(block_q2_K), 84);
+    ck_assert_uint_eq(sizeof(block_q3_K), 110);
+    ck_assert_uint_eq(sizeof(block_iq4_nl), 18);
+    ck_assert_uint_eq(sizeof(block_iq4_xs), 136);
+    ck_assert_uint_eq(sizeof(block_iq3_xxs), 98);
+    ck_assert_uint_eq(sizeof(block_iq3_s), 110);
+    ck_assert_uint_eq(sizeof(block_iq2_xxs), 66);
+    ck_assert_uint_eq(sizeof(block_iq2_xs), 74);
+    ck_assert_uint_eq(sizeof(block_iq2_s), 82);
+    ck_assert_uint_eq(sizeof(block_iq1_s), 50);
+    ck_assert_uint_eq(sizeof(block_iq1_m), 56);
     ck_assert_uint_eq(sizeof(block_q5_1), 24);
     ck_assert_uint_eq(sizeof(block_q8_1), 36);
     ck_assert_uint_eq(sizeof(block_q4_K), 144);
@@ -83,7 +98,10 @@ START_TEST(test_type_table) {
     ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q6_K), G4_TYPE_Q8_K);
     ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q4_1), G4_TYPE_Q8_1);
     ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q5_0), G4_TYPE_Q8_0);
-    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_IQ4_XS), G4_TYPE_COUNT);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_IQ4_XS), G4_TYPE_Q8_K);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_Q2_K), G4_TYPE_Q8_K);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_IQ4_NL), G4_TYPE_Q8_0);
+    ck_assert_uint_eq(g4_vec_dot_type(G4_TYPE_TQ1_0), G4_TYPE_COUNT);
 }
 END_TEST
 
@@ -319,7 +337,7 @@ START_TEST(test_float_rows) {
     /* unsupported types: quantize refuses, dequantize poisons with NaN */
     ck_assert(!g4_quantize_row(G4_TYPE_Q4_K, x, h, 256));
     ck_assert(!g4_quantize_row(G4_TYPE_Q8_0, x, h, 33));
-    g4_dequantize_row(G4_TYPE_IQ4_XS, h, y, 256);
+    g4_dequantize_row(G4_TYPE_TQ1_0, h, y, 256);
     ck_assert(isnan(y[0]) && isnan(y[255]));
 }
 END_TEST
@@ -413,7 +431,7 @@ START_TEST(test_matvec) {
     }
     ck_assert(g4_quant_set_isa(isa));
     /* unsupported weights: NaN, not garbage */
-    g4_matvec_rows(G4_TYPE_IQ4_XS, wq, 256, x, y, 0, 1);
+    g4_matvec_rows(G4_TYPE_TQ1_0, wq, 256, x, y, 0, 1);
     ck_assert(isnan(y[0]));
 }
 END_TEST

@@ -1,0 +1,50 @@
+/* matvec_instructions.c - instructions per weight byte of one decode-shaped matvec, any type.
+ *
+ *   make tests/c/build/libg4.a
+ *   cc -O2 -Icsrc benchmarks/matvec_instructions.c tests/c/build/libg4.a -lhwloc -lopenblas -lm \
+ *      -lpthread -o /tmp/matvec_instructions
+ *   valgrind --tool=callgrind --callgrind-out-file=/dev/null --toggle-collect=g4_matvec_rows_vq \
+ *      /tmp/matvec_instructions ISA TYPE        # ISA: scalar, avx2, ...; TYPE: ggml type id
+ *
+ * A 256 x 4096 matrix of random bytes (unrepacked rows, as the Q2_K/Q3_K/i-quant kernels read
+ * them) times one activation row already in the type's vec_dot_type; callgrind's "Collected"
+ * count over g4_matvec_rows_vq divided by the printed weight bytes is the kernels' instructions
+ * per byte, the figure that bounds decode on a core that is not waiting for DRAM (issue 14:
+ * Zen 4). Instruction counts do not depend on other load on the machine, unlike wall time.
+ * Random bytes make some fp16 scales inf/NaN; no kernel branches on them.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "quant/quant.h"
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s ISA TYPE\n", argv[0]);
+        return 2;
+    }
+    const int isa = g4_isa_from_name(argv[1]);
+    const uint32_t type = (uint32_t)atoi(argv[2]);
+    const int64_t rows = 256, cols = 4096;
+    const size_t rs = g4_row_size(type, cols);
+    const uint32_t vdt = g4_vec_dot_type(type);
+    if (!g4_type_supported(type) || !rs) {
+        fprintf(stderr, "type %u has no kernels\n", type);
+        return 2;
+    }
+    if (isa < 0 || !g4_quant_set_isa(isa)) {
+        fprintf(stderr, "ISA %s is not available here\n", argv[1]);
+        return 2;
+    }
+    uint8_t *w = malloc(rs * rows), *xq = malloc(g4_row_size(vdt, cols));
+    float *x = malloc(sizeof(float) * cols), *y = malloc(sizeof(float) * rows);
+    if (!w || !xq || !x || !y) return 1;
+    srand(1);
+    for (size_t i = 0; i < rs * rows; i++) w[i] = (uint8_t)rand();
+    for (int64_t i = 0; i < cols; i++) x[i] = (float)rand() / RAND_MAX - 0.5f;
+    g4_quantize_row(vdt, x, xq, cols);
+    g4_matvec_rows_vq(type, w, cols, xq, y, 0, rows);
+    printf("%s %s: %zu weight bytes\n", g4_isa_name(isa), g4_type_name(type), rs * rows);
+    free(w), free(xq), free(x), free(y);
+    return 0;
+}
