@@ -37,7 +37,6 @@ def check_batch_matches_alone(path, prompts: list[list[int]], max_tokens: int = 
                 tok = next(its[i], None)
                 if tok is not None:
                     got[i].append(tok)
-        assert m.stats().running > 0
         for i in later:
             reqs[i] = m._submit(prompts[i], args)
             its[i] = reqs[i].tokens()
