@@ -65,7 +65,8 @@ class GenerationStats:
     ttft_ms: from the generate() call (tokenization included) to the first sampled token.
     prefill_ms / prefill_tokens_per_s: the prompt's forward pass in the C core, over the
     prompt tokens that were not reused from the previous call (cached_tokens, see generate).
-    decode_ms / decode_tokens_per_s: the one-token forward passes after it (with sampling),
+    decode_ms / decode_tokens_per_s: the decode forward passes after it (with sampling)
+    and the tokens they gave after the first (one per pass, more with accepted drafts),
     0.0 when there were none. finish_reason: "stop" (end-of-generation token or a stop
     string), "length" (max_tokens or the context is full), or "cancelled" (the consumer
     closed the stream before the end). queue_ms: time waiting for a free sequence slot and
@@ -73,7 +74,8 @@ class GenerationStats:
     in the same steps, prefill_ms and decode_ms are wall time of steps shared with them.
     draft_tokens / accepted_tokens: speculative decoding (Model(draft="ngram")): draft
     tokens proposed by prompt lookup and, of them, accepted (each one a completion token
-    that cost no forward step of its own); 0 without drafts.
+    that cost no forward step of its own); draft_steps: decode steps that carried drafts
+    (draft_tokens / draft_steps is the mean draft length); 0 without drafts.
     """
 
     prompt_tokens: int
@@ -88,6 +90,7 @@ class GenerationStats:
     queue_ms: float = 0.0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    draft_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,7 +183,7 @@ class TextStream:
 class _Request:
     """One generation in the engine: its events arrive on a queue from the scheduler
     thread as (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms,
-    decode_ms, n_drafted, n_accepted) tuples, or an exception."""
+    decode_ms, n_drafted, n_accepted, n_draft_steps) tuples, or an exception."""
 
     __slots__ = ("id", "q", "sched", "last", "done")
 
@@ -856,22 +859,23 @@ def _partial_stop(text: str, stops: list[str]) -> int:
 def _stats(ev: tuple | None, n_prompt: int, n_out: int, finish: str,
            ttft_ms: float | None) -> GenerationStats:
     """GenerationStats from a request's last engine event (id, token, finish, n_prompt,
-    n_cached, n_decode, queue_ms, prefill_ms, decode_ms, n_drafted, n_accepted), or zeros
-    when none came."""
+    n_cached, n_decode, queue_ms, prefill_ms, decode_ms, n_drafted, n_accepted,
+    n_draft_steps), or zeros when none came."""
     def rate(n: int, ms: float) -> float:
         return n / ms * 1e3 if n and ms > 0 else 0.0
     if ev is None:
         return GenerationStats(prompt_tokens=n_prompt, completion_tokens=n_out,
                                ttft_ms=ttft_ms or 0.0, prefill_ms=0.0, prefill_tokens_per_s=0.0,
                                decode_ms=0.0, decode_tokens_per_s=0.0, finish_reason=finish)
-    _, _, _, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms, n_drafted, n_accepted = ev
+    (_, _, _, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms,
+     n_drafted, n_accepted, n_draft_steps) = ev
     return GenerationStats(
         prompt_tokens=n_prompt, completion_tokens=n_out,
         ttft_ms=ttft_ms if ttft_ms is not None else queue_ms + prefill_ms,
         prefill_ms=prefill_ms, prefill_tokens_per_s=rate(n_prompt - n_cached, prefill_ms),
         decode_ms=decode_ms, decode_tokens_per_s=rate(n_decode, decode_ms),
         finish_reason=finish, cached_tokens=n_cached, queue_ms=queue_ms,
-        draft_tokens=n_drafted, accepted_tokens=n_accepted)
+        draft_tokens=n_drafted, accepted_tokens=n_accepted, draft_steps=n_draft_steps)
 
 
 # ------------------------------------------------------------------------ CLI

@@ -281,11 +281,12 @@ static int32_t lookup_draft(const int32_t *h, int32_t L, int32_t ngram, int32_t 
 
 /* Draft length after a verified draft of n tokens of which a were accepted:
  * +2 when all were, -1 otherwise (transformers' AssistedCandidateGenerator,
- * num_assistant_tokens_schedule="heuristic"); nothing accepted also pauses
- * drafting for 2, 4, 8, 16 steps (misses in a row), which bounds the cost of
- * drafts that never match. */
+ * num_assistant_tokens_schedule="heuristic"), halved when none was; nothing
+ * accepted also pauses drafting for 2, 4, 8, 16 steps (misses in a row), so
+ * drafts that never match end up as one draft token every 17 steps. */
 static void adapt_draft(request *r, int32_t n, int32_t a) {
     if (a == n) r->k_cur = r->k_cur + 2 < r->draft_max ? r->k_cur + 2 : r->draft_max;
+    else if (a == 0) r->k_cur = r->k_cur > 1 ? r->k_cur / 2 : 1;
     else if (r->k_cur > 1) r->k_cur--;
     if (a == 0) {
         if (r->misses < 4) r->misses++;
@@ -406,6 +407,7 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
          * token i is yielded, and row i + 1 is looked at while it equals d_{i+1} */
         const int32_t nd = prefill ? 0 : r->n_draft, t0 = prefill ? u - 1 : t;
         r->st.n_drafted += nd;
+        r->st.n_draft_steps += nd > 0;
         int32_t i = 0, fin = G4_FINISH_NONE;
         for (;; i++) {
             float *lg = e->logits + (size_t)row++ * (size_t)V;

@@ -33,9 +33,10 @@
  * overwritten by the next step (its prepare starts there), and
  * sliding-window blocks are released by the committed length, so nothing a
  * later query needs was freed. k adapts per request (transformers'
- * "heuristic" schedule: +2 after a fully accepted draft, -1 otherwise), and
- * after a draft with nothing accepted the request drafts no more for 2, 4,
- * .. 16 steps, so drafts that are always rejected cost a few per cent.
+ * "heuristic" schedule: +2 after a fully accepted draft, -1 otherwise; halved
+ * when nothing was accepted), and after a draft with nothing accepted the
+ * request drafts no more for 2, 4, .. 16 steps, so drafts that are always
+ * rejected end up as one token every 17 steps.
  * Sampled requests (temperature > 0) do not draft (the rejection-sampling
  * rule for them is not implemented).
  *
@@ -84,6 +85,7 @@ typedef struct g4_request_stats {
                                     (one per step, more when drafts were accepted) */
     int32_t n_drafted;           /* draft tokens proposed (prompt lookup) */
     int32_t n_accepted;          /* of them, accepted (each is a generated token) */
+    int32_t n_draft_steps;       /* decode steps that carried drafts */
 } g4_request_stats;
 
 /* One step's news about a request: a token (>= 0), and/or the end

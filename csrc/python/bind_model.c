@@ -632,9 +632,9 @@ static PyObject *Engine_step(EngineObject *self, PyObject *unused) {
     for (int32_t i = 0; i < n; i++) {
         const g4_event *ev = &self->events[i];
         const g4_request_stats *s = &ev->stats;
-        PyObject *t = Py_BuildValue("(Liiiiidddii)", (long long)ev->id, ev->token, ev->finish, s->n_prompt,
+        PyObject *t = Py_BuildValue("(Liiiiidddiii)", (long long)ev->id, ev->token, ev->finish, s->n_prompt,
                                     s->n_cached, s->n_decode, s->queue_ms, s->prefill_ms, s->decode_ms,
-                                    s->n_drafted, s->n_accepted);
+                                    s->n_drafted, s->n_accepted, s->n_draft_steps);
         if (!t) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, i, t);
     }
@@ -685,7 +685,7 @@ static PyMethodDef Engine_methods[] = {
     {"cancel", (PyCFunction)Engine_cancel, METH_O, "cancel(id) -> bool: stop a request, its KV blocks freed now"},
     {"step", (PyCFunction)Engine_step, METH_NOARGS,
      "step() -> list of (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms,\n"
-     "n_drafted, n_accepted): one scheduling step and batched forward with the GIL released. token -1:\n"
+     "n_drafted, n_accepted, n_draft_steps): one scheduling step and batched forward with the GIL released. token -1:\n"
      "none; finish 0 running, 1 end-of-generation token, 2 length. n_decode: tokens sampled after the\n"
      "first; a speculating request may get several events (tokens in order) per step. [] when there was\n"
      "nothing to run."},
