@@ -32,7 +32,7 @@ typedef struct request {
     int32_t k_cur;              /* draft length now, 1..draft_max */
     int32_t skip, misses;       /* steps left without drafting; drafts in a row with none accepted */
     int32_t n_draft;            /* drafts in this step's batch */
-    int32_t *hist, n_hist;      /* prompt + generated tokens [n_max] */
+    int32_t *hist, n_hist;      /* prompt + generated tokens [n_max + 1] */
 } request;
 
 struct g4_engine {
@@ -179,7 +179,8 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
     const int64_t n_max = (int64_t)n_prompt + rp->max_tokens;
     r->n_max = n_max < n_ctx ? (int32_t)n_max : n_ctx;
     if (draft) {
-        if (!(r->hist = malloc(sizeof(int32_t) * (size_t)r->n_max))) {
+        /* the last token (sampled at position n_max - 1) is never fed back: n_max + 1 */
+        if (!(r->hist = malloc(sizeof(int32_t) * ((size_t)r->n_max + 1)))) {
             free(r->prompt);
             r->prompt = NULL;
             g4_err_set(err, G4_ERR_NOMEM, "submit: out of memory");
