@@ -65,12 +65,17 @@ class GenerationStats:
     ttft_ms: from the generate() call (tokenization included) to the first sampled token.
     prefill_ms / prefill_tokens_per_s: the prompt's forward pass in the C core, over the
     prompt tokens that were not reused from the previous call (cached_tokens, see generate).
-    decode_ms / decode_tokens_per_s: the one-token forward passes after it (with sampling),
+    decode_ms / decode_tokens_per_s: the decode forward passes after it (with sampling)
+    and the tokens they gave after the first (one per pass, more with accepted drafts),
     0.0 when there were none. finish_reason: "stop" (end-of-generation token or a stop
     string), "length" (max_tokens or the context is full), or "cancelled" (the consumer
     closed the stream before the end). queue_ms: time waiting for a free sequence slot and
     KV blocks before the prefill started (other requests running). With other requests
     in the same steps, prefill_ms and decode_ms are wall time of steps shared with them.
+    draft_tokens / accepted_tokens: speculative decoding (Model(draft="ngram")): draft
+    tokens proposed by prompt lookup and, of them, accepted (each one a completion token
+    that cost no forward step of its own); draft_steps: decode steps that carried drafts
+    (draft_tokens / draft_steps is the mean draft length); 0 without drafts.
     """
 
     prompt_tokens: int
@@ -83,6 +88,9 @@ class GenerationStats:
     finish_reason: str
     cached_tokens: int = 0
     queue_ms: float = 0.0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    draft_steps: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,7 +183,7 @@ class TextStream:
 class _Request:
     """One generation in the engine: its events arrive on a queue from the scheduler
     thread as (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms,
-    decode_ms) tuples, or an exception."""
+    decode_ms, n_drafted, n_accepted, n_draft_steps) tuples, or an exception."""
 
     __slots__ = ("id", "q", "sched", "last", "done", "waiting")
 
@@ -221,12 +229,12 @@ class _Scheduler:
         self.closed = False
 
     def submit(self, ids: list[int], max_tokens: int, temperature: float, top_k: int,
-               top_p: float, seed: int) -> _Request:
+               top_p: float, seed: int, draft: tuple[int, int] = (0, 3)) -> _Request:
         with self.cv:
             if self.closed:
                 raise ValueError("the model is closed")
             try:
-                rid = self.engine.submit(ids, max_tokens, temperature, top_k, top_p, seed)
+                rid = self.engine.submit(ids, max_tokens, temperature, top_k, top_p, seed, *draft)
             except LimitError as e:
                 if str(e).startswith("queue full"):
                     raise QueueFullError(str(e)) from None
@@ -329,6 +337,14 @@ class Model:
     1024); past it generate() raises QueueFullError. prefix_cache: share KV blocks of
     common prompt prefixes between requests (vLLM's automatic prefix caching).
 
+    Speculative decoding: draft="ngram" turns on prompt lookup for greedy requests
+    (temperature=0; sampled ones decode as usual): each decode step copies up to
+    draft_max tokens that followed the latest earlier occurrence of the last draft_ngram
+    (down to 1) tokens of prompt + output, and the model checks them all in that step's
+    forward; the output is token for token the plain greedy output, faster when the
+    answer repeats the prompt (extraction, summaries, rewriting). None (default): off.
+    GenerationStats.draft_tokens / accepted_tokens show how well it pays.
+
     Raises FileNotFoundError (no such file), OSError, GGUFError (not a valid GGUF),
     UnsupportedError (unknown architecture or tensor type; the message names it),
     LimitError (a context over the cap, a kv_bytes too small for one sequence),
@@ -338,7 +354,8 @@ class Model:
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
                  context: int | None = None, parallel: int = 1, kv_cache: str | None = None,
                  kv_bytes: int | None = None, batch_tokens: int | None = None,
-                 queue_max: int | None = None, prefix_cache: bool = True):
+                 queue_max: int | None = None, prefix_cache: bool = True,
+                 draft: str | None = None, draft_ngram: int = 3, draft_max: int = 8):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 (got {threads})")
         if context is not None and context < 1:
@@ -350,6 +367,15 @@ class Model:
         for name, v in (("kv_bytes", kv_bytes), ("batch_tokens", batch_tokens), ("queue_max", queue_max)):
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int (got {v!r})")
+        if draft not in (None, "ngram"):
+            raise ValueError(f"draft must be None or 'ngram' (got {draft!r}); draft models and "
+                             f"Gemma 4 MTP assistants are not supported yet")
+        if not isinstance(draft_ngram, int) or not 1 <= draft_ngram <= 16:
+            raise ValueError(f"draft_ngram must be an int in 1..16 (got {draft_ngram!r})")
+        if not isinstance(draft_max, int) or not 1 <= draft_max <= 32:
+            raise ValueError(f"draft_max must be an int in 1..32 (got {draft_max!r})")
+        self.draft = draft
+        self._draft = (draft_max, draft_ngram) if draft else (0, draft_ngram)
         self.path = os.fspath(path)
         # the core takes an int32; anything larger is far over its context cap,
         # which then raises LimitError naming GEMMA4STACK_MAX_CONTEXT
@@ -490,7 +516,7 @@ class Model:
                              f"{self.n_ctx} tokens")
         if max_tokens == 0:
             return None
-        return self._sched.submit(ids, max_tokens, temperature, top_k, top_p, seed)
+        return self._sched.submit(ids, max_tokens, temperature, top_k, top_p, seed, self._draft)
 
     def generate_batch(self, prompts: Sequence[str], max_tokens: int = 128,
                        temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
@@ -921,20 +947,23 @@ def _partial_stop(text: str, stops: list[str]) -> int:
 def _stats(ev: tuple | None, n_prompt: int, n_out: int, finish: str,
            ttft_ms: float | None) -> GenerationStats:
     """GenerationStats from a request's last engine event (id, token, finish, n_prompt,
-    n_cached, n_decode, queue_ms, prefill_ms, decode_ms), or zeros when none came."""
+    n_cached, n_decode, queue_ms, prefill_ms, decode_ms, n_drafted, n_accepted,
+    n_draft_steps), or zeros when none came."""
     def rate(n: int, ms: float) -> float:
         return n / ms * 1e3 if n and ms > 0 else 0.0
     if ev is None:
         return GenerationStats(prompt_tokens=n_prompt, completion_tokens=n_out,
                                ttft_ms=ttft_ms or 0.0, prefill_ms=0.0, prefill_tokens_per_s=0.0,
                                decode_ms=0.0, decode_tokens_per_s=0.0, finish_reason=finish)
-    _, _, _, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms = ev
+    (_, _, _, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms,
+     n_drafted, n_accepted, n_draft_steps) = ev
     return GenerationStats(
         prompt_tokens=n_prompt, completion_tokens=n_out,
         ttft_ms=ttft_ms if ttft_ms is not None else queue_ms + prefill_ms,
         prefill_ms=prefill_ms, prefill_tokens_per_s=rate(n_prompt - n_cached, prefill_ms),
         decode_ms=decode_ms, decode_tokens_per_s=rate(n_decode, decode_ms),
-        finish_reason=finish, cached_tokens=n_cached, queue_ms=queue_ms)
+        finish_reason=finish, cached_tokens=n_cached, queue_ms=queue_ms,
+        draft_tokens=n_drafted, accepted_tokens=n_accepted, draft_steps=n_draft_steps)
 
 
 # ------------------------------------------------------------------------ CLI
@@ -957,6 +986,8 @@ def register_cli(subparsers) -> None:
                    help="default: one per physical core")
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="KV cache tokens (default: the model's, capped at 4096)")
+    p.add_argument("--draft", choices=["ngram"], default=None,
+                   help="speculative decoding by prompt lookup (greedy: --temperature 0)")
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message through the GGUF's chat template")
     p.set_defaults(func=_run)
@@ -964,7 +995,7 @@ def register_cli(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     t_load = time.perf_counter()
-    with Model(args.model, threads=args.threads, context=args.context) as m:
+    with Model(args.model, threads=args.threads, context=args.context, draft=args.draft) as m:
         load_ms = (time.perf_counter() - t_load) * 1e3
         out = sys.stdout
         kw = dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
@@ -985,5 +1016,7 @@ def _run(args: argparse.Namespace) -> int:
               f"prompt {s.prompt_tokens} tokens, generated {s.completion_tokens} tokens "
               f"(finish: {s.finish_reason}); TTFT {s.ttft_ms:.1f} ms; prefill "
               f"{s.prefill_tokens_per_s:.1f} tokens/s; decode {s.decode_tokens_per_s:.1f} tokens/s; "
-              f"threads {m.threads}", file=sys.stderr)
+              f"threads {m.threads}"
+              + (f"; drafts {s.accepted_tokens}/{s.draft_tokens} accepted" if args.draft else ""),
+              file=sys.stderr)
     return 0

@@ -27,6 +27,12 @@ typedef struct request {
     g4_sampler sampler;
     g4_request_stats st;
     double t_submit, t_admit, t_first;
+    /* prompt lookup (draft_max > 0) */
+    int32_t draft_max, draft_ngram;
+    int32_t k_cur;              /* draft length now, 1..draft_max */
+    int32_t skip, misses;       /* steps left without drafting; drafts in a row with none accepted */
+    int32_t n_draft;            /* drafts in this step's batch */
+    int32_t *hist, n_hist;      /* prompt + generated tokens [n_max + 1] */
 } request;
 
 struct g4_engine {
@@ -40,7 +46,8 @@ struct g4_engine {
     /* the step's batch */
     int32_t *tok, *pos, *seq, *ridx;
     int8_t *want;
-    float *logits;              /* [n_seq][n_vocab]: at most one row per sequence */
+    float *logits;              /* [logits_rows][n_vocab]: one row per flagged token */
+    int32_t logits_rows;
     uint64_t steps, tokens, prompt_tokens, generated_tokens;
 };
 
@@ -55,6 +62,7 @@ void g4_engine_free(g4_engine *e) {
     if (e->req)
         for (int32_t i = 0; i < e->n_req; i++) {
             free(e->req[i].prompt);
+            free(e->req[i].hist);
             g4_sampler_free(&e->req[i].sampler);
         }
     g4_kvc_free(e->kv);
@@ -98,6 +106,7 @@ g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err)
     e->seq = malloc(sizeof(int32_t) * B);
     e->ridx = malloc(sizeof(int32_t) * B);
     e->want = malloc(B);
+    e->logits_rows = p->n_seq;
     e->logits = malloc(sizeof(float) * V * (size_t)p->n_seq);
     if (!e->req || !e->seq_req || !e->tok || !e->pos || !e->seq || !e->ridx || !e->want || !e->logits) {
         g4_engine_free(e);
@@ -117,6 +126,8 @@ static void finish(g4_engine *e, request *r) {
     }
     free(r->prompt);
     r->prompt = NULL;
+    free(r->hist);
+    r->hist = NULL;
     g4_sampler_free(&r->sampler);
     r->state = R_FREE;
 }
@@ -140,6 +151,12 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
                        prompt[i], i, n_vocab - 1);
             return -1;
         }
+    const int draft = rp->draft_max > 0 && rp->temperature <= 0.0f;
+    if (rp->draft_max < 0 || rp->draft_max > G4_DRAFT_MAX || (rp->draft_max > 0 && (rp->draft_ngram < 1 || rp->draft_ngram > 16))) {
+        g4_err_set(err, G4_ERR_INVALID, "submit: draft_max must be in 0..%d and draft_ngram in 1..16 (got %d, %d)",
+                   G4_DRAFT_MAX, rp->draft_max, rp->draft_ngram);
+        return -1;
+    }
     int32_t waiting = 0, slot = -1;
     for (int32_t i = 0; i < e->n_req; i++) {
         if (e->req[i].state == R_WAITING) waiting++;
@@ -161,6 +178,20 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
     r->max_tokens = rp->max_tokens;
     const int64_t n_max = (int64_t)n_prompt + rp->max_tokens;
     r->n_max = n_max < n_ctx ? (int32_t)n_max : n_ctx;
+    if (draft) {
+        /* the last token (sampled at position n_max - 1) is never fed back: n_max + 1 */
+        if (!(r->hist = malloc(sizeof(int32_t) * ((size_t)r->n_max + 1)))) {
+            free(r->prompt);
+            r->prompt = NULL;
+            g4_err_set(err, G4_ERR_NOMEM, "submit: out of memory");
+            return -1;
+        }
+        memcpy(r->hist, prompt, sizeof(int32_t) * (size_t)n_prompt);
+        r->n_hist = n_prompt;
+        r->draft_max = rp->draft_max;
+        r->draft_ngram = rp->draft_ngram;
+        r->k_cur = rp->draft_max;
+    }
     g4_sampler_init(&r->sampler, rp->temperature, rp->top_k, rp->top_p, rp->seed);
     r->id = e->next_id++;
     r->seq = -1;
@@ -228,7 +259,43 @@ static void admit(g4_engine *e) {
     }
 }
 
-int32_t g4_engine_max_events(const g4_engine *e) { return e->p.n_seq; }
+int32_t g4_engine_max_events(const g4_engine *e) { return e->p.n_seq * (G4_DRAFT_MAX + 1); }
+
+/* ------------------------------------------------------- prompt lookup */
+
+/* Drafts for history h[0..L): the most recent earlier occurrence of its last
+ * n tokens (n = ngram down to 1) and up to k tokens that followed it, to
+ * out. Returns how many (0: no match). */
+static int32_t lookup_draft(const int32_t *h, int32_t L, int32_t ngram, int32_t k, int32_t *out) {
+    for (int32_t n = ngram < L - 1 ? ngram : L - 1; n >= 1; n--) {
+        const int32_t *pat = h + L - n;
+        for (int32_t j = L - n - 1; j >= 0; j--) {
+            if (h[j] != pat[0] || memcmp(h + j, pat, sizeof(int32_t) * (size_t)n)) continue;
+            int32_t m = L - (j + n);
+            if (m > k) m = k;
+            memcpy(out, h + j + n, sizeof(int32_t) * (size_t)m);
+            return m;
+        }
+    }
+    return 0;
+}
+
+/* Draft length after a verified draft of n tokens of which a were accepted:
+ * +2 when all were, -1 otherwise (transformers' AssistedCandidateGenerator,
+ * num_assistant_tokens_schedule="heuristic"), halved when none was; nothing
+ * accepted also pauses drafting for 2, 4, 8, 16 steps (misses in a row), so
+ * drafts that never match end up as one draft token every 17 steps. */
+static void adapt_draft(request *r, int32_t n, int32_t a) {
+    if (a == n) r->k_cur = r->k_cur + 2 < r->draft_max ? r->k_cur + 2 : r->draft_max;
+    else if (a == 0) r->k_cur = r->k_cur > 1 ? r->k_cur / 2 : 1;
+    else if (r->k_cur > 1) r->k_cur--;
+    if (a == 0) {
+        if (r->misses < 4) r->misses++;
+        r->skip = 1 << r->misses;
+    } else {
+        r->misses = 0;
+    }
+}
 
 /* ------------------------------------------------------------------- step */
 
@@ -238,7 +305,11 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
     const int32_t budget = e->p.n_batch;
     int32_t n = 0;
 
-    /* one decode token per decoding sequence (slot order) */
+    /* one decode token per decoding sequence (slot order), each followed by
+     * its drafts while the budget leaves one token for every other decoder */
+    int32_t spare = budget;
+    for (int32_t s = 0; s < e->p.n_seq; s++)
+        if (e->seq_req[s] >= 0 && e->req[e->seq_req[s]].state == R_DECODE) spare--;
     for (int32_t s = 0; s < e->p.n_seq && n < budget; s++) {
         const int32_t ri = e->seq_req[s];
         if (ri < 0 || e->req[ri].state != R_DECODE) continue;
@@ -246,6 +317,22 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         const int32_t p = g4_kvc_seq_len(e->kv, s);
         e->tok[n] = r->last; e->pos[n] = p; e->seq[n] = s; e->ridx[n] = ri; e->want[n] = 1;
         n++;
+        r->n_draft = 0;
+        if (!r->hist) continue;
+        if (r->skip > 0) { r->skip--; continue; }
+        /* a step yields at most n_draft + 1 tokens: within max_tokens and n_max */
+        int32_t k = r->k_cur;
+        if (k > spare) k = spare;
+        if (k > r->max_tokens - r->st.n_generated - 1) k = r->max_tokens - r->st.n_generated - 1;
+        if (k > r->n_max - p - 1) k = r->n_max - p - 1;
+        if (k <= 0) continue;
+        const int32_t nd = lookup_draft(r->hist, r->n_hist, r->draft_ngram, k, e->tok + n);
+        for (int32_t i = 0; i < nd; i++) {
+            e->pos[n] = p + 1 + i; e->seq[n] = s; e->ridx[n] = ri; e->want[n] = 1;
+            n++;
+        }
+        r->n_draft = nd;
+        spare -= nd;
     }
     /* then prompt chunks, oldest admission first */
     for (;;) {
@@ -273,6 +360,15 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         }
     }
     if (n == 0) return G4_OK;
+    int32_t rows = 0;
+    for (int32_t t = 0; t < n; t++) rows += e->want[t] != 0;
+    const size_t V_ = (size_t)g4_model_n_vocab(e->m);
+    if (rows > e->logits_rows) {
+        float *lg = realloc(e->logits, sizeof(float) * V_ * (size_t)rows);
+        if (!lg) return g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory for %d logits rows", rows);
+        e->logits = lg;
+        e->logits_rows = rows;
+    }
 
     /* blocks for every position written, per sequence (its tokens are consecutive) */
     for (int32_t t = 0; t < n;) {
@@ -289,43 +385,63 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
     e->tokens += (uint64_t)n;
     const double t_now = now_ms();
 
-    /* commit, then sample each sequence that has logits */
+    /* commit, then sample each sequence that has logits (a sequence's tokens
+     * are consecutive in the batch) */
     const g4_tokenizer *tk = g4_model_tokenizer(e->m);
     const int32_t V = g4_model_n_vocab(e->m), n_ctx = g4_model_n_ctx(e->m);
     int32_t row = 0;
-    for (int32_t t = 0; t < n; t++) {
+    for (int32_t t = 0; t < n;) {
+        int32_t u = t;
+        while (u < n && e->seq[u] == e->seq[t]) u++;
         request *r = &e->req[e->ridx[t]];
-        const int last_of_seq = t + 1 == n || e->seq[t + 1] != e->seq[t];
-        if (r->state == R_PREFILL) { r->n_done++; e->prompt_tokens++; }
-        if (last_of_seq) g4_kvc_seq_commit(e->kv, e->seq[t], e->pos[t] + 1);
-        if (!e->want[t]) continue;
-        float *lg = e->logits + (size_t)row++ * (size_t)V;
-        if (r->state == R_PREFILL) {
+        const int prefill = r->state == R_PREFILL;
+        if (prefill) {
+            r->n_done += u - t;
+            e->prompt_tokens += (uint64_t)(u - t);
+            g4_kvc_seq_commit(e->kv, e->seq[t], e->pos[u - 1] + 1);
+            if (!e->want[u - 1]) { t = u; continue; }
             r->state = R_DECODE;
             r->t_first = t_now;
             r->st.prefill_ms = t_now - r->t_admit;
-        } else {
-            r->st.n_decode++;
         }
-        r->st.decode_ms = t_now - r->t_first;
-        const int32_t id = g4_sample(&r->sampler, lg, V);
-        if (id < 0) return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
-        g4_event *ev = &events[(*n_events)++];
-        ev->id = r->id;
-        ev->token = -1;
-        ev->finish = G4_FINISH_NONE;
-        if (g4_tokenizer_is_eog(tk, id)) {
-            ev->finish = G4_FINISH_STOP;
-        } else {
-            ev->token = id;
-            r->last = id;
-            r->st.n_generated++;
-            e->generated_tokens++;
-            if (r->st.n_generated >= r->max_tokens || e->pos[t] + 1 >= n_ctx || e->pos[t] + 1 >= r->n_max)
-                ev->finish = G4_FINISH_LENGTH;
+        /* rows: the last prompt token's (prefill), or [last, d1..dk] (decode):
+         * token i is yielded, and row i + 1 is looked at while it equals d_{i+1} */
+        const int32_t nd = prefill ? 0 : r->n_draft, t0 = prefill ? u - 1 : t;
+        r->st.n_drafted += nd;
+        r->st.n_draft_steps += nd > 0;
+        int32_t i = 0, fin = G4_FINISH_NONE;
+        for (;; i++) {
+            float *lg = e->logits + (size_t)row++ * (size_t)V;
+            if (!prefill) r->st.n_decode++;
+            r->st.decode_ms = t_now - r->t_first;
+            const int32_t id = g4_sample(&r->sampler, lg, V);
+            if (id < 0) return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
+            g4_event *ev = &events[(*n_events)++];
+            ev->id = r->id;
+            ev->token = -1;
+            if (g4_tokenizer_is_eog(tk, id)) {
+                fin = G4_FINISH_STOP;
+            } else {
+                ev->token = id;
+                r->last = id;
+                if (r->hist) r->hist[r->n_hist++] = id;
+                r->st.n_generated++;
+                e->generated_tokens++;
+                const int32_t at = e->pos[t0 + i];
+                if (r->st.n_generated >= r->max_tokens || at + 1 >= n_ctx || at + 1 >= r->n_max)
+                    fin = G4_FINISH_LENGTH;
+            }
+            const int go_on = !fin && i < nd && id == e->tok[t0 + i + 1];
+            if (go_on) r->st.n_accepted++;
+            ev->finish = fin;
+            ev->stats = r->st;
+            if (!go_on) break;
         }
-        ev->stats = r->st;
-        if (ev->finish != G4_FINISH_NONE) finish(e, r);
+        row += prefill ? 0 : (u - t) - (i + 1);   /* rows of drafts after the first rejected one */
+        if (nd > 0) adapt_draft(r, nd, i);
+        if (!prefill) g4_kvc_seq_commit(e->kv, e->seq[t], e->pos[t] + i + 1);
+        if (fin != G4_FINISH_NONE) finish(e, r);
+        t = u;
     }
     return G4_OK;
 }

@@ -13,11 +13,32 @@
  * decoding, one token per step -> finished (end-of-generation token,
  * max_tokens, context full) or cancelled. Every exit returns its blocks.
  *
- * Each step (g4_engine_step): one decode token for every decoding sequence,
- * then prompt tokens of prefilling sequences in admission order up to the
+ * Each step (g4_engine_step): one decode token for every decoding sequence
+ * (plus its draft tokens when it speculates, below), then prompt tokens of prefilling sequences in admission order up to the
  * step's token budget (chunked prefill: a long prompt does not stall the
  * others' streams), one batched forward, one sample per sequence whose
  * logits were computed.
+ *
+ * Speculative decoding by prompt lookup (a request's draft_max > 0; greedy
+ * requests only): before its decode token the engine looks the last n tokens
+ * of the request's history (prompt + generated) up earlier in that history,
+ * n = draft_ngram down to 1, most recent match first, and proposes the up to
+ * k tokens that followed the match as drafts (Saxena 2023, "Prompt Lookup
+ * Decoding"; transformers' prompt_lookup_num_tokens). [last, d1..dk] run in
+ * the step's forward with logits for all k + 1; d_i is accepted while it
+ * equals the argmax after d_{i-1} (Leviathan et al. 2023, greedy case), so
+ * the step yields the accepted drafts plus the model's own next token, the
+ * same tokens plain greedy decoding gives. The sequence's KV length is
+ * committed past the accepted tokens only; rejected drafts' rows are
+ * overwritten by the next step (its prepare starts there), and
+ * sliding-window blocks are released by the committed length, so nothing a
+ * later query needs was freed. k adapts per request (transformers'
+ * "heuristic" schedule: +2 after a fully accepted draft, -1 otherwise; halved
+ * when nothing was accepted), and after a draft with nothing accepted the
+ * request drafts no more for 2, 4, .. 16 steps, so drafts that are always
+ * rejected end up as one token every 17 steps.
+ * Sampled requests (temperature > 0) do not draft (the rejection-sampling
+ * rule for them is not implemented).
  *
  * Not thread-safe: the caller serialises every call on an engine (and on
  * its model: g4_model_forward shares the architecture's scratch).
@@ -47,7 +68,12 @@ typedef struct g4_request_params {
     int32_t top_k;          /* <= 0: off */
     float top_p;            /* >= 1: off */
     uint64_t seed;
+    int32_t draft_max;      /* prompt-lookup draft tokens per step at most, 0..G4_DRAFT_MAX;
+                               0: no speculation (ignored when temperature > 0) */
+    int32_t draft_ngram;    /* n-gram size matched (1..16) when draft_max > 0 */
 } g4_request_params;
+
+#define G4_DRAFT_MAX 32     /* draft tokens per request and step at most */
 
 typedef struct g4_request_stats {
     int32_t n_prompt, n_cached;  /* prompt tokens, of them reused from the prefix cache */
@@ -55,7 +81,11 @@ typedef struct g4_request_stats {
     double queue_ms;             /* submit -> admission */
     double prefill_ms;           /* admission -> first token */
     double decode_ms;            /* first token -> this event */
-    int32_t n_decode;            /* decode steps after the first token */
+    int32_t n_decode;            /* tokens sampled in decode steps after the first token
+                                    (one per step, more when drafts were accepted) */
+    int32_t n_drafted;           /* draft tokens proposed (prompt lookup) */
+    int32_t n_accepted;          /* of them, accepted (each is a generated token) */
+    int32_t n_draft_steps;       /* decode steps that carried drafts */
 } g4_request_stats;
 
 /* One step's news about a request: a token (>= 0), and/or the end
@@ -76,7 +106,8 @@ g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err)
 void g4_engine_free(g4_engine *e);
 
 /* Queue a request (the prompt is copied). Returns its id (> 0), or -1 with
- * err: G4_ERR_INVALID (empty prompt, id outside the vocab, max_tokens < 1),
+ * err: G4_ERR_INVALID (empty prompt, id outside the vocab, max_tokens < 1,
+ * draft_max outside 0..G4_DRAFT_MAX, draft_ngram outside 1..16 with drafts),
  * G4_ERR_LIMIT (prompt + 1 longer than the context; or the waiting queue is
  * full: err->msg starts with "queue full"). */
 int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, const g4_request_params *rp,
@@ -87,7 +118,8 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
 int g4_engine_cancel(g4_engine *e, int64_t id);
 
 /* Run one step. events[0..*n_events) receive what happened (at most
- * g4_engine_max_events()). Nothing to do: *n_events = 0 and no forward. */
+ * g4_engine_max_events(): a speculating request gets one event per token it
+ * yields, in order). Nothing to do: *n_events = 0 and no forward. */
 g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_err *err);
 int32_t g4_engine_max_events(const g4_engine *e);
 

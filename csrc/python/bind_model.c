@@ -667,12 +667,14 @@ static PyObject *Engine_close(EngineObject *self, PyObject *unused) {
 }
 
 static PyObject *Engine_submit(EngineObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed", NULL};
+    static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed",
+                             "draft_max", "draft_ngram", NULL};
     PyObject *seq;
-    g4_request_params rp = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0 };
+    g4_request_params rp = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0,
+                             .draft_max = 0, .draft_ngram = 3 };
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififK:submit", kwlist, &seq, &rp.max_tokens, &rp.temperature,
-                                     &rp.top_k, &rp.top_p, &seed))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififKii:submit", kwlist, &seq, &rp.max_tokens, &rp.temperature,
+                                     &rp.top_k, &rp.top_p, &seed, &rp.draft_max, &rp.draft_ngram))
         return NULL;
     rp.seed = seed;
     Py_ssize_t n;
@@ -713,8 +715,9 @@ static PyObject *Engine_step(EngineObject *self, PyObject *unused) {
     for (int32_t i = 0; i < n; i++) {
         const g4_event *ev = &self->events[i];
         const g4_request_stats *s = &ev->stats;
-        PyObject *t = Py_BuildValue("(Liiiiiddd)", (long long)ev->id, ev->token, ev->finish, s->n_prompt,
-                                    s->n_cached, s->n_decode, s->queue_ms, s->prefill_ms, s->decode_ms);
+        PyObject *t = Py_BuildValue("(Liiiiidddiii)", (long long)ev->id, ev->token, ev->finish, s->n_prompt,
+                                    s->n_cached, s->n_decode, s->queue_ms, s->prefill_ms, s->decode_ms,
+                                    s->n_drafted, s->n_accepted, s->n_draft_steps);
         if (!t) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, i, t);
     }
@@ -756,14 +759,19 @@ static PyObject *Engine_seq_kv_bytes(EngineObject *self, PyObject *arg) {
 
 static PyMethodDef Engine_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))Engine_submit, METH_VARARGS | METH_KEYWORDS,
-     "submit(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0) -> int id.\n"
+     "submit(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0, draft_max=0,\n"
+     "draft_ngram=3) -> int id. draft_max > 0: speculative decoding by prompt lookup (up to draft_max\n"
+     "tokens per step copied after the last draft_ngram..1 tokens' latest earlier match; greedy requests\n"
+     "only, output unchanged; csrc/engine/engine.h).\n"
      "LimitError when the prompt leaves no room in the context or the waiting queue is full\n"
      "(message starts with 'queue full'); ValueError for ids outside the vocabulary."},
     {"cancel", (PyCFunction)Engine_cancel, METH_O, "cancel(id) -> bool: stop a request, its KV blocks freed now"},
     {"step", (PyCFunction)Engine_step, METH_NOARGS,
-     "step() -> list of (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms):\n"
-     "one scheduling step and batched forward with the GIL released. token -1: none; finish 0 running,\n"
-     "1 end-of-generation token, 2 length. [] when there was nothing to run."},
+     "step() -> list of (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms,\n"
+     "n_drafted, n_accepted, n_draft_steps): one scheduling step and batched forward with the GIL released. token -1:\n"
+     "none; finish 0 running, 1 end-of-generation token, 2 length. n_decode: tokens sampled after the\n"
+     "first; a speculating request may get several events (tokens in order) per step. [] when there was\n"
+     "nothing to run."},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS,
      "stats() -> dict: running/waiting requests, steps, KV blocks total/used/free/shared/cached/reserved,\n"
      "kv_bytes, prefix_queried_tokens / prefix_hit_tokens (the prefix cache's hit rate), kv_type"},

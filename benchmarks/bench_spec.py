@@ -1,0 +1,133 @@
+"""Speculative decoding by prompt lookup (issue 15): tokens/s with and without drafts.
+
+    python benchmarks/bench_spec.py                        # the real Gemma 3 270M, both tasks
+    python benchmarks/bench_spec.py --model m.gguf --max-tokens 128 --reps 3 --draft-max 8 \\
+        --draft-ngram 3 --out benchmarks/results/spec-270m.json
+
+Tasks, each run greedily (temperature 0) by Model(path) and Model(path, draft="ngram"):
+- extraction: an invoice-like document (~600 tokens) and an instruction to copy some of its
+  lines: the answer quotes the prompt, where prompt lookup pays;
+- free: a short story opening continued freely: drafts come only from the text's own
+  repetitions, so this measures what drafts cost when they rarely match.
+
+One warm-up run per task and mode is not counted; then --reps runs, prefix cache off (every
+run prefills the whole prompt). Reported per task and mode (medians over the reps):
+- decode tokens/s: GenerationStats.decode_tokens_per_s, the tokens after the first / the time
+  of the decode steps (what speculation speeds up);
+- end-to-end tokens/s: completion tokens / wall time of the generate() call (prefill included);
+- acceptance rate: accepted / drafted tokens; mean draft length: drafted tokens / decode steps
+  that carried drafts; tokens per decode step: (completion - 1) / decode steps;
+- speed-up: drafted decode tokens/s / plain decode tokens/s, and whether the output is identical
+  (it must be; a difference is reported, not hidden).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from gemma4stack import Model
+
+_ROWS = [("Harbor Street Bakery", "14 Harbor Street, Portsmouth", "Maria Delgado", "rye flour", 40, 2.10),
+         ("Northgate Hardware", "2 Mill Lane, Leeds", "Owen Price", "steel hinges", 300, 0.45),
+         ("Lakeside Clinic", "88 Shore Road, Keswick", "Dr. Anna Kerr", "nitrile gloves", 50, 7.80),
+         ("Blue Fern Cafe", "5 Market Square, Bath", "Tom Hughes", "espresso beans", 25, 18.00),
+         ("Riverside School", "1 College Way, Exeter", "Priya Shah", "A4 paper reams", 120, 3.25),
+         ("Oak & Iron Joinery", "17 Forge Street, York", "Liam Walsh", "oak boards", 64, 12.40)]
+
+
+def extraction_prompt() -> str:
+    """Six invoices, then a request to copy two of them: an answer that quotes the prompt."""
+    docs = []
+    for i, (cust, addr, who, item, qty, price) in enumerate(_ROWS):
+        mail = who.lower().replace("dr. ", "").replace(" ", ".") + "@example.com"
+        docs.append(f"Invoice 2024-{117 + i}\nCustomer: {cust}, {addr}\nContact: {who} ({mail})\n"
+                    f"Items: {qty} units of {item} at {price:.2f} each, total {qty * price:.2f}\n"
+                    f"Due date: {10 + i} July 2024\nPayment: bank transfer, reference INV-2024-{117 + i}\n")
+    return ("\n".join(docs) + "\nCopy invoices 2024-119 and 2024-121 above exactly, line by line.\n\n"
+            "Invoice 2024-119\n")
+
+
+FREE_PROMPT = "Once upon a time, in a small village at the edge of a great forest, there lived"
+
+
+def run(path: str, prompt: str, draft: str | None, args) -> dict:
+    with Model(path, threads=args.threads, context=args.context, prefix_cache=False, draft=draft,
+               draft_max=args.draft_max, draft_ngram=args.draft_ngram) as m:
+        m.generate(prompt, max_tokens=args.max_tokens, temperature=0)     # warm-up
+        runs = []
+        text = None
+        for _ in range(args.reps):
+            t0 = time.perf_counter()
+            text = m.generate(prompt, max_tokens=args.max_tokens, temperature=0)
+            wall = time.perf_counter() - t0
+            s = m.last_stats
+            runs.append(dict(decode_tps=s.decode_tokens_per_s, e2e_tps=s.completion_tokens / wall,
+                             completion=s.completion_tokens, drafted=s.draft_tokens,
+                             accepted=s.accepted_tokens, draft_steps=s.draft_steps,
+                             decode_ms=s.decode_ms, prompt_tokens=s.prompt_tokens))
+    med = {k: statistics.median(r[k] for r in runs) for k in ("decode_tps", "e2e_tps")}
+    last = runs[-1]
+    drafted, accepted, dsteps = last["drafted"], last["accepted"], last["draft_steps"]
+    # decode steps = tokens after the first - accepted drafts (each step yields 1 + its accepted)
+    steps = last["completion"] - 1 - accepted
+    return dict(mode=draft or "plain", prompt_tokens=last["prompt_tokens"], completion_tokens=last["completion"],
+                decode_tokens_per_s=med["decode_tps"], e2e_tokens_per_s=med["e2e_tps"],
+                drafted=drafted, accepted=accepted,
+                acceptance_rate=accepted / drafted if drafted else None,
+                mean_draft_length=drafted / dsteps if dsteps else None,
+                tokens_per_decode_step=(last["completion"] - 1) / steps if steps > 0 else None,
+                runs=runs, text=text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=None, help="GGUF (default: the real Gemma 3 270M, from PyPI)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--context", type=int, default=2048)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--draft-max", type=int, default=8)
+    ap.add_argument("--draft-ngram", type=int, default=3)
+    ap.add_argument("--tasks", default="extraction,free")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    path = args.model
+    if path is None:
+        from gemma4stack.testmodels import gemma3_270m
+        path = str(gemma3_270m(progress=False))
+    prompts = {"extraction": extraction_prompt(), "free": FREE_PROMPT}
+    results = {"model": os.path.basename(path), "machine": platform.processor() or platform.machine(),
+               "threads": args.threads, "max_tokens": args.max_tokens, "draft_max": args.draft_max,
+               "draft_ngram": args.draft_ngram, "tasks": {}}
+    print("| task | mode | decode tok/s | end-to-end tok/s | drafted | accepted | acceptance | "
+          "mean draft | tokens/step | speed-up | identical |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for task in args.tasks.split(","):
+        plain = run(path, prompts[task], None, args)
+        spec = run(path, prompts[task], "ngram", args)
+        spec["speedup"] = spec["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
+        spec["identical"] = spec["text"] == plain["text"]
+        results["tasks"][task] = {"plain": plain, "ngram": spec}
+
+        def f(x, fmt="{:.2f}"):
+            return "-" if x is None else fmt.format(x)
+        for r in (plain, spec):
+            print(f"| {task} | {r['mode']} | {r['decode_tokens_per_s']:.1f} | {r['e2e_tokens_per_s']:.1f} | "
+                  f"{r['drafted']} | {r['accepted']} | {f(r['acceptance_rate'])} | "
+                  f"{f(r['mean_draft_length'])} | {f(r['tokens_per_decode_step'])} | "
+                  f"{f(r.get('speedup'), '{:.2f}x')} | {r.get('identical', '')} |")
+        sys.stdout.flush()
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0 if all(t["ngram"]["identical"] for t in results["tasks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
