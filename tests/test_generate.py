@@ -98,7 +98,7 @@ def test_utf8_split_across_byte_tokens_is_emitted_whole(m260k):
     ids = [byte(0xC3), byte(0xA9), 403, byte(0xE2), byte(0x82), byte(0xAC), byte(0x21)]
 
     class FakeGen:            # an engine request's interface, replaying fixed ids
-        last = (1, ids[-1], 2, 1, 0, len(ids) - 1, 0.0, 1.0, 1.0)   # the last event: length
+        last = (1, ids[-1], 2, 1, 0, len(ids) - 1, 0.0, 1.0, 1.0, 0, 0, 0)   # the last event: length
 
         def tokens(self):
             return iter(ids)

@@ -40,6 +40,11 @@ LANGUAGES = {"python", "sh", "toml", "text"}
 # command prefix -> why it does not run here. Keep it short: each entry is a README example
 # that no test exercises as written.
 SKIP = {
+    "apt-get install": "installs Debian packages (root); `make test` installs the same ones",
+    "python3 -m venv": "makes a virtual environment: tests/test_packaging.py (`make "
+                       "test-packaging`) installs the sdist into fresh ones",
+    "pip install": "would install into the environment running these tests; "
+                   "tests/test_packaging.py installs the sdist into fresh virtual environments",
     "make demo": "sets the machine up (apt-get, `pip install -e .`); CI's `make test` runs the "
                  "same setup, and `gemma4stack quickstart` is tested in test_quickstart.py",
     "make test": "is the CI run itself",
