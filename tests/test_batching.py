@@ -264,3 +264,18 @@ def test_real_gemma3_270m_batched_decode_matches_alone(gemma3_270m_path):
         prompts = [m.tokenize(t) for t in texts]
     ties = check_batch_matches_alone(gemma3_270m_path, prompts, max_tokens=24, threads=2)
     print("gemma3-270m", ties)
+
+
+def test_real_gemma3_270m_reuses_a_prefix_longer_than_its_window(gemma3_270m_path):
+    """Gemma 3's sliding layers (window 512) need the window before the first new position:
+    a 1,000-token shared prefix answered with 128 tokens, then the same prefix with another
+    question reuses the prefix's whole blocks, also with parallel=1 (the pool keeps a window
+    of sliding blocks beyond what one sequence holds)."""
+    base = "Notes: " + " ".join(f"item {i} is {i * 7 % 13}." for i in range(160))
+    with Model(gemma3_270m_path, threads=2, parallel=1, context=2048) as m:
+        n = len(m.tokenize(base))
+        assert n > 600
+        m.generate(base + " Question: what is item 3?", max_tokens=128, temperature=0)
+        m.generate(base + " Question: what is item 9?", max_tokens=8, temperature=0)
+        assert m.last_stats.cached_tokens >= (n - 1) // 32 * 32 - 32
+        _idle(m)

@@ -258,8 +258,10 @@ def test_kv_cache_is_shaped_per_layer_type(g4):
     sizes = {}
     for ctx in (256, 2048):
         with Model(files["f32"], threads=1, context=ctx) as m:
-            sizes[ctx] = m.memory()
-            assert sizes[ctx]["kv_bytes"] == sizes[ctx]["kv_bytes_per_sequence"]   # parallel=1
+            mem = m.memory()
+            sizes[ctx] = {"kv_bytes": mem["kv_bytes_per_sequence"]}
+            # the pool of parallel=1 also keeps one window of sliding blocks for prefix reuse
+            assert mem["kv_bytes"] >= mem["kv_bytes_per_sequence"]
     grow = sizes[2048]["kv_bytes"] - sizes[256]["kv_bytes"]
     assert grow == (2048 - 256) * glob                      # only global layers grow
     ring = (sizes[256]["kv_bytes"] - 256 * glob) / slid     # positions per sliding layer

@@ -48,5 +48,6 @@ def test_model_kv_per_sequence_equals_recommend(tmp_path, name, layers):
             with Model(path, threads=1, context=ctx, kv_cache=kv, parallel=2) as m:
                 mem = m.memory()
                 assert mem["kv_bytes_per_sequence"] == kv_cache_bytes(v, ctx, kv), (ctx, kv)
-                assert mem["kv_bytes"] == 2 * mem["kv_bytes_per_sequence"]      # parallel 2
+                # parallel 2: two sequences, plus a window of sliding blocks each (prefix reuse)
+                assert mem["kv_bytes"] >= 2 * mem["kv_bytes_per_sequence"]
     assert KV_BATCH_TOKENS == Model(path, threads=1, context=64).stats().batch_tokens

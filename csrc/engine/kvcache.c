@@ -275,13 +275,25 @@ g4_kvcache *g4_kvc_create(const g4_kv_layer *layers, int n_layers, const g4_kvc_
     }
     /* the pool: split the bytes between groups as one sequence needs them */
     const int32_t n_batch_eff = kv->keep_window ? kv->n_ctx : kv->n_batch;
-    uint64_t per_seq = 0;
-    int32_t cap[2];
+    /* A sliding-window group also gets, per sequence, one window of blocks beyond what a
+     * sequence holds at once: a finished prompt's window blocks then outlive the blocks
+     * its own generation takes, so the next request with that prefix finds the window
+     * before its first new position (prefix reuse needs it; without the slack, a
+     * one-sequence pool evicted it as soon as the answer ran past the window's start). */
+    uint64_t per_seq = 0, per_seq_pool = 0;
+    int32_t cap[2], share_blocks[2];
     for (int gi = 0; gi < kv->n_groups; gi++) {
         cap[gi] = seq_cap(kv->g[gi].window, kv->n_ctx, n_batch_eff);
+        share_blocks[gi] = cap[gi];
+        if (kv->g[gi].window > 0 && !kv->keep_window) {
+            share_blocks[gi] += ceil_div(kv->g[gi].window, BS);
+            const int32_t all = ceil_div(kv->n_ctx, BS);
+            if (share_blocks[gi] > all) share_blocks[gi] = all > cap[gi] ? all : cap[gi];
+        }
         per_seq += blk_bytes[gi] * (uint64_t)cap[gi];
+        per_seq_pool += blk_bytes[gi] * (uint64_t)share_blocks[gi];
     }
-    const uint64_t bytes = p->bytes ? p->bytes : per_seq * (uint64_t)p->n_seq;
+    const uint64_t bytes = p->bytes ? p->bytes : per_seq_pool * (uint64_t)p->n_seq;
     if (bytes < per_seq) {
         g4_err_set(err, G4_ERR_LIMIT, "KV cache: %llu bytes do not hold one sequence of %d positions (%llu bytes)",
                    (unsigned long long)bytes, p->n_ctx, (unsigned long long)per_seq);
@@ -290,7 +302,7 @@ g4_kvcache *g4_kvc_create(const g4_kv_layer *layers, int n_layers, const g4_kvc_
     }
     for (int gi = 0; gi < kv->n_groups; gi++) {
         kv_group *g = &kv->g[gi];
-        const double share = (double)(blk_bytes[gi] * (uint64_t)cap[gi]) / (double)per_seq;
+        const double share = (double)(blk_bytes[gi] * (uint64_t)share_blocks[gi]) / (double)per_seq_pool;
         g->n_blocks = (int32_t)((double)bytes * share / (double)blk_bytes[gi]);
         if (g->n_blocks < cap[gi]) g->n_blocks = cap[gi];
         g->block_bytes = blk_bytes[gi];

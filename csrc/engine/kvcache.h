@@ -55,7 +55,8 @@ typedef struct g4_kvc_params {
     int32_t n_ctx;              /* positions per sequence at most */
     int32_t n_batch;            /* positions one sequence writes in one step at most */
     int type;                   /* G4_KV_F16, G4_KV_Q8_0 or G4_KV_F32 */
-    uint64_t bytes;             /* pool size; 0: n_seq sequences of n_ctx positions */
+    uint64_t bytes;             /* pool size; 0: n_seq sequences of n_ctx positions, plus one
+                                   window of sliding-window blocks per sequence (prefix reuse) */
     int n_threads;              /* attention scratch per thread */
     int keep_window;            /* nonzero: sliding-window blocks are never freed early
                                    (a single-sequence cache that may be rewound anywhere) */
