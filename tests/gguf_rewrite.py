@@ -18,6 +18,20 @@ import gguf
 TensorEdit = Callable[[str, np.ndarray], "np.ndarray | list[tuple[str, np.ndarray]] | None"]
 
 
+def copy_keys(r: gguf.GGUFReader, w: gguf.GGUFWriter, skip: Iterable[str] = ()) -> None:
+    """Every key of r but skip (and the reader's GGUF.* and general.architecture, which the
+    writer sets) into w, with its GGUF value type."""
+    skip = set(skip)
+    for name, f in r.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name in skip:
+            continue
+        vt = f.types[0]
+        if vt == gguf.GGUFValueType.ARRAY:
+            w.add_key_value(name, f.contents(), vt, sub_type=f.types[-1])
+        else:
+            w.add_key_value(name, f.contents(), vt)
+
+
 def rewrite(src: str | Path, dst: str | Path, drop_keys: Iterable[str] = (),
             set_keys: dict[str, tuple[object, gguf.GGUFValueType]] | None = None,
             tensors: TensorEdit | None = None) -> Path:
@@ -27,15 +41,7 @@ def rewrite(src: str | Path, dst: str | Path, drop_keys: Iterable[str] = (),
     r = gguf.GGUFReader(str(src))
     arch = r.fields["general.architecture"].contents()
     w = gguf.GGUFWriter(str(dst), arch)
-    drop = set(drop_keys) | set(set_keys or {})
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture" or name in drop:
-            continue
-        vt = f.types[0]
-        if vt == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(name, f.contents(), vt, sub_type=f.types[-1])
-        else:
-            w.add_key_value(name, f.contents(), vt)
+    copy_keys(r, w, set(drop_keys) | set(set_keys or {}))
     for name, (val, vt) in (set_keys or {}).items():
         w.add_key_value(name, val, vt)
     for t in r.tensors:

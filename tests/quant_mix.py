@@ -22,6 +22,7 @@ import gguf
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 import gemma4_ref as R
+from gguf_rewrite import copy_keys
 from test_kernels import NEW_QTYPES, random_weights
 
 S, F = "sliding_attention", "full_attention"
@@ -42,18 +43,6 @@ def _blocks_like(rng: np.random.Generator, qtype: T, rows: int, cols: int, sigma
     rng.bit_generator.state = state              # the same payload bytes, scales times sigma/s0
     w = random_weights(rng, qtype, rows, cols, mag=sigma / s0)
     return np.frombuffer(w, np.uint8).reshape(rows, -1)
-
-
-def _copy_kv(r: gguf.GGUFReader, w: gguf.GGUFWriter, skip: set[str] = frozenset()) -> None:
-    """Every key of r except skip into w, with its GGUF value type."""
-    for name, f in r.fields.items():
-        if name.startswith("GGUF.") or name == "general.architecture" or name in skip:
-            continue
-        vt = f.types[0]
-        if vt == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(name, f.contents(), vt, sub_type=f.types[-1])
-        else:
-            w.add_key_value(name, f.contents(), vt)
 
 
 def _add_raw(w: gguf.GGUFWriter, t) -> None:
@@ -78,7 +67,7 @@ def build_mixed(d: Path, seed: int = 3) -> tuple[Path, dict[str, T]]:
     r = gguf.GGUFReader(str(f32))
     out = d / "mixed.gguf"
     w = gguf.GGUFWriter(str(out), r.fields["general.architecture"].contents())
-    _copy_kv(r, w)
+    copy_keys(r, w)
     rng = np.random.default_rng(seed)
     types: dict[str, T] = {}
     k = 0
@@ -114,7 +103,7 @@ def split(src: Path, out_dir: Path, n: int) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     w = gguf.GGUFWriter(str(out_dir / src.name), r.fields["general.architecture"].contents(),
                         split_max_tensors=per)
-    _copy_kv(r, w)
+    copy_keys(r, w)
     for t in r.tensors:
         _add_raw(w, t)
     w.write_header_to_file()

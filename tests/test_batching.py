@@ -279,3 +279,20 @@ def test_real_gemma3_270m_reuses_a_prefix_longer_than_its_window(gemma3_270m_pat
         m.generate(base + " Question: what is item 9?", max_tokens=8, temperature=0)
         assert m.last_stats.cached_tokens >= (n - 1) // 32 * 32 - 32
         _idle(m)
+
+
+def test_bad_requests_to_the_engine_are_clear_errors(tiny_path):
+    """Ids outside the vocabulary, prompts longer than the context, bad sampling arguments:
+    ValueError / LimitError naming the problem, and the engine serves on."""
+    from gemma4stack import LimitError
+    with Model(tiny_path, parallel=2, context=64) as m:
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            m._submit([1, 10**6], (4, 0.0, 0, 1.0, 0, []))
+        with pytest.raises(LimitError, match="longer than the context"):
+            m.generate("Once upon a time " * 40, max_tokens=4)
+        with pytest.raises(ValueError, match="temperature"):
+            m.generate("Once", temperature=-1)
+        with pytest.raises(ValueError, match="batch_tokens"):
+            Model(tiny_path, batch_tokens=0)
+        assert m.generate("Once upon a time", max_tokens=8, temperature=0)
+        _idle(m)

@@ -99,7 +99,7 @@ def _rewrite_split_keys(src, dst, **keys):
     r = gguf.GGUFReader(str(src))
     w = gguf.GGUFWriter(str(dst), r.fields["general.architecture"].contents()
                         if "general.architecture" in r.fields else "llama")
-    quant_mix._copy_kv(r, w, skip=set(keys))
+    quant_mix.copy_keys(r, w, set(keys))
     for name, (v, vt) in keys.items():
         w.add_key_value(name, v, vt)
     for t in r.tensors:
