@@ -2,9 +2,13 @@
 SGLang and llama.cpp; https://github.com/guidance-ai/llguidance).
 
     >>> from gemma4stack.constrain import Constraint
-    >>> c = Constraint.json_schema(model, {"type": "object", "properties": {...}})
+    >>> c = Constraint.for_request(model, json_schema={"type": "object", "properties": {...}})
     >>> for tok in model._core.generate_iter(ids, mask_fn=c.mask_fn, ...):
     ...     c.advance(tok)
+
+(Model.chat / Model.generate run constrained requests in the batching engine instead:
+gemma4stack.model._Scheduler advances each request's Constraint after every step and hands
+its next mask to the engine with Engine.set_mask.)
 
 The llguidance tokenizer is built from the GGUF's own token list (the model's tokenizer,
 not a Hugging Face one): each token's bytes as the C core renders them (csrc/tokenizer:
@@ -14,9 +18,10 @@ prefix), so a Lark grammar names them as <|tool_call> etc. Text is tokenized by 
 model's tokenizer (for llguidance's forced-token and canonicality logic).
 
 Per step: mask_fn() -> numpy uint32 array of ceil(n_vocab / 32) words (bit i % 32 of word
-i / 32 set = token i allowed; the layout csrc/sample/sample.h's g4_sample_ex takes), or
-None once the grammar is finished and the matcher accepts only end-of-generation;
-advance(token) after each sampled token. Bad schemas and grammars raise ValueError naming
+i / 32 set = token i allowed; the layout csrc/sample/sample.h's g4_sample_ex and
+csrc/engine's g4_engine_set_mask take; once the grammar may end, the end-of-generation
+tokens are allowed too); advance(token) after each sampled token; .done once nothing more
+may follow. Bad schemas and grammars raise ValueError naming
 the problem (the gateway answers 400).
 """
 from __future__ import annotations
@@ -203,6 +208,15 @@ class Constraint:
         if self.matcher.is_error():
             raise ValueError(f"constrained decoding failed: {self.matcher.get_error()}")
         return buf
+
+    def mask_ready(self, timeout: float | None = 0.0) -> bool:
+        """Whether mask_fn() returns without waiting for the background computation, after
+        waiting for it up to timeout seconds (None: as long as it takes)."""
+        fut = self._next
+        if fut is None:
+            return True
+        from concurrent.futures import wait
+        return bool(wait([fut], timeout=timeout).done)
 
     def advance(self, token: int) -> None:
         """Feed the sampled token (then, with overlap, start the next mask). ValueError if
