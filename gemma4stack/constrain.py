@@ -159,12 +159,16 @@ _POOL = None
 
 
 def _pool():
-    """One background thread for the masks of the next step (see Constraint.advance)."""
+    """The background threads that compute next-step masks (see Constraint.advance): one per
+    CPU (at most 8). llguidance drops the GIL while it computes a mask, so the masks of the
+    sequences in one engine step are computed in parallel, between steps, while the cores
+    are otherwise idle (gemma4stack.model._Scheduler waits for them)."""
     global _POOL
     with _LOCK:
         if _POOL is None:
+            import os
             from concurrent.futures import ThreadPoolExecutor
-            _POOL = ThreadPoolExecutor(1, thread_name_prefix="g4-mask")
+            _POOL = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="g4-mask")
         return _POOL
 
 
@@ -174,8 +178,10 @@ class Constraint:
 
     overlap=True: advance() starts computing the next step's mask in a background thread,
     so that it runs while the C forward pass (which releases the GIL) computes the next
-    logits; mask_fn() then waits for it. Two mask buffers alternate, so the one the sampler
-    read is never the one being written."""
+    logits (the single-sequence loop, generate_iter(mask_fn=...)), or beside the other
+    sequences' masks (the batching engine, which needs the mask before its step); mask_fn()
+    then waits for it. Two mask buffers alternate, so the one the sampler read is never the
+    one being written."""
 
     def __init__(self, model, grammar: str, overlap: bool = True):
         from llguidance import LLMatcher
