@@ -233,15 +233,14 @@ class _Scheduler:
     thread; the C engine is serialised by the model's lock.
 
     Constrained requests (gemma4stack.constrain.Constraint, llguidance): after each step the
-    scheduler feeds each one's sampled token to its matcher (Constraint.advance, which starts
-    the next mask in a background thread) and, before the next step, hands the engine the
-    masks that are ready (Engine.set_mask). It waits for masks still being computed up to
-    half the last step's time (MASK_WAIT); a request whose mask is later than that sits the
-    step out (the engine skips it, csrc/engine/engine.h) and decodes in the next one, so one
-    slow grammar does not hold back the other sequences. When a matcher is complete its
-    request ends there with finish "stop" (cancelled in the engine)."""
-
-    MASK_WAIT = 0.5      # of the last step's duration
+    scheduler feeds each one's sampled token to its matcher (Constraint.advance) and, before
+    the next step, computes the next masks of all of them in one llguidance call (parallel,
+    GIL dropped: constrain.compute_masks) and hands them to the engine (Engine.set_mask).
+    A JSON-schema mask over a 262,144-token vocabulary takes tens of microseconds, so this
+    adds little to a step; the engine itself would let a request whose mask is late sit a
+    step out (csrc/engine/engine.h), which a caller computing masks elsewhere can use. When
+    a matcher is complete its request ends there with finish "stop" (cancelled in the
+    engine)."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -249,7 +248,6 @@ class _Scheduler:
         self.live: dict[int, _Request] = {}
         self.thread: threading.Thread | None = None
         self.closed = False
-        self.step_s = 0.0
 
     def submit(self, ids: list[int], max_tokens: int, temperature: float, top_k: int,
                top_p: float, seed: int, draft: tuple[int, int] = (0, 3),
@@ -257,7 +255,10 @@ class _Scheduler:
         """Queue a request. sampling: Engine.submit's sampler keywords (min_p, penalties,
         logit_bias, logprobs); constraint: a Constraint whose first mask is computed here,
         in the caller's thread. Raises QueueFullError, LimitError, ValueError."""
-        mask = constraint.mask_fn() if constraint is not None else None
+        mask = None
+        if constraint is not None:
+            constraint.overlap = False            # its masks are computed by _set_masks
+            mask = constraint.mask_fn()
         with self.cv:
             if self.closed:
                 raise ValueError("the model is closed")
@@ -289,7 +290,6 @@ class _Scheduler:
         self.engine.cancel(req.id)
 
     def _run(self) -> None:
-        block = False        # the last step ran nothing while masks were pending: wait for them
         while True:
             with self.cv:
                 while not self.live and not self.closed:
@@ -298,8 +298,7 @@ class _Scheduler:
                     return
                 pending = [r for r in self.live.values() if r.mask_pending]
             if pending:
-                self._set_masks(pending, block)
-            t = time.perf_counter()
+                self._set_masks(pending)
             try:
                 events = self.engine.step()
             except BaseException as e:            # a core error ends every live request
@@ -309,8 +308,6 @@ class _Scheduler:
                     self.engine.cancel(r.id)
                     r.q.put(e)
                 continue
-            self.step_s = time.perf_counter() - t
-            block = bool(pending) and not events
             handed: list[_Request] = []
             ended: list[int] = []
             with self.cv:
@@ -356,17 +353,15 @@ class _Scheduler:
         req.mask_pending = True
         return ev
 
-    def _set_masks(self, pending: list[_Request], block: bool) -> None:
-        """Hand the engine the next masks of constrained requests: those ready within
-        MASK_WAIT of the last step's time (block: all of them, however long they take). A
+    def _set_masks(self, pending: list[_Request]) -> None:
+        """Compute the next masks of constrained requests and hand them to the engine. A
         request whose mask fails ends with the error."""
-        deadline = time.perf_counter() + self.MASK_WAIT * self.step_s
-        for r in pending:
-            wait = None if block else max(0.0, deadline - time.perf_counter())
-            if not r.constraint.mask_ready(wait):
-                continue
+        from gemma4stack.constrain import compute_masks
+        for r, mask in zip(pending, compute_masks([r.constraint for r in pending])):
             try:
-                self.engine.set_mask(r.id, r.constraint.mask_fn())
+                if isinstance(mask, BaseException):
+                    raise mask
+                self.engine.set_mask(r.id, mask)
                 r.mask_pending = False
             except BaseException as e:            # noqa: BLE001 - handed to the consumer
                 with self.cv:
