@@ -837,12 +837,9 @@ def generate(model, prompt: str, *, json_schema: Any = None, regex: str | None =
 def local_options(extra: Mapping[str, Any], call: str) -> dict:
     """Keyword arguments for a local Model's chat() (call "chat") or generate() (call
     "completion": completions, and chats rendered without a template) from the request
-    fields the gateway forwards in GenRequest.extra (OpenAI names). RequestError (400) for
-    what a local tier cannot do (n > 1)."""
+    fields the gateway forwards in GenRequest.extra (OpenAI names). `n` is not among them:
+    the gateway's LocalBackend runs n choices as n requests in the engine."""
     kw: dict = {}
-    n = extra.get("n")
-    if n not in (None, 1):
-        raise RequestError("Only n=1 is supported by local tiers.", "n")
     for k in ("presence_penalty", "frequency_penalty", "min_p", "repeat_penalty", "repeat_last_n"):
         if extra.get(k) is not None:
             kw[k] = extra[k]

@@ -273,3 +273,55 @@ def test_bad_masks_and_sampler_arguments_are_clear_errors(llama):
     # through the Python API: a bad logit_bias is a ValueError at the call
     with pytest.raises(ValueError, match="outside the vocabulary"):
         llama.generate("Hi", max_tokens=2, logit_bias={10**6: 1.0})
+
+
+# ------------------------------------------------------------------ n > 1 on a local tier
+
+def test_gateway_local_tier_n_choices_run_as_engine_requests(synth_gemma4):
+    """n=3 on a local tier: three requests in the engine (choice i with seed + i, the prompt
+    prefilled once through the prefix cache), combined into one response and one stream."""
+    import openai
+
+    from gateway_fakes import ServerThread
+    from gemma4stack.gateway.app import create_app
+    from gemma4stack.gateway.config import parse_config
+
+    cfg = parse_config({"tiers": {"local": {"backend": "local", "model": str(synth_gemma4)}},
+                        "limits": {"requests_per_minute": 0, "tokens_per_minute": 0}})
+    loaded: list[Model] = []
+
+    def load(tier):
+        loaded.append(Model(synth_gemma4, threads=1, context=512, parallel=3))
+        return loaded[-1]
+    app = create_app(cfg, model_loader=load)
+    msgs = [{"role": "user", "content": "Tell me a story about a cat and a dog. " * 8}]   # > 2 KV blocks
+    with ServerThread(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
+        r = client.chat.completions.create(model="local", messages=msgs, n=3, seed=5,
+                                           temperature=1.0, max_tokens=8)
+        assert [c.index for c in r.choices] == [0, 1, 2]
+        assert all(c.finish_reason in ("stop", "length") and c.message.role == "assistant"
+                   for c in r.choices)
+        alone = [client.chat.completions.create(model="local", messages=msgs, seed=5 + i,
+                                                temperature=1.0, max_tokens=8)
+                 for i in range(3)]
+        assert [c.message.content for c in r.choices] == [a.choices[0].message.content for a in alone]
+        assert r.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+        m = loaded[0]
+        assert m.stats().prefix_hit_tokens > 0            # the shared prompt was reused
+        text: dict[int, str] = {}
+        finish: dict[int, str] = {}
+        for ch in client.chat.completions.create(model="local", messages=msgs, n=3, seed=5,
+                                                 temperature=1.0, max_tokens=8, stream=True):
+            for c in ch.choices:
+                text[c.index] = text.get(c.index, "") + (c.delta.content or "")
+                if c.finish_reason:
+                    finish[c.index] = c.finish_reason
+        assert [text[i] for i in range(3)] == [c.message.content for c in r.choices]
+        assert sorted(finish) == [0, 1, 2]
+        # structured output with n > 1: every choice follows the schema
+        r = client.chat.completions.create(
+            model="local", messages=msgs, n=2, seed=1, max_tokens=40,
+            response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMAS[1]}})
+        for c in r.choices:
+            jsonschema.validate(json.loads(c.message.content), SCHEMAS[1])
