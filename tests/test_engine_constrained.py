@@ -23,20 +23,7 @@ from gemma4stack.constrain import Constraint
 from gemma4stack.model import _check_sampling
 from gemma4stack.tools import _decode
 
-SCHEMAS = [
-    {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
-     "additionalProperties": False},
-    {"type": "object", "properties": {"colour": {"enum": ["red", "green", "blue"]},
-                                      "size": {"type": "integer", "minimum": 0, "maximum": 99}},
-     "required": ["colour", "size"], "additionalProperties": False},
-    {"type": "object", "properties": {"tags": {"type": "array", "maxItems": 3,
-                                               "items": {"enum": ["a", "b"]}}},
-     "required": ["tags"], "additionalProperties": False},
-    {"type": "object", "properties": {"inner": {"type": "object", "properties": {
-        "name": {"type": "string", "maxLength": 6}, "on": {"type": "boolean"}},
-        "required": ["name", "on"], "additionalProperties": False}},
-     "required": ["inner"], "additionalProperties": False},
-]
+from test_tools import SCHEMAS  # issue 13's test schemas: nested objects, arrays, enums, anyOf
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +101,7 @@ def test_json_schema_greedy_tokens_equal_the_single_sequence_path(g4, llama, i):
 # ------------------------------------------------------------------ (b) batched together
 
 def test_four_constrained_requests_run_in_the_same_steps(g4):
+    assert len(SCHEMAS) >= 4
     before = g4.stats()
     results: list = [None] * 4
     barrier = threading.Barrier(4)
