@@ -349,6 +349,9 @@ class LocalBackend:
                       or _stat(st, "finish_reason", "stop") or "stop"))
         return st, gen
 
+    async def aclose(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
 
 class _Choice(threading.Thread):
     """Choice `index` (> 0) of a local request with n > 1, run in a thread of its own so the
@@ -368,9 +371,6 @@ class _Choice(threading.Thread):
             self.stats, _ = self.backend._generate(*self.args)
         except BaseException as e:     # noqa: BLE001 - re-raised by the request's thread
             self.error = e
-
-    async def aclose(self):
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- openai
