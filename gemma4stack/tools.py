@@ -505,6 +505,8 @@ def _decode(model, ids: list[int], args: tuple, constraint, n_logprobs: int | No
 
 def _engine_tokens(model, req, n_prompt: int, logprobs: bool, t0: float, sink
                    ) -> Iterator[tuple[int, tuple | None]]:
+    """(token, logprobs or None) of an engine request (None: max_tokens=0, nothing runs);
+    closing it cancels the request (Model._end)."""
     ttft = None
     n_out = 0
     finish = None
