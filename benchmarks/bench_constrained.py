@@ -11,8 +11,8 @@ directory. Each round runs, from the same prompt, `tokens` greedy-free (temperat
 top_k 40) decode steps unconstrained, then under a JSON schema that keeps the output open
 for that long (an object with one string of at least 4 * tokens characters), then under a
 regular expression, and reads decode tokens/s from Model.last_stats (forward + sampling;
-the mask is computed in a background thread while the forward pass runs, see
-gemma4stack.constrain). Also: the one-time llguidance tokenizer build and the time of one
+the requests run in the batching engine, whose scheduler computes each step's masks between
+steps in one llguidance call, see gemma4stack.model._Scheduler). Also: the one-time llguidance tokenizer build and the time of one
 mask computation alone. Prints a Markdown table and a JSON line.
 """
 from __future__ import annotations

@@ -2,9 +2,13 @@
 SGLang and llama.cpp; https://github.com/guidance-ai/llguidance).
 
     >>> from gemma4stack.constrain import Constraint
-    >>> c = Constraint.json_schema(model, {"type": "object", "properties": {...}})
+    >>> c = Constraint.for_request(model, json_schema={"type": "object", "properties": {...}})
     >>> for tok in model._core.generate_iter(ids, mask_fn=c.mask_fn, ...):
     ...     c.advance(tok)
+
+(Model.chat / Model.generate run constrained requests in the batching engine instead:
+gemma4stack.model._Scheduler advances each request's Constraint after every step and hands
+its next mask to the engine with Engine.set_mask.)
 
 The llguidance tokenizer is built from the GGUF's own token list (the model's tokenizer,
 not a Hugging Face one): each token's bytes as the C core renders them (csrc/tokenizer:
@@ -14,9 +18,10 @@ prefix), so a Lark grammar names them as <|tool_call> etc. Text is tokenized by 
 model's tokenizer (for llguidance's forced-token and canonicality logic).
 
 Per step: mask_fn() -> numpy uint32 array of ceil(n_vocab / 32) words (bit i % 32 of word
-i / 32 set = token i allowed; the layout csrc/sample/sample.h's g4_sample_ex takes), or
-None once the grammar is finished and the matcher accepts only end-of-generation;
-advance(token) after each sampled token. Bad schemas and grammars raise ValueError naming
+i / 32 set = token i allowed; the layout csrc/sample/sample.h's g4_sample_ex and
+csrc/engine's g4_engine_set_mask take; once the grammar may end, the end-of-generation
+tokens are allowed too); advance(token) after each sampled token; .done once nothing more
+may follow. Bad schemas and grammars raise ValueError naming
 the problem (the gateway answers 400).
 """
 from __future__ import annotations
@@ -154,7 +159,8 @@ _POOL = None
 
 
 def _pool():
-    """One background thread for the masks of the next step (see Constraint.advance)."""
+    """One background thread for the masks of the single-sequence loop (see
+    Constraint.advance)."""
     global _POOL
     with _LOCK:
         if _POOL is None:
@@ -163,14 +169,53 @@ def _pool():
         return _POOL
 
 
+_EXECUTOR = None
+
+
+def compute_masks(constraints: list["Constraint"]) -> list[np.ndarray | BaseException]:
+    """The next masks of several sequences at once (constraints made with overlap=False, as
+    the batching engine's scheduler uses them between steps): one llguidance LLExecutor call,
+    which computes them in parallel on llguidance's own threads with the GIL dropped (vLLM's
+    and SGLang's batch path). For each constraint its mask (a uint32 array of
+    ceil(n_vocab / 32) words, valid until its next mask is computed), or the ValueError of a
+    matcher in an error state."""
+    global _EXECUTOR
+    if not constraints:
+        return []
+    if len(constraints) == 1:
+        try:
+            return [constraints[0].mask_fn()]
+        except ValueError as e:
+            return [e]
+    import llguidance
+    with _LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = llguidance.LLExecutor()
+    words = constraints[0]._bufs[0].size
+    out = np.empty((len(constraints), words), dtype=np.uint32)
+    _EXECUTOR.unsafe_compute_mask_ptr([(c.matcher, i) for i, c in enumerate(constraints)],
+                                      out.ctypes.data, words * 4, len(constraints))
+    res: list = []
+    for i, c in enumerate(constraints):
+        if c.matcher.is_error():
+            res.append(ValueError(f"constrained decoding failed: {c.matcher.get_error()}"))
+        else:
+            res.append(out[i])
+    return res
+
+
 class Constraint:
     """One sequence's grammar state. grammar: from grammar_for(); model: a gemma4stack Model
     (for its tokenizer). ValueError when llguidance rejects the grammar for this vocabulary.
 
     overlap=True: advance() starts computing the next step's mask in a background thread,
     so that it runs while the C forward pass (which releases the GIL) computes the next
-    logits; mask_fn() then waits for it. Two mask buffers alternate, so the one the sampler
-    read is never the one being written."""
+    logits (the single-sequence loop, generate_iter(mask_fn=...)); mask_fn() then waits for
+    it. Two mask buffers alternate, so the one the sampler read is never the one being
+    written. The batching engine's scheduler sets overlap=False and computes the masks of
+    all its constrained sequences together (compute_masks): handing each mask to a thread of
+    its own costs more (GIL hand-offs, milliseconds) than computing it (tens of
+    microseconds for a JSON schema on a 262,144-token vocabulary)."""
 
     def __init__(self, model, grammar: str, overlap: bool = True):
         from llguidance import LLMatcher

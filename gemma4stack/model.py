@@ -183,20 +183,31 @@ class TextStream:
 class _Request:
     """One generation in the engine: its events arrive on a queue from the scheduler
     thread as (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms,
-    decode_ms, n_drafted, n_accepted, n_draft_steps) tuples, or an exception."""
+    decode_ms, n_drafted, n_accepted, n_draft_steps, logprobs) tuples (Engine.step), or an
+    exception. constraint: the gemma4stack.constrain.Constraint of a constrained request,
+    which only the scheduler thread touches after submit; mask_pending: its next mask is
+    not in the engine yet."""
 
-    __slots__ = ("id", "q", "sched", "last", "done", "waiting")
+    __slots__ = ("id", "q", "sched", "last", "done", "waiting", "constraint", "mask_pending")
 
-    def __init__(self, rid: int, sched: "_Scheduler"):
+    def __init__(self, rid: int, sched: "_Scheduler", constraint=None):
         self.id = rid
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.sched = sched
         self.last: tuple | None = None
         self.done = False
         self.waiting = False         # the consumer is blocked on the queue (see _Scheduler._handoff)
+        self.constraint = constraint
+        self.mask_pending = False
 
     def tokens(self) -> Iterator[int]:
         """Token ids as they are sampled; ends at the request's end."""
+        for ev in self.events():
+            yield ev[1]
+
+    def events(self) -> Iterator[tuple]:
+        """The events that carry a token (ev[1] >= 0), as they come; ends at the request's end
+        (.last is then the final event)."""
         while not self.done:
             self.waiting = True
             ev = self.q.get()
@@ -208,7 +219,7 @@ class _Request:
             if ev[2]:
                 self.done = True
             if ev[1] >= 0:
-                yield ev[1]
+                yield ev
 
     def cancel(self) -> None:
         if not self.done:
@@ -219,7 +230,17 @@ class _Request:
 class _Scheduler:
     """Runs the engine's steps on a daemon thread while any request is live, and hands
     each step's events to their requests. Submissions and cancellations come from any
-    thread; the C engine is serialised by the model's lock."""
+    thread; the C engine is serialised by the model's lock.
+
+    Constrained requests (gemma4stack.constrain.Constraint, llguidance): after each step the
+    scheduler feeds each one's sampled token to its matcher (Constraint.advance) and, before
+    the next step, computes the next masks of all of them in one llguidance call (parallel,
+    GIL dropped: constrain.compute_masks) and hands them to the engine (Engine.set_mask).
+    A JSON-schema mask over a 262,144-token vocabulary takes tens of microseconds, so this
+    adds little to a step; the engine itself would let a request whose mask is late sit a
+    step out (csrc/engine/engine.h), which a caller computing masks elsewhere can use. When
+    a matcher is complete its request ends there with finish "stop" (cancelled in the
+    engine)."""
 
     def __init__(self, engine):
         self.engine = engine
@@ -229,17 +250,32 @@ class _Scheduler:
         self.closed = False
 
     def submit(self, ids: list[int], max_tokens: int, temperature: float, top_k: int,
-               top_p: float, seed: int, draft: tuple[int, int] = (0, 3)) -> _Request:
+               top_p: float, seed: int, draft: tuple[int, int] = (0, 3),
+               sampling: Mapping[str, Any] | None = None, constraint=None) -> _Request:
+        """Queue a request. sampling: Engine.submit's sampler keywords (min_p, penalties,
+        logit_bias, logprobs); constraint: a Constraint whose first mask is computed here,
+        in the caller's thread. Raises QueueFullError, LimitError, ValueError."""
+        mask = None
+        if constraint is not None:
+            constraint.overlap = False            # its masks are computed by _set_masks
+            mask = constraint.mask_fn()
         with self.cv:
             if self.closed:
                 raise ValueError("the model is closed")
             try:
-                rid = self.engine.submit(ids, max_tokens, temperature, top_k, top_p, seed, *draft)
+                rid = self.engine.submit(ids, max_tokens, temperature, top_k, top_p, seed, *draft,
+                                         constrained=constraint is not None, **(sampling or {}))
             except LimitError as e:
                 if str(e).startswith("queue full"):
                     raise QueueFullError(str(e)) from None
                 raise
-            req = _Request(rid, self)
+            if mask is not None:
+                try:
+                    self.engine.set_mask(rid, mask)
+                except BaseException:
+                    self.engine.cancel(rid)
+                    raise
+            req = _Request(rid, self, constraint)
             self.live[rid] = req
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="gemma4stack-engine", daemon=True)
@@ -260,6 +296,9 @@ class _Scheduler:
                     self.cv.wait()
                 if self.closed:
                     return
+                pending = [r for r in self.live.values() if r.mask_pending]
+            if pending:
+                self._set_masks(pending)
             try:
                 events = self.engine.step()
             except BaseException as e:            # a core error ends every live request
@@ -270,11 +309,20 @@ class _Scheduler:
                     r.q.put(e)
                 continue
             handed: list[_Request] = []
+            ended: list[int] = []
             with self.cv:
                 for ev in events:
                     req = self.live.get(ev[0])
                     if req is None:
                         continue
+                    if req.constraint is not None and ev[1] >= 0 and not ev[2]:
+                        ev = self._advance(req, ev)
+                        if ev is None:                # the matcher failed: req has the error
+                            del self.live[req.id]
+                            ended.append(req.id)
+                            continue
+                        if ev[2]:
+                            ended.append(req.id)      # the grammar is complete
                     if ev[2]:
                         del self.live[ev[0]]
                     if req.waiting:
@@ -286,8 +334,41 @@ class _Scheduler:
                         for r in self.live.values():
                             r.q.put(RuntimeError("the engine dropped the request"))
                         self.live = {}
+            for rid in ended:
+                self.engine.cancel(rid)
             if handed:
                 self._handoff(handed)
+
+    @staticmethod
+    def _advance(req: _Request, ev: tuple) -> tuple | None:
+        """Feed a constrained request's token to its matcher: ev, or ev with finish 1 ("stop")
+        when the grammar is complete, or None (the error is on req's queue)."""
+        try:
+            req.constraint.advance(ev[1])
+        except BaseException as e:                # noqa: BLE001 - handed to the consumer
+            req.q.put(e)
+            return None
+        if req.constraint.done:
+            return ev[:2] + (1,) + ev[3:]
+        req.mask_pending = True
+        return ev
+
+    def _set_masks(self, pending: list[_Request]) -> None:
+        """Compute the next masks of constrained requests and hand them to the engine. A
+        request whose mask fails ends with the error."""
+        from gemma4stack.constrain import compute_masks
+        for r, mask in zip(pending, compute_masks([r.constraint for r in pending])):
+            try:
+                if isinstance(mask, BaseException):
+                    raise mask
+                self.engine.set_mask(r.id, mask)
+                r.mask_pending = False
+            except BaseException as e:            # noqa: BLE001 - handed to the consumer
+                with self.cv:
+                    live = self.live.pop(r.id, None) is not None
+                if live:                          # (a cancelled request's id is unknown: fine)
+                    self.engine.cancel(r.id)
+                    r.q.put(e)
 
     @staticmethod
     def _handoff(reqs: list[_Request], limit_s: float = 0.002) -> None:
@@ -506,8 +587,10 @@ class Model:
         pieces = self._pieces(self._submit(ids, args), ids, args[5], t0, sink=box.append)
         return TextStream(pieces, box) if stream else "".join(pieces)
 
-    def _submit(self, ids: list[int], args: tuple) -> _Request | None:
-        """Queue prompt ids in the engine (None for max_tokens=0: nothing to run)."""
+    def _submit(self, ids: list[int], args: tuple, sampling: Mapping[str, Any] | None = None,
+                constraint=None) -> _Request | None:
+        """Queue prompt ids in the engine (None for max_tokens=0: nothing to run); sampling and
+        constraint as _Scheduler.submit."""
         max_tokens, temperature, top_k, top_p, seed, _ = args
         if not ids:
             raise ValueError("the prompt is empty and the vocabulary has no BOS token")
@@ -516,7 +599,8 @@ class Model:
                              f"{self.n_ctx} tokens")
         if max_tokens == 0:
             return None
-        return self._sched.submit(ids, max_tokens, temperature, top_k, top_p, seed, self._draft)
+        return self._sched.submit(ids, max_tokens, temperature, top_k, top_p, seed, self._draft,
+                                  sampling, constraint)
 
     def generate_batch(self, prompts: Sequence[str], max_tokens: int = 128,
                        temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
@@ -729,20 +813,28 @@ class Model:
             finish = "cancelled"
             raise
         finally:
-            if req is not None:
-                req.cancel()
-            ev = req.last if req is not None else None
-            if finish is None:
-                if req is None:
-                    finish = "length"                    # max_tokens=0: nothing ran
-                elif ev is not None and ev[2]:
-                    finish = "stop" if ev[2] == 1 else "length"
-                else:
-                    finish = "cancelled"
-            st = _stats(ev, len(ids), n_out, finish, ttft)
-            self.last_stats = st
-            if sink is not None:
-                sink(st)
+            self._end(req, len(ids), n_out, finish, ttft, sink)
+
+    def _end(self, req: _Request | None, n_prompt: int, n_out: int, finish: str | None,
+             ttft: float | None, sink=None) -> GenerationStats:
+        """A consumer is done with req (None: max_tokens=0): cancel it if it still runs, and
+        put its GenerationStats in .last_stats and sink. finish: None to take the engine's
+        ("stop", "length"; "cancelled" when it did not end)."""
+        if req is not None:
+            req.cancel()
+        ev = req.last if req is not None else None
+        if finish is None:
+            if req is None:
+                finish = "length"                    # max_tokens=0: nothing ran
+            elif ev is not None and ev[2]:
+                finish = "stop" if ev[2] == 1 else "length"
+            else:
+                finish = "cancelled"
+        st = _stats(ev, n_prompt, n_out, finish, ttft)
+        self.last_stats = st
+        if sink is not None:
+            sink(st)
+        return st
 
     def stats(self) -> EngineStats:
         """The batching engine now: requests running and waiting, KV blocks, prefix-cache
@@ -948,7 +1040,7 @@ def _stats(ev: tuple | None, n_prompt: int, n_out: int, finish: str,
            ttft_ms: float | None) -> GenerationStats:
     """GenerationStats from a request's last engine event (id, token, finish, n_prompt,
     n_cached, n_decode, queue_ms, prefill_ms, decode_ms, n_drafted, n_accepted,
-    n_draft_steps), or zeros when none came."""
+    n_draft_steps, logprobs), or zeros when none came."""
     def rate(n: int, ms: float) -> float:
         return n / ms * 1e3 if n and ms > 0 else 0.0
     if ev is None:
@@ -956,7 +1048,7 @@ def _stats(ev: tuple | None, n_prompt: int, n_out: int, finish: str,
                                ttft_ms=ttft_ms or 0.0, prefill_ms=0.0, prefill_tokens_per_s=0.0,
                                decode_ms=0.0, decode_tokens_per_s=0.0, finish_reason=finish)
     (_, _, _, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms,
-     n_drafted, n_accepted, n_draft_steps) = ev
+     n_drafted, n_accepted, n_draft_steps) = ev[:12]
     return GenerationStats(
         prompt_tokens=n_prompt, completion_tokens=n_out,
         ttft_ms=ttft_ms if ttft_ms is not None else queue_ms + prefill_ms,

@@ -34,6 +34,10 @@ How each part works, and where its format comes from:
   enable_thinking to the template, as Gemma 4's template expects.
 - logprobs: see csrc/sample/sample.h (log-softmax after mask, bias and penalties, before
   temperature and truncation), in OpenAI's shapes.
+- All of these generations run in the model's continuous-batching engine like plain ones
+  (csrc/engine/engine.h: per-request sampler chain, logprobs and token mask), so many
+  agents on one Model decode together; the llguidance matchers are advanced by the
+  engine's scheduler thread (gemma4stack.model._Scheduler).
 """
 from __future__ import annotations
 
@@ -42,7 +46,6 @@ import html
 import json
 import re
 import secrets
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -482,81 +485,42 @@ _SAMPLING = ("min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
 
 
 def _decode(model, ids: list[int], args: tuple, constraint, n_logprobs: int | None,
-            sampling: dict, t0: float) -> Iterator[tuple[int, tuple | None]]:
-    """Token ids (and, with n_logprobs, (chosen_logprob, [(id, logprob)...])) from the C
-    generation with the whole sampler chain and an optional llguidance constraint; sets
-    model.last_stats at the end.
-
-    These generations run on the model's single-sequence path (_core.generate_iter, its own
-    KV cache), one at a time per model (a lock), beside the batching engine's requests: the
-    per-sequence mask and the extended sampler are not in the engine's step yet."""
+            sampling: dict, t0: float, sink=None) -> Iterator[tuple[int, tuple | None]]:
+    """Token ids (and, with n_logprobs, (chosen_logprob, [(id, logprob)...])) of a request in
+    the model's batching engine with the whole sampler chain and an optional llguidance
+    constraint (its mask applied in the engine's step, the matcher advanced by the
+    scheduler thread: gemma4stack.model._Scheduler), so these run batched with every other
+    request on the model. The request is queued now (errors raise here); the returned
+    iterator yields its tokens; at its end model.last_stats, and sink when given, get the
+    GenerationStats (finish "stop" also when the constraint completed)."""
     max_tokens, temperature, top_k, top_p, seed, _ = args
-    if not ids:
-        raise ValueError("the prompt is empty and the vocabulary has no BOS token")
-    if len(ids) > model.n_ctx:
-        from gemma4stack._core import LimitError
-        raise LimitError(f"the prompt is {len(ids)} tokens, longer than the context of "
-                         f"{model.n_ctx} tokens")
     kw = {k: v for k, v in sampling.items() if v is not None}
     if kw.get("logit_bias"):
         kw["logit_bias"] = {int(k): float(v) for k, v in kw["logit_bias"].items()}
     if n_logprobs is not None:
         kw["logprobs"] = n_logprobs
-    if constraint is not None:
-        kw["mask_fn"] = constraint.mask_fn
-    lock = _single_sequence_lock(model)
-    lock.acquire()
-    try:
-        gen = model._core.generate_iter(ids, max_tokens, temperature, top_k, top_p, seed, **kw)
-    except BaseException:
-        lock.release()
-        raise
+    req = model._submit(ids, args, kw, constraint)
+    return _engine_tokens(model, req, len(ids), n_logprobs is not None, t0, sink)
+
+
+def _engine_tokens(model, req, n_prompt: int, logprobs: bool, t0: float, sink
+                   ) -> Iterator[tuple[int, tuple | None]]:
+    """(token, logprobs or None) of an engine request (None: max_tokens=0, nothing runs);
+    closing it cancels the request (Model._end)."""
     ttft = None
+    n_out = 0
     finish = None
     try:
-        for tok in gen:
+        for ev in (req.events() if req is not None else ()):
             if ttft is None:
                 ttft = (time.perf_counter() - t0) * 1e3
-            if constraint is not None:
-                constraint.advance(tok)
-            yield tok, (gen.logprobs() if n_logprobs is not None else None)
-            if constraint is not None and constraint.done:
-                finish = "stop"
-                break
+            n_out += 1
+            yield ev[1], (ev[12] if logprobs else None)
     except GeneratorExit:
         finish = "cancelled"
         raise
     finally:
-        s = gen.stats()
-        gen.close()
-        lock.release()
-        model.last_stats = _generation_stats(s, finish or s["finish_reason"] or "stop", ttft)
-
-
-_LOCKS_GUARD = threading.Lock()
-
-
-def _single_sequence_lock(model) -> threading.Lock:
-    """The lock that keeps one single-sequence generation at a time on a model."""
-    with _LOCKS_GUARD:
-        lock = getattr(model, "_single_sequence_lock", None)
-        if lock is None:
-            lock = model._single_sequence_lock = threading.Lock()
-        return lock
-
-
-def _generation_stats(s: dict, finish: str, ttft_ms: float | None):
-    """GenerationStats from a _core.Generation's stats() dict."""
-    from gemma4stack.model import GenerationStats
-
-    def rate(n: int, ms: float) -> float:
-        return n / ms * 1e3 if n and ms > 0 else 0.0
-    return GenerationStats(
-        prompt_tokens=s["prompt_tokens"], completion_tokens=s["completion_tokens"],
-        ttft_ms=ttft_ms if ttft_ms is not None else s["ttft_ms"], prefill_ms=s["prefill_ms"],
-        prefill_tokens_per_s=rate(s["prompt_tokens"] - s["cached_tokens"], s["prefill_ms"]),
-        decode_ms=s["decode_ms"], decode_tokens_per_s=rate(s["decode_steps"], s["decode_ms"]),
-        finish_reason=finish, cached_tokens=s["cached_tokens"])
+        model._end(req, n_prompt, n_out, finish, ttft, sink)
 
 
 class _Stream:
@@ -567,8 +531,9 @@ class _Stream:
 
     def __init__(self, model, tokens: Iterator, vocab: _Vocab, prev: int, *, parse_tools: bool,
                  json_tools: bool, stops: list[str], n_logprobs: int | None,
-                 single_call: bool = False):
+                 single_call: bool = False, stats_box: list | None = None):
         self.model, self.tokens, self.v, self.prev = model, tokens, vocab, prev
+        self._box = stats_box
         self.single_call = single_call
         self.parse_tools, self.json_tools, self.stops = parse_tools, json_tools, stops
         self.n_logprobs = n_logprobs
@@ -577,8 +542,16 @@ class _Stream:
         self._it = self._run()
 
     @property
+    def stats(self):
+        """The GenerationStats of this generation once its tokens ended (None before; without
+        a stats_box, Model.last_stats)."""
+        if self._box is None:
+            return self.model.last_stats
+        return self._box[0] if self._box else None
+
+    @property
     def finish_reason(self) -> str | None:
-        return self._finish or getattr(self.model.last_stats, "finish_reason", None)
+        return self._finish or getattr(self.stats, "finish_reason", None)
 
     def __iter__(self):
         return self
@@ -683,6 +656,9 @@ class _Stream:
             if len(held) > keep:
                 yield ChatDelta(content=held[:len(held) - keep], logprobs=lps or None)
                 held, lps = held[len(held) - keep:], []
+        close = getattr(self.tokens, "close", None)
+        if close:
+            close()                   # a stop string or call ended it: free the engine's slot now
         if json_buf is not None:
             calls = _json_calls(json_buf)
             if calls and self.single_call:
@@ -795,10 +771,11 @@ def chat(model, messages: Sequence[Mapping], *, tools: Sequence[Mapping] | None 
     n_lp = None
     if logprobs:
         n_lp = int(top_logprobs or 0) if logprobs is True else int(logprobs)
-    tokens = _decode(model, ids, args, constraint, n_lp, sampling, t0)
+    box: list = []
+    tokens = _decode(model, ids, args, constraint, n_lp, sampling, t0, box.append)
     st = _Stream(model, tokens, v, ids[-1], parse_tools=bool(tools),
                  json_tools=bool(tools) and not v.native_tools, stops=args[5], n_logprobs=n_lp,
-                 single_call=parallel_tool_calls is False)
+                 single_call=parallel_tool_calls is False, stats_box=box)
     return st if stream else _collect(st, fmt)
 
 
@@ -847,9 +824,10 @@ def generate(model, prompt: str, *, json_schema: Any = None, regex: str | None =
         constraint = Constraint.for_request(model, json_schema=json_schema, regex=regex,
                                             grammar=grammar)
     ids = model.tokenize(prompt, add_bos=bool(model._core.add_bos))
-    tokens = _decode(model, ids, args, constraint, logprobs, sampling, t0)
+    box: list = []
+    tokens = _decode(model, ids, args, constraint, logprobs, sampling, t0, box.append)
     st = _Stream(model, tokens, _vocab(model), ids[-1] if ids else -1, parse_tools=False,
-                 json_tools=False, stops=args[5], n_logprobs=logprobs)
+                 json_tools=False, stops=args[5], n_logprobs=logprobs, stats_box=box)
     if logprobs is not None:
         return st if stream else list(st)
     pieces = (d.content for d in st if d.content)
@@ -861,12 +839,9 @@ def generate(model, prompt: str, *, json_schema: Any = None, regex: str | None =
 def local_options(extra: Mapping[str, Any], call: str) -> dict:
     """Keyword arguments for a local Model's chat() (call "chat") or generate() (call
     "completion": completions, and chats rendered without a template) from the request
-    fields the gateway forwards in GenRequest.extra (OpenAI names). RequestError (400) for
-    what a local tier cannot do (n > 1)."""
+    fields the gateway forwards in GenRequest.extra (OpenAI names). `n` is not among them:
+    the gateway's LocalBackend runs n choices as n requests in the engine."""
     kw: dict = {}
-    n = extra.get("n")
-    if n not in (None, 1):
-        raise RequestError("Only n=1 is supported by local tiers.", "n")
     for k in ("presence_penalty", "frequency_penalty", "min_p", "repeat_penalty", "repeat_last_n"):
         if extra.get(k) is not None:
             kw[k] = extra[k]

@@ -33,6 +33,12 @@ typedef struct request {
     int32_t skip, misses;       /* steps left without drafting; drafts in a row with none accepted */
     int32_t n_draft;            /* drafts in this step's batch */
     int32_t *hist, n_hist;      /* prompt + generated tokens [n_max + 1] */
+    /* the full sampler and the token mask (see engine.h) */
+    int32_t *out, n_out;        /* generated tokens, the penalties' history (NULL: no penalty) */
+    int32_t logprobs, n_top;    /* the request's logprobs / top_logprobs */
+    int32_t constrained;
+    int32_t mask_set;           /* mask holds the next sample's mask */
+    uint32_t *mask;             /* [ceil(n_vocab / 32)] when constrained */
 } request;
 
 struct g4_engine {
@@ -57,13 +63,135 @@ static double now_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
+/* ---------------------------------------------- sampling and token masks */
+
+static int32_t mask_words(const g4_engine *e) { return (int32_t)(((int64_t)g4_model_n_vocab(e->m) + 31) / 32); }
+
+static void request_free_sampling(request *r) {
+    g4_sampler_free(&r->sampler);
+    free(r->out);
+    free(r->mask);
+    r->out = NULL;
+    r->mask = NULL;
+    r->n_out = 0;
+    r->mask_set = 0;
+}
+
+/* Check the sampler fields of rp (G4_ERR_INVALID with a message naming the
+ * field) and set up r's sampler, penalty history and mask buffer; on error
+ * r holds nothing to free. */
+static g4_status request_init_sampling(g4_engine *e, request *r, const g4_request_params *rp, g4_err *err) {
+    const int32_t n_vocab = g4_model_n_vocab(e->m);
+    if (rp->logprobs && (rp->top_logprobs < 0 || rp->top_logprobs > G4_SAMPLE_MAX_TOP))
+        return g4_err_set(err, G4_ERR_INVALID, "submit: top_logprobs %d must be in 0..%d", rp->top_logprobs,
+                          G4_SAMPLE_MAX_TOP);
+    if (rp->n_bias < 0 || (rp->n_bias > 0 && (!rp->bias_ids || !rp->bias_vals)))
+        return g4_err_set(err, G4_ERR_INVALID, "submit: logit bias of %d entries without its arrays", rp->n_bias);
+    for (int32_t i = 0; i < rp->n_bias; i++)
+        if (rp->bias_ids[i] < 0 || rp->bias_ids[i] >= n_vocab)
+            return g4_err_set(err, G4_ERR_INVALID, "submit: logit bias token id %d is outside the vocabulary 0..%d",
+                              rp->bias_ids[i], n_vocab - 1);
+    if (rp->repeat_last_n < -1)
+        return g4_err_set(err, G4_ERR_INVALID, "submit: repeat_last_n %d must be -1 (all), 0 (off) or more",
+                          rp->repeat_last_n);
+    g4_sample_params sp = g4_sample_params_default();
+    sp.temperature = rp->temperature;
+    sp.top_k = rp->top_k;
+    sp.top_p = rp->top_p;
+    sp.seed = rp->seed;
+    sp.min_p = rp->min_p;
+    sp.repeat_penalty = rp->repeat_penalty;
+    sp.repeat_last_n = rp->repeat_last_n;
+    sp.presence_penalty = rp->presence_penalty;
+    sp.frequency_penalty = rp->frequency_penalty;
+    sp.bias_ids = rp->bias_ids;
+    sp.bias_vals = rp->bias_vals;
+    sp.n_bias = rp->n_bias;
+    const int penalties = rp->repeat_last_n != 0 &&
+        ((rp->repeat_penalty > 0.0f && rp->repeat_penalty != 1.0f) ||
+         rp->presence_penalty != 0.0f || rp->frequency_penalty != 0.0f);
+    int fail = g4_sampler_init_ex(&r->sampler, &sp) < 0;
+    /* a request returns at most n_max - n_prompt tokens */
+    if (!fail && penalties) fail = !(r->out = malloc(sizeof(int32_t) * ((size_t)(r->n_max - r->n_prompt) + 1)));
+    if (!fail && rp->constrained) fail = !(r->mask = malloc(sizeof(uint32_t) * (size_t)mask_words(e)));
+    if (fail) {
+        request_free_sampling(r);
+        return g4_err_set(err, G4_ERR_NOMEM, "submit: out of memory");
+    }
+    r->n_out = 0;
+    r->logprobs = rp->logprobs != 0;
+    r->n_top = r->logprobs ? rp->top_logprobs : 0;
+    r->constrained = rp->constrained != 0;
+    r->mask_set = 0;
+    return G4_OK;
+}
+
+/* Whether a running request can take part in this step's decode (a
+ * constrained one needs the mask of its next token). */
+static int can_decode(const request *r) {
+    return r->state == R_DECODE && (!r->constrained || r->mask_set);
+}
+
+/* Prompt tokens a prefilling request may have in the cache after this step:
+ * all of them, except that a constrained request without its first mask
+ * keeps the last one back (its logits would need the mask). */
+static int32_t prefill_limit(const request *r) {
+    return r->n_prompt - (r->constrained && !r->mask_set ? 1 : 0);
+}
+
+/* One sample of request r from its logits row lg[n_vocab] (modified): the
+ * whole chain with r's history, mask and logprobs into ev. Returns the id,
+ * -1 out of memory, -2 a mask that allows nothing (set_mask refuses those). */
+static int32_t sample_request(request *r, float *lg, int32_t n_vocab, g4_event *ev) {
+    float chosen = 0.0f;
+    const int32_t id = g4_sample_ex(&r->sampler, lg, n_vocab, r->out, r->n_out,
+                                    r->constrained ? r->mask : NULL, r->n_top, ev->top_ids, ev->top_logprobs,
+                                    r->logprobs ? &chosen : NULL);
+    ev->logprob = chosen;
+    ev->n_top = -1;
+    if (id >= 0 && r->logprobs) {
+        int32_t k = 0;
+        while (k < r->n_top && ev->top_ids[k] >= 0) k++;
+        ev->n_top = k;
+    }
+    if (r->constrained) r->mask_set = 0;   /* used: the next token needs a new one */
+    return id;
+}
+
+g4_status g4_engine_set_mask(g4_engine *e, int64_t id, const uint32_t *mask, int32_t n_words, g4_err *err) {
+    request *r = NULL;
+    for (int32_t i = 0; i < e->n_req && !r; i++)
+        if (e->req[i].state != R_FREE && e->req[i].id == id) r = &e->req[i];
+    if (!r) return g4_err_set(err, G4_ERR_INVALID, "set_mask: no waiting or running request has id %lld", (long long)id);
+    if (!r->constrained)
+        return g4_err_set(err, G4_ERR_INVALID, "set_mask: request %lld was not submitted as constrained",
+                          (long long)id);
+    const int32_t need = mask_words(e), n_vocab = g4_model_n_vocab(e->m);
+    if (!mask || n_words != need)
+        return g4_err_set(err, G4_ERR_INVALID, "set_mask: the mask has %d words, %d are needed for %d tokens",
+                          mask ? n_words : 0, need, n_vocab);
+    int64_t allowed = 0;
+    for (int32_t w = 0; w < need; w++) {
+        const int32_t left = n_vocab - w * 32;
+        const uint32_t bits = left < 32 ? mask[w] & ((1u << left) - 1u) : mask[w];
+        allowed += __builtin_popcount(bits);
+    }
+    if (!allowed)
+        return g4_err_set(err, G4_ERR_INVALID, "set_mask: the mask allows no token of the vocabulary");
+    memcpy(r->mask, mask, sizeof(uint32_t) * (size_t)need);
+    r->mask_set = 1;
+    return G4_OK;
+}
+
+/* ------------------------------------------------------------ lifetime */
+
 void g4_engine_free(g4_engine *e) {
     if (!e) return;
     if (e->req)
         for (int32_t i = 0; i < e->n_req; i++) {
             free(e->req[i].prompt);
             free(e->req[i].hist);
-            g4_sampler_free(&e->req[i].sampler);
+            request_free_sampling(&e->req[i]);
         }
     g4_kvc_free(e->kv);
     free(e->req);
@@ -128,7 +256,7 @@ static void finish(g4_engine *e, request *r) {
     r->prompt = NULL;
     free(r->hist);
     r->hist = NULL;
-    g4_sampler_free(&r->sampler);
+    request_free_sampling(r);
     r->state = R_FREE;
 }
 
@@ -151,7 +279,7 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
                        prompt[i], i, n_vocab - 1);
             return -1;
         }
-    const int draft = rp->draft_max > 0 && rp->temperature <= 0.0f;
+    const int draft = rp->draft_max > 0 && rp->temperature <= 0.0f && !rp->constrained;
     if (rp->draft_max < 0 || rp->draft_max > G4_DRAFT_MAX || (rp->draft_max > 0 && (rp->draft_ngram < 1 || rp->draft_ngram > 16))) {
         g4_err_set(err, G4_ERR_INVALID, "submit: draft_max must be in 0..%d and draft_ngram in 1..16 (got %d, %d)",
                    G4_DRAFT_MAX, rp->draft_max, rp->draft_ngram);
@@ -192,7 +320,12 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
         r->draft_ngram = rp->draft_ngram;
         r->k_cur = rp->draft_max;
     }
-    g4_sampler_init(&r->sampler, rp->temperature, rp->top_k, rp->top_p, rp->seed);
+    if (request_init_sampling(e, r, rp, err) != G4_OK) {
+        free(r->prompt);
+        free(r->hist);
+        memset(r, 0, sizeof *r);
+        return -1;
+    }
     r->id = e->next_id++;
     r->seq = -1;
     r->state = R_WAITING;
@@ -309,10 +442,10 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
      * its drafts while the budget leaves one token for every other decoder */
     int32_t spare = budget;
     for (int32_t s = 0; s < e->p.n_seq; s++)
-        if (e->seq_req[s] >= 0 && e->req[e->seq_req[s]].state == R_DECODE) spare--;
+        if (e->seq_req[s] >= 0 && can_decode(&e->req[e->seq_req[s]])) spare--;
     for (int32_t s = 0; s < e->p.n_seq && n < budget; s++) {
         const int32_t ri = e->seq_req[s];
-        if (ri < 0 || e->req[ri].state != R_DECODE) continue;
+        if (ri < 0 || !can_decode(&e->req[ri])) continue;
         request *r = &e->req[ri];
         const int32_t p = g4_kvc_seq_len(e->kv, s);
         e->tok[n] = r->last; e->pos[n] = p; e->seq[n] = s; e->ridx[n] = ri; e->want[n] = 1;
@@ -339,7 +472,7 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         int32_t best = -1;
         for (int32_t s = 0; s < e->p.n_seq; s++) {
             const int32_t ri = e->seq_req[s];
-            if (ri < 0 || e->req[ri].state != R_PREFILL) continue;
+            if (ri < 0 || e->req[ri].state != R_PREFILL || prefill_limit(&e->req[ri]) <= e->req[ri].n_done) continue;
             int taken = 0;
             for (int32_t t = 0; t < n; t++) taken |= e->ridx[t] == ri;
             if (!taken && (best < 0 || e->req[ri].t_admit < e->req[best].t_admit ||
@@ -348,7 +481,7 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         }
         if (best < 0 || n >= budget) break;
         request *r = &e->req[best];
-        int32_t k = r->n_prompt - r->n_done;
+        int32_t k = prefill_limit(r) - r->n_done;
         if (k > budget - n) k = budget - n;
         for (int32_t i = 0; i < k; i++) {
             e->tok[n] = r->prompt[r->n_done + i];
@@ -414,14 +547,19 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
             float *lg = e->logits + (size_t)row++ * (size_t)V;
             if (!prefill) r->st.n_decode++;
             r->st.decode_ms = t_now - r->t_first;
-            const int32_t id = g4_sample(&r->sampler, lg, V);
+            g4_event *ev = &events[*n_events];
+            const int32_t id = sample_request(r, lg, V, ev);
+            if (id == -2) return g4_err_set(err, G4_ERR_INVALID, "engine: request %lld's mask allows no token",
+                                            (long long)r->id);
             if (id < 0) return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
-            g4_event *ev = &events[(*n_events)++];
+            (*n_events)++;
             ev->id = r->id;
             ev->token = -1;
             if (g4_tokenizer_is_eog(tk, id)) {
                 fin = G4_FINISH_STOP;
+                ev->n_top = -1;
             } else {
+                if (r->out) r->out[r->n_out++] = id;
                 ev->token = id;
                 r->last = id;
                 if (r->hist) r->hist[r->n_hist++] = id;

@@ -40,6 +40,21 @@
  * Sampled requests (temperature > 0) do not draft (the rejection-sampling
  * rule for them is not implemented).
  *
+ * Sampling is csrc/sample's chain (g4_sample_ex, sample.h: mask, logit bias,
+ * penalties, top-k, top-p, min-p, temperature), per request: each request has
+ * its own g4_sampler (seeded), logit bias, penalty history (its generated
+ * tokens, as the single-sequence path counts them) and optional logprobs.
+ *
+ * Constrained decoding (llguidance in Python, gemma4stack/constrain.py): a
+ * request submitted with constrained = 1 samples only tokens its mask allows.
+ * The caller sets the mask of the next token with g4_engine_set_mask between
+ * steps (after the event of the previous token); a step leaves out a
+ * constrained request whose mask has not been set since its last token (it
+ * keeps its slot and its KV blocks and decodes in a later step), and holds
+ * back the last prompt token of one whose first mask is not set yet. So the
+ * masks can be computed asynchronously, each sequence waiting only for its
+ * own. Constrained requests do not draft.
+ *
  * Not thread-safe: the caller serialises every call on an engine (and on
  * its model: g4_model_forward shares the architecture's scratch).
  */
@@ -49,6 +64,7 @@
 #include <stdint.h>
 
 #include "../model/model.h"
+#include "../sample/sample.h"
 #include "kvcache.h"
 
 typedef struct g4_engine g4_engine;
@@ -71,6 +87,19 @@ typedef struct g4_request_params {
     int32_t draft_max;      /* prompt-lookup draft tokens per step at most, 0..G4_DRAFT_MAX;
                                0: no speculation (ignored when temperature > 0) */
     int32_t draft_ngram;    /* n-gram size matched (1..16) when draft_max > 0 */
+    /* The rest of the sampler chain, as g4_sample_params (csrc/sample/sample.h, where
+     * each formula's source is); zero-initialised fields are off. */
+    float min_p;            /* <= 0: off; else keep p >= min_p * p_max (0..1) */
+    float repeat_penalty;   /* 1 or <= 0: off; llama.cpp's repeat penalty (> 0) */
+    int32_t repeat_last_n;  /* penalty window in generated tokens; 0: off, -1: all of them */
+    float presence_penalty;  /* 0: off; OpenAI's range -2..2 (not checked) */
+    float frequency_penalty; /* 0: off; OpenAI's range -2..2 (not checked) */
+    const int32_t *bias_ids; /* n_bias token ids, each in 0..n_vocab-1 (copied at submit) */
+    const float *bias_vals;  /* n_bias additive logit biases; -INFINITY bans a token */
+    int32_t n_bias;
+    int32_t logprobs;       /* nonzero: each event carries its token's log-probability */
+    int32_t top_logprobs;   /* with logprobs: also the best 0..G4_SAMPLE_MAX_TOP alternatives */
+    int32_t constrained;    /* nonzero: sample only what g4_engine_set_mask allows (above) */
 } g4_request_params;
 
 #define G4_DRAFT_MAX 32     /* draft tokens per request and step at most */
@@ -96,6 +125,14 @@ typedef struct g4_event {
     int32_t token;
     int32_t finish;              /* g4_finish */
     g4_request_stats stats;
+    /* Log-probabilities of a sampled token (requests with logprobs; sample.h says which
+     * distribution: after mask, bias and penalties, before temperature and truncation).
+     * n_top: -1 when the request did not ask (or no token was returned), else how many
+     * of top_ids / top_logprobs are filled, best first (natural log, <= 0). */
+    float logprob;
+    int32_t n_top;
+    int32_t top_ids[G4_SAMPLE_MAX_TOP];
+    float top_logprobs[G4_SAMPLE_MAX_TOP];
 } g4_event;
 
 #define G4_FINISH_CANCELLED 3
@@ -105,9 +142,11 @@ typedef struct g4_event {
 g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err);
 void g4_engine_free(g4_engine *e);
 
-/* Queue a request (the prompt is copied). Returns its id (> 0), or -1 with
- * err: G4_ERR_INVALID (empty prompt, id outside the vocab, max_tokens < 1,
- * draft_max outside 0..G4_DRAFT_MAX, draft_ngram outside 1..16 with drafts),
+/* Queue a request (the prompt and the logit bias are copied). Returns its id
+ * (> 0), or -1 with err: G4_ERR_INVALID (empty prompt, id outside the vocab,
+ * max_tokens < 1, draft_max outside 0..G4_DRAFT_MAX, draft_ngram outside
+ * 1..16 with drafts, top_logprobs outside 0..G4_SAMPLE_MAX_TOP, n_bias < 0 or
+ * a bias id outside the vocabulary, repeat_last_n < -1), G4_ERR_NOMEM,
  * G4_ERR_LIMIT (prompt + 1 longer than the context; or the waiting queue is
  * full: err->msg starts with "queue full"). */
 int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, const g4_request_params *rp,
@@ -116,6 +155,17 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
 /* Cancel a waiting or running request now: its blocks go back to the pool.
  * Returns 1 when it existed. */
 int g4_engine_cancel(g4_engine *e, int64_t id);
+
+/* The token mask of a constrained request's next sample: mask[n_words]
+ * uint32 words, n_words = ceil(n_vocab / 32), bit (i % 32) of word i / 32 set
+ * = token i allowed (llguidance's and xgrammar's layout; bits past n_vocab are
+ * ignored). Copied; replaces a mask set before and not used yet. The next
+ * step that samples the request uses it (disallowed logits -> -inf) and
+ * consumes it: until it is set again the request does not decode (engine.h's
+ * top). Errors (G4_ERR_INVALID, nothing changed): no waiting or running
+ * request with this id, a request not submitted with constrained = 1, n_words
+ * not ceil(n_vocab / 32), a mask that allows no token of the vocabulary. */
+g4_status g4_engine_set_mask(g4_engine *e, int64_t id, const uint32_t *mask, int32_t n_words, g4_err *err);
 
 /* Run one step. events[0..*n_events) receive what happened (at most
  * g4_engine_max_events(): a speculating request gets one event per token it

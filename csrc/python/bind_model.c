@@ -668,26 +668,84 @@ static PyObject *Engine_close(EngineObject *self, PyObject *unused) {
 
 static PyObject *Engine_submit(EngineObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed",
-                             "draft_max", "draft_ngram", NULL};
-    PyObject *seq;
+                             "draft_max", "draft_ngram", "min_p", "repeat_penalty", "repeat_last_n",
+                             "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
+                             "constrained", NULL};
+    PyObject *seq, *bias = Py_None, *logprobs = Py_None;
     g4_request_params rp = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0,
-                             .draft_max = 0, .draft_ngram = 3 };
+                             .draft_max = 0, .draft_ngram = 3, .repeat_penalty = 1.0f, .repeat_last_n = 64 };
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififKii:submit", kwlist, &seq, &rp.max_tokens, &rp.temperature,
-                                     &rp.top_k, &rp.top_p, &seed, &rp.draft_max, &rp.draft_ngram))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififKiiffiffOOp:submit", kwlist, &seq, &rp.max_tokens,
+                                     &rp.temperature, &rp.top_k, &rp.top_p, &seed, &rp.draft_max, &rp.draft_ngram,
+                                     &rp.min_p, &rp.repeat_penalty, &rp.repeat_last_n, &rp.presence_penalty,
+                                     &rp.frequency_penalty, &bias, &logprobs, &rp.constrained))
         return NULL;
     rp.seed = seed;
+    if (logprobs != Py_None) {
+        long k = PyLong_AsLong(logprobs);
+        if (k == -1 && PyErr_Occurred()) return NULL;
+        if (k < 0 || k > G4_SAMPLE_MAX_TOP)
+            return PyErr_Format(PyExc_ValueError, "logprobs %ld must be None or 0..%d (top alternatives)", k,
+                                G4_SAMPLE_MAX_TOP);
+        rp.logprobs = 1;
+        rp.top_logprobs = (int32_t)k;
+    }
+    g4py_sample_args sa;
+    memset(&sa, 0, sizeof sa);
+    if (g4py_sample_args_bias(&sa, bias) < 0) return NULL;
+    rp.bias_ids = sa.bias_ids;
+    rp.bias_vals = sa.bias_vals;
+    rp.n_bias = sa.p.n_bias;
     Py_ssize_t n;
     int32_t *ids = ids_from_seq(seq, &n);
-    if (!ids) return NULL;
-    if (n > INT32_MAX) { PyMem_Free(ids); PyErr_SetString(PyExc_ValueError, "prompt too long"); return NULL; }
-    if (lock_engine(self) < 0) { PyMem_Free(ids); return NULL; }
+    if (!ids) { g4py_sample_args_free(&sa); return NULL; }
+    if (n > INT32_MAX) {
+        PyMem_Free(ids); g4py_sample_args_free(&sa);
+        PyErr_SetString(PyExc_ValueError, "prompt too long");
+        return NULL;
+    }
+    if (lock_engine(self) < 0) { PyMem_Free(ids); g4py_sample_args_free(&sa); return NULL; }
     g4_err err;
-    int64_t id = g4_engine_submit(self->e, ids, (int32_t)n, &rp, &err);
+    int64_t id = g4_engine_submit(self->e, ids, (int32_t)n, &rp, &err);   /* copies prompt and bias */
     unlock_model(self->model);
     PyMem_Free(ids);
+    g4py_sample_args_free(&sa);
     if (id < 0) return g4py_raise(&err);
     return PyLong_FromLongLong(id);
+}
+
+static PyObject *Engine_set_mask(EngineObject *self, PyObject *args) {
+    long long id;
+    PyObject *mask;
+    if (!PyArg_ParseTuple(args, "LO:set_mask", &id, &mask)) return NULL;
+    Py_buffer view;
+    if (g4py_mask_view(mask, 0, &view) < 0) return NULL;   /* its length is checked by the engine */
+    if (view.len / 4 > INT32_MAX) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "the token mask is too long");
+        return NULL;
+    }
+    if (lock_engine(self) < 0) { PyBuffer_Release(&view); return NULL; }
+    g4_err err;
+    g4_status st = g4_engine_set_mask(self->e, id, view.buf, (int32_t)(view.len / 4), &err);
+    unlock_model(self->model);
+    PyBuffer_Release(&view);
+    if (st != G4_OK) return g4py_raise(&err);
+    Py_RETURN_NONE;
+}
+
+/* An event's log-probabilities as Generation.logprobs() gives them:
+ * (chosen, [(id, logprob), ...]), or None when the request did not ask. */
+static PyObject *event_logprobs(const g4_event *ev) {
+    if (ev->n_top < 0 || ev->token < 0) Py_RETURN_NONE;
+    PyObject *top = PyList_New(ev->n_top);
+    if (!top) return NULL;
+    for (int32_t k = 0; k < ev->n_top; k++) {
+        PyObject *t = Py_BuildValue("(if)", ev->top_ids[k], ev->top_logprobs[k]);
+        if (!t) { Py_DECREF(top); return NULL; }
+        PyList_SET_ITEM(top, k, t);
+    }
+    return Py_BuildValue("(fN)", ev->logprob, top);
 }
 
 static PyObject *Engine_cancel(EngineObject *self, PyObject *arg) {
@@ -715,9 +773,11 @@ static PyObject *Engine_step(EngineObject *self, PyObject *unused) {
     for (int32_t i = 0; i < n; i++) {
         const g4_event *ev = &self->events[i];
         const g4_request_stats *s = &ev->stats;
-        PyObject *t = Py_BuildValue("(Liiiiidddiii)", (long long)ev->id, ev->token, ev->finish, s->n_prompt,
+        PyObject *lp = event_logprobs(ev);
+        if (!lp) { Py_DECREF(out); return NULL; }
+        PyObject *t = Py_BuildValue("(LiiiiidddiiiN)", (long long)ev->id, ev->token, ev->finish, s->n_prompt,
                                     s->n_cached, s->n_decode, s->queue_ms, s->prefill_ms, s->decode_ms,
-                                    s->n_drafted, s->n_accepted, s->n_draft_steps);
+                                    s->n_drafted, s->n_accepted, s->n_draft_steps, lp);
         if (!t) { Py_DECREF(out); return NULL; }
         PyList_SET_ITEM(out, i, t);
     }
@@ -760,15 +820,27 @@ static PyObject *Engine_seq_kv_bytes(EngineObject *self, PyObject *arg) {
 static PyMethodDef Engine_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))Engine_submit, METH_VARARGS | METH_KEYWORDS,
      "submit(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0, draft_max=0,\n"
-     "draft_ngram=3) -> int id. draft_max > 0: speculative decoding by prompt lookup (up to draft_max\n"
-     "tokens per step copied after the last draft_ngram..1 tokens' latest earlier match; greedy requests\n"
-     "only, output unchanged; csrc/engine/engine.h).\n"
+     "draft_ngram=3, min_p=0, repeat_penalty=1, repeat_last_n=64, presence_penalty=0, frequency_penalty=0,\n"
+     "logit_bias=None, logprobs=None, constrained=False) -> int id. draft_max > 0: speculative decoding by\n"
+     "prompt lookup (up to draft_max tokens per step copied after the last draft_ngram..1 tokens' latest\n"
+     "earlier match; greedy unconstrained requests only, output unchanged; csrc/engine/engine.h).\n"
+     "The sampler chain of csrc/sample/sample.h as generate_iter has it (the penalties count the\n"
+     "generated tokens; logit_bias {token id: bias}). logprobs=N (0..20): each event carries the token's\n"
+     "log-probability and the N best. constrained=True: the request samples only what set_mask allows\n"
+     "and does not decode until a mask is set after each of its tokens.\n"
      "LimitError when the prompt leaves no room in the context or the waiting queue is full\n"
-     "(message starts with 'queue full'); ValueError for ids outside the vocabulary."},
+     "(message starts with 'queue full'); ValueError for ids outside the vocabulary (prompt or\n"
+     "logit_bias), logprobs outside 0..20, repeat_last_n < -1."},
+    {"set_mask", (PyCFunction)Engine_set_mask, METH_VARARGS,
+     "set_mask(id, mask): the allowed tokens of a constrained request's next sample: a contiguous uint32\n"
+     "array of exactly ceil(n_vocab/32) words, bit i%32 of word i/32 set = token i allowed (llguidance's\n"
+     "layout); copied. ValueError for an unknown id, a request not submitted constrained, a mask of\n"
+     "another length or one that allows no token; TypeError for a buffer that is not 4-byte ints."},
     {"cancel", (PyCFunction)Engine_cancel, METH_O, "cancel(id) -> bool: stop a request, its KV blocks freed now"},
     {"step", (PyCFunction)Engine_step, METH_NOARGS,
      "step() -> list of (id, token, finish, n_prompt, n_cached, n_decode, queue_ms, prefill_ms, decode_ms,\n"
-     "n_drafted, n_accepted, n_draft_steps): one scheduling step and batched forward with the GIL released. token -1:\n"
+     "n_drafted, n_accepted, n_draft_steps, logprobs): one scheduling step and batched forward with the GIL\n"
+     "released. logprobs: None, or (chosen_logprob, [(id, logprob), ...]) for requests with logprobs. token -1:\n"
      "none; finish 0 running, 1 end-of-generation token, 2 length. n_decode: tokens sampled after the\n"
      "first; a speculating request may get several events (tokens in order) per step. [] when there was\n"
      "nothing to run."},

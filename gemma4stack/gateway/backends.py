@@ -260,50 +260,29 @@ class LocalBackend:
             if req.extra:
                 from gemma4stack.tools import local_options
                 kw.update(local_options(req.extra, "chat" if chat else "completion"))
-            n_ctx = self.n_ctx
-            if chat:
-                kw["max_tokens"] = req.max_tokens or self.max_tokens
-                gen = self.model.chat(req.messages, stream=True, **kw)
-            else:
-                mode = "raw" if self.tier.chat_template == "raw" else "plain"
-                prompt = (req.prompt if req.kind == "completion" else
-                          render_messages(req.messages, mode))
-                if req.kind == "chat" and mode == "plain":
-                    kw["stop"] = transcript_stops(req.stop)
-                max_tokens = req.max_tokens
-                if n_ctx:
-                    n_prompt = len(self.model.tokenize(prompt))
-                    room = n_ctx - n_prompt - 1          # tokenize() counts BOS; 1 spare
-                    if room < 1:
-                        raise client_error(
-                            f"This model's maximum context length is {n_ctx} tokens; the "
-                            f"prompt has {n_prompt} tokens.", code="context_length_exceeded",
-                            param="messages" if req.kind == "chat" else "prompt")
-                    max_tokens = room if max_tokens is None else min(max_tokens, room)
-                kw["max_tokens"] = min(max_tokens or self.max_tokens, self.max_tokens)
-                gen = self.model.generate(prompt, stream=True, **kw)
+            n = int(req.extra.get("n") or 1) if req.extra else 1
+            others = [_Choice(self, req, {**kw, **({"seed": kw["seed"] + i} if "seed" in kw else {})},
+                              chat, i, put, cancel) for i in range(1, n)]
+            for c in others:          # choices 1..n-1 run beside choice 0 in the Model's engine
+                c.start()
             try:
-                for piece in gen:
-                    if cancel.is_set():
-                        break
-                    if type(piece) is not str:     # a tools.ChatDelta: structured piece
-                        piece = Delta(piece.content, piece.fields() or None,
-                                      piece.logprobs_dict(req.kind))
-                    if piece:
-                        put(piece)
+                st, gen = self._generate(req, kw, chat, 0, put, cancel)
+            except BaseException:
+                cancel.set()          # the request fails: stop the other choices too
+                raise
             finally:
-                close = getattr(gen, "close", None)
-                if close:
-                    close()           # closing the generator cancels generation in the core
+                for c in others:
+                    c.join()
             if cancel.is_set():
                 put(_END)
                 return
-            st = getattr(gen, "stats", None)       # this generation's (TextStream)
-            if st is None:
-                st = getattr(self.model, "last_stats", None)
+            for c in others:
+                if c.error is not None:
+                    raise c.error
+            extra = sum(_stat(c.stats, "completion_tokens") or 0 for c in others)
             put(Final(getattr(gen, "finish_reason", None) or _stat(st, "finish_reason", "stop") or "stop",
-                      _stat(st, "prompt_tokens"), _stat(st, "completion_tokens"),
-                      _stat(st, "queue_ms")))
+                      _stat(st, "prompt_tokens"), (_stat(st, "completion_tokens") or 0) + extra
+                      if others else _stat(st, "completion_tokens"), _stat(st, "queue_ms")))
         except BackendError as e:
             put(e)
         except _queue_full_error() as e:   # the Model's own queue (another user of it)
@@ -321,8 +300,77 @@ class LocalBackend:
         finally:
             self._last_run_s = time.monotonic() - t0
 
+    def _generate(self, req: GenRequest, kw: dict, chat: bool, index: int, put, cancel):
+        """Run one choice of req on the Model, posting its pieces (choice index > 0: as Delta
+        with that index, the last one with its finish_reason). Returns (its GenerationStats or
+        None, the generator). Raises what the Model raises."""
+        n_ctx = self.n_ctx
+        if chat:
+            kw["max_tokens"] = req.max_tokens or self.max_tokens
+            gen = self.model.chat(req.messages, stream=True, **kw)
+        else:
+            mode = "raw" if self.tier.chat_template == "raw" else "plain"
+            prompt = (req.prompt if req.kind == "completion" else
+                      render_messages(req.messages, mode))
+            if req.kind == "chat" and mode == "plain":
+                kw["stop"] = transcript_stops(req.stop)
+            max_tokens = req.max_tokens
+            if n_ctx:
+                n_prompt = len(self.model.tokenize(prompt))
+                room = n_ctx - n_prompt - 1          # tokenize() counts BOS; 1 spare
+                if room < 1:
+                    raise client_error(
+                        f"This model's maximum context length is {n_ctx} tokens; the "
+                        f"prompt has {n_prompt} tokens.", code="context_length_exceeded",
+                        param="messages" if req.kind == "chat" else "prompt")
+                max_tokens = room if max_tokens is None else min(max_tokens, room)
+            kw["max_tokens"] = min(max_tokens or self.max_tokens, self.max_tokens)
+            gen = self.model.generate(prompt, stream=True, **kw)
+        try:
+            for piece in gen:
+                if cancel.is_set():
+                    break
+                if type(piece) is not str:     # a tools.ChatDelta: structured piece
+                    piece = Delta(piece.content, piece.fields() or None,
+                                  piece.logprobs_dict(req.kind), index)
+                elif index:
+                    piece = Delta(piece, index=index)
+                if piece:
+                    put(piece)
+        finally:
+            close = getattr(gen, "close", None)
+            if close:
+                close()           # closing the generator cancels generation in the core
+        st = getattr(gen, "stats", None)       # this generation's (TextStream)
+        if st is None:
+            st = getattr(self.model, "last_stats", None)
+        if index and not cancel.is_set():
+            put(Delta(index=index, finish_reason=getattr(gen, "finish_reason", None)
+                      or _stat(st, "finish_reason", "stop") or "stop"))
+        return st, gen
+
     async def aclose(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Choice(threading.Thread):
+    """Choice `index` (> 0) of a local request with n > 1, run in a thread of its own so the
+    Model's engine decodes it in the same steps as the others (their common prompt is
+    prefilled once: the prefix cache). .stats and .error once joined."""
+
+    def __init__(self, backend: "LocalBackend", req: GenRequest, kw: dict, chat: bool,
+                 index: int, put, cancel: threading.Event):
+        super().__init__(name=f"g4gw-choice{index}", daemon=True)
+        self.args = (req, kw, chat, index, put, cancel)
+        self.backend = backend
+        self.stats = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.stats, _ = self.backend._generate(*self.args)
+        except BaseException as e:     # noqa: BLE001 - re-raised by the request's thread
+            self.error = e
 
 
 # ----------------------------------------------------------------------------- openai
