@@ -520,6 +520,7 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
         for (int t = 0; t < T; t++) a2[t] = _mm256_setzero_si256();
 #define ACC2(t, k) (*((T <= 2 && ((k) & 1)) ? &a2[t] : &ai[t]))
         if (kind == KQ4_0) {
+#if HAVE_VNNI
             UNROLL
             for (int k = 0; k < 4; k++) {
                 const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
@@ -530,6 +531,30 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
                     ACC2(t, 1) = DPBUSD(ACC2(t, 1), hi, SFX(bc4)(xq[t] + 16 + 4 * k));
                 }
             }
+#else
+            /* The 8 vpmaddubsw of a block add up in int16 and widen once:
+               each int16 lane gathers 16 products of a nibble (0..15) and
+               an activation (|q| <= 127, the Q8_0 quantizer's range), at
+               most 16 * 15 * 127 = 30480 < 32767, so no sum saturates and
+               the block's integer dot stays exact. One vpmaddwd per block
+               instead of eight (benchmarks/matvec_instructions.c). */
+            __m256i s16[TX32], s16b[TX32];
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const __m256i pl = _mm256_maddubs_epi16(lo, SFX(bc4)(xq[t] + 4 * k));
+                    const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq[t] + 16 + 4 * k));
+                    s16[t] = k ? _mm256_add_epi16(s16[t], pl) : pl;
+                    s16b[t] = k ? _mm256_add_epi16(s16b[t], ph) : ph;
+                }
+            }
+            UNROLL
+            for (int t = 0; t < T; t++)
+                ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(_mm256_add_epi16(s16[t], s16b[t]), _mm256_set1_epi16(1)));
+#endif
         } else {
             UNROLL
             for (int k = 0; k < 8; k++) {
@@ -609,6 +634,10 @@ INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint
             for (int t = 0; t < T; t++) pl[t] = ph[t] = pl2[t] = ph2[t] = _mm256_setzero_si256();
 #else
             const __m256i scl = SFX(dword_byte)(sv, (2 * c) % 4, 1), sch = SFX(dword_byte)(sv, (2 * c + 1) % 4, 1);
+            /* the 8 vpmaddubsw of a sub-block add up in int16 before the
+               scale: 16 products of a nibble and a Q8_K value (-128..127)
+               per lane, at most 16 * 15 * 128 = 30720 < 32767 */
+            __m256i sl[TXK4], sh[TXK4];
 #endif
             UNROLL
             for (int q = 0; q < 8; q++) {
@@ -626,11 +655,17 @@ INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint
                         ph[t] = DPBUSD(ph[t], hi, SFX(bc4)(xq + 32));
                     }
 #else
-                    isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(lo, SFX(bc4)(xq)), scl);
-                    isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(hi, SFX(bc4)(xq + 32)), sch);
+                    const __m256i pl = _mm256_maddubs_epi16(lo, SFX(bc4)(xq));
+                    const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq + 32));
+                    sl[t] = q ? _mm256_add_epi16(sl[t], pl) : pl;
+                    sh[t] = q ? _mm256_add_epi16(sh[t], ph) : ph;
 #endif
                 }
             }
+#if !HAVE_VNNI
+            UNROLL
+            for (int t = 0; t < T; t++) isum[t] = DPWSSD(DPWSSD(isum[t], sl[t], scl), sh[t], sch);
+#endif
 #if HAVE_VNNI
             UNROLL
             for (int t = 0; t < T; t++) {
@@ -691,6 +726,9 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
                 sc[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));   /* (sc, sc) int16 pairs for vpmaddwd */
 #endif
             }
+#if !HAVE_VNNI
+            __m256i p16[TXK6][4];
+#endif
 #if HAVE_VNNI
             __m256i p[TXK6][4];
             UNROLL
@@ -717,7 +755,12 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
 #if HAVE_VNNI
                         p[t][k] = DPBUSD(p[t][k], e[k], xv);
 #else
-                        isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(e[k], xv), sc[k]);
+                        /* two groups' vpmaddubsw add up in int16 before the
+                           scale: 4 products of a 6-bit value and a Q8_K value
+                           per lane, at most 4 * 63 * 128 = 32256 < 32767 */
+                        const __m256i pr = _mm256_maddubs_epi16(e[k], xv);
+                        if (mm & 1) isum[t] = DPWSSD(isum[t], _mm256_add_epi16(p16[t][k], pr), sc[k]);
+                        else p16[t][k] = pr;
 #endif
                     }
             }

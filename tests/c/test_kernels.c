@@ -519,6 +519,50 @@ START_TEST(test_float_helpers) {
 }
 END_TEST
 
+/* The repacked x86 kernels add several vpmaddubsw results in int16 before
+   widening (kernels_x86.h: a Q4_0 block, a Q4_K sub-block, two Q6_K groups);
+   the largest such sums come from every weight at its largest unsigned
+   value and every activation at +-127 with one sign. Those must not
+   saturate: bit-identical to the reference, on every ISA. */
+START_TEST(test_repacked_int16_sums) {
+    for (size_t k = 0; k < sizeof XTYPES / sizeof XTYPES[0]; k++) {
+        const uint32_t type = XTYPES[k];
+        const int64_t n = g4_blck_size(type) == QK_K ? 512 : 64, rows = 16;
+        const size_t rs = g4_row_size(type, n), as = g4_act_row_size(type, n), bs = g4_type_size(type);
+        uint8_t *w = malloc(rs * rows), *wp = malloc(rs * rows), *xa = malloc(as);
+        float *x = malloc(sizeof(float) * n), y[16];
+        memset(w, 0xff, rs * rows);   /* nibbles 15, Q6_K values 63, Q4_K scales and mins 63, Q8_0 -1 */
+        for (size_t b = 0; b < rs * rows; b += bs) {
+            if (type == G4_TYPE_Q6_K) {
+                memset(w + b + 192, 0x01, 16);   /* sub-block scales +1 */
+                put_f16(w + b + 208, 0.01f);
+            } else if (type == G4_TYPE_Q4_K) {
+                put_f16(w + b, 0.01f);
+                put_f16(w + b + 2, 0.0f);
+            } else {
+                put_f16(w + b, 0.01f);
+            }
+        }
+        ck_assert(g4_repack(type, w, rows, n, wp));
+        for (int sign = -1; sign <= 1; sign += 2) {
+            for (int64_t i = 0; i < n; i++) x[i] = 3.0f * (float)sign;   /* every q = +-127 */
+            ck_assert(g4_quant_set_isa(G4_ISA_SCALAR));
+            ck_assert(g4_quantize_act(type, x, n, xa));
+            const float e = ref_dot(type, n, w, xa);
+            for (int isa = 0; isa < G4_ISA_COUNT; isa++) {
+                if (!g4_quant_set_isa(isa)) continue;
+                g4_matmul_rows_x8(type, wp, n, xa, as, 1, y, rows, 0, rows);
+                for (int64_t r = 0; r < rows; r++)
+                    ck_assert_msg(memcmp(&y[r], &e, 4) == 0, "%s repacked %s sign %d row %ld: %a vs reference %a",
+                                  g4_isa_name(isa), g4_type_name(type), sign, (long)r, (double)y[r], (double)e);
+            }
+        }
+        ck_assert(g4_quant_set_isa(g4_isa_best()));
+        free(w); free(wp); free(xa); free(x);
+    }
+}
+END_TEST
+
 static Suite *kernels_suite(void) {
     Suite *s = suite_create("kernels");
     TCase *tc = tcase_create("kernels");
@@ -529,6 +573,7 @@ static Suite *kernels_suite(void) {
     tcase_add_test(tc, test_matmul_float);
     tcase_add_test(tc, test_matmul_kq_bit_identical);
     tcase_add_test(tc, test_repacked);
+    tcase_add_test(tc, test_repacked_int16_sums);
     tcase_add_test(tc, test_float_helpers);
     suite_add_tcase(s, tc);
     return s;
