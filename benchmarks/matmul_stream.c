@@ -11,7 +11,8 @@
  * rows of Q4_0 are 230 MB), laid out by g4_repack in 2 MiB-aligned memory with MADV_HUGEPAGE as
  * the model's arena is (csrc/model/ops.c), multiplied by one quantized activation row with the
  * active ISA (GEMMA4STACK_ISA to force one). Prints bytes of weights read per second (1e9 B/s),
- * to be set beside the bandwidth probe's one-thread read figure
+ * and how fast one thread repacked them (g4_repack, CPU time, page faults of the copy included), the
+ * cost a model pays once at load. The first is to be set beside the bandwidth probe's one-thread read figure
  * (python -c "from gemma4stack import hardware; print(hardware.measure_bandwidth(threads=1))").
  */
 #include <stdint.h>
@@ -22,11 +23,12 @@
 
 #include "quant/quant.h"
 
-static double now(void) {
+static double clock_s(clockid_t id) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(id, &t);
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
+static double now(void) { return clock_s(CLOCK_MONOTONIC); }
 
 /* n bytes on a 2 MiB boundary, huge pages asked for (a hint) */
 static uint8_t *alloc_huge(size_t n) {
@@ -67,7 +69,11 @@ int main(int argc, char **argv) {
         for (int64_t i = 0; i < cols; i++) row[i] = (float)(rand() % 200 - 100) / 50.0f;
         g4_quantize_row(type, row, W + (size_t)r * rs, cols);
     }
+    /* this thread's CPU time, not wall time: on a shared machine the repack is short enough for
+       a descheduling to double it; the first touch of Wp (the kernel zeroing pages) is included */
+    const double r0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
     g4_repack(type, W, rows, cols, Wp);
+    const double repack_s = clock_s(CLOCK_THREAD_CPUTIME_ID) - r0;
     free(W);
     for (int64_t i = 0; i < cols; i++) row[i] = (float)(rand() % 200 - 100) / 50.0f;
     g4_quantize_act(type, row, cols, xa);
@@ -76,7 +82,8 @@ int main(int argc, char **argv) {
     const double t0 = now();
     for (int i = 0; i < reps; i++) g4_matmul_rows_x8(type, Wp, cols, xa, as, 1, Y, rows, 0, rows);
     const double dt = now() - t0;
-    printf("%s type %u, %lld x %lld, %.1f MB: %.2f GB/s (%.1f us per matmul)\n", g4_isa_name(g4_isa_active()),
-           type, (long long)rows, (long long)cols, bytes / 1e6, bytes * (double)reps / dt / 1e9, dt / reps * 1e6);
+    printf("%s type %u, %lld x %lld, %.1f MB: %.2f GB/s (%.1f us per matmul); repack %.2f GB/s\n",
+           g4_isa_name(g4_isa_active()), type, (long long)rows, (long long)cols, bytes / 1e6,
+           bytes * (double)reps / dt / 1e9, dt / reps * 1e6, bytes / repack_s / 1e9);
     return 0;
 }
