@@ -190,7 +190,7 @@ def test_repacked_bit_identical_on_every_isa(qtype):
     finally:
         _core.set_isa(before)
     with pytest.raises(ValueError):
-        _core.repack(int(qtype), w[: len(w) // rows * 4], 4, cols)   # rows not a multiple of 8
+        _core.repack(int(qtype), w[: len(w) // rows * 4], 4, cols)   # fewer than 8 rows
     with pytest.raises(ValueError):
         _core.repack(int(T.Q5_0), bytes(22 * 8), 8, 32)
 

@@ -274,8 +274,10 @@ static void repack_worker(void *arg, int ith, int nth) {
     if (g1 > groups) g1 = groups;
     if (g0 >= g1) return;
     const size_t gs = g4_row_size(j->W->type, j->W->ne[0]) * G4_REPACK_ROWS;
-    g4_repack(j->W->type, (const uint8_t *)j->W->data + (size_t)g0 * gs, (g1 - g0) * G4_REPACK_ROWS,
-              j->W->ne[0], (uint8_t *)j->dst + (size_t)g0 * gs);
+    /* the last share also takes the rows % 8 rows that are copied as they are */
+    const int64_t rows = g1 == groups ? j->W->ne[1] - g0 * G4_REPACK_ROWS : (g1 - g0) * G4_REPACK_ROWS;
+    g4_repack(j->W->type, (const uint8_t *)j->W->data + (size_t)g0 * gs, rows, j->W->ne[0],
+              (uint8_t *)j->dst + (size_t)g0 * gs);
 }
 
 static packed_cache *get_cache(g4_pool *pool) {
@@ -342,8 +344,10 @@ typedef struct repack_piece { const g4_tensor *W; void *dst; int64_t g0, g1; } r
 static void repack_piece_worker(void *arg, int ith, int nth) {
     const repack_piece *p = (const repack_piece *)arg + ith;
     const size_t gs = g4_row_size(p->W->type, p->W->ne[0]) * G4_REPACK_ROWS;
-    g4_repack(p->W->type, (const uint8_t *)p->W->data + (size_t)p->g0 * gs, (p->g1 - p->g0) * G4_REPACK_ROWS,
-              p->W->ne[0], (uint8_t *)p->dst + (size_t)p->g0 * gs);
+    const int64_t groups = p->W->ne[1] / G4_REPACK_ROWS;
+    const int64_t rows = p->g1 == groups ? p->W->ne[1] - p->g0 * G4_REPACK_ROWS : (p->g1 - p->g0) * G4_REPACK_ROWS;
+    g4_repack(p->W->type, (const uint8_t *)p->W->data + (size_t)p->g0 * gs, rows, p->W->ne[0],
+              (uint8_t *)p->dst + (size_t)p->g0 * gs);
 }
 
 int g4_repack_all(g4_pool *pool, const g4_tensor *W, int n) {

@@ -501,10 +501,18 @@ void g4_matmul_rows_x8(uint32_t type, const void *Wp, int64_t cols, const void *
     const size_t gs = g4_row_size(type, cols) * G4_REPACK_ROWS;
     g4_gemm_fn fn = type < G4_TYPE_COUNT ? k->gemm_x8[type] : NULL;
     if (r1 <= r0 || nt <= 0) return;
-    if (!fn || !gs || r0 % G4_REPACK_ROWS || r1 % G4_REPACK_ROWS) {
+    if (!fn || !gs || r0 % G4_REPACK_ROWS) {
         for (int64_t t = 0; t < nt; t++)
             for (int64_t r = r0; r < r1; r++) Y[t * ldy + r] = NAN;
         return;
+    }
+    if (r1 % G4_REPACK_ROWS) {
+        /* the matrix's last rows % 8 rows, stored plainly at their own
+           offsets; the activation row starts with the plain vec_dot row */
+        const int64_t rt = r1 / G4_REPACK_ROWS * G4_REPACK_ROWS > r0 ? r1 / G4_REPACK_ROWS * G4_REPACK_ROWS : r0;
+        g4_matmul_rows_vq(type, Wp, cols, xa, x_stride, nt, Y, ldy, rt, r1);
+        if (rt == r0) return;
+        r1 = rt;
     }
     const uint8_t *w = (const uint8_t *)Wp + (size_t)(r0 / G4_REPACK_ROWS) * gs;
     int64_t chunk = (int64_t)(MATMUL_X_CHUNK_BYTES / (x_stride ? x_stride : 1));

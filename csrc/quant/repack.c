@@ -173,7 +173,14 @@ static void unpack_column(uint32_t type, const uint8_t *src, uint8_t *const dst[
 
 int g4_repack_supported(uint32_t type, int64_t rows, int64_t cols) {
     if (type != G4_TYPE_Q4_0 && type != G4_TYPE_Q8_0 && type != G4_TYPE_Q4_K && type != G4_TYPE_Q6_K) return 0;
-    return rows > 0 && rows % G4_REPACK_ROWS == 0 && g4_row_size(type, cols) != 0;
+    return rows >= G4_REPACK_ROWS && g4_row_size(type, cols) != 0;
+}
+
+/* The last rows % 8 rows: copied as they are, to their own offsets (a group
+ * of 8 repacked rows takes the bytes of the 8 rows it holds). */
+static void copy_tail(uint32_t type, const void *src, int64_t rows, int64_t cols, void *dst) {
+    const size_t rs = g4_row_size(type, cols), at = (size_t)(rows / G4_REPACK_ROWS * G4_REPACK_ROWS) * rs;
+    memcpy((uint8_t *)dst + at, (const uint8_t *)src + at, (size_t)(rows % G4_REPACK_ROWS) * rs);
 }
 
 int g4_repack(uint32_t type, const void *W, int64_t rows, int64_t cols, void *dst) {
@@ -186,6 +193,7 @@ int g4_repack(uint32_t type, const void *W, int64_t rows, int64_t cols, void *ds
             for (int r = 0; r < 8; r++) src[r] = (const uint8_t *)W + (size_t)(8 * g + r) * rs + (size_t)b * bsz;
             pack_column(type, src, (uint8_t *)dst + ((size_t)g * nb + b) * 8 * bsz);
         }
+    copy_tail(type, W, rows, cols, dst);
     return 1;
 }
 
@@ -199,6 +207,7 @@ int g4_unrepack(uint32_t type, const void *Wp, int64_t rows, int64_t cols, void 
             for (int r = 0; r < 8; r++) out[r] = (uint8_t *)dst + (size_t)(8 * g + r) * rs + (size_t)b * bsz;
             unpack_column(type, (const uint8_t *)Wp + ((size_t)g * nb + b) * 8 * bsz, out);
         }
+    copy_tail(type, Wp, rows, cols, dst);
     return 1;
 }
 
