@@ -7,7 +7,9 @@
  *      /tmp/matvec_instructions ISA TYPE        # ISA: scalar, avx2, ...; TYPE: ggml type id
  *   valgrind --tool=callgrind --callgrind-out-file=/dev/null --toggle-collect=g4_matmul_rows_x8 \
  *      /tmp/matvec_instructions ISA TYPE x8 [TOKENS]   # the repacked weights (Q4_0, Q8_0, Q4_K,
- *                                     # Q6_K), times TOKENS activation rows (default 1; >1: prefill)
+ *                                     # Q6_K, Q5_0), times TOKENS activation rows (default 1; >1: prefill)
+ *   valgrind ... --toggle-collect=g4_matmul_rows_vq /tmp/matvec_instructions ISA TYPE plain TOKENS
+ *                                     # the plain rows times TOKENS activation rows
  *
  * A 256 x 4096 matrix of random bytes (unrepacked rows, as the Q2_K/Q3_K/i-quant kernels read
  * them; with "x8", the same bytes laid out by g4_repack, as the model multiplies the types that
@@ -25,13 +27,13 @@
 #include "quant/quant.h"
 
 int main(int argc, char **argv) {
-    if (argc < 3 || argc > 5 || (argc >= 4 && strcmp(argv[3], "x8"))) {
-        fprintf(stderr, "usage: %s ISA TYPE [x8 [TOKENS]]\n", argv[0]);
+    if (argc < 3 || argc > 5 || (argc >= 4 && strcmp(argv[3], "x8") && strcmp(argv[3], "plain"))) {
+        fprintf(stderr, "usage: %s ISA TYPE [x8|plain [TOKENS]]\n", argv[0]);
         return 2;
     }
     const int isa = g4_isa_from_name(argv[1]);
     const uint32_t type = (uint32_t)atoi(argv[2]);
-    const int x8 = argc >= 4, nt = argc == 5 ? atoi(argv[4]) : 1;
+    const int x8 = argc >= 4 && !strcmp(argv[3], "x8"), nt = argc == 5 ? atoi(argv[4]) : 1;
     const int64_t rows = 256, cols = 4096;
     const size_t rs = g4_row_size(type, cols);
     const uint32_t vdt = g4_vec_dot_type(type);
@@ -59,8 +61,9 @@ int main(int argc, char **argv) {
         for (int t = 0; t < nt; t++) g4_quantize_act(type, x, cols, xq + (size_t)t * xs);
         g4_matmul_rows_x8(type, wp, cols, xq, xs, nt, y, rows, 0, rows);
     } else {
-        g4_quantize_row(vdt, x, xq, cols);
-        g4_matvec_rows_vq(type, w, cols, xq, y, 0, rows);
+        for (int t = 0; t < nt; t++) g4_quantize_row(vdt, x, xq + (size_t)t * xs, cols);
+        if (nt == 1) g4_matvec_rows_vq(type, w, cols, xq, y, 0, rows);   /* calls g4_matmul_rows_vq */
+        else g4_matmul_rows_vq(type, w, cols, xq, xs, nt, y, rows, 0, rows);
     }
     printf("%s %s%s, %d token(s): %zu weight bytes\n", g4_isa_name(isa), g4_type_name(type), x8 ? " repacked" : "",
            nt, rs * rows);

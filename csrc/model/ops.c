@@ -292,7 +292,8 @@ static packed_cache *get_cache(g4_pool *pool) {
 }
 
 static int repackable(const g4_tensor *W) {
-    return W->ne[2] == 1 && W->ne[3] == 1 && g4_repack_supported(W->type, W->ne[1], W->ne[0]);
+    return W->ne[2] == 1 && W->ne[3] == 1 && g4_repack_supported(W->type, W->ne[1], W->ne[0]) &&
+           g4_repack_fast(W->type);
 }
 
 /* The cache entry of W: 1 and *found set when there is one, else a new

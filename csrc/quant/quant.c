@@ -257,6 +257,7 @@ SCALAR_GEMM_X8(q4_0, G4_TYPE_Q4_0)
 SCALAR_GEMM_X8(q8_0, G4_TYPE_Q8_0)
 SCALAR_GEMM_X8(q4_K, G4_TYPE_Q4_K)
 SCALAR_GEMM_X8(q6_K, G4_TYPE_Q6_K)
+SCALAR_GEMM_X8(q5_0, G4_TYPE_Q5_0)
 
 static float dot_f32_scalar(int64_t n, const float *a, const float *b) { return g4_vec_dot_f32(n, a, b); }
 static float dot_f16_f32_scalar(int64_t n, const g4_fp16 *a, const float *b) { return g4_vec_dot_f16_f32(n, a, b); }
@@ -302,6 +303,7 @@ static const g4_kernels kernels_scalar = {
     .gemm_x8 = {
         [G4_TYPE_Q4_0] = gemm_x8_q4_0_scalar, [G4_TYPE_Q8_0] = gemm_x8_q8_0_scalar,
         [G4_TYPE_Q4_K] = gemm_x8_q4_K_scalar, [G4_TYPE_Q6_K] = gemm_x8_q6_K_scalar,
+        [G4_TYPE_Q5_0] = gemm_x8_q5_0_scalar,
     },
     .dot_f32 = dot_f32_scalar,
     .dot_f16_f32 = dot_f16_f32_scalar,
@@ -493,6 +495,12 @@ void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *x
         int64_t tn = nt - t0 < chunk ? nt - t0 : chunk;
         fn(cols, w, ws, r1 - r0, (const uint8_t *)xq + (size_t)t0 * x_stride, x_stride, tn, Y + t0 * ldy + r0, ldy);
     }
+}
+
+int g4_repack_fast(uint32_t type) {
+    const g4_kernels *k = kernels();
+    if (type >= G4_TYPE_COUNT || !k->gemm_x8[type]) return 0;
+    return k->isa == G4_ISA_SCALAR || k->gemm_x8[type] != kernels_scalar.gemm_x8[type];
 }
 
 void g4_matmul_rows_x8(uint32_t type, const void *Wp, int64_t cols, const void *xa, size_t x_stride,

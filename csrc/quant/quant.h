@@ -305,6 +305,11 @@ void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *x
  * depend on the ISA (set_isa may switch between calls). */
 #define G4_REPACK_ROWS 8
 int g4_repack_supported(uint32_t type, int64_t rows, int64_t cols);
+/* Whether the active ISA multiplies repacked `type` with its own vector
+ * kernel (1 on the scalar ISA, whose repacked path is the tests' oracle):
+ * 0 where only the scalar fallback would (Q5_0 on NEON), and there the
+ * model keeps the plain layout, whose NEON kernel is faster. */
+int g4_repack_fast(uint32_t type);
 /* dst: g4_row_size(type, cols) * rows bytes (64-byte aligned is best).
  * Returns 0 (dst untouched) when not supported. g4_unrepack is the inverse. */
 int g4_repack(uint32_t type, const void *W, int64_t rows, int64_t cols, void *dst);

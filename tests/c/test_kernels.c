@@ -44,7 +44,7 @@ static float rng_normal(void) {
 static const uint32_t QTYPES[] = {G4_TYPE_Q4_0, G4_TYPE_Q4_1, G4_TYPE_Q5_0, G4_TYPE_Q5_1, G4_TYPE_Q8_0,
                                   G4_TYPE_Q4_K, G4_TYPE_Q5_K, G4_TYPE_Q6_K};
 #define N_QTYPES (sizeof QTYPES / sizeof QTYPES[0])
-static const uint32_t XTYPES[] = {G4_TYPE_Q4_0, G4_TYPE_Q8_0, G4_TYPE_Q4_K, G4_TYPE_Q6_K};   /* repackable */
+static const uint32_t XTYPES[] = {G4_TYPE_Q4_0, G4_TYPE_Q8_0, G4_TYPE_Q4_K, G4_TYPE_Q6_K, G4_TYPE_Q5_0};   /* repackable */
 
 /* Regimes of scale: weights' fp16 scales and activations' magnitude. */
 enum { R_NORMAL, R_TINY, R_HUGE, R_ZERO, R_MAXQ, R_COUNT };
@@ -459,7 +459,7 @@ START_TEST(test_repacked) {
         ck_assert(g4_quant_set_isa(g4_isa_best()));
         free(w); free(wp); free(back); free(xa); free(x); free(y); free(ref);
     }
-    ck_assert(!g4_repack_supported(G4_TYPE_Q5_0, 8, 256));
+    ck_assert(!g4_repack_supported(G4_TYPE_Q5_1, 8, 256));
     ck_assert(!g4_repack_supported(G4_TYPE_F16, 8, 256));
 }
 END_TEST
@@ -531,7 +531,8 @@ START_TEST(test_float_helpers) {
 END_TEST
 
 /* The repacked x86 kernels add several vpmaddubsw results in int16 before
-   widening (kernels_x86.h: a Q4_0 block, a Q4_K sub-block, two Q6_K groups);
+   widening (kernels_x86.h: a Q4_0 block, a Q4_K sub-block, two Q6_K groups,
+   half a Q5_0 block);
    the largest such sums come from every weight at its largest unsigned
    value and every activation at +-127 with one sign. Those must not
    saturate: bit-identical to the reference, on every ISA. */
@@ -542,7 +543,7 @@ START_TEST(test_repacked_int16_sums) {
         const size_t rs = g4_row_size(type, n), as = g4_act_row_size(type, n), bs = g4_type_size(type);
         uint8_t *w = malloc(rs * rows), *wp = malloc(rs * rows), *xa = malloc(as);
         float *x = malloc(sizeof(float) * n), y[16];
-        memset(w, 0xff, rs * rows);   /* nibbles 15, Q6_K values 63, Q4_K scales and mins 63, Q8_0 -1 */
+        memset(w, 0xff, rs * rows);   /* nibbles 15, Q5_0 values 31, Q6_K 63, Q4_K scales and mins 63, Q8_0 -1 */
         for (size_t b = 0; b < rs * rows; b += bs) {
             if (type == G4_TYPE_Q6_K) {
                 memset(w + b + 192, 0x01, 16);   /* sub-block scales +1 */
