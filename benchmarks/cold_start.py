@@ -7,8 +7,9 @@ Each run is its own process (nothing warm but the page cache: run once before ti
 is cached, as it is on a machine that serves the model). Prints per run and engine, in seconds:
 `load` (the Model / llama_cpp.Llama constructor), `first` (a one-token forward from an empty
 context, logits included: the first token a user waits for after load), `second` (the next
-one-token forward, the steady decode step), and `load+first`, the figure the issue's cold-start
-target compares with llama.cpp's. llama.cpp repacks its weights for its CPU kernels inside the
+one-token forward, the steady decode step), `load+first`, the figure the issue's cold-start
+target compares with llama.cpp's, and `cpu_load+first`, the CPU seconds of all the process's
+threads until then (what a busy shared machine does not inflate as it does wall time). llama.cpp repacks its weights for its CPU kernels inside the
 constructor (CPU_REPACK buffers), gemma4stack at load across the pool's threads (or on first use
 with GEMMA4STACK_REPACK_AT_LOAD=0), so only load+first compares like with like.
 """
@@ -25,7 +26,7 @@ import time
 
 def worker(engine: str, path: str, threads: int) -> dict:
     """Load `path` in this process and time load, the first and the second token."""
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     if engine == "llama.cpp":
         import llama_cpp
         llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=threads, n_threads_batch=threads,
@@ -48,10 +49,11 @@ def worker(engine: str, path: str, threads: int) -> dict:
             core.forward(one, pos, logits, False)
     t1 = time.perf_counter()
     step(bos, 0)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     step(bos + 1, 1)
     t3 = time.perf_counter()
-    return {"engine": engine, "load": t1 - t0, "first": t2 - t1, "second": t3 - t2, "load+first": t2 - t0}
+    return {"engine": engine, "load": t1 - t0, "first": t2 - t1, "second": t3 - t2, "load+first": t2 - t0,
+            "cpu_load+first": c2 - c0}
 
 
 def main() -> None:
@@ -78,7 +80,8 @@ def main() -> None:
             print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in out.items()), flush=True)
     for e, runs in res.items():
         print(f"{e} medians over {len(runs)} runs: " +
-              ", ".join(f"{k} {statistics.median(r[k] for r in runs):.3f} s" for k in ("load", "first", "second", "load+first")))
+              ", ".join(f"{k} {statistics.median(r[k] for r in runs):.3f} s"
+                        for k in ("load", "first", "second", "load+first", "cpu_load+first")))
 
 
 if __name__ == "__main__":

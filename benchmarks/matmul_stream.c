@@ -12,7 +12,8 @@
  * weights (make ROWS large enough that the matrix is several times the last-level cache; 200000
  * rows of Q4_0 are 230 MB), laid out by g4_repack in 2 MiB-aligned memory with MADV_HUGEPAGE as
  * the model's arena is (csrc/model/ops.c), multiplied by one quantized activation row with the
- * active ISA (GEMMA4STACK_ISA to force one). Prints bytes of weights read per second (1e9 B/s),
+ * active ISA (GEMMA4STACK_ISA to force one). Prints bytes of weights read per second (1e9 B/s; and
+ * per second of this thread's CPU time, which a descheduling on a shared machine does not inflate),
  * and how fast one thread repacked them (g4_repack, CPU time, page faults of the copy included), the
  * cost a model pays once at load. The first is to be set beside the bandwidth probe's one-thread read figure
  * (python -c "from gemma4stack import hardware; print(hardware.measure_bandwidth(threads=1))").
@@ -90,16 +91,17 @@ int main(int argc, char **argv) {
         g4_quantize_act(type, row, cols, xa + (size_t)t * as);
     }
 
-    double t0 = 0;
+    double t0 = 0, c0 = 0;
     for (int i = -1; i < reps; i++) {   /* i = -1: warm-up (page faults) */
-        if (i == 0) t0 = now();
+        if (i == 0) t0 = now(), c0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
         if (plain) g4_matmul_rows_vq(type, Wp, cols, xa, as, nt, Y, rows, 0, rows);
         else g4_matmul_rows_x8(type, Wp, cols, xa, as, nt, Y, rows, 0, rows);
     }
-    const double dt = now() - t0;
-    printf("%s type %u%s, %d token(s), %lld x %lld, %.1f MB: %.2f GB/s (%.1f us per matmul); %s %.2f GB/s\n",
+    const double dt = now() - t0, dc = clock_s(CLOCK_THREAD_CPUTIME_ID) - c0;
+    printf("%s type %u%s, %d token(s), %lld x %lld, %.1f MB: %.2f GB/s (%.1f us per matmul; per CPU second "
+           "%.2f GB/s); %s %.2f GB/s\n",
            g4_isa_name(g4_isa_active()), type, plain ? " plain" : "", nt, (long long)rows, (long long)cols,
-           bytes / 1e6, bytes * (double)reps / dt / 1e9, dt / reps * 1e6, plain ? "copy" : "repack",
-           bytes / repack_s / 1e9);
+           bytes / 1e6, bytes * (double)reps / dt / 1e9, dt / reps * 1e6, bytes * (double)reps / dc / 1e9,
+           plain ? "copy" : "repack", bytes / repack_s / 1e9);
     return 0;
 }
