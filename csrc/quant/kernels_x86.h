@@ -547,18 +547,7 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
                 }
             }
         } else if (kind == KQ4_0) {
-#if HAVE_VNNI
-            UNROLL
-            for (int k = 0; k < 4; k++) {
-                const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
-                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                UNROLL
-                for (int t = 0; t < T; t++) {
-                    ACC2(t, 0) = DPBUSD(ACC2(t, 0), lo, SFX(bc4)(xq[t] + 4 * k));
-                    ACC2(t, 1) = DPBUSD(ACC2(t, 1), hi, SFX(bc4)(xq[t] + 16 + 4 * k));
-                }
-            }
-#else
+#if !HAVE_VNNI
             /* The 8 vpmaddubsw of a block add up in int16 and widen once:
                each int16 lane gathers 16 products of a nibble (0..15) and
                an activation (|q| <= 127, the Q8_0 quantizer's range), at
@@ -566,18 +555,25 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
                the block's integer dot stays exact. One vpmaddwd per block
                instead of eight (benchmarks/matvec_instructions.c). */
             __m256i s16[TX32], s16b[TX32];
+#endif
             UNROLL
             for (int k = 0; k < 4; k++) {
                 const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
                 const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 UNROLL
                 for (int t = 0; t < T; t++) {
+#if HAVE_VNNI
+                    ACC2(t, 0) = DPBUSD(ACC2(t, 0), lo, SFX(bc4)(xq[t] + 4 * k));
+                    ACC2(t, 1) = DPBUSD(ACC2(t, 1), hi, SFX(bc4)(xq[t] + 16 + 4 * k));
+#else
                     const __m256i pl = _mm256_maddubs_epi16(lo, SFX(bc4)(xq[t] + 4 * k));
                     const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq[t] + 16 + 4 * k));
                     s16[t] = k ? _mm256_add_epi16(s16[t], pl) : pl;
                     s16b[t] = k ? _mm256_add_epi16(s16b[t], ph) : ph;
+#endif
                 }
             }
+#if !HAVE_VNNI
             UNROLL
             for (int t = 0; t < T; t++)
                 ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(_mm256_add_epi16(s16[t], s16b[t]), ones));
