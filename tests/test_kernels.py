@@ -33,7 +33,7 @@ QTYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
 # Q2_K, Q3_K and the i-quants (tests/test_quant_types.py checks their dequantizers exactly)
 NEW_QTYPES = [T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S,
               T.IQ1_S, T.IQ1_M]
-REPACKED = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K]
+REPACKED = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K, T.Q5_0]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -190,9 +190,9 @@ def test_repacked_bit_identical_on_every_isa(qtype):
     finally:
         _core.set_isa(before)
     with pytest.raises(ValueError):
-        _core.repack(int(qtype), w[: len(w) // rows * 4], 4, cols)   # rows not a multiple of 8
+        _core.repack(int(qtype), w[: len(w) // rows * 4], 4, cols)   # fewer than 8 rows
     with pytest.raises(ValueError):
-        _core.repack(int(T.Q5_0), bytes(22 * 8), 8, 32)
+        _core.repack(int(T.Q5_1), bytes(24 * 8), 8, 32)
 
 
 # ---- choosing the ISA -------------------------------------------------------------------------

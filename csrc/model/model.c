@@ -17,6 +17,8 @@
 #include <unistd.h>
 
 #include "../quant/quant.h"
+#include "ops.h"
+#include "ops_gemma.h"
 
 /* ------------------------------------------------ architecture registry */
 
@@ -254,6 +256,43 @@ static void prefix_path(g4_err *err, const char *path) {
     err->msg[off] = '\0';
 }
 
+/* The matrices a forward pass multiplies, repacked for the vectorized
+ * kernels now (ops.h g4_repack_all, across the pool's threads) rather than
+ * on their first use, so the first token after a load does not pay for it
+ * (issue 14's cold start: benchmarks/cold_start.py). Every 2-D weight and
+ * every expert of a 3-D one is a matrix some architecture multiplies, but
+ * for the embedding tables, which are read a row per token: token_embd
+ * unless it is also the output (tied: no output.weight), and Gemma 4's
+ * per_layer_token_embd. A table repacked by mistake would still be read
+ * correctly (from the file's pages), it would only cost memory.
+ * GEMMA4STACK_REPACK_AT_LOAD=0: on first use, as before. */
+static void repack_at_load(g4_model *m) {
+    const char *env = getenv("GEMMA4STACK_REPACK_AT_LOAD");
+    if (env && !strcmp(env, "0")) return;
+    const int tied = !g4_gguf_find_tensor(m->gguf, "output.weight");
+    const uint64_t nt = g4_gguf_n_tensors(m->gguf);
+    size_t n = 0, cap = 0;
+    g4_tensor *W = NULL;
+    for (uint64_t i = 0; i < nt; i++) {
+        const g4_tensor *t = g4_gguf_tensor_at(m->gguf, i);
+        if (!g4_repack_supported(t->type, t->ne[1], t->ne[0]) || t->ne[3] != 1 || t->n_dims < 2) continue;
+        if (g4_str_eq(t->name, "per_layer_token_embd.weight") || (!tied && g4_str_eq(t->name, "token_embd.weight")))
+            continue;
+        if (t->name.len < 7 || memcmp(t->name.ptr + t->name.len - 7, ".weight", 7)) continue;
+        if (n + (size_t)t->ne[2] > cap) {
+            size_t nc = cap ? 2 * cap : 256;
+            while (nc < n + (size_t)t->ne[2]) nc *= 2;
+            g4_tensor *nw = realloc(W, sizeof *W * nc);
+            if (!nw) break;   /* the rest on first use */
+            W = nw;
+            cap = nc;
+        }
+        for (int64_t e = 0; e < t->ne[2]; e++) W[n++] = t->ne[2] == 1 ? *t : g4_expert_view(t, e);
+    }
+    if (n) g4_repack_all(m->pool, W, n > INT32_MAX ? INT32_MAX : (int)n);
+    free(W);
+}
+
 g4_model *g4_model_load(const char *path, const g4_model_params *params, g4_err *err) {
     g4_err_clear(err);
     g4_model *m = calloc(1, sizeof *m);
@@ -312,6 +351,7 @@ g4_model *g4_model_load(const char *path, const g4_model_params *params, g4_err 
                    path, m->n_vocab, g4_tokenizer_n_vocab(m->tok));
         goto fail;
     }
+    repack_at_load(m);
     return m;
 fail:
     g4_model_free(m);

@@ -274,14 +274,13 @@ static void repack_worker(void *arg, int ith, int nth) {
     if (g1 > groups) g1 = groups;
     if (g0 >= g1) return;
     const size_t gs = g4_row_size(j->W->type, j->W->ne[0]) * G4_REPACK_ROWS;
-    g4_repack(j->W->type, (const uint8_t *)j->W->data + (size_t)g0 * gs, (g1 - g0) * G4_REPACK_ROWS,
-              j->W->ne[0], (uint8_t *)j->dst + (size_t)g0 * gs);
+    /* the last share also takes the rows % 8 rows that are copied as they are */
+    const int64_t rows = g1 == groups ? j->W->ne[1] - g0 * G4_REPACK_ROWS : (g1 - g0) * G4_REPACK_ROWS;
+    g4_repack(j->W->type, (const uint8_t *)j->W->data + (size_t)g0 * gs, rows, j->W->ne[0],
+              (uint8_t *)j->dst + (size_t)g0 * gs);
 }
 
-/* The repacked copy of W, made now if this is its first use; NULL when W has
- * no repacked form (or memory ran out: the plain kernels still work). */
-static const void *packed_weights(g4_pool *pool, const g4_tensor *W) {
-    if (!pool || W->ne[2] != 1 || W->ne[3] != 1 || !g4_repack_supported(W->type, W->ne[1], W->ne[0])) return NULL;
+static packed_cache *get_cache(g4_pool *pool) {
     packed_cache *c = g4_pool_cache(pool);
     if (!c) {
         if (!(c = calloc(1, sizeof *c))) return NULL;
@@ -289,25 +288,99 @@ static const void *packed_weights(g4_pool *pool, const g4_tensor *W) {
         c->enabled = !(env && !strcmp(env, "0"));
         g4_pool_set_cache(pool, c, packed_cache_free);
     }
-    if (!c->enabled) return NULL;
+    return c;
+}
+
+static int repackable(const g4_tensor *W) {
+    return W->ne[2] == 1 && W->ne[3] == 1 && g4_repack_supported(W->type, W->ne[1], W->ne[0]) &&
+           g4_repack_fast(W->type);
+}
+
+/* The cache entry of W: 1 and *found set when there is one, else a new
+ * entry with memory for the copy (its `packed` NULL when memory ran out).
+ * Returns 0 when no entry can be made. */
+static int cache_entry(packed_cache *c, const g4_tensor *W, packed_entry **out, int *found) {
+    *found = 0;
     if (c->cap) {
-        const packed_entry *e = &c->e[packed_slot(c, W)];
-        if (e->data) return e->packed;
+        packed_entry *e = &c->e[packed_slot(c, W)];
+        if (e->data) { *out = e; *found = 1; return 1; }
     }
-    if ((c->n + 1) * 2 > c->cap && !packed_grow(c)) return NULL;
+    if ((c->n + 1) * 2 > c->cap && !packed_grow(c)) return 0;
     const size_t bytes = g4_row_size(W->type, W->ne[0]) * (size_t)W->ne[1];
-    void *dst = arena_alloc(c, bytes);
-    if (dst) {
+    packed_entry *e = &c->e[packed_slot(c, W)];
+    *e = (packed_entry){ W->data, W->type, W->ne[0], W->ne[1], arena_alloc(c, bytes) };
+    c->n++;
+    *out = e;
+    return 1;
+}
+
+/* The repacked copy of W, made now if this is its first use; NULL when W has
+ * no repacked form (or memory ran out: the plain kernels still work). */
+static const void *packed_weights(g4_pool *pool, const g4_tensor *W) {
+    if (!pool || !repackable(W)) return NULL;
+    packed_cache *c = get_cache(pool);
+    if (!c || !c->enabled) return NULL;
+    packed_entry *e;
+    int found;
+    if (!cache_entry(c, W, &e, &found)) return NULL;
+    if (!found && e->packed) {
         const int64_t groups = W->ne[1] / G4_REPACK_ROWS;
         const int shares = g4_pool_size(pool) * G4_SHARES_PER_THREAD;
-        repack_job j = { W, dst, (groups + shares - 1) / shares };
+        repack_job j = { W, e->packed, (groups + shares - 1) / shares };
         g4_pool_run_n(pool, repack_worker, &j, shares);
-        drop_pages(W->data, bytes);
+        drop_pages(W->data, g4_row_size(W->type, W->ne[0]) * (size_t)W->ne[1]);
     }
-    packed_entry *e = &c->e[packed_slot(c, W)];
-    *e = (packed_entry){ W->data, W->type, W->ne[0], W->ne[1], dst };
-    c->n++;
-    return dst;
+    return e->packed;
+}
+
+/* ---- all of a model's matrices at once (g4_repack_all) ----
+ * One pool job over every matrix: pieces of G4_REPACK_PIECE groups of 8
+ * rows, claimed by whichever thread is free, so the threads meet once
+ * rather than once per matrix and a small matrix does not leave a thread
+ * idle. */
+#define G4_REPACK_PIECE 256   /* groups: 2048 rows, ~2.3 MB of Q4_0 at 2048 columns */
+
+typedef struct repack_piece { const g4_tensor *W; void *dst; int64_t g0, g1; } repack_piece;
+
+static void repack_piece_worker(void *arg, int ith, int nth) {
+    const repack_piece *p = (const repack_piece *)arg + ith;
+    const size_t gs = g4_row_size(p->W->type, p->W->ne[0]) * G4_REPACK_ROWS;
+    const int64_t groups = p->W->ne[1] / G4_REPACK_ROWS;
+    const int64_t rows = p->g1 == groups ? p->W->ne[1] - p->g0 * G4_REPACK_ROWS : (p->g1 - p->g0) * G4_REPACK_ROWS;
+    g4_repack(p->W->type, (const uint8_t *)p->W->data + (size_t)p->g0 * gs, rows, p->W->ne[0],
+              (uint8_t *)p->dst + (size_t)p->g0 * gs);
+}
+
+int g4_repack_all(g4_pool *pool, const g4_tensor *W, int n) {
+    if (!pool || n <= 0) return 0;
+    packed_cache *c = get_cache(pool);
+    if (!c || !c->enabled) return 0;
+    int64_t n_pieces = 0;
+    for (int i = 0; i < n; i++)
+        if (repackable(&W[i])) n_pieces += (W[i].ne[1] / G4_REPACK_ROWS + G4_REPACK_PIECE - 1) / G4_REPACK_PIECE;
+    repack_piece *pc = malloc(sizeof *pc * (size_t)(n_pieces ? n_pieces : 1));
+    char *todo = calloc((size_t)n, 1);
+    if (!pc || !todo) { free(pc); free(todo); return 0; }
+    int64_t np = 0;
+    int done = 0;
+    for (int i = 0; i < n; i++) {
+        packed_entry *e;
+        int found;
+        if (!repackable(&W[i]) || !cache_entry(c, &W[i], &e, &found) || found || !e->packed) continue;
+        const int64_t groups = W[i].ne[1] / G4_REPACK_ROWS;
+        for (int64_t g = 0; g < groups; g += G4_REPACK_PIECE)
+            pc[np++] = (repack_piece){ &W[i], e->packed, g, g + G4_REPACK_PIECE < groups ? g + G4_REPACK_PIECE : groups };
+        todo[i] = 1;
+        done++;
+    }
+    /* g4_pool_run_n takes an int count of shares */
+    for (int64_t p0 = 0; p0 < np; p0 += INT32_MAX)
+        g4_pool_run_n(pool, repack_piece_worker, pc + p0, (int)(np - p0 < INT32_MAX ? np - p0 : INT32_MAX));
+    for (int i = 0; i < n; i++)
+        if (todo[i]) drop_pages(W[i].data, g4_row_size(W[i].type, W[i].ne[0]) * (size_t)W[i].ne[1]);
+    free(pc);
+    free(todo);
+    return done;
 }
 
 /* ---- the matmul job ----

@@ -83,6 +83,17 @@ void g4_rope_apply(const g4_rope *r, const float *cs, float *x, int n_heads, int
 void g4_matmul(g4_pool *pool, const g4_tensor *W, const float *x, int64_t ldx,
                float *y, int64_t ldy, int n, void *xq);
 
+/* Repacks W[0..n) now, as g4_matmul would on each one's first use, in one
+ * job across the pool's threads (a model load calls it, so the first token
+ * does not pay for it). Matrices without a repacked form (quant.h
+ * g4_repack_supported; 2-D only: pass expert stacks as g4_expert_view
+ * slices) and ones already repacked are skipped; so is everything when
+ * GEMMA4STACK_REPACK=0. The W array itself need not outlive the call: the
+ * copies are found again by data pointer and shape. Returns how many
+ * matrices it repacked; one without memory for its copy is left to the
+ * plain kernels, as on first use. */
+int g4_repack_all(g4_pool *pool, const g4_tensor *W, int n);
+
 /* Several matrices that read the same input x (rows of ne[0] = cols each),
  * e.g. attention's q, k, v or the FFN's gate and up: y_k = W_k x as for
  * g4_matmul, with x quantized once per activation format and one pool job

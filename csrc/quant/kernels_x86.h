@@ -482,11 +482,21 @@ INL void SFX(prefetch)(const uint8_t *p, size_t n) {
     for (size_t off = 0; off < n; off += 64) _mm_prefetch((const char *)(p + PF_AHEAD + off), _MM_HINT_T1);
 }
 
-/* Q4_0 / Q8_0: T tokens x 8 rows */
+/* Q5_0 (in tile_x8_32): as Q4_0 with the fifth bits from hb (repack.c):
+   chunk k's bits sit at bits 2k (low nibbles) and 2k + 1 (high) of every
+   byte, and a 16-bit shift plus the 0x10 mask moves them to bit 4 (a shift
+   by s <= 4 left or <= 3 right brings in neighbour bits only below or above
+   bit 4). Values q + 16 are 0..31, so a vpmaddubsw pair is at most
+   2 * 31 * 128 = 7936 and four of them add up in int16 without saturating
+   (31744 < 32767): two vpmaddwd per block. The same vpmaddubsw code on
+   every x86 table (no VNNI variant: that could not be tested here). */
+#define Q5_HB(hb, b) ((b) < 4 ? _mm256_slli_epi16((hb), 4 - (b)) : (b) > 4 ? _mm256_srli_epi16((hb), (b) - 4) : (hb))
+
+/* Q4_0 / Q5_0 / Q8_0: T tokens x 8 rows */
 INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
                          float *y, int64_t ldy) {
-    const size_t gbs = kind == KQ4_0 ? 8 * sizeof(block_q4_0) : 8 * sizeof(block_q8_0);
-    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const size_t gbs = 8 * (kind == KQ4_0 ? sizeof(block_q4_0) : kind == KQ5_0 ? sizeof(block_q5_0) : sizeof(block_q8_0));
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m10 = _mm256_set1_epi8(0x10), ones = _mm256_set1_epi16(1);
     __m256 acc[TX32];
     const uint8_t *xr[TX32];
     const int16_t *xsum[TX32];
@@ -507,8 +517,8 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
             xq[t] = xr[t] + (size_t)b * sizeof(block_q8_0) + 2;
             int16_t sx;
             memcpy(&sx, xsum[t] + b, 2);
-            /* the stored values are q + 8 (Q4_0) and q + 128 (repacked Q8_0) */
-            ai[t] = _mm256_set1_epi32((kind == KQ4_0 ? -8 : -128) * (int32_t)sx);
+            /* the stored values are q + 8 (Q4_0), q + 16 (Q5_0) and q + 128 (repacked Q8_0) */
+            ai[t] = _mm256_set1_epi32((kind == KQ4_0 ? -8 : kind == KQ5_0 ? -16 : -128) * (int32_t)sx);
 #if !HAVE_VNNI
             if (kind == KQ8_0) ai[t] = _mm256_setzero_si256();   /* signed weights below instead */
 #endif
@@ -519,17 +529,55 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
         UNROLL
         for (int t = 0; t < T; t++) a2[t] = _mm256_setzero_si256();
 #define ACC2(t, k) (*((T <= 2 && ((k) & 1)) ? &a2[t] : &ai[t]))
-        if (kind == KQ4_0) {
+        if (kind == KQ5_0) {
+            const __m256i hb = SFX(loadu)(gb + 16);
+            __m256i s16[TX32];
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                const __m256i v = SFX(loadu)(gb + 48 + 32 * k);
+                const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, m4), _mm256_and_si256(Q5_HB(hb, 2 * k), m10));
+                const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4),
+                                                   _mm256_and_si256(Q5_HB(hb, 2 * k + 1), m10));
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, SFX(bc4)(xq[t] + 4 * k)),
+                                                       _mm256_maddubs_epi16(hi, SFX(bc4)(xq[t] + 16 + 4 * k)));
+                    s16[t] = (k & 1) ? _mm256_add_epi16(s16[t], p) : p;
+                    if (k & 1) ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(s16[t], ones));
+                }
+            }
+        } else if (kind == KQ4_0) {
+#if !HAVE_VNNI
+            /* The 8 vpmaddubsw of a block add up in int16 and widen once:
+               each int16 lane gathers 16 products of a nibble (0..15) and
+               an activation (|q| <= 127, the Q8_0 quantizer's range), at
+               most 16 * 15 * 127 = 30480 < 32767, so no sum saturates and
+               the block's integer dot stays exact. One vpmaddwd per block
+               instead of eight (benchmarks/matvec_instructions.c). */
+            __m256i s16[TX32], s16b[TX32];
+#endif
             UNROLL
             for (int k = 0; k < 4; k++) {
                 const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
                 const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 UNROLL
                 for (int t = 0; t < T; t++) {
+#if HAVE_VNNI
                     ACC2(t, 0) = DPBUSD(ACC2(t, 0), lo, SFX(bc4)(xq[t] + 4 * k));
                     ACC2(t, 1) = DPBUSD(ACC2(t, 1), hi, SFX(bc4)(xq[t] + 16 + 4 * k));
+#else
+                    const __m256i pl = _mm256_maddubs_epi16(lo, SFX(bc4)(xq[t] + 4 * k));
+                    const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq[t] + 16 + 4 * k));
+                    s16[t] = k ? _mm256_add_epi16(s16[t], pl) : pl;
+                    s16b[t] = k ? _mm256_add_epi16(s16b[t], ph) : ph;
+#endif
                 }
             }
+#if !HAVE_VNNI
+            UNROLL
+            for (int t = 0; t < T; t++)
+                ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(_mm256_add_epi16(s16[t], s16b[t]), ones));
+#endif
         } else {
             UNROLL
             for (int k = 0; k < 8; k++) {
@@ -558,6 +606,7 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
     UNROLL
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
 }
+
 
 /* Q4_K: T tokens x 8 rows */
 INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
@@ -609,6 +658,10 @@ INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint
             for (int t = 0; t < T; t++) pl[t] = ph[t] = pl2[t] = ph2[t] = _mm256_setzero_si256();
 #else
             const __m256i scl = SFX(dword_byte)(sv, (2 * c) % 4, 1), sch = SFX(dword_byte)(sv, (2 * c + 1) % 4, 1);
+            /* the 8 vpmaddubsw of a sub-block add up in int16 before the
+               scale: 16 products of a nibble and a Q8_K value (-128..127)
+               per lane, at most 16 * 15 * 128 = 30720 < 32767 */
+            __m256i sl[TXK4], sh[TXK4];
 #endif
             UNROLL
             for (int q = 0; q < 8; q++) {
@@ -626,11 +679,17 @@ INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint
                         ph[t] = DPBUSD(ph[t], hi, SFX(bc4)(xq + 32));
                     }
 #else
-                    isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(lo, SFX(bc4)(xq)), scl);
-                    isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(hi, SFX(bc4)(xq + 32)), sch);
+                    const __m256i pl = _mm256_maddubs_epi16(lo, SFX(bc4)(xq));
+                    const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq + 32));
+                    sl[t] = q ? _mm256_add_epi16(sl[t], pl) : pl;
+                    sh[t] = q ? _mm256_add_epi16(sh[t], ph) : ph;
 #endif
                 }
             }
+#if !HAVE_VNNI
+            UNROLL
+            for (int t = 0; t < T; t++) isum[t] = DPWSSD(DPWSSD(isum[t], sl[t], scl), sh[t], sch);
+#endif
 #if HAVE_VNNI
             UNROLL
             for (int t = 0; t < T; t++) {
@@ -691,6 +750,9 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
                 sc[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));   /* (sc, sc) int16 pairs for vpmaddwd */
 #endif
             }
+#if !HAVE_VNNI
+            __m256i p16[TXK6][4];
+#endif
 #if HAVE_VNNI
             __m256i p[TXK6][4];
             UNROLL
@@ -717,7 +779,12 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
 #if HAVE_VNNI
                         p[t][k] = DPBUSD(p[t][k], e[k], xv);
 #else
-                        isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(e[k], xv), sc[k]);
+                        /* two groups' vpmaddubsw add up in int16 before the
+                           scale: 4 products of a 6-bit value and a Q8_K value
+                           per lane, at most 4 * 63 * 128 = 32256 < 32767 */
+                        const __m256i pr = _mm256_maddubs_epi16(e[k], xv);
+                        if (mm & 1) isum[t] = DPWSSD(isum[t], _mm256_add_epi16(p16[t][k], pr), sc[k]);
+                        else p16[t][k] = pr;
 #endif
                     }
             }
@@ -753,12 +820,17 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
     }
 #define X8_Q4_0(T, ...) SFX(tile_x8_32)(KQ4_0, T, __VA_ARGS__)
 #define X8_Q8_0(T, ...) SFX(tile_x8_32)(KQ8_0, T, __VA_ARGS__)
+#define X8_Q5_0(T, ...) SFX(tile_x8_32)(KQ5_0, T, __VA_ARGS__)
 GEMM_X8_DRIVER(SFX(gemm_x8_q4_0), X8_Q4_0, TX32, 32)
 GEMM_X8_DRIVER(SFX(gemm_x8_q8_0), X8_Q8_0, TX32, 32)
 GEMM_X8_DRIVER(SFX(gemm_x8_q4_K), SFX(tile_x8_q4_K), TXK4, QK_K)
 GEMM_X8_DRIVER(SFX(gemm_x8_q6_K), SFX(tile_x8_q6_K), TXK6, QK_K)
+/* half the tokens of Q4_0's tile: three accumulators per token */
+GEMM_X8_DRIVER(SFX(gemm_x8_q5_0), X8_Q5_0, TX32 / 2, 32)
 #undef X8_Q4_0
 #undef X8_Q8_0
+#undef X8_Q5_0
+#undef Q5_HB
 #undef GEMM_X8_DRIVER
 
 /* ---------------------------------------------------------------------------
@@ -1266,6 +1338,7 @@ KRN void SFX(gemm_iq4_nl)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, co
     .gemm_x8 = {                                                                                     \
         [G4_TYPE_Q4_0] = SFX(gemm_x8_q4_0), [G4_TYPE_Q8_0] = SFX(gemm_x8_q8_0),                      \
         [G4_TYPE_Q4_K] = SFX(gemm_x8_q4_K), [G4_TYPE_Q6_K] = SFX(gemm_x8_q6_K),                      \
+        [G4_TYPE_Q5_0] = SFX(gemm_x8_q5_0),                      \
     },                                                                                               \
     .dot_f32 = SFX(dot_f32), .dot_f16_f32 = SFX(dot_f16_f32), .axpy_f16 = SFX(axpy_f16),             \
     .axpy_f32 = SFX(axpy_f32),                                                                       \

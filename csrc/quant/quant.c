@@ -257,6 +257,7 @@ SCALAR_GEMM_X8(q4_0, G4_TYPE_Q4_0)
 SCALAR_GEMM_X8(q8_0, G4_TYPE_Q8_0)
 SCALAR_GEMM_X8(q4_K, G4_TYPE_Q4_K)
 SCALAR_GEMM_X8(q6_K, G4_TYPE_Q6_K)
+SCALAR_GEMM_X8(q5_0, G4_TYPE_Q5_0)
 
 static float dot_f32_scalar(int64_t n, const float *a, const float *b) { return g4_vec_dot_f32(n, a, b); }
 static float dot_f16_f32_scalar(int64_t n, const g4_fp16 *a, const float *b) { return g4_vec_dot_f16_f32(n, a, b); }
@@ -302,6 +303,7 @@ static const g4_kernels kernels_scalar = {
     .gemm_x8 = {
         [G4_TYPE_Q4_0] = gemm_x8_q4_0_scalar, [G4_TYPE_Q8_0] = gemm_x8_q8_0_scalar,
         [G4_TYPE_Q4_K] = gemm_x8_q4_K_scalar, [G4_TYPE_Q6_K] = gemm_x8_q6_K_scalar,
+        [G4_TYPE_Q5_0] = gemm_x8_q5_0_scalar,
     },
     .dot_f32 = dot_f32_scalar,
     .dot_f16_f32 = dot_f16_f32_scalar,
@@ -495,16 +497,30 @@ void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *x
     }
 }
 
+int g4_repack_fast(uint32_t type) {
+    const g4_kernels *k = kernels();
+    if (type >= G4_TYPE_COUNT || !k->gemm_x8[type]) return 0;
+    return k->isa == G4_ISA_SCALAR || k->gemm_x8[type] != kernels_scalar.gemm_x8[type];
+}
+
 void g4_matmul_rows_x8(uint32_t type, const void *Wp, int64_t cols, const void *xa, size_t x_stride,
                        int64_t nt, float *Y, int64_t ldy, int64_t r0, int64_t r1) {
     const g4_kernels *k = kernels();
     const size_t gs = g4_row_size(type, cols) * G4_REPACK_ROWS;
     g4_gemm_fn fn = type < G4_TYPE_COUNT ? k->gemm_x8[type] : NULL;
     if (r1 <= r0 || nt <= 0) return;
-    if (!fn || !gs || r0 % G4_REPACK_ROWS || r1 % G4_REPACK_ROWS) {
+    if (!fn || !gs || r0 % G4_REPACK_ROWS) {
         for (int64_t t = 0; t < nt; t++)
             for (int64_t r = r0; r < r1; r++) Y[t * ldy + r] = NAN;
         return;
+    }
+    if (r1 % G4_REPACK_ROWS) {
+        /* the matrix's last rows % 8 rows, stored plainly at their own
+           offsets; the activation row starts with the plain vec_dot row */
+        const int64_t rt = r1 / G4_REPACK_ROWS * G4_REPACK_ROWS > r0 ? r1 / G4_REPACK_ROWS * G4_REPACK_ROWS : r0;
+        g4_matmul_rows_vq(type, Wp, cols, xa, x_stride, nt, Y, ldy, rt, r1);
+        if (rt == r0) return;
+        r1 = rt;
     }
     const uint8_t *w = (const uint8_t *)Wp + (size_t)(r0 / G4_REPACK_ROWS) * gs;
     int64_t chunk = (int64_t)(MATMUL_X_CHUNK_BYTES / (x_stride ? x_stride : 1));

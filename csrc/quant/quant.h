@@ -299,10 +299,17 @@ void g4_matmul_rows_vq(uint32_t type, const void *W, int64_t cols, const void *x
  * interleaved 4 bytes at a time (repack.c explains the layouts), as llama.cpp
  * repacks Q4_0/Q4_K for its CPU kernels: each row's dot then accumulates in
  * its own vector lane and a block's 8 scales are one load. Same size as the
- * original. Supported: Q4_0, Q8_0, Q4_K, Q6_K with rows a multiple of 8.
- * The layout does not depend on the ISA (set_isa may switch between calls). */
+ * original. Supported: Q4_0, Q8_0, Q4_K, Q6_K with at least 8 rows; the
+ * rows past the last full group of 8 (rows % 8) stay as they are, at their
+ * GGUF offsets, and the plain kernels compute them. The layout does not
+ * depend on the ISA (set_isa may switch between calls). */
 #define G4_REPACK_ROWS 8
 int g4_repack_supported(uint32_t type, int64_t rows, int64_t cols);
+/* Whether the active ISA multiplies repacked `type` with its own vector
+ * kernel (1 on the scalar ISA, whose repacked path is the tests' oracle):
+ * 0 where only the scalar fallback would (Q5_0 on NEON), and there the
+ * model keeps the plain layout, whose NEON kernel is faster. */
+int g4_repack_fast(uint32_t type);
 /* dst: g4_row_size(type, cols) * rows bytes (64-byte aligned is best).
  * Returns 0 (dst untouched) when not supported. g4_unrepack is the inverse. */
 int g4_repack(uint32_t type, const void *W, int64_t rows, int64_t cols, void *dst);
@@ -318,7 +325,8 @@ int g4_quantize_act(uint32_t type, const float *x, int64_t cols, void *dst);
 
 /* As g4_matmul_rows_vq for repacked weights Wp (all rows of the matrix) and
  * activation rows from g4_quantize_act, x_stride bytes apart
- * (>= g4_act_row_size). r0 and r1 must be multiples of 8. */
+ * (>= g4_act_row_size). r0 must be a multiple of 8, and so must r1 unless it
+ * is the matrix's row count (its last rows % 8 rows are not interleaved). */
 void g4_matmul_rows_x8(uint32_t type, const void *Wp, int64_t cols, const void *xa, size_t x_stride,
                        int64_t nt, float *Y, int64_t ldy, int64_t r0, int64_t r1);
 

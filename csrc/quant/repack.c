@@ -22,6 +22,12 @@
  *       elements 4k.., high = 16+4k..)
  *   Q8_0 (272 B): d[8] fp16 | chunk k=0..7: qs[4k..4k+3] + 128 as uint8, so
  *       the kernels multiply unsigned x signed and subtract 128 * sum(x)
+ *   Q5_0 (176 B): d[8] | hb[32] | chunk k=0..3: qs[4k..4k+3] at 48 + 32k (as
+ *       Q4_0). hb byte 4r + i holds the fifth bits of row r's elements
+ *       4k + i (bit 2k) and 16 + 4k + i (bit 2k + 1), k = 0..3: the bits
+ *       chunk k needs sit at one bit position of every byte, so one shift
+ *       and one mask put them at bit 4 (block_q5_0's qh has them in element
+ *       order, bit j of a 32-bit word, which would take a shuffle per chunk)
  *   Q4_K (1152 B): d[8] | dmin[8] | the 3 little-endian words of each row's
  *       12 scale bytes, word i of the 8 rows at 32 + 32i | chunk m=0..31 of qs
  *       at 128 + 32m (bytes 4m..4m+3: elements 64c + l.. and 64c + 32 + l..,
@@ -82,9 +88,35 @@ static void q6_encode(const uint8_t q[QK_K], block_q6_K *b) {
     }
 }
 
+/* Q5_0's qh (bit j: element j) <-> the 4 hb bytes of one row (layout above) */
+static void q5_hb_out(const uint8_t qh[4], uint8_t hb[4]) {
+    const uint32_t h = (uint32_t)qh[0] | (uint32_t)qh[1] << 8 | (uint32_t)qh[2] << 16 | (uint32_t)qh[3] << 24;
+    for (int i = 0; i < 4; i++) {
+        uint8_t v = 0;
+        for (int k = 0; k < 4; k++)
+            v |= (uint8_t)(((h >> (4 * k + i)) & 1) << (2 * k) | ((h >> (16 + 4 * k + i)) & 1) << (2 * k + 1));
+        hb[i] = v;
+    }
+}
+
+static void q5_hb_in(const uint8_t hb[4], uint8_t qh[4]) {
+    uint32_t h = 0;
+    for (int i = 0; i < 4; i++)
+        for (int k = 0; k < 4; k++)
+            h |= (uint32_t)((hb[i] >> (2 * k)) & 1) << (4 * k + i) | (uint32_t)((hb[i] >> (2 * k + 1)) & 1) << (16 + 4 * k + i);
+    for (int i = 0; i < 4; i++) qh[i] = (uint8_t)(h >> (8 * i));
+}
+
 /* src[r] -> one repacked block column at dst */
 static void pack_column(uint32_t type, const uint8_t *const src[8], uint8_t *dst) {
     switch (type) {
+    case G4_TYPE_Q5_0:
+        for (int r = 0; r < 8; r++) {
+            memcpy(dst + 2 * r, src[r], 2);
+            q5_hb_out(src[r] + 2, dst + 16 + 4 * r);
+        }
+        chunks_out(dst + 48, src, 6, 4);
+        return;
     case G4_TYPE_Q4_0:
         for (int r = 0; r < 8; r++) memcpy(dst + 2 * r, src[r], 2);
         chunks_out(dst + 16, src, 2, 4);
@@ -125,6 +157,13 @@ static void pack_column(uint32_t type, const uint8_t *const src[8], uint8_t *dst
 /* the inverse of pack_column */
 static void unpack_column(uint32_t type, const uint8_t *src, uint8_t *const dst[8]) {
     switch (type) {
+    case G4_TYPE_Q5_0:
+        for (int r = 0; r < 8; r++) {
+            memcpy(dst[r], src + 2 * r, 2);
+            q5_hb_in(src + 16 + 4 * r, dst[r] + 2);
+        }
+        chunks_in(dst, 6, src + 48, 4);
+        return;
     case G4_TYPE_Q4_0:
         for (int r = 0; r < 8; r++) memcpy(dst[r], src + 2 * r, 2);
         chunks_in(dst, 2, src + 16, 4);
@@ -172,8 +211,17 @@ static void unpack_column(uint32_t type, const uint8_t *src, uint8_t *const dst[
  * ------------------------------------------------------------------------- */
 
 int g4_repack_supported(uint32_t type, int64_t rows, int64_t cols) {
-    if (type != G4_TYPE_Q4_0 && type != G4_TYPE_Q8_0 && type != G4_TYPE_Q4_K && type != G4_TYPE_Q6_K) return 0;
-    return rows > 0 && rows % G4_REPACK_ROWS == 0 && g4_row_size(type, cols) != 0;
+    if (type != G4_TYPE_Q4_0 && type != G4_TYPE_Q8_0 && type != G4_TYPE_Q4_K && type != G4_TYPE_Q6_K &&
+        type != G4_TYPE_Q5_0)
+        return 0;
+    return rows >= G4_REPACK_ROWS && g4_row_size(type, cols) != 0;
+}
+
+/* The last rows % 8 rows: copied as they are, to their own offsets (a group
+ * of 8 repacked rows takes the bytes of the 8 rows it holds). */
+static void copy_tail(uint32_t type, const void *src, int64_t rows, int64_t cols, void *dst) {
+    const size_t rs = g4_row_size(type, cols), at = (size_t)(rows / G4_REPACK_ROWS * G4_REPACK_ROWS) * rs;
+    memcpy((uint8_t *)dst + at, (const uint8_t *)src + at, (size_t)(rows % G4_REPACK_ROWS) * rs);
 }
 
 int g4_repack(uint32_t type, const void *W, int64_t rows, int64_t cols, void *dst) {
@@ -186,6 +234,7 @@ int g4_repack(uint32_t type, const void *W, int64_t rows, int64_t cols, void *ds
             for (int r = 0; r < 8; r++) src[r] = (const uint8_t *)W + (size_t)(8 * g + r) * rs + (size_t)b * bsz;
             pack_column(type, src, (uint8_t *)dst + ((size_t)g * nb + b) * 8 * bsz);
         }
+    copy_tail(type, W, rows, cols, dst);
     return 1;
 }
 
@@ -199,6 +248,7 @@ int g4_unrepack(uint32_t type, const void *Wp, int64_t rows, int64_t cols, void 
             for (int r = 0; r < 8; r++) out[r] = (uint8_t *)dst + (size_t)(8 * g + r) * rs + (size_t)b * bsz;
             unpack_column(type, (const uint8_t *)Wp + ((size_t)g * nb + b) * 8 * bsz, out);
         }
+    copy_tail(type, Wp, rows, cols, dst);
     return 1;
 }
 
@@ -254,6 +304,7 @@ void g4_gemm_x8_scalar(uint32_t type, int64_t n, const uint8_t *w, int64_t nr,
                     switch (type) {
                     case G4_TYPE_Q4_0: acc[r] = g4_ref_dot_q4_0_q8_0_acc(acc[r], 1, (const block_q4_0 *)blk[r], (const block_q8_0 *)xb); break;
                     case G4_TYPE_Q8_0: acc[r] = g4_ref_dot_q8_0_q8_0_acc(acc[r], 1, (const block_q8_0 *)blk[r], (const block_q8_0 *)xb); break;
+                    case G4_TYPE_Q5_0: acc[r] = g4_ref_dot_q5_0_q8_0_acc(acc[r], 1, (const block_q5_0 *)blk[r], (const block_q8_0 *)xb); break;
                     case G4_TYPE_Q4_K: acc[r] = g4_ref_dot_q4_K_q8_K_acc(acc[r], 1, (const block_q4_K *)blk[r], (const block_q8_K *)xb); break;
                     case G4_TYPE_Q6_K: acc[r] = g4_ref_dot_q6_K_q8_K_acc(acc[r], 1, (const block_q6_K *)blk[r], (const block_q8_K *)xb); break;
                     default: acc[r] = NAN;

@@ -129,12 +129,14 @@ START_TEST(test_rope_formulas) {
 END_TEST
 
 /* threaded matmul == the scalar row kernel, for row counts that do and do not
- * divide by the 16-row split, one and several tokens */
+ * divide by the 16-row split, one and several tokens; 1000 and 1003 rows are
+ * large enough to be repacked, 1003 with a tail of 3 rows past the last
+ * group of 8 (the plain kernel's, inside the last share) */
 START_TEST(test_matmul_matches_rows) {
-    const int cols = 96, rows_list[] = {5, 64, 100, 1000};
+    const int cols = 96, rows_list[] = {5, 64, 100, 1000, 1003};
     g4_err err;
     g4_pool *pool = g4_pool_create(3, &err);
-    for (size_t k = 0; k < 4; k++) {
+    for (size_t k = 0; k < sizeof rows_list / sizeof rows_list[0]; k++) {
         const int rows = rows_list[k], n = 3;
         float *w = malloc(sizeof(float) * rows * cols), *x = malloc(sizeof(float) * n * cols);
         float *y = malloc(sizeof(float) * n * rows), *ref = malloc(sizeof(float) * rows);
