@@ -80,6 +80,41 @@ def test_config_backends_errors(tier, msg, monkeypatch):
         parse_config({"tiers": {"p": tier}}, source="gw.toml")
 
 
+def _readme_pool_examples() -> dict[str, str]:
+    """The README's TOML blocks of "Several backends per tier", by the paragraph before each."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    sec = text.split("### Several backends per tier", 1)[1].split("\n### ", 1)[0]
+    parts = re.split(r"```toml\n(.*?)```", sec, flags=re.S)     # text, toml, text, toml, ...
+    return {" ".join(intro.strip().split("\n\n")[-1].split()): toml
+            for intro, toml in zip(parts[0::2], parts[1::2])}
+
+
+def test_readme_pool_examples_parse_as_documented():
+    """The README's "two Macs and a cloud GPU" and "three vLLM servers behind one tier"
+    configs load as written and mean what the text says."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:          # Python < 3.11
+        import tomli as tomllib
+    blocks = _readme_pool_examples()
+    macs = next(t for k, t in blocks.items() if "Two Macs and a cloud GPU" in k)
+    vllm = next(t for k, t in blocks.items() if "Three vLLM servers" in k)
+    cfg = parse_config(tomllib.loads(macs), source="README two Macs")
+    p = cfg.tiers["primary"]
+    assert p.pooled and [b.name for b in p.backends] == ["mac-studio", "macbook", "cloud-gpu"]
+    assert [b.weight for b in p.backends] == [1.0, 1.0, 3.0]
+    assert all(p.member(b).model == "gemma-4-e4b-it" for b in p.backends)
+    assert (p.health_interval_s, p.first_byte_timeout_s) == (5, 30)
+    assert not cfg.tiers["fast"].pooled and cfg.tiers["fast"].url == "http://macbook.local:8081/v1"
+    cfg = parse_config(tomllib.loads(vllm), source="README three vLLM")
+    h = cfg.tiers["heavy"]
+    assert [b.url for b in h.backends] == [f"http://10.0.0.1{i}:8000/v1" for i in (1, 2, 3)]
+    assert (h.health_path, h.health_interval_s, h.max_connections) == ("/health", 2, 256)
+    assert (cfg.breaker.failures, cfg.breaker.window_s, cfg.breaker.cooldown_s) == (3, 10, 5)
+
+
 # ----------------------------------------------------------------------------- choice
 
 class _Backend:
