@@ -20,7 +20,7 @@ CC ?= cc
 
 export GEMMA4STACK_SHARED ?= $(SHARED)
 
-.PHONY: all deps sysdeps browserdeps install demo test test-c test-arm test-py test-packaging clean
+.PHONY: all deps sysdeps browserdeps peerdeps install demo test test-c test-arm test-py test-packaging clean
 
 all: install
 
@@ -87,8 +87,33 @@ test-arm: sysdeps tests/c/build/arm/test_kernels
 	$(QEMU_AARCH64) -cpu cortex-a72 tests/c/build/arm/test_kernels
 	$(QEMU_AARCH64) -cpu max tests/c/build/arm/test_kernels
 
-test-py: deps browserdeps
+test-py: deps browserdeps peerdeps
 	$(PYTHON) -m pytest -q tests
+
+# ---- peerdeps: llama.cpp itself (llama-cpp-python), a test-only dependency ----------------
+# tests/test_gateway_pool.py runs llama_cpp.server processes behind the gateway, test_convert.py
+# and test_synth.py compare our logits with llama.cpp's. PyPI has only the sdist for Linux, so
+# it is compiled here once (the pin is the `peers` extra of pyproject.toml) and skipped when
+# that version already imports. Only the shared libraries the Python package loads are built
+# (no examples, tests, tools, server binaries, multimodal library); kernels for this CPU's ISA
+# from /proc/cpuinfo (benchmarks/compare_llamacpp.py --cmake-args: as GGML_NATIVE, but without
+# the AMX kernels that crashed in a KVM guest, see its docstring). llama.cpp is C++: g++.
+# The build took 10.5 CPU-minutes (user+sys) on 2 vCPUs of an AMD EPYC, so ~5-6 min on 2 idle cores.
+PEERS_PIN = $(shell sed -n 's/^peers = \["\(llama-cpp-python\[server\]==[^"]*\)"\]/\1/p' pyproject.toml)
+PEERS_CMAKE_ARGS = $(shell $(PYTHON) benchmarks/compare_llamacpp.py --cmake-args 2>/dev/null) \
+    -DCMAKE_BUILD_TYPE=Release -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF
+
+peerdeps: deps
+	@$(MAKE) --no-print-directory sysdeps DEB_PKGS="g++"
+	@pin="$(PEERS_PIN)"; test -n "$$pin" || { echo "no peers pin in pyproject.toml"; exit 1; }; \
+	if $(PYTHON) -c "import sys, llama_cpp, llama_cpp.server; \
+	    sys.exit(llama_cpp.__version__ != '$${pin#*==}')" 2>/dev/null; then \
+	  echo "$$pin: installed"; \
+	else \
+	  echo "building $$pin for this CPU (compiles llama.cpp)"; \
+	  CMAKE_ARGS="$(PEERS_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install -q "$$pin"; \
+	fi
 
 # The sdist built and installed into a fresh venv per CPython 3.10-3.13 of pyenv (in parallel),
 # then detect / recommend / a generation from outside the checkout (tests/test_packaging.py).

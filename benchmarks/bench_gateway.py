@@ -18,8 +18,26 @@
 2. Soak (--soak S): the same load through a gateway with two remote tiers (heavy ->
    primary), or with --backends N > 1 one tier of N backends, for S seconds while one
    backend at a time is SIGKILLed and restarted 2 s later every `chaos-every` s. Every
-   request must end within 30 s with [DONE], an SSE error event (a stream cut by the kill)
-   or an HTTP error ("lost" = none of these); the gateway's RSS is sampled throughout.
+   request must end with [DONE], an SSE error event (a stream cut by the kill) or an HTTP
+   error; "lost" = none of these (the stream or connection just ended), "hung" = no byte for
+   --idle-timeout (30) s. The gateway's RSS is sampled throughout.
+
+--engine llama_cpp: the backends are real llama.cpp engines, llama_cpp.server processes
+(llama-cpp-python, `make peerdeps` or the `peers` extra) serving --gguf (default the shared
+stories260K.gguf: tiny, so the engines do not swamp 2 cores), one model and one thread each,
+--interrupt_requests False (its default cuts a stream short with [DONE] whenever another
+request waits). A llama_cpp.server runs one request at a time and queues the rest, so with
+32 clients on 3 engines the time to the first token is mostly queueing, on both paths alike.
+TTFT is the first event with text in both paths (llama_cpp.server sends a role-only chunk
+first, the gateway does not forward it).
+
+Added latency on real engines: the overhead phase (same engines, no kills, before the soak)
+with --overhead-concurrency 3, one client per engine, so that nothing queues and the TTFT
+difference is the gateway's (at 32 clients it is mostly the engines' queueing noise).
+
+    # issue 17's soak on real engines
+    python benchmarks/bench_gateway.py --engine llama_cpp --backends 3 --concurrency 32 \
+        --overhead-concurrency 3 --duration 60 --soak 600 --chaos-every 20
 
 The client is a minimal asyncio HTTP/1.1 client (keep-alive, chunked, SSE) so that it
 costs the same on both paths. Prints a JSON summary and a Markdown block for RESULTS.md.
@@ -50,7 +68,15 @@ BODY = json.dumps({"model": "MODEL", "messages": [{"role": "user", "content": "T
 
 # ----------------------------------------------------------------------------- backends
 
+ENGINE = {"kind": "fake", "gguf": None, "n_ctx": 256}   # set from --engine, --gguf, --n-ctx
+
+
 def start_backend(tokens: int, delay: float, port: int = 0) -> tuple[subprocess.Popen, int]:
+    """A backend process on 127.0.0.1:`port` (0: a free one): the fake of tests/gateway_fakes.py
+    (`tokens` pieces `delay` s apart), or with --engine llama_cpp a llama_cpp.server.
+    Returns (process, port) once it answers."""
+    if ENGINE["kind"] == "llama_cpp":
+        return start_llama_server(port)
     pf = tempfile.mktemp(prefix="g4fake-")
     p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gateway_fakes.py"), "--port-file", pf,
                           "--tokens", str(tokens), "--delay", str(delay), "--port", str(port)],
@@ -63,6 +89,44 @@ def start_backend(tokens: int, delay: float, port: int = 0) -> tuple[subprocess.
     port = int(open(pf).read())
     os.unlink(pf)
     return p, port
+
+
+def start_llama_server(port: int = 0, timeout: float = 120) -> tuple[subprocess.Popen, int]:
+    """llama_cpp.server (llama-cpp-python's OpenAI-compatible server) on 127.0.0.1:`port`
+    serving ENGINE["gguf"] as model "fake", one thread; returns once GET /v1/models is 200.
+    Raises RuntimeError if it exits or does not answer within `timeout` s."""
+    import socket
+    import urllib.request
+    if not port:
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            port = so.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", ENGINE["gguf"],
+                          "--model_alias", "fake", "--host", "127.0.0.1", "--port", str(port),
+                          "--n_ctx", str(ENGINE["n_ctx"]), "--n_threads", "1",
+                          "--n_threads_batch", "1", "--interrupt_requests", "False",
+                          "--verbose", "False"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if p.poll() is not None:
+            raise RuntimeError(f"llama_cpp.server exited with {p.returncode} (is llama-cpp-python "
+                               f"installed? make peerdeps)")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1) as r:
+                if r.status == 200:
+                    return p, port
+        except OSError:
+            time.sleep(0.1)
+    p.kill()
+    p.wait()
+    raise RuntimeError(f"llama_cpp.server on port {port} did not answer within {timeout:g} s")
+
+
+def engine_tier_keys() -> dict:
+    """Tier keys the engine needs: llama_cpp.server has no /health, and its /v1/models waits
+    for the model lock (behind every queued generation), so its liveness check is /docs."""
+    return {"health_path": "/docs"} if ENGINE["kind"] == "llama_cpp" else {}
 
 
 def cpu_times(pid: int) -> tuple[float, float]:
@@ -94,37 +158,64 @@ class Result:
         self.ok, self.kind, self.ttft, self.total = ok, kind, ttft, total
 
 
+IDLE_TIMEOUT = 30.0   # seconds without a byte before a request counts as hung; --idle-timeout
+
+
+class Hung(Exception):
+    """No byte arrived for IDLE_TIMEOUT s."""
+
+
+async def _idle(aw):
+    try:
+        return await asyncio.wait_for(aw, IDLE_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise Hung from None
+
+
+def _has_text(ev: bytes) -> bool:
+    """Whether an SSE data event carries generated text (a role-only or empty first chunk,
+    as llama_cpp.server sends before its first token, does not)."""
+    try:
+        choices = json.loads(ev[6:]).get("choices") or [{}]
+    except ValueError:
+        return False
+    c = choices[0]
+    return bool(c.get("text") or (c.get("delta") or {}).get("content"))
+
+
 async def one_request(reader, writer, host: str, path: str, body: bytes) -> Result:
     t0 = time.perf_counter()
     writer.write(b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
                  b"content-length: %d\r\n\r\n%s" % (path.encode(), host.encode(), len(body), body))
-    head = await reader.readuntil(b"\r\n\r\n")
+    head = await _idle(reader.readuntil(b"\r\n\r\n"))
     status = int(head.split(b" ", 2)[1])
     hl = head.lower()
     if b"content-length:" in hl:
         n = int(hl.split(b"content-length:")[1].split(b"\r\n")[0])
-        await reader.readexactly(n)
+        await _idle(reader.readexactly(n))
         return Result(False, f"http_{status}", None, time.perf_counter() - t0)
     ttft, buf, kind = None, b"", "broken"
     while True:
-        size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+        size = int((await _idle(reader.readuntil(b"\r\n"))).strip(), 16)
         if size == 0:
-            await reader.readuntil(b"\r\n")
+            await _idle(reader.readuntil(b"\r\n"))
             break
-        data = await reader.readexactly(size + 2)
+        data = await _idle(reader.readexactly(size + 2))
         buf += data[:-2]
+        if b"\r" in buf:                      # sse-starlette (llama_cpp.server) ends lines with CRLF
+            buf = buf.replace(b"\r\n", b"\n")
         while b"\n\n" in buf:
             ev, buf = buf.split(b"\n\n", 1)
             if ev == b"data: [DONE]":
                 kind = "done"
             elif ev.startswith(b'data: {"error"'):
                 kind = "stream_error"
-            elif ttft is None and ev.startswith(b"data: "):
+            elif ttft is None and ev.startswith(b"data: ") and _has_text(ev):
                 ttft = time.perf_counter() - t0
     return Result(kind == "done", kind, ttft, time.perf_counter() - t0)
 
 
-async def worker(port: int, path: str, model: str, deadline: float, out: list, timeout: float,
+async def worker(port: int, path: str, model: str, deadline: float, out: list,
                  stagger: float = 0.0):
     body = BODY.replace("MODEL", model).encode()
     reader = writer = None
@@ -133,9 +224,9 @@ async def worker(port: int, path: str, model: str, deadline: float, out: list, t
         try:
             if writer is None:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            r = await asyncio.wait_for(one_request(reader, writer, "127.0.0.1", path, body), timeout)
-        except asyncio.TimeoutError:
-            r = Result(False, "hung", None, timeout)
+            r = await one_request(reader, writer, "127.0.0.1", path, body)
+        except Hung:
+            r = Result(False, "hung", None, IDLE_TIMEOUT)
             writer.close()
             writer = None
         except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
@@ -155,14 +246,14 @@ async def worker(port: int, path: str, model: str, deadline: float, out: list, t
 STAGGER = 0.0   # seconds; set from --stagger
 
 
-async def run_load(port: int | list[int], path: str, model: str, conc: int, seconds: float,
-                   timeout: float = 30.0) -> tuple[list[Result], float]:
+async def run_load(port: int | list[int], path: str, model: str, conc: int,
+                   seconds: float) -> tuple[list[Result], float]:
     """`conc` workers for `seconds`; with a list of ports, worker i uses port i mod len."""
     out: list[Result] = []
     ports = port if isinstance(port, list) else [port]
     t0 = time.monotonic()
     await asyncio.gather(*(worker(ports[i % len(ports)], path, model, t0 + seconds, out,
-                                  timeout, STAGGER) for i in range(conc)))
+                                  STAGGER) for i in range(conc)))
     return out, time.monotonic() - t0
 
 
@@ -195,24 +286,25 @@ def overhead(args) -> dict:
     urls = [f"http://127.0.0.1:{p}/v1" for p in port]
     tier = ({"backend": "openai", "url": urls[0], "model": "fake"} if len(urls) == 1 else
             {"model": "fake", "backends": urls})
+    tier.update(engine_tier_keys())
     cfg = {"server": {"access_log": args.access_log, "log_level": "warning"},
            "limits": {"requests_per_minute": 0, "tokens_per_minute": 0},
            "tiers": {"heavy": tier}}
     phase = args.duration / args.rounds
+    conc = args.overhead_concurrency or args.concurrency
     try:
         with launch(cfg, timeout=60) as gw:
-            asyncio.run(run_load(port, "/v1/chat/completions", "fake", args.concurrency, 2))
-            asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy", args.concurrency, 2))
+            asyncio.run(run_load(port, "/v1/chat/completions", "fake", conc, 2))
+            asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy", conc, 2))
             d, g, de, ge = [], [], 0.0, 0.0
             cpu = {"gateway_user": 0.0, "gateway_sys": 0.0, "backend": 0.0, "client": 0.0}
             for _ in range(args.rounds):
-                r, el = asyncio.run(run_load(port, "/v1/chat/completions", "fake",
-                                             args.concurrency, phase))
+                r, el = asyncio.run(run_load(port, "/v1/chat/completions", "fake", conc, phase))
                 d += r
                 de += el
                 (u0, s0), b0, m0 = cpu_times(gw.pid), sum(map(cpu_s, (b.pid for b in bes))), os.times()
-                r, el = asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy",
-                                             args.concurrency, phase))
+                r, el = asyncio.run(run_load(gw.port, "/v1/chat/completions", "heavy", conc,
+                                             phase))
                 (u1, s1), b1, m1 = cpu_times(gw.pid), sum(map(cpu_s, (b.pid for b in bes))), os.times()
                 g += r
                 ge += el
@@ -230,22 +322,25 @@ def overhead(args) -> dict:
             be.wait()
     added = {k: via[k] - direct[k] for k in ("ttft_p50_ms", "ttft_p99_ms", "total_p50_ms",
                                              "total_p99_ms")}
-    return {"direct": direct, "gateway": via, "added": added}
+    return {"concurrency": conc, "direct": direct, "gateway": via, "added": added}
 
 
 def soak(args) -> dict:
     pooled = args.backends > 1
     names = [f"b{i}" for i in range(args.backends)] if pooled else ["heavy", "primary"]
     procs = {n: list(start_backend(args.tokens, args.delay)) for n in names}
-    timeouts = {"connect_timeout_s": 1, "first_byte_timeout_s": 5}
+    # a llama_cpp.server sends its headers at once and then nothing while the request waits
+    # for the engine (one at a time): allow that silence, under the clients' idle timeout
+    timeouts = {"connect_timeout_s": 1,
+                "first_byte_timeout_s": 5 if ENGINE["kind"] == "fake" else IDLE_TIMEOUT - 5}
     if pooled:       # one tier of N backends, checked every second
         tiers = {"heavy": {"model": "fake", "health_interval_s": 1, "health_timeout_s": 1,
-                           **timeouts, "backends": [
+                           **timeouts, **engine_tier_keys(), "backends": [
                                {"url": f"http://127.0.0.1:{p}/v1", "name": n}
                                for n, (_, p) in procs.items()]}}
     else:
         tiers = {n: {"backend": "openai", "url": f"http://127.0.0.1:{p}/v1", "model": "fake",
-                     **timeouts} for n, (_, p) in procs.items()}
+                     **timeouts, **engine_tier_keys()} for n, (_, p) in procs.items()}
     cfg = {"server": {"access_log": False, "log_level": "warning"},
            "limits": {"requests_per_minute": 0, "tokens_per_minute": 0},
            "breaker": {"failures": 3, "window_s": 10, "cooldown_s": 3},
@@ -286,8 +381,11 @@ def soak(args) -> dict:
         p.kill()
         p.wait()
     s = summarize(res, el)
-    lost = sum(1 for r in res if r.kind in ("hung", "broken", "connection"))
-    out = {"summary": s, "kills": kills, "lost_or_hung": lost,
+    lost = sum(1 for r in res if r.kind in ("broken", "connection"))
+    hung = sum(1 for r in res if r.kind == "hung")
+    out = {"summary": s, "kills": kills, "lost": lost, "hung": hung, "lost_or_hung": lost + hung,
+           "error_events": sum(1 for r in res if r.kind == "stream_error"),
+           "http_errors": sum(1 for r in res if r.kind.startswith("http_")),
            "rss_kb": rss, "rss_growth_kb": rss[-1][1] - rss[0][1],
            "breakers_at_end": {t: v["breaker"] for t, v in health["tiers"].items()}}
     if pooled:
@@ -300,16 +398,32 @@ def soak(args) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--overhead-concurrency", type=int, default=0,
+                    help="clients in the overhead phase (default --concurrency). With "
+                         "--engine llama_cpp give the number of backends: a llama_cpp.server "
+                         "runs one request at a time, so more clients queue and the TTFT "
+                         "difference is queueing noise, not the gateway")
     ap.add_argument("--duration", type=float, default=20,
                     help="seconds of load on each path (direct, gateway)")
     ap.add_argument("--rounds", type=int, default=4,
                     help="alternate direct and gateway phases this many times (duration/rounds s each)")
     ap.add_argument("--tokens", type=int, default=16, help="pieces per streamed response")
     ap.add_argument("--delay", type=float, default=0.02, help="seconds between pieces")
-    ap.add_argument("--soak", type=float, default=0, help="soak seconds (0 = skip)")
+    ap.add_argument("--soak", type=float, nargs="?", const=600.0, default=0,
+                    help="soak seconds (--soak alone: 600; 0 = skip)")
     ap.add_argument("--chaos-every", type=float, default=20, help="kill a backend every S s")
     ap.add_argument("--backends", type=int, default=1,
-                    help="fake backends; > 1: one tier with them all (backends = [...])")
+                    help="backend processes; > 1: one tier with them all (backends = [...])")
+    ap.add_argument("--engine", choices=["fake", "llama_cpp"], default="fake",
+                    help="the backends: tests/gateway_fakes.py, or llama_cpp.server processes "
+                         "(llama-cpp-python) serving --gguf")
+    ap.add_argument("--gguf", default=str(Path(os.environ.get("GEMMA4STACK_SHARED",
+                                                             ROOT.parent / "shared"))
+                                          / "models" / "stories260K.gguf"),
+                    help="with --engine llama_cpp: the model (default ../shared's stories260K)")
+    ap.add_argument("--n-ctx", type=int, default=256, help="with --engine llama_cpp: context")
+    ap.add_argument("--idle-timeout", type=float, default=30.0,
+                    help="a request with no byte for this many seconds counts as hung")
     ap.add_argument("--stagger", type=float, default=None,
                     help="start each client at a random time in [0, S] s so the streams are "
                          "out of phase (default: one stream's duration, tokens x delay; "
@@ -317,8 +431,12 @@ def main():
     ap.add_argument("--access-log", action="store_true", help="keep uvicorn's access log on")
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args()
-    global STAGGER
+    global STAGGER, IDLE_TIMEOUT
     STAGGER = args.tokens * args.delay if args.stagger is None else args.stagger
+    IDLE_TIMEOUT = args.idle_timeout
+    ENGINE.update(kind=args.engine, gguf=args.gguf, n_ctx=args.n_ctx)
+    if args.engine == "llama_cpp" and not Path(args.gguf).is_file():
+        ap.error(f"--gguf {args.gguf}: no such file")
     out = {"args": vars(args), "overhead": overhead(args)}
     if args.soak:
         out["soak"] = soak(args)
@@ -337,9 +455,12 @@ def main():
           f"{a['total_p50_ms']:+.2f} | {a['total_p99_ms']:+.2f} |")
     if args.soak:
         k = out["soak"]
-        print(f"\nsoak {args.soak:g} s, {args.backends} backend(s), {k['kills']} kills: "
-              f"{k['summary']['requests']} requests, outcomes {k['summary']['outcomes']}, "
-              f"lost or hung {k['lost_or_hung']}, RSS growth {k['rss_growth_kb']} kB")
+        print(f"\nsoak {args.soak:g} s, {args.backends} {args.engine} backend(s), "
+              f"{args.concurrency} streams, {k['kills']} kills: {k['summary']['requests']} "
+              f"requests, outcomes {k['summary']['outcomes']}; lost {k['lost']}, hung "
+              f"{k['hung']}, SSE error events {k['error_events']}, HTTP errors "
+              f"{k['http_errors']}; gateway's added TTFT P50 {a['ttft_p50_ms']:+.2f} ms, "
+              f"P99 {a['ttft_p99_ms']:+.2f} ms; RSS growth {k['rss_growth_kb']} kB")
 
 
 if __name__ == "__main__":
