@@ -153,3 +153,19 @@ def test_vocabulary_mismatch_is_a_clear_error(models, tmp_path):
         Model(path, draft="mtp:x.gguf")
     with pytest.raises(FileNotFoundError):
         Model(path, draft="model:/nonexistent.gguf")
+
+
+def test_cli_run_and_bench_with_a_drafter(models, capsys):
+    """gemma4stack run --draft model:PATH and bench --draft ...: drafts reported."""
+    from gemma4stack.bench import bench
+    from gemma4stack.cli import main
+    path = models / "stories260K.gguf"
+    assert main(["run", "--model", str(path), "--prompt", "Once upon a time", "--max-tokens", "12",
+                 "--temperature", "0", "--draft", f"model:{path}"]) == 0
+    err = capsys.readouterr().err
+    assert "drafts " in err and "accepted" in err, err
+    r = bench(path, n_prompt=0, n_gen=16, repetitions=1, threads=1, bandwidth=False, draft=f"model:{path}")
+    row = r["tg16 draft=model:" + str(path)]
+    assert row.draft_tokens > 0 and row.accepted_tokens == row.draft_tokens and row.avg_ts > 0
+    assert row.draft_speedup is not None and row.draft_speedup > 0
+    assert "drafts, speedup" in r.to_markdown() and "draft_speedup" in r.to_csv()
