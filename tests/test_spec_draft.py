@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gemma4stack import Model, _core
+from gemma4stack import Model
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gguf_rewrite import rewrite  # noqa: E402
-from test_spec_sample import N, P_MIN, _sample, homogeneity_p  # noqa: E402
+from test_spec_sample import N, P_MIN, homogeneity_p, sample_arms  # noqa: E402
 
 DRAFT = (4, 3, True)      # (draft_max, draft_ngram, draft_model) of the drafting requests
 PLAIN = (0, 3, False)
@@ -103,17 +103,7 @@ def test_stories_noisy_drafter_sampling_keeps_the_distribution(models, stories_d
     path = models / "stories260K.gguf"
     with Model(path) as m:
         prompt = m.tokenize("Once upon a time, there was a little girl named Lily. She")
-    core = _core.Model(str(path), n_ctx=256, n_threads=2)
-    dcore = _core.Model(str(stories_drafters["mid"]), n_ctx=256, n_threads=2)
-    try:
-        engine = _core.Engine(core, n_seq=64, n_batch=512, draft=dcore)
-        plain, d0, _ = _sample(engine, prompt, N, 0, PLAIN)
-        spec, drafted, accepted = _sample(engine, prompt, N, 10**6, DRAFT)
-        engine.close()
-    finally:
-        core.close()
-        dcore.close()
-    assert d0 == 0
+    plain, spec, drafted, accepted = sample_arms(path, prompt, DRAFT, drafter=stories_drafters["mid"])
     assert drafted > N // 2 and 0.1 * drafted < accepted < 0.95 * drafted, (drafted, accepted)
     p = homogeneity_p(plain, spec)
     print(f"drafted {drafted} accepted {accepted} p = {p:.3g}")

@@ -72,6 +72,25 @@ def _sample(engine, prompt: list[int], n: int, seed0: int, draft: tuple[int, int
     return [tuple(v[:2]) for v in out.values()], drafted, accepted
 
 
+def sample_arms(path, prompt: list[int], draft: tuple[int, int, bool], drafter=None):
+    """N plain samples (seeds 0..) and N with drafts (other seeds, so the arms are
+    independent) of the first two tokens, in one engine over path (and drafter, a draft
+    model path). Returns (plain, spec, drafted, accepted); asserts the plain arm drafted none."""
+    core = _core.Model(str(path), n_ctx=256, n_threads=2)
+    dcore = _core.Model(str(drafter), n_ctx=256, n_threads=2) if drafter else None
+    try:
+        engine = _core.Engine(core, n_seq=64, n_batch=512, draft=dcore)
+        plain, d0, _ = _sample(engine, prompt, N, 0, (0, 3, False))
+        spec, drafted, accepted = _sample(engine, prompt, N, 10**6, draft)
+        engine.close()
+    finally:
+        core.close()
+        if dcore is not None:
+            dcore.close()
+    assert d0 == 0
+    return plain, spec, drafted, accepted
+
+
 def homogeneity_p(a: list, b: list, min_count: int = 10) -> float:
     """p-value of a chi-square test that samples a and b come from one distribution:
     categories seen at least min_count times in both arms together, the rest pooled."""
@@ -93,15 +112,7 @@ def test_prompt_lookup_sampling_keeps_the_distribution(models):
     p = 0.21 (seeds are fixed, so these figures are reproducible on one build)."""
     path = models / "stories260K.gguf"
     prompt, y = _prompt(path)
-    core = _core.Model(str(path), n_ctx=256, n_threads=2)
-    try:
-        engine = _core.Engine(core, n_seq=64, n_batch=512)
-        plain, d0, _ = _sample(engine, prompt, N, 0, (0, 3, False))
-        spec, drafted, accepted = _sample(engine, prompt, N, 10**6, (4, 3, False))
-        engine.close()
-    finally:
-        core.close()
-    assert d0 == 0
+    plain, spec, drafted, accepted = sample_arms(path, prompt, (4, 3, False))
     # drafts proposed at the second token for most requests; both outcomes frequent
     assert drafted > N // 2 and 0.2 * drafted < accepted < 0.8 * drafted, (drafted, accepted)
     p = homogeneity_p(plain, spec)

@@ -205,17 +205,25 @@ static int32_t draft_room(const request *r, int32_t p, int32_t spare) {
     return k;
 }
 
-/* Run a drafter batch of n tokens (e->dtk...): prepare, forward, commit; each
- * sequence then holds positions up to its last token's, r->dlen follows. */
-static g4_status drafter_forward(g4_engine *e, int32_t n, g4_err *err) {
-    for (int32_t t = 0; t < n;) {
+/* The KV blocks of every position a batch b writes in kv, per sequence (a
+ * sequence's tokens are consecutive in a batch). */
+static g4_status prepare_batch(g4_kvcache *kv, const g4_batch *b, g4_err *err) {
+    for (int32_t t = 0; t < b->n;) {
         int32_t u = t;
-        while (u < n && e->dsq[u] == e->dsq[t]) u++;
-        g4_status st = g4_kvc_seq_prepare(e->dkv, e->dsq[t], e->dps[t], u - t, e->dtk + t, err);
+        while (u < b->n && b->seq[u] == b->seq[t]) u++;
+        g4_status st = g4_kvc_seq_prepare(kv, b->seq[t], b->pos[t], u - t, b->token + t, err);
         if (st != G4_OK) return st;
         t = u;
     }
+    return G4_OK;
+}
+
+/* Run a drafter batch of n tokens (e->dtk...): prepare, forward, commit; each
+ * sequence then holds positions up to its last token's, r->dlen follows. */
+static g4_status drafter_forward(g4_engine *e, int32_t n, g4_err *err) {
     const g4_batch b = { n, e->dtk, e->dps, e->dsq, e->dwant };
+    g4_status pst = prepare_batch(e->dkv, &b, err);
+    if (pst != G4_OK) return pst;
     g4_status st = g4_model_forward_batch(e->dm, &b, e->dkv, e->dlogits, err);
     if (st != G4_OK) return st;
     for (int32_t t = 0; t < n;) {
@@ -611,16 +619,10 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         e->logits_rows = rows;
     }
 
-    /* blocks for every position written, per sequence (its tokens are consecutive) */
-    for (int32_t t = 0; t < n;) {
-        int32_t u = t;
-        while (u < n && e->seq[u] == e->seq[t]) u++;
-        g4_status st = g4_kvc_seq_prepare(e->kv, e->seq[t], e->pos[t], u - t, e->tok + t, err);
-        if (st != G4_OK) return st;
-        t = u;
-    }
     const g4_batch b = { n, e->tok, e->pos, e->seq, e->want };
-    g4_status st = g4_model_forward_batch(e->m, &b, e->kv, e->logits, err);
+    g4_status st = prepare_batch(e->kv, &b, err);
+    if (st != G4_OK) return st;
+    st = g4_model_forward_batch(e->m, &b, e->kv, e->logits, err);
     if (st != G4_OK) return st;
     e->steps++;
     e->tokens += (uint64_t)n;
