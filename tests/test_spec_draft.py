@@ -4,8 +4,9 @@ Model(path, draft="model:PATH" | PATH)).
 Greedy output with a drafter must be token for token the plain greedy output, whatever the
 drafter proposes: checked with the model itself as its drafter (every draft accepted), a
 perturbed copy (some accepted, some rejected: the drafter's KV rollback after a rejection
-is exercised), on stories260K (llama) and on a tiny synthetic Gemma 4 with a one-layer
-synthetic drafter of the same vocabulary, batched with other requests. Sampled output with
+is exercised), on stories260K (llama), on the F32 Gemma 3 / Gemma 4 toys of test_spec.py
+(sliding window 8, KV-shared layers; perturbed copies as drafters) and on a synthetic Gemma 4
+of E2B shapes with a 2-layer synthetic drafter, batched with other requests. Sampled output with
 a perturbed drafter (q != p: the general min(1, p/q) rule with residual norm(max(p - q, 0)))
 keeps the plain sampler's distribution (chi-square test as in test_spec_sample.py). A
 drafter with another vocabulary is a clear ValueError.
@@ -23,6 +24,7 @@ from gemma4stack import Model
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gguf_rewrite import rewrite  # noqa: E402
+from test_spec import _repetitive, toys  # noqa: E402,F401  (toys: the F32 Gemma toy fixture)
 from test_spec_sample import N, P_MIN, homogeneity_p, sample_arms  # noqa: E402
 
 DRAFT = (4, 3, True)      # (draft_max, draft_ngram, draft_model) of the drafting requests
@@ -159,3 +161,19 @@ def test_cli_run_and_bench_with_a_drafter(models, capsys):
     assert row.draft_tokens > 0 and row.accepted_tokens == row.draft_tokens and row.avg_ts > 0
     assert row.draft_speedup is not None and row.draft_speedup > 0
     assert "drafts, speedup" in r.to_markdown() and "draft_speedup" in r.to_csv()
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "gemma4"])
+def test_toy_noisy_drafter_across_sliding_window(toys, arch, tmp_path):  # noqa: F811
+    """The F32 Gemma 3 / Gemma 4 toys of test_spec.py (sliding window 8; the Gemma 4 one with
+    5 KV-shared layers) drafted by a perturbed copy of themselves: 40 tokens, far past the
+    window, with drafts both accepted and rejected, so the drafter's sequence is rewound
+    again and again across its sliding-window blocks; greedy output equal to plain."""
+    from batch_check import random_prompts
+    drafter = _perturbed(toys[arch], tmp_path / "d.gguf", 0.3, seed=1)
+    prompts = [_repetitive(512, s, period=p) for s, p in ((0, 5), (1, 9))]
+    prompts += random_prompts(512, lengths=(7, 40), seed=3, bos=2)
+    drafted, accepted = _check_greedy(toys[arch], drafter, prompts, 40, threads=2, parallel=2,
+                                      batch_tokens=16)
+    print(f"{arch}: drafted {drafted} accepted {accepted}")
+    assert 0 < accepted < drafted, (drafted, accepted)
