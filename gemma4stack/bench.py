@@ -71,6 +71,7 @@ LLAMA_BENCH_FIELDS = (
 EXTRA_FIELDS = (
     "ttft_ms", "latency_p50_ms", "latency_p99_ms", "peak_rss_bytes", "bytes_per_token",
     "bandwidth_read_gbs", "roofline_efficiency", "weights_fit_in_llc",
+    "draft", "draft_tokens", "accepted_tokens", "draft_speedup",
 )
 
 # llama.cpp's llama_ftype -> llama_model_ftype_name() spelling (src/llama-model-loader.cpp)
@@ -141,6 +142,12 @@ class BenchTest:
     bandwidth_read_gbs: float | None = None
     roofline_efficiency: float | None = None
     weights_fit_in_llc: bool | None = None
+    # speculative decoding rows (bench(draft=...)): the drafter, draft tokens proposed and
+    # accepted over the timed runs, tokens/s with drafts / tokens/s without (same engine)
+    draft: str | None = None
+    draft_tokens: int | None = None
+    accepted_tokens: int | None = None
+    draft_speedup: float | None = None
     token_latencies_ns: list[int] = field(default_factory=list, repr=False)
 
     @property
@@ -149,7 +156,7 @@ class BenchTest:
         if self.n_prompt and not self.n_gen:
             return f"pp{self.n_prompt}"
         if self.n_gen and not self.n_prompt:
-            return f"tg{self.n_gen}"
+            return f"tg{self.n_gen}" + (f" draft={self.draft}" if self.draft else "")
         return f"pp{self.n_prompt}+tg{self.n_gen}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,6 +222,10 @@ class BenchResult:
                          "" if t.roofline_efficiency is None else
                          f"{100 * t.roofline_efficiency:.1f}%"
                          + (" (in cache)" if t.weights_fit_in_llc else "")])
+            if any(u.draft for u in self.tests):
+                rows[-1].append("" if not t.draft else
+                                f"{t.accepted_tokens}/{t.draft_tokens} accepted, "
+                                + ("" if t.draft_speedup is None else f"{t.draft_speedup:.2f}x"))
         return rows
 
     _HEAD = ["model", "size", "params", "backend", "threads", "test", "t/s"]
@@ -230,8 +241,9 @@ class BenchResult:
         for r in self._rows():
             out.append("| " + " | ".join(_pad(v, w) for v, w in zip(r, widths)) + " |")
         out.append("")
-        out.append("| " + " | ".join(self._EXTRA_HEAD) + " |")
-        out.append("|" + "|".join(["---"] + ["---:"] * (len(self._EXTRA_HEAD) - 1)) + "|")
+        head = self._EXTRA_HEAD + (["drafts, speedup"] if any(t.draft for t in self.tests) else [])
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
         for r in self._extra_rows():
             out.append("| " + " | ".join(r) + " |")
         if self.tests:
@@ -425,14 +437,19 @@ def _percentile(v: list[int], q: float) -> float:
 
 def bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128,
           repetitions: int = 5, threads: int | None = None, *, seed: int = 1234,
-          bandwidth: bool | float | None = None, warmup: bool = True) -> BenchResult:
+          bandwidth: bool | float | None = None, warmup: bool = True,
+          draft: str | os.PathLike | None = None) -> BenchResult:
     """Benchmark prefill (pp<n_prompt>) and decode (tg<n_gen>) of a GGUF model, llama-bench style.
 
     n_prompt / n_gen: tokens (0 skips that test). repetitions: timed samples per test.
     threads: worker threads (None: the engine's default, one per physical core).
     seed: for the random token ids. bandwidth: None/True measure the read bandwidth with
     gemma4stack.hardware (cached per process), a float gives it in GB/s, False skips the
-    roofline. Returns a BenchResult (rows pp then tg).
+    roofline. draft (Model's draft: "ngram", "model:PATH" or a path): a third row,
+    "tg<n_gen> draft=...", decodes n_gen greedy tokens through the batching engine after a
+    prompt that repeats a random 64-token passage twice (what prompt lookup and a drafter can
+    predict), with the drafter; draft_speedup is its tokens/s over the same engine's without
+    drafts on the same prompt (interleaved runs). Returns a BenchResult (rows pp, tg, draft).
     Raises FileNotFoundError, GGUFError/UnsupportedError (the model), ValueError (bad sizes).
     """
     from gemma4stack.gguf import read_gguf
@@ -525,6 +542,8 @@ def bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128,
                               latency_p50_ms=_percentile(lat, 50) / 1e6,
                               latency_p99_ms=_percentile(lat, 99) / 1e6,
                               bytes_per_token=bpt, token_latencies_ns=lat))
+    if draft is not None and n_gen:
+        rows.append(_bench_draft(path, draft, n_gen, repetitions, threads, tokens, common, bpt))
     rss = peak_rss_bytes()
     if hasattr(model, "close"):
         model.close()
@@ -537,6 +556,42 @@ def bench(model_path: str | os.PathLike, n_prompt: int = 512, n_gen: int = 128,
             r.roofline_efficiency = bpt * r.avg_ts / (bw * 1e9) if bw else None
             r.weights_fit_in_llc = bool(llc) and bpt <= llc
     return BenchResult(rows)
+
+
+def _bench_draft(path: str, draft, n_gen: int, repetitions: int, threads: int | None,
+                 tokens, common: dict, bpt: int) -> BenchTest:
+    """The draft row of bench(): decode tokens/s (after the first token) of greedy requests
+    with drafts, and of the same requests without, alternating, in one engine."""
+    from gemma4stack.model import Model
+
+    passage = [int(t) for t in tokens(64)]
+    prompt = passage + passage[1:]
+    m = Model(path, threads=threads, context=len(prompt) + n_gen + 1, draft=draft)
+    try:
+        spec = m._draft
+        rate = {"spec": [], "plain": []}
+        drafted = accepted = 0
+        test_time = _now()
+        for rep in range(repetitions + 1):          # the first pair warms up
+            for kind, d in (("plain", (0, 3, False)), ("spec", spec)):
+                req = m._sched.submit(prompt, n_gen, 0.0, 0, 1.0, 0, d)
+                n = sum(1 for _ in req.tokens())
+                ev = req.last
+                if rep and n > 1:
+                    rate[kind].append(ev[5] / (ev[8] / 1e3) if ev[8] > 0 else 0.0)
+                    if kind == "spec":
+                        drafted, accepted = drafted + ev[9], accepted + ev[10]
+    finally:
+        m.close()
+    ts = rate["spec"] or [0.0]
+    ns = [int(n_gen / t * 1e9) if t else 0 for t in ts]
+    avg_ts = sum(ts) / len(ts)
+    plain = sum(rate["plain"]) / len(rate["plain"]) if rate["plain"] else 0.0
+    return BenchTest(**common, n_prompt=0, n_gen=n_gen, test_time=test_time,
+                     avg_ns=int(sum(ns) / len(ns)), stddev_ns=int(_stdev(ns)), avg_ts=avg_ts,
+                     stddev_ts=_stdev(ts), samples_ns=ns, samples_ts=ts, bytes_per_token=bpt,
+                     draft=str(draft), draft_tokens=drafted, accepted_tokens=accepted,
+                     draft_speedup=avg_ts / plain if plain else None)
 
 
 def _n_vocab(model, g) -> int:
@@ -573,13 +628,16 @@ def register_cli(sub) -> None:
     p.add_argument("-o", "--output", choices=("md", "json", "csv"), default="md")
     p.add_argument("--no-bandwidth", action="store_true",
                    help="skip the bandwidth probe (no roofline efficiency)")
+    p.add_argument("--draft", default=None, metavar="ngram|model:PATH",
+                   help="add a row decoding with speculative decoding (prompt lookup or a draft "
+                        "model with the same vocabulary) and its speedup over the same engine")
     p.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
     r = bench(args.model, n_prompt=args.n_prompt, n_gen=args.n_gen,
               repetitions=args.repetitions, threads=args.threads,
-              bandwidth=False if args.no_bandwidth else None)
+              bandwidth=False if args.no_bandwidth else None, draft=args.draft)
     if args.output == "json":
         d = r.to_dict()
         for row in d:

@@ -157,6 +157,36 @@ class _NoBar:
         pass
 
 
+def parse_draft(draft: str | os.PathLike | None) -> str | None:
+    """The draft model path of a Model(draft=...) value: None for None and "ngram" (prompt
+    lookup), PATH for "model:PATH" or for a path (str or os.PathLike) of an existing file.
+    Raises ValueError for anything else (the message lists the forms), FileNotFoundError
+    for "model:PATH" of a missing file."""
+    if draft is None or draft == "ngram":
+        return None
+    if isinstance(draft, str) and draft.startswith("model:"):
+        path = draft[len("model:"):]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"draft model {path!r} does not exist")
+        return path
+    if isinstance(draft, (str, os.PathLike)) and os.path.isfile(draft):
+        return os.fspath(draft)
+    raise ValueError(f"draft must be None, 'ngram', 'model:PATH' or the path of a GGUF file "
+                     f"(got {draft!r}); Gemma 4 MTP assistants are not supported")
+
+
+def check_same_vocab(target, drafter, target_path: str, draft_path: str) -> None:
+    """ValueError unless two core models have the same vocabulary: the same n_vocab and the
+    same token string at every id (a draft model's token ids must mean the target's)."""
+    if drafter.n_vocab != target.n_vocab:
+        raise ValueError(f"draft model {draft_path} has a vocabulary of {drafter.n_vocab} tokens, "
+                         f"{target_path} one of {target.n_vocab}: a draft model needs the same vocabulary")
+    for i in range(target.n_vocab):
+        if drafter.token_text(i) != target.token_text(i):
+            raise ValueError(f"draft model {draft_path}: token {i} is {drafter.token_text(i)!r}, in "
+                             f"{target_path} {target.token_text(i)!r}: a draft model needs the same vocabulary")
+
+
 class TextStream:
     """The text pieces of a streaming generate() / chat() (an iterator of str). .stats: the
     GenerationStats of this generation once it has ended (None before), also when other
@@ -250,9 +280,10 @@ class _Scheduler:
         self.closed = False
 
     def submit(self, ids: list[int], max_tokens: int, temperature: float, top_k: int,
-               top_p: float, seed: int, draft: tuple[int, int] = (0, 3),
+               top_p: float, seed: int, draft: tuple = (0, 3),
                sampling: Mapping[str, Any] | None = None, constraint=None) -> _Request:
-        """Queue a request. sampling: Engine.submit's sampler keywords (min_p, penalties,
+        """Queue a request. draft: Engine.submit's (draft_max, draft_ngram[, draft_model]).
+        sampling: Engine.submit's sampler keywords (min_p, penalties,
         logit_bias, logprobs); constraint: a Constraint whose first mask is computed here,
         in the caller's thread. Raises QueueFullError, LimitError, ValueError."""
         mask = None
@@ -418,13 +449,19 @@ class Model:
     1024); past it generate() raises QueueFullError. prefix_cache: share KV blocks of
     common prompt prefixes between requests (vLLM's automatic prefix caching).
 
-    Speculative decoding: draft="ngram" turns on prompt lookup for greedy requests
-    (temperature=0; sampled ones decode as usual): each decode step copies up to
-    draft_max tokens that followed the latest earlier occurrence of the last draft_ngram
-    (down to 1) tokens of prompt + output, and the model checks them all in that step's
-    forward; the output is token for token the plain greedy output, faster when the
-    answer repeats the prompt (extraction, summaries, rewriting). None (default): off.
-    GenerationStats.draft_tokens / accepted_tokens show how well it pays.
+    Speculative decoding (csrc/engine/engine.h): draft="ngram" turns on prompt lookup:
+    each decode step copies up to draft_max tokens that followed the latest earlier
+    occurrence of the last draft_ngram (down to 1) tokens of prompt + output, and the
+    model checks them all in that step's forward; faster when the answer repeats the
+    prompt (extraction, summaries, rewriting). draft="model:PATH" (or a path, str or
+    os.PathLike, of an existing file) loads a smaller GGUF with the same vocabulary as a
+    draft model that proposes draft_max tokens per step (ValueError when its vocabulary
+    differs; it gets its own KV cache of `context` tokens per parallel sequence, and the
+    same threads). Greedy output (temperature=0) is token for token the plain greedy
+    output; sampled output keeps the plain sampler's distribution (speculative sampling,
+    Leviathan et al. 2023), though a seed gives other tokens than without drafts. None
+    (default): off. GenerationStats.draft_tokens / accepted_tokens show how well it pays.
+    Gemma 4's MTP assistant GGUFs (gemma4-assistant) are not supported as drafters.
 
     Raises FileNotFoundError (no such file), OSError, GGUFError (not a valid GGUF),
     UnsupportedError (unknown architecture or tensor type; the message names it),
@@ -436,7 +473,7 @@ class Model:
                  context: int | None = None, parallel: int = 1, kv_cache: str | None = None,
                  kv_bytes: int | None = None, batch_tokens: int | None = None,
                  queue_max: int | None = None, prefix_cache: bool = True,
-                 draft: str | None = None, draft_ngram: int = 3, draft_max: int = 8):
+                 draft: str | os.PathLike | None = None, draft_ngram: int = 3, draft_max: int = 8):
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 (got {threads})")
         if context is not None and context < 1:
@@ -448,25 +485,29 @@ class Model:
         for name, v in (("kv_bytes", kv_bytes), ("batch_tokens", batch_tokens), ("queue_max", queue_max)):
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int (got {v!r})")
-        if draft not in (None, "ngram"):
-            raise ValueError(f"draft must be None or 'ngram' (got {draft!r}); draft models and "
-                             f"Gemma 4 MTP assistants are not supported yet")
+        draft_path = parse_draft(draft)
         if not isinstance(draft_ngram, int) or not 1 <= draft_ngram <= 16:
             raise ValueError(f"draft_ngram must be an int in 1..16 (got {draft_ngram!r})")
         if not isinstance(draft_max, int) or not 1 <= draft_max <= 32:
             raise ValueError(f"draft_max must be an int in 1..32 (got {draft_max!r})")
-        self.draft = draft
-        self._draft = (draft_max, draft_ngram) if draft else (0, draft_ngram)
+        self.draft = draft if draft is None or draft == "ngram" else f"model:{draft_path}"
+        self._draft = (draft_max, draft_ngram, draft_path is not None) if draft else (0, draft_ngram, False)
         self.path = os.fspath(path)
         # the core takes an int32; anything larger is far over its context cap,
         # which then raises LimitError naming GEMMA4STACK_MAX_CONTEXT
         n_ctx = min(context, 2**31 - 1) if context else 0
         self._core = _core.Model(self.path, n_ctx=n_ctx, n_threads=threads or 0, kv_type=kv_cache)
+        self._draft_core = None
         try:
+            if draft_path is not None:
+                self._draft_core = _core.Model(draft_path, n_ctx=self._core.n_ctx, n_threads=threads or 0)
+                check_same_vocab(self._core, self._draft_core, self.path, draft_path)
             self._engine = _core.Engine(self._core, n_seq=parallel, n_batch=min(batch_tokens or 0, 2**31 - 1),
                                         kv_bytes=kv_bytes or 0, queue_max=min(queue_max or 0, 2**20),
-                                        prefix_cache=prefix_cache)
+                                        prefix_cache=prefix_cache, draft=self._draft_core)
         except BaseException:
+            if self._draft_core is not None:
+                self._draft_core.close()
             self._core.close()
             raise
         self._sched = _Scheduler(self._engine)
@@ -851,6 +892,8 @@ class Model:
         self._sched.close()
         self._engine.close()
         self._core.close()
+        if self._draft_core is not None:
+            self._draft_core.close()
 
     def __enter__(self) -> Model:
         return self
@@ -1078,8 +1121,9 @@ def register_cli(subparsers) -> None:
                    help="default: one per physical core")
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="KV cache tokens (default: the model's, capped at 4096)")
-    p.add_argument("--draft", choices=["ngram"], default=None,
-                   help="speculative decoding by prompt lookup (greedy: --temperature 0)")
+    p.add_argument("--draft", default=None, metavar="ngram|model:PATH",
+                   help="speculative decoding: prompt lookup ('ngram') or a draft model with the "
+                        "same vocabulary ('model:PATH' or a GGUF path)")
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message through the GGUF's chat template")
     p.set_defaults(func=_run)

@@ -676,6 +676,55 @@ def predicted_tps(v: Variant, q: Quant, t: Target, context: int) -> float | None
     return t.bandwidth_gbs * 1e9 * t.efficiency_for(q.name) / bytes_per_token(v, q, context)
 
 
+# ---------------------------------------------------------------------------------------------
+# Speculative decoding: predicted speed with a drafter
+
+# Cost of verifying k draft tokens (one forward of k + 1 tokens) relative to one decode step,
+# measured with our C core on the 2-core reference machine (benchmarks/RESULTS.md, "Speculative
+# decoding by prompt lookup", benchmarks/step_cost.py, Gemma 3 270M): 1.27x (k=1), 2.46x (k=4),
+# 4.04x (k=8). Bandwidth-bound larger models should verify relatively cheaper; these are the
+# figures we have.
+SPEC_K = 4
+SPEC_VERIFY_COST = {1: 1.27, 4: 2.46, 8: 4.04}
+# Acceptance rates assumed per draft token. Prompt lookup: 0.49, measured on the extraction task
+# (a document quoted in the answer; RESULTS.md, Gemma 3 270M). A same-family draft model: 0.7,
+# within the 0.5-0.9 range of alpha Leviathan et al. 2023 report for small drafters of T5, GPT
+# and LaMDA targets (their Table 3); random-weight measurements here mean nothing.
+SPEC_ACCEPT_NGRAM = 0.49
+SPEC_ACCEPT_DRAFT_MODEL = 0.7
+
+
+def expected_tokens_per_step(acceptance: float, k: int) -> float:
+    """Tokens a speculative step yields on average when each of k drafts is accepted with
+    probability `acceptance`, independently, until the first rejection, plus the target's own
+    token: (1 - a^(k+1)) / (1 - a) (Leviathan et al. 2023, "Fast Inference from Transformers
+    via Speculative Decoding", eq. 1); k + 1 at a = 1. Raises ValueError outside 0 <= a <= 1,
+    k >= 0."""
+    if not 0.0 <= acceptance <= 1.0 or k < 0:
+        raise ValueError(f"need 0 <= acceptance <= 1 and k >= 0 (got {acceptance}, {k})")
+    if acceptance == 1.0:
+        return float(k + 1)
+    return (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+
+
+def speculative_speedup(acceptance: float, k: int = SPEC_K, verify_cost: float | None = None,
+                        draft_cost: float = 0.0) -> float:
+    """Predicted decode speed with drafts over plain decode: expected_tokens_per_step divided
+    by a step's cost in plain decode steps, verify_cost (verifying k drafts; None: the
+    measured SPEC_VERIFY_COST[k]) + k x draft_cost (one drafter forward relative to one target
+    decode step: 0 for prompt lookup, the drafter's bytes per token over the target's for a
+    draft model), as Leviathan et al. 2023's improvement factor (1 - a^(k+1)) /
+    ((1 - a)(k c + 1)) with the verification's measured cost in place of 1. The model assumes
+    independent acceptances; drafts copied from a quoted document are accepted in runs, which
+    measured better (RESULTS.md: 1.29-1.44x where this predicts 0.77x). Raises ValueError for a
+    k without a measured cost and no verify_cost."""
+    if verify_cost is None:
+        if k not in SPEC_VERIFY_COST:
+            raise ValueError(f"no measured verification cost for k={k} (have {sorted(SPEC_VERIFY_COST)})")
+        verify_cost = SPEC_VERIFY_COST[k]
+    return expected_tokens_per_step(acceptance, k) / (verify_cost + k * draft_cost)
+
+
 @dataclass
 class TierRow:
     """One variant x quantization on one machine.
@@ -693,6 +742,11 @@ class TierRow:
     context; gateway_tier: the [tiers.NAME] table of a gateway config that routes to it
     (gemma4stack/gateway/config.py); alternatives: other engines that can run it, each
     {"engine", "command", "gateway_tier"}.
+
+    Speculative decoding (speculative_speedup, k = SPEC_K): predicted_tps_ngram: decode
+    tokens/s with prompt lookup at acceptance SPEC_ACCEPT_NGRAM; draft_variant: the drafter
+    assumed (the smallest variant at the same quant; None for the smallest itself) and
+    predicted_tps_draft: tokens/s with it at SPEC_ACCEPT_DRAFT_MODEL; None without a speed.
     """
     variant: str
     quant: str
@@ -711,11 +765,15 @@ class TierRow:
     engine_command: str | None = None
     gateway_tier: dict | None = None
     alternatives: list[dict] = field(default_factory=list)
+    predicted_tps_ngram: float | None = None
+    draft_variant: str | None = None
+    predicted_tps_draft: float | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["predicted_decode_tps"] is not None:
-            d["predicted_decode_tps"] = round(d["predicted_decode_tps"], 2)
+        for k in ("predicted_decode_tps", "predicted_tps_ngram", "predicted_tps_draft"):
+            if d[k] is not None:
+                d[k] = round(d[k], 2)
         return d
 
 
@@ -737,12 +795,20 @@ def _row(v: Variant, q: Quant, targets: list[Target], context: int) -> TierRow:
     tps = predicted_tps(v, q, basis, ctx) if basis else None
     if basis is not None and tps is None:
         note.append(f"{basis.placement} bandwidth unknown")
+    bpt = bytes_per_token(v, q, ctx)
+    small = min(variants(), key=lambda x: x.rank)
+    drafter = small.name if small.name != v.name else None
     return TierRow(variant=v.name, quant=q.name, fits=chosen is not None,
                    placement=chosen.placement if chosen else None,
                    weights_bytes=weights_bytes(v, q), kv_bytes=kv_cache_bytes(v, ctx),
                    max_context=mctx, predicted_decode_tps=tps,
-                   bytes_per_token=bytes_per_token(v, q, ctx), context=ctx,
-                   n_params=v.n_params(), note="; ".join(note))
+                   bytes_per_token=bpt, context=ctx,
+                   n_params=v.n_params(), note="; ".join(note),
+                   predicted_tps_ngram=tps * speculative_speedup(SPEC_ACCEPT_NGRAM) if tps else None,
+                   draft_variant=drafter,
+                   predicted_tps_draft=(tps * speculative_speedup(
+                       SPEC_ACCEPT_DRAFT_MODEL, draft_cost=bytes_per_token(small, q, ctx) / bpt)
+                       if tps and drafter else None))
 
 
 def _pick_best(rows: list[TierRow]) -> TierRow | None:
@@ -1019,6 +1085,14 @@ class Recommendation:
             lines.append(f"* best: {b.variant} {b.quant} on {b.placement} "
                          f"(~{b.predicted_decode_tps:.1f} tokens/s predicted); "
                          f"get it: {pull_hint(b)}")
+            spec = f"  speculative decoding (k={SPEC_K}), predicted: prompt lookup " \
+                   f"~{b.predicted_tps_ngram:.1f} tokens/s (acceptance {SPEC_ACCEPT_NGRAM})"
+            if b.predicted_tps_draft is not None:
+                spec += (f", draft model {b.draft_variant} {b.quant} ~{b.predicted_tps_draft:.1f} "
+                         f"tokens/s (acceptance {SPEC_ACCEPT_DRAFT_MODEL})")
+            lines.append(spec + f"; verifying {SPEC_K} drafts costs {SPEC_VERIFY_COST[SPEC_K]}x a "
+                         "decode step (measured, benchmarks/RESULTS.md), tokens per step "
+                         "(1 - a^(k+1)) / (1 - a) (Leviathan et al. 2023)")
             if b.engine_command:
                 lines.append(f"  run it with {b.engine}: {b.engine_command}")
                 lines.append("  a gateway config routing to it: gemma4stack recommend --emit-config gateway.toml")
@@ -1088,6 +1162,12 @@ def _assumptions(eff: dict) -> dict:
         "engines": "our C core runs system-RAM rows; GPU and unified-memory rows name an "
                    "existing engine (data/engines.toml) and its command line",
         "usable_tps": USABLE_TPS,
+        "speculative": {"k": SPEC_K, "verify_cost": SPEC_VERIFY_COST,
+                        "acceptance_ngram": SPEC_ACCEPT_NGRAM,
+                        "acceptance_draft_model": SPEC_ACCEPT_DRAFT_MODEL,
+                        "rule": "tokens/s x (1 - a^(k+1)) / (1 - a) / (verify_cost + k x drafter "
+                                "bytes per token / target bytes per token); Leviathan et al. "
+                                "2023 eq. 1; verify_cost measured (benchmarks/RESULTS.md)"},
     }
 
 

@@ -139,3 +139,28 @@ def test_readme_config_reference_parses(models, monkeypatch):
     pools = [parse_config(tomllib.loads(b), source="README.md",
                           base_dir=Path(__file__).resolve().parent.parent) for b in blocks]
     assert [[len(t.backends) for t in c.tiers.values() if t.pooled] for c in pools] == [[3], [3]]
+
+
+def test_local_tier_draft_key(tmp_path, gguf):
+    """draft = "ngram" | "model:PATH" | "PATH" (resolved like model; reaches Model(draft=...))."""
+    from gemma4stack.gateway.app import load_model
+    for value, want in (('"ngram"', "ngram"), ('"model:models/tiny.gguf"', f"model:{gguf}"),
+                        ('"models/tiny.gguf"', f"model:{gguf}")):
+        cfg = load_config(write(tmp_path, f'[tiers.x]\nbackend = "local"\nmodel = "models/tiny.gguf"\n'
+                                          f'draft = {value}\n'))
+        tier = cfg.tiers["x"]
+        assert tier.draft == want
+        assert parse_config(cfg.to_dict(secrets=True)).tiers["x"].draft == want     # round trip
+    m = load_model(tier)
+    try:
+        assert m.draft == f"model:{gguf}" and m._draft[2]
+        m.generate("Once upon a time", max_tokens=8, temperature=0)
+        assert m.last_stats.draft_tokens > 0
+    finally:
+        m.close()
+    assert load_config(write(tmp_path, '[tiers.x]\nbackend = "local"\nmodel = "models/tiny.gguf"\n')
+                       ).tiers["x"].draft is None
+    for bad, match in (('"model:nope.gguf"', "draft must be 'ngram' or 'model:PATH'"), ("3", "draft")):
+        with pytest.raises(ConfigError, match=match):
+            load_config(write(tmp_path, f'[tiers.x]\nbackend = "local"\nmodel = "models/tiny.gguf"\n'
+                                        f'draft = {bad}\n'))

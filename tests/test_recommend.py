@@ -530,3 +530,33 @@ def test_emit_config_cli(tmp_path):
     cfg = load_config(out)
     assert [t.backend for t in cfg.tiers.values()] == ["openai"]
     assert cfg.routing.default in cfg.tiers
+
+
+def test_speculative_prediction():
+    """Leviathan et al. 2023 eq. 1 and the measured verification cost (RESULTS.md)."""
+    import pytest as _pytest
+
+    from gemma4stack import recommend as R
+    assert R.expected_tokens_per_step(0.0, 4) == 1.0
+    assert R.expected_tokens_per_step(1.0, 4) == 5.0
+    a = 0.6
+    assert R.expected_tokens_per_step(a, 4) == _pytest.approx(sum(a ** i for i in range(5)))
+    # k=4 at the measured 2.46x: break-even needs 2.46 tokens per step
+    assert R.speculative_speedup(0.49) == _pytest.approx((1 - 0.49 ** 5) / 0.51 / 2.46)
+    assert R.speculative_speedup(1.0, k=4, verify_cost=2.46) == _pytest.approx(5 / 2.46)
+    assert R.speculative_speedup(0.7, draft_cost=0.25) == _pytest.approx(
+        R.expected_tokens_per_step(0.7, 4) / (2.46 + 1.0))
+    with _pytest.raises(ValueError):
+        R.speculative_speedup(0.5, k=3)
+    with _pytest.raises(ValueError):
+        R.expected_tokens_per_step(1.5, 4)
+    r = R.recommend(machine="mac-mini-m4-16gb")
+    row = r.row("E4B", "Q4_0")
+    small = min(R.variants(), key=lambda v: v.rank).name
+    assert row.draft_variant == small and r.row(small, "Q4_0").draft_variant is None
+    assert row.predicted_tps_ngram == _pytest.approx(row.predicted_decode_tps * R.speculative_speedup(0.49))
+    c = R.bytes_per_token(R.get_variant(small), R.get_quant("Q4_0"), row.context) / row.bytes_per_token
+    assert row.predicted_tps_draft == _pytest.approx(
+        row.predicted_decode_tps * R.speculative_speedup(0.7, draft_cost=c))
+    assert "speculative decoding (k=4)" in r.to_text()
+    assert r.to_dict()["assumptions"]["speculative"]["verify_cost"][4] == 2.46

@@ -39,6 +39,14 @@ typedef struct request {
     int32_t constrained;
     int32_t mask_set;           /* mask holds the next sample's mask */
     uint32_t *mask;             /* [ceil(n_vocab / 32)] when constrained */
+    /* draft model (rp->draft_model): see the "draft model" section */
+    int use_model;
+    int32_t dlen;               /* drafter KV positions 0..dlen-1 equal hist[0..dlen) */
+    int32_t dn_max;             /* positions the drafter's sequence may reach */
+    int32_t dpos0;              /* this step: the target position of `last` */
+    int32_t k_plan, n_dtok;     /* this step: drafts wanted, drafted */
+    int32_t *dtok;              /* [draft_max] this step's drafts */
+    float *dq;                  /* [draft_max][n_vocab] their drafter distributions (sampled requests) */
 } request;
 
 struct g4_engine {
@@ -54,7 +62,14 @@ struct g4_engine {
     int8_t *want;
     float *logits;              /* [logits_rows][n_vocab]: one row per flagged token */
     int32_t logits_rows;
+    float *probs;               /* [n_vocab] the target distribution of one row (rejection sampling) */
     uint64_t steps, tokens, prompt_tokens, generated_tokens;
+    /* the draft model (g4_engine_set_drafter), its own KV pool and batch */
+    g4_model *dm;
+    g4_kvcache *dkv;
+    int32_t *dtk, *dps, *dsq, *dri;
+    int8_t *dwant;
+    float *dlogits;             /* [n_seq][n_vocab] */
 };
 
 static double now_ms(void) {
@@ -192,8 +207,14 @@ void g4_engine_free(g4_engine *e) {
             free(e->req[i].prompt);
             free(e->req[i].hist);
             request_free_sampling(&e->req[i]);
+            free(e->req[i].dtok);
+            free(e->req[i].dq);
         }
     g4_kvc_free(e->kv);
+    g4_kvc_free(e->dkv);
+    free(e->dtk); free(e->dps); free(e->dsq); free(e->dri); free(e->dwant);
+    free(e->dlogits);
+    free(e->probs);
     free(e->req);
     free(e->seq_req);
     free(e->tok); free(e->pos); free(e->seq); free(e->ridx); free(e->want);
@@ -236,7 +257,9 @@ g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err)
     e->want = malloc(B);
     e->logits_rows = p->n_seq;
     e->logits = malloc(sizeof(float) * V * (size_t)p->n_seq);
-    if (!e->req || !e->seq_req || !e->tok || !e->pos || !e->seq || !e->ridx || !e->want || !e->logits) {
+    e->probs = malloc(sizeof(float) * V);
+    if (!e->req || !e->seq_req || !e->tok || !e->pos || !e->seq || !e->ridx || !e->want || !e->logits ||
+        !e->probs) {
         g4_engine_free(e);
         g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory");
         return NULL;
@@ -245,11 +268,212 @@ g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err)
     return e;
 }
 
+/* ------------------------------------------------------------ draft model */
+
+g4_status g4_engine_set_drafter(g4_engine *e, g4_model *dm, g4_err *err) {
+    if (!dm) return g4_err_set(err, G4_ERR_INVALID, "engine: no draft model given");
+    if (e->dm) return g4_err_set(err, G4_ERR_INVALID, "engine: it has a draft model already");
+    for (int32_t i = 0; i < e->n_req; i++)
+        if (e->req[i].state != R_FREE)
+            return g4_err_set(err, G4_ERR_INVALID, "engine: a draft model must be set before any request");
+    const int32_t V = g4_model_n_vocab(e->m);
+    if (g4_model_n_vocab(dm) != V)
+        return g4_err_set(err, G4_ERR_INVALID, "engine: the draft model's vocabulary has %d tokens, the model's %d",
+                          g4_model_n_vocab(dm), V);
+    g4_kv_layer *layers = malloc(sizeof(g4_kv_layer) * 4096);
+    if (!layers) return g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory");
+    const int nl = g4_model_kv_layers(dm, layers);
+    /* keep_window: a drafter's sequence is rewound by up to draft_max
+     * positions after every verification, so no sliding-window block may
+     * be released early by its tentative length */
+    const g4_kvc_params kp = { .n_seq = e->p.n_seq, .n_ctx = g4_model_n_ctx(dm), .n_batch = e->p.n_batch,
+                               .type = g4_model_kv_type(dm), .bytes = 0,
+                               .n_threads = g4_model_n_threads(dm), .keep_window = 1 };
+    e->dkv = g4_kvc_create(layers, nl, &kp, err);
+    free(layers);
+    if (!e->dkv) return err->status;
+    const size_t B = (size_t)e->p.n_batch;
+    e->dtk = malloc(sizeof(int32_t) * B);
+    e->dps = malloc(sizeof(int32_t) * B);
+    e->dsq = malloc(sizeof(int32_t) * B);
+    e->dri = malloc(sizeof(int32_t) * B);
+    e->dwant = malloc(B);
+    e->dlogits = malloc(sizeof(float) * (size_t)V * (size_t)e->p.n_seq);
+    if (!e->dtk || !e->dps || !e->dsq || !e->dri || !e->dwant || !e->dlogits) {
+        g4_kvc_free(e->dkv);
+        e->dkv = NULL;
+        free(e->dtk); free(e->dps); free(e->dsq); free(e->dri); free(e->dwant); free(e->dlogits);
+        e->dtk = e->dps = e->dsq = e->dri = NULL;
+        e->dwant = NULL;
+        e->dlogits = NULL;
+        return g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory for the draft model's batch");
+    }
+    e->dm = dm;
+    return G4_OK;
+}
+
+/* The drafter's sequence of a request being admitted into slot seq (its
+ * pool holds n_seq whole contexts, so this only fails on a bug). */
+static int drafter_begin(g4_engine *e, request *r, int32_t seq) {
+    int32_t cached = 0;
+    g4_err err;
+    if (g4_kvc_seq_begin(e->dkv, seq, r->prompt, r->n_prompt, r->dn_max, 0, &cached, &err) != 1) return 0;
+    r->dlen = 0;
+    return 1;
+}
+
+/* Draft tokens a decoding request may carry this step, its `last` at
+ * position p: k_cur, within the step's spare budget, and such that the
+ * yielded n_draft + 1 tokens stay within max_tokens and n_max. */
+static int32_t draft_room(const request *r, int32_t p, int32_t spare) {
+    int32_t k = r->k_cur;
+    if (k > spare) k = spare;
+    if (k > r->max_tokens - r->st.n_generated - 1) k = r->max_tokens - r->st.n_generated - 1;
+    if (k > r->n_max - p - 1) k = r->n_max - p - 1;
+    return k;
+}
+
+/* The KV blocks of every position a batch b writes in kv, per sequence (a
+ * sequence's tokens are consecutive in a batch). */
+static g4_status prepare_batch(g4_kvcache *kv, const g4_batch *b, g4_err *err) {
+    for (int32_t t = 0; t < b->n;) {
+        int32_t u = t;
+        while (u < b->n && b->seq[u] == b->seq[t]) u++;
+        g4_status st = g4_kvc_seq_prepare(kv, b->seq[t], b->pos[t], u - t, b->token + t, err);
+        if (st != G4_OK) return st;
+        t = u;
+    }
+    return G4_OK;
+}
+
+/* Run a drafter batch of n tokens (e->dtk...): prepare, forward, commit; each
+ * sequence then holds positions up to its last token's, r->dlen follows. */
+static g4_status drafter_forward(g4_engine *e, int32_t n, g4_err *err) {
+    const g4_batch b = { n, e->dtk, e->dps, e->dsq, e->dwant };
+    g4_status pst = prepare_batch(e->dkv, &b, err);
+    if (pst != G4_OK) return pst;
+    g4_status st = g4_model_forward_batch(e->dm, &b, e->dkv, e->dlogits, err);
+    if (st != G4_OK) return st;
+    for (int32_t t = 0; t < n;) {
+        int32_t u = t;
+        while (u < n && e->dsq[u] == e->dsq[t]) u++;
+        g4_kvc_seq_commit(e->dkv, e->dsq[t], e->dps[u - 1] + 1);
+        e->req[e->dri[t]].dlen = e->dps[u - 1] + 1;
+        t = u;
+    }
+    return G4_OK;
+}
+
+/* Drafts from the draft model for every decoding request that uses it
+ * (before the step's batch is built; spare: the step's budget left after
+ * one decode token per decoder). Forward 1 runs each such sequence's tokens
+ * the drafter has not seen yet, hist[dlen..P] with hist[P] = `last` (the
+ * whole prompt at its first decode step; chunks of it when the budget is
+ * short, and such a sequence drafts from a later step on); forward j + 1
+ * runs d_j at P + j for the sequences still drafting: all sequences in one
+ * batch per draft position, k forwards for drafts of k. d_j is the argmax
+ * (greedy requests) or a draw from q_j = the request's sampler chain over
+ * the drafter's logits, kept in r->dq for the rejection rule. A draft of an
+ * end-of-generation token ends that sequence's draft. Leaves r->dtok[0..n_dtok). */
+static g4_status model_drafts(g4_engine *e, int32_t spare, g4_err *err) {
+    if (!e->dm) return G4_OK;
+    const int32_t V = g4_model_n_vocab(e->dm), budget = e->p.n_batch;
+    const g4_tokenizer *tk = g4_model_tokenizer(e->m);
+    int32_t n = 0;
+    for (int32_t s = 0; s < e->p.n_seq; s++) {
+        const int32_t ri = e->seq_req[s];
+        if (ri < 0 || e->req[ri].state != R_DECODE || !e->req[ri].use_model) continue;
+        request *r = &e->req[ri];
+        r->k_plan = r->n_dtok = 0;
+        if (r->skip > 0 || n >= budget) continue;
+        const int32_t P = g4_kvc_seq_len(e->kv, s);
+        int32_t k = draft_room(r, P, spare);
+        if (k > r->dn_max - P) k = r->dn_max - P;
+        if (k <= 0) continue;
+        int32_t c = P + 1 - r->dlen;
+        const int whole = c <= budget - n;
+        if (!whole) c = budget - n;
+        for (int32_t i = 0; i < c; i++) {
+            e->dtk[n] = r->hist[r->dlen + i]; e->dps[n] = r->dlen + i; e->dsq[n] = s; e->dri[n] = ri;
+            e->dwant[n] = whole && i == c - 1;
+            n++;
+        }
+        r->dpos0 = P;
+        if (whole) { r->k_plan = k; spare -= k; }
+    }
+    while (n > 0) {
+        g4_status st = drafter_forward(e, n, err);
+        if (st != G4_OK) return st;
+        int32_t row = 0;
+        for (int32_t t = 0; t < n; t++) {
+            if (!e->dwant[t]) continue;
+            request *r = &e->req[e->dri[t]];
+            const float *lg = e->dlogits + (size_t)row++ * (size_t)V;
+            int32_t d;
+            if (r->dq) {
+                float *q = r->dq + (size_t)r->n_dtok * (size_t)V;
+                if (g4_sample_probs(&r->sampler, lg, V, q) < 0)
+                    return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
+                d = g4_sample_weights(&r->sampler, q, V);
+                if (d < 0) d = g4_argmax(lg, V);
+            } else {
+                d = g4_argmax(lg, V);
+            }
+            r->dtok[r->n_dtok++] = d;
+            if (g4_tokenizer_is_eog(tk, d)) r->k_plan = r->n_dtok;
+        }
+        n = 0;
+        for (int32_t s = 0; s < e->p.n_seq; s++) {
+            const int32_t ri = e->seq_req[s];
+            if (ri < 0 || e->req[ri].state != R_DECODE || !e->req[ri].use_model) continue;
+            request *r = &e->req[ri];
+            if (r->n_dtok == 0 || r->n_dtok >= r->k_plan) continue;
+            e->dtk[n] = r->dtok[r->n_dtok - 1]; e->dps[n] = r->dpos0 + r->n_dtok; e->dsq[n] = s; e->dri[n] = ri;
+            e->dwant[n] = 1;
+            n++;
+        }
+    }
+    return G4_OK;
+}
+
+/* ------------------------------------------------- rejection sampling */
+
+/* The token a sampled request yields at a row that has a draft d after it
+ * (speculative sampling: Leviathan et al. 2023, "Fast Inference from
+ * Transformers via Speculative Decoding", Algorithm 1; Chen et al. 2023,
+ * "Accelerating Large Language Model Decoding with Speculative Sampling",
+ * Algorithm 2). p = the target's distribution at this row after the
+ * request's sampler chain (the one g4_sample draws from; g4_sample_probs),
+ * q = the drafter's distribution d was drawn from (q[V]), or NULL for a
+ * deterministic proposal (prompt lookup: q = point mass on d). d is kept
+ * with probability min(1, p(d) / q(d)); otherwise the token is drawn from
+ * norm(max(p - q, 0)), which is p without d, renormalised, for a point mass.
+ * Either way the yielded token is distributed as p exactly. Returns d when
+ * it was accepted (the residual never gives d back: a rejection means
+ * p(d) < q(d)), the drawn token otherwise; -1 when out of memory. Uses the
+ * request's own random stream. */
+static int32_t spec_sample(g4_engine *e, request *r, float *lg, int32_t V, int32_t d, const float *q) {
+    float *p = e->probs;
+    if (g4_sample_probs(&r->sampler, lg, V, p) < 0) return -1;
+    const double qd = q ? (double)q[d] : 1.0;
+    const double u = g4_sampler_uniform(&r->sampler);
+    if (u * qd < (double)p[d]) return d;
+    if (q) {
+        for (int32_t v = 0; v < V; v++) p[v] = p[v] > q[v] ? p[v] - q[v] : 0.0f;
+    } else {
+        p[d] = 0.0f;
+    }
+    p[d] = 0.0f;   /* rounding: a rejected draft is never the residual's pick */
+    const int32_t id = g4_sample_weights(&r->sampler, p, V);
+    return id >= 0 ? id : g4_sample(&r->sampler, lg, V);   /* no residual mass (p == q up to rounding) */
+}
+
 /* ---------------------------------------------------------------- requests */
 
 static void finish(g4_engine *e, request *r) {
     if (r->state == R_PREFILL || r->state == R_DECODE) {
         g4_kvc_seq_end(e->kv, r->seq);
+        if (r->use_model) g4_kvc_seq_end(e->dkv, r->seq);
         e->seq_req[r->seq] = -1;
     }
     free(r->prompt);
@@ -257,6 +481,10 @@ static void finish(g4_engine *e, request *r) {
     free(r->hist);
     r->hist = NULL;
     request_free_sampling(r);
+    free(r->dtok);
+    r->dtok = NULL;
+    free(r->dq);
+    r->dq = NULL;
     r->state = R_FREE;
 }
 
@@ -279,10 +507,20 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
                        prompt[i], i, n_vocab - 1);
             return -1;
         }
-    const int draft = rp->draft_max > 0 && rp->temperature <= 0.0f && !rp->constrained;
-    if (rp->draft_max < 0 || rp->draft_max > G4_DRAFT_MAX || (rp->draft_max > 0 && (rp->draft_ngram < 1 || rp->draft_ngram > 16))) {
+    /* no drafts for a request whose rows would each need their own prefix's mask,
+     * penalty history or logprobs (engine.h) */
+    const int plain = !rp->constrained && rp->n_bias == 0 && !rp->logprobs &&
+                      (rp->repeat_penalty <= 0.0f || rp->repeat_penalty == 1.0f || rp->repeat_last_n == 0) &&
+                      rp->presence_penalty == 0.0f && rp->frequency_penalty == 0.0f;
+    const int draft = rp->draft_max > 0 && plain, use_model = draft && rp->draft_model;
+    if (rp->draft_max < 0 || rp->draft_max > G4_DRAFT_MAX ||
+        (draft && !use_model && (rp->draft_ngram < 1 || rp->draft_ngram > 16))) {
         g4_err_set(err, G4_ERR_INVALID, "submit: draft_max must be in 0..%d and draft_ngram in 1..16 (got %d, %d)",
                    G4_DRAFT_MAX, rp->draft_max, rp->draft_ngram);
+        return -1;
+    }
+    if (use_model && !e->dm) {
+        g4_err_set(err, G4_ERR_INVALID, "submit: draft_model asked of an engine without a draft model");
         return -1;
     }
     int32_t waiting = 0, slot = -1;
@@ -308,9 +546,16 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
     r->n_max = n_max < n_ctx ? (int32_t)n_max : n_ctx;
     if (draft) {
         /* the last token (sampled at position n_max - 1) is never fed back: n_max + 1 */
-        if (!(r->hist = malloc(sizeof(int32_t) * ((size_t)r->n_max + 1)))) {
-            free(r->prompt);
-            r->prompt = NULL;
+        r->hist = malloc(sizeof(int32_t) * ((size_t)r->n_max + 1));
+        if (use_model) {
+            r->use_model = 1;
+            r->dn_max = r->n_max < g4_model_n_ctx(e->dm) ? r->n_max : g4_model_n_ctx(e->dm);
+            r->dtok = malloc(sizeof(int32_t) * (size_t)rp->draft_max);
+            if (rp->temperature > 0.0f) r->dq = malloc(sizeof(float) * (size_t)rp->draft_max * (size_t)n_vocab);
+        }
+        if (!r->hist || (use_model && (!r->dtok || (rp->temperature > 0.0f && !r->dq)))) {
+            free(r->prompt); free(r->hist); free(r->dtok); free(r->dq);
+            r->prompt = NULL; r->hist = NULL; r->dtok = NULL; r->dq = NULL;
             g4_err_set(err, G4_ERR_NOMEM, "submit: out of memory");
             return -1;
         }
@@ -323,6 +568,8 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
     if (request_init_sampling(e, r, rp, err) != G4_OK) {
         free(r->prompt);
         free(r->hist);
+        free(r->dtok);
+        free(r->dq);
         memset(r, 0, sizeof *r);
         return -1;
     }
@@ -382,6 +629,10 @@ static void admit(g4_engine *e) {
         /* FIFO: when the oldest does not fit, later ones wait behind it */
         if (g4_kvc_seq_begin(e->kv, slot, r->prompt, r->n_prompt, r->n_max, e->p.prefix_cache, &cached, &err) != 1)
             return;
+        if (r->use_model && !drafter_begin(e, r, slot)) {
+            g4_kvc_seq_end(e->kv, slot);
+            return;
+        }
         r->seq = slot;
         r->n_done = cached;
         r->st.n_cached = cached;
@@ -443,6 +694,8 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
     int32_t spare = budget;
     for (int32_t s = 0; s < e->p.n_seq; s++)
         if (e->seq_req[s] >= 0 && can_decode(&e->req[e->seq_req[s]])) spare--;
+    g4_status dst = model_drafts(e, spare, err);
+    if (dst != G4_OK) return dst;
     for (int32_t s = 0; s < e->p.n_seq && n < budget; s++) {
         const int32_t ri = e->seq_req[s];
         if (ri < 0 || !can_decode(&e->req[ri])) continue;
@@ -454,12 +707,15 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         if (!r->hist) continue;
         if (r->skip > 0) { r->skip--; continue; }
         /* a step yields at most n_draft + 1 tokens: within max_tokens and n_max */
-        int32_t k = r->k_cur;
-        if (k > spare) k = spare;
-        if (k > r->max_tokens - r->st.n_generated - 1) k = r->max_tokens - r->st.n_generated - 1;
-        if (k > r->n_max - p - 1) k = r->n_max - p - 1;
+        const int32_t k = draft_room(r, p, spare);
         if (k <= 0) continue;
-        const int32_t nd = lookup_draft(r->hist, r->n_hist, r->draft_ngram, k, e->tok + n);
+        int32_t nd;
+        if (r->use_model) {
+            nd = r->n_dtok < k ? r->n_dtok : k;
+            memcpy(e->tok + n, r->dtok, sizeof(int32_t) * (size_t)nd);
+        } else {
+            nd = lookup_draft(r->hist, r->n_hist, r->draft_ngram, k, e->tok + n);
+        }
         for (int32_t i = 0; i < nd; i++) {
             e->pos[n] = p + 1 + i; e->seq[n] = s; e->ridx[n] = ri; e->want[n] = 1;
             n++;
@@ -503,16 +759,10 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         e->logits_rows = rows;
     }
 
-    /* blocks for every position written, per sequence (its tokens are consecutive) */
-    for (int32_t t = 0; t < n;) {
-        int32_t u = t;
-        while (u < n && e->seq[u] == e->seq[t]) u++;
-        g4_status st = g4_kvc_seq_prepare(e->kv, e->seq[t], e->pos[t], u - t, e->tok + t, err);
-        if (st != G4_OK) return st;
-        t = u;
-    }
     const g4_batch b = { n, e->tok, e->pos, e->seq, e->want };
-    g4_status st = g4_model_forward_batch(e->m, &b, e->kv, e->logits, err);
+    g4_status st = prepare_batch(e->kv, &b, err);
+    if (st != G4_OK) return st;
+    st = g4_model_forward_batch(e->m, &b, e->kv, e->logits, err);
     if (st != G4_OK) return st;
     e->steps++;
     e->tokens += (uint64_t)n;
@@ -548,9 +798,18 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
             if (!prefill) r->st.n_decode++;
             r->st.decode_ms = t_now - r->t_first;
             g4_event *ev = &events[*n_events];
-            const int32_t id = sample_request(r, lg, V, ev);
-            if (id == -2) return g4_err_set(err, G4_ERR_INVALID, "engine: request %lld's mask allows no token",
-                                            (long long)r->id);
+            int32_t id;
+            if (i < nd && r->sampler.temperature > 0.0f) {
+                /* a sampled request's row with a draft after it: the rejection rule
+                 * (drafting requests have no mask, bias, penalties or logprobs) */
+                id = spec_sample(e, r, lg, V, e->tok[t0 + i + 1], r->dq ? r->dq + (size_t)i * (size_t)V : NULL);
+                ev->logprob = 0.0f;
+                ev->n_top = -1;
+            } else {
+                id = sample_request(r, lg, V, ev);
+                if (id == -2) return g4_err_set(err, G4_ERR_INVALID, "engine: request %lld's mask allows no token",
+                                                (long long)r->id);
+            }
             if (id < 0) return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
             (*n_events)++;
             ev->id = r->id;
@@ -578,6 +837,8 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         row += prefill ? 0 : (u - t) - (i + 1);   /* rows of drafts after the first rejected one */
         if (nd > 0) adapt_draft(r, nd, i);
         if (!prefill) g4_kvc_seq_commit(e->kv, e->seq[t], e->pos[t] + i + 1);
+        /* the drafter keeps what the target committed: last, d1..d_i */
+        if (r->use_model && !prefill && r->dlen > e->pos[t] + i + 1) r->dlen = e->pos[t] + i + 1;
         if (fin != G4_FINISH_NONE) finish(e, r);
         t = u;
     }

@@ -19,16 +19,30 @@
  * others' streams), one batched forward, one sample per sequence whose
  * logits were computed.
  *
- * Speculative decoding by prompt lookup (a request's draft_max > 0; greedy
- * requests only): before its decode token the engine looks the last n tokens
+ * Speculative decoding by prompt lookup (a request's draft_max > 0 without
+ * draft_model): before its decode token the engine looks the last n tokens
  * of the request's history (prompt + generated) up earlier in that history,
  * n = draft_ngram down to 1, most recent match first, and proposes the up to
  * k tokens that followed the match as drafts (Saxena 2023, "Prompt Lookup
  * Decoding"; transformers' prompt_lookup_num_tokens). [last, d1..dk] run in
- * the step's forward with logits for all k + 1; d_i is accepted while it
- * equals the argmax after d_{i-1} (Leviathan et al. 2023, greedy case), so
- * the step yields the accepted drafts plus the model's own next token, the
- * same tokens plain greedy decoding gives. The sequence's KV length is
+ * the step's forward with logits for all k + 1. Greedy requests: d_i is
+ * accepted while it equals the argmax after d_{i-1} (Leviathan et al. 2023,
+ * greedy case), so the step yields the accepted drafts plus the model's own
+ * next token, the same tokens plain greedy decoding gives. Sampled requests
+ * (temperature > 0): speculative sampling (Leviathan et al. 2023, Algorithm
+ * 1; Chen et al. 2023, "Accelerating Large Language Model Decoding with
+ * Speculative Sampling"): with p_i the target's distribution at row i after
+ * the request's sampler chain (temperature, top-k, top-p, min-p: the very
+ * distribution the plain path draws from, sample.h g4_sample_probs) and q_i
+ * the proposal's, d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i));
+ * the first rejected one is replaced by a draw from norm(max(p_i - q_i, 0));
+ * when all k are accepted the bonus token is drawn from p_{k+1}. Prompt
+ * lookup's drafts are deterministic (q_i = point mass on d_i): accept with
+ * probability p_i(d_i), else draw from p_i without d_i. Each yielded token
+ * is then distributed exactly as the plain sampler's (tests/test_spec.py
+ * checks it with a chi-square test); the draws use the request's own
+ * random stream, so a seed still reproduces its output, though not the same
+ * output as the same seed without speculation. The sequence's KV length is
  * committed past the accepted tokens only; rejected drafts' rows are
  * overwritten by the next step (its prepare starts there), and
  * sliding-window blocks are released by the committed length, so nothing a
@@ -37,8 +51,22 @@
  * when nothing was accepted), and after a draft with nothing accepted the
  * request drafts no more for 2, 4, .. 16 steps, so drafts that are always
  * rejected end up as one token every 17 steps.
- * Sampled requests (temperature > 0) do not draft (the rejection-sampling
- * rule for them is not implemented).
+ *
+ * Speculative decoding with a draft model (g4_engine_set_drafter: a smaller
+ * model with the same vocabulary; a request's draft_model nonzero): the
+ * drafter has its own paged KV pool (n_seq whole contexts of its n_ctx,
+ * sliding-window blocks kept, since it is rewound after every verification)
+ * with one sequence per running request in the same slot. Before the
+ * step's batch is built, the drafter runs k batched forwards, all
+ * speculating sequences in each: the first runs each sequence's tokens it
+ * has not seen (the whole prompt at the first decode step, in chunks of the
+ * step budget; `last` every step after), forward j + 1 runs d_j. d_j is the
+ * drafter's argmax (greedy) or a draw from q_j, the request's sampler chain
+ * over the drafter's logits (sampled; q_j kept for the rule above). After
+ * verification the drafter's sequence is cut back to the tokens the target
+ * committed (last, d_1..d_a), so its next forward rewrites from there. The
+ * draft length adapts as for prompt lookup. Not here: Gemma 4's MTP
+ * assistant (`gemma4-assistant`), which reads the target's KV.
  *
  * Sampling is csrc/sample's chain (g4_sample_ex, sample.h: mask, logit bias,
  * penalties, top-k, top-p, min-p, temperature), per request: each request has
@@ -53,7 +81,10 @@
  * keeps its slot and its KV blocks and decodes in a later step), and holds
  * back the last prompt token of one whose first mask is not set yet. So the
  * masks can be computed asynchronously, each sequence waiting only for its
- * own. Constrained requests do not draft.
+ * own. Constrained requests, and those with a logit bias, penalties or
+ * logprobs, do not draft: each verification row would need the mask,
+ * penalty history and logprobs of its own accepted prefix, which the
+ * verifier does not build (they decode one token per step).
  *
  * Not thread-safe: the caller serialises every call on an engine (and on
  * its model: g4_model_forward shares the architecture's scratch).
@@ -84,9 +115,10 @@ typedef struct g4_request_params {
     int32_t top_k;          /* <= 0: off */
     float top_p;            /* >= 1: off */
     uint64_t seed;
-    int32_t draft_max;      /* prompt-lookup draft tokens per step at most, 0..G4_DRAFT_MAX;
-                               0: no speculation (ignored when temperature > 0) */
-    int32_t draft_ngram;    /* n-gram size matched (1..16) when draft_max > 0 */
+    int32_t draft_max;      /* draft tokens per step at most, 0..G4_DRAFT_MAX; 0: no speculation */
+    int32_t draft_ngram;    /* n-gram size matched (1..16) when draft_max > 0 (prompt lookup) */
+    int32_t draft_model;    /* nonzero (with draft_max > 0): drafts from the engine's draft
+                               model (g4_engine_set_drafter) instead of prompt lookup */
     /* The rest of the sampler chain, as g4_sample_params (csrc/sample/sample.h, where
      * each formula's source is); zero-initialised fields are off. */
     float min_p;            /* <= 0: off; else keep p >= min_p * p_max (0..1) */
@@ -112,7 +144,7 @@ typedef struct g4_request_stats {
     double decode_ms;            /* first token -> this event */
     int32_t n_decode;            /* tokens sampled in decode steps after the first token
                                     (one per step, more when drafts were accepted) */
-    int32_t n_drafted;           /* draft tokens proposed (prompt lookup) */
+    int32_t n_drafted;           /* draft tokens proposed (prompt lookup or draft model) */
     int32_t n_accepted;          /* of them, accepted (each is a generated token) */
     int32_t n_draft_steps;       /* decode steps that carried drafts */
 } g4_request_stats;
@@ -142,11 +174,21 @@ typedef struct g4_event {
 g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err);
 void g4_engine_free(g4_engine *e);
 
+/* Give the engine a draft model for requests with draft_model set (see the
+ * top). dm: a loaded model whose vocabulary is the engine model's (same
+ * n_vocab here; the caller checks the token strings); the engine does not
+ * own it: free it after the engine, and run nothing else on it meanwhile.
+ * Its KV pool: n_seq sequences of dm's n_ctx (g4_model_params.n_ctx), every
+ * position kept. Before any submit. Errors: G4_ERR_INVALID (a draft model
+ * already set, requests present, vocabulary sizes differ), G4_ERR_NOMEM. */
+g4_status g4_engine_set_drafter(g4_engine *e, g4_model *dm, g4_err *err);
+
 /* Queue a request (the prompt and the logit bias are copied). Returns its id
  * (> 0), or -1 with err: G4_ERR_INVALID (empty prompt, id outside the vocab,
  * max_tokens < 1, draft_max outside 0..G4_DRAFT_MAX, draft_ngram outside
- * 1..16 with drafts, top_logprobs outside 0..G4_SAMPLE_MAX_TOP, n_bias < 0 or
- * a bias id outside the vocabulary, repeat_last_n < -1), G4_ERR_NOMEM,
+ * 1..16 with prompt lookup, draft_model without a draft model, top_logprobs
+ * outside 0..G4_SAMPLE_MAX_TOP, n_bias < 0 or a bias id outside the
+ * vocabulary, repeat_last_n < -1), G4_ERR_NOMEM,
  * G4_ERR_LIMIT (prompt + 1 longer than the context; or the waiting queue is
  * full: err->msg starts with "queue full"). */
 int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, const g4_request_params *rp,

@@ -600,6 +600,7 @@ static PyTypeObject GenType = {
 typedef struct {
     PyObject_HEAD
     ModelObject *model;        /* strong reference */
+    ModelObject *draft;        /* the draft model (strong reference) or NULL */
     g4_engine *e;              /* NULL once closed */
     g4_event *events;
 } EngineObject;
@@ -609,28 +610,47 @@ static PyTypeObject EngineType;
 /* Lock the model for an engine call; ValueError when either is closed. */
 static int lock_engine(EngineObject *self) {
     if (!self->e) { PyErr_SetString(PyExc_ValueError, "the engine is closed"); return -1; }
+    if (self->draft && !self->draft->m) {
+        PyErr_SetString(PyExc_ValueError, "the engine's draft model is closed");
+        return -1;
+    }
     return lock_model(self->model);
 }
 
 static int Engine_init(EngineObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"model", "n_seq", "n_batch", "kv_bytes", "queue_max", "prefix_cache", NULL};
-    PyObject *model;
+    static char *kwlist[] = {"model", "n_seq", "n_batch", "kv_bytes", "queue_max", "prefix_cache", "draft", NULL};
+    PyObject *model, *draft = Py_None;
     g4_engine_params p = { .n_seq = 1, .n_batch = 0, .kv_bytes = 0, .queue_max = 0, .prefix_cache = 1 };
     unsigned long long kv_bytes = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|iiKip:Engine", kwlist, &ModelType, &model, &p.n_seq,
-                                     &p.n_batch, &kv_bytes, &p.queue_max, &p.prefix_cache))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!|iiKipO:Engine", kwlist, &ModelType, &model, &p.n_seq,
+                                     &p.n_batch, &kv_bytes, &p.queue_max, &p.prefix_cache, &draft))
         return -1;
     if (self->e) { PyErr_SetString(PyExc_RuntimeError, "Engine is already built"); return -1; }
+    if (draft != Py_None && !PyObject_TypeCheck(draft, &ModelType)) {
+        PyErr_SetString(PyExc_TypeError, "Engine: draft must be a Model or None");
+        return -1;
+    }
+    if (draft == model) {
+        PyErr_SetString(PyExc_ValueError, "Engine: the draft model must be a Model object of its own");
+        return -1;
+    }
     p.kv_bytes = kv_bytes;
-    ModelObject *mo = (ModelObject *)model;
+    ModelObject *mo = (ModelObject *)model, *dmo = draft != Py_None ? (ModelObject *)draft : NULL;
+    if (dmo && !dmo->m) { PyErr_SetString(PyExc_ValueError, "Engine: the draft model is closed"); return -1; }
     if (lock_model(mo) < 0) return -1;
     g4_err err;
     g4_engine *e;
+    g4_status dst = G4_OK;
     Py_BEGIN_ALLOW_THREADS
     e = g4_engine_create(mo->m, &p, &err);
+    if (e && dmo) {
+        dst = g4_engine_set_drafter(e, dmo->m, &err);
+        if (dst != G4_OK) { g4_engine_free(e); e = NULL; }
+    }
     Py_END_ALLOW_THREADS
     unlock_model(mo);
     if (!e) { g4py_raise(&err); return -1; }
+    if (dmo) { Py_INCREF(draft); self->draft = dmo; }
     self->events = PyMem_Malloc(sizeof(g4_event) * (size_t)g4_engine_max_events(e));
     if (!self->events) { g4_engine_free(e); PyErr_NoMemory(); return -1; }
     self->e = e;
@@ -649,6 +669,7 @@ static void Engine_free_engine(EngineObject *self) {
 static void Engine_dealloc(EngineObject *self) {
     Engine_free_engine(self);
     Py_XDECREF(self->model);
+    Py_XDECREF(self->draft);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -668,15 +689,16 @@ static PyObject *Engine_close(EngineObject *self, PyObject *unused) {
 
 static PyObject *Engine_submit(EngineObject *self, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed",
-                             "draft_max", "draft_ngram", "min_p", "repeat_penalty", "repeat_last_n",
+                             "draft_max", "draft_ngram", "draft_model", "min_p", "repeat_penalty", "repeat_last_n",
                              "presence_penalty", "frequency_penalty", "logit_bias", "logprobs",
                              "constrained", NULL};
     PyObject *seq, *bias = Py_None, *logprobs = Py_None;
     g4_request_params rp = { .max_tokens = 128, .temperature = 0.8f, .top_k = 40, .top_p = 0.95f, .seed = 0,
-                             .draft_max = 0, .draft_ngram = 3, .repeat_penalty = 1.0f, .repeat_last_n = 64 };
+                             .draft_max = 0, .draft_ngram = 3, .draft_model = 0, .repeat_penalty = 1.0f, .repeat_last_n = 64 };
     unsigned long long seed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififKiiffiffOOp:submit", kwlist, &seq, &rp.max_tokens,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|ififKiipffiffOOp:submit", kwlist, &seq, &rp.max_tokens,
                                      &rp.temperature, &rp.top_k, &rp.top_p, &seed, &rp.draft_max, &rp.draft_ngram,
+                                     &rp.draft_model,
                                      &rp.min_p, &rp.repeat_penalty, &rp.repeat_last_n, &rp.presence_penalty,
                                      &rp.frequency_penalty, &bias, &logprobs, &rp.constrained))
         return NULL;
@@ -820,10 +842,12 @@ static PyObject *Engine_seq_kv_bytes(EngineObject *self, PyObject *arg) {
 static PyMethodDef Engine_methods[] = {
     {"submit", (PyCFunction)(void (*)(void))Engine_submit, METH_VARARGS | METH_KEYWORDS,
      "submit(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0, draft_max=0,\n"
-     "draft_ngram=3, min_p=0, repeat_penalty=1, repeat_last_n=64, presence_penalty=0, frequency_penalty=0,\n"
-     "logit_bias=None, logprobs=None, constrained=False) -> int id. draft_max > 0: speculative decoding by\n"
-     "prompt lookup (up to draft_max tokens per step copied after the last draft_ngram..1 tokens' latest\n"
-     "earlier match; greedy unconstrained requests only, output unchanged; csrc/engine/engine.h).\n"
+     "draft_ngram=3, draft_model=False, min_p=0, repeat_penalty=1, repeat_last_n=64, presence_penalty=0,\n"
+     "frequency_penalty=0, logit_bias=None, logprobs=None, constrained=False) -> int id. draft_max > 0: speculative decoding, up to draft_max\n"
+     "tokens per step, by prompt lookup (copied after the last draft_ngram..1 tokens' latest earlier\n"
+     "match) or, with draft_model, from the Engine's draft model; greedy output unchanged, sampled\n"
+     "output distributed as without drafts (rejection sampling; csrc/engine/engine.h); requests that are\n"
+     "constrained or use logit_bias, penalties or logprobs do not draft.\n"
      "The sampler chain of csrc/sample/sample.h as generate_iter has it (the penalties count the\n"
      "generated tokens; logit_bias {token id: bias}). logprobs=N (0..20): each event carries the token's\n"
      "log-probability and the N best. constrained=True: the request samples only what set_mask allows\n"
@@ -856,10 +880,12 @@ static PyMethodDef Engine_methods[] = {
 static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "gemma4stack._core.Engine",
-    .tp_doc = "Engine(model, n_seq=1, n_batch=0, kv_bytes=0, queue_max=0, prefix_cache=True):\n"
+    .tp_doc = "Engine(model, n_seq=1, n_batch=0, kv_bytes=0, queue_max=0, prefix_cache=True, draft=None):\n"
               "continuous batching over a Model (csrc/engine/engine.h): a paged KV pool of kv_bytes\n"
               "(0: n_seq sequences of the model's context), n_seq sequences per step, n_batch tokens\n"
-              "per step (0: 128), queue_max waiting requests (0: 1024).",
+              "per step (0: 128), queue_max waiting requests (0: 1024). draft: a Model with the same\n"
+              "vocabulary that drafts for requests submitted with draft_model=True (ValueError when its\n"
+              "vocabulary size differs); the engine uses it unlocked: nothing else may run on it.",
     .tp_basicsize = sizeof(EngineObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,

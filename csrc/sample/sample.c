@@ -257,8 +257,10 @@ static int32_t min_p_keep(cand *c, int32_t m, float min_p) {
     return k > 0 ? k : 1;
 }
 
-/* top-k -> top-p -> min-p -> temperature -> draw over the candidates */
-static int32_t chain(g4_sampler *s, cand *c, int32_t n_vocab) {
+/* top-k -> top-p -> min-p: the candidates a draw may pick, compacted to
+ * c[0..return). 0 when nothing has mass (every logit -inf): *only is then
+ * the one token the chain returns. */
+static int32_t chain_keep(const g4_sampler *s, cand *c, int32_t n_vocab, int32_t *only) {
     int32_t m = n_vocab;
     if (s->top_k > 0 && s->top_k < n_vocab) {
         select_top(c, n_vocab, s->top_k);
@@ -267,11 +269,18 @@ static int32_t chain(g4_sampler *s, cand *c, int32_t n_vocab) {
     if (s->top_p < 1.0f || s->min_p > 0.0f) {
         int32_t best = 0;
         for (int32_t i = 1; i < m; i++) if (before(&c[i], &c[best])) best = i;
-        if (c[best].logit == -INFINITY) return c[best].id;   /* nothing has mass */
+        if (c[best].logit == -INFINITY) { *only = c[best].id; return 0; }   /* nothing has mass */
     }
     if (s->top_p < 1.0f) m = top_p_keep(c, m, s->top_p);
     if (s->min_p > 0.0f) m = min_p_keep(c, m, s->min_p);
-    return draw(c, m, s->temperature, &s->rng_state);
+    return m;
+}
+
+/* top-k -> top-p -> min-p -> temperature -> draw over the candidates */
+static int32_t chain(g4_sampler *s, cand *c, int32_t n_vocab) {
+    int32_t only = 0;
+    const int32_t m = chain_keep(s, c, n_vocab, &only);
+    return m ? draw(c, m, s->temperature, &s->rng_state) : only;
 }
 
 int32_t g4_sample(g4_sampler *s, float *logits, int32_t n_vocab) {
@@ -396,4 +405,46 @@ int32_t g4_sample_ex(g4_sampler *s, float *logits, int32_t n_vocab,
     if (n_top > 0 || chosen_logprob)
         logprobs(logits, n_vocab, id, n_top, top_ids, top_logprobs, chosen_logprob);
     return id;
+}
+
+/* ======================================================================
+ * The distribution itself, for speculative decoding's rejection rule
+ * ====================================================================== */
+
+int g4_sample_probs(g4_sampler *s, const float *logits, int32_t n_vocab, float *probs) {
+    if (n_vocab <= 0) return -1;
+    memset(probs, 0, sizeof(float) * (size_t)n_vocab);
+    if (!(s->temperature > 0.0f)) { probs[g4_argmax(logits, n_vocab)] = 1.0f; return 0; }
+    cand *c = candidates(s, logits, n_vocab);
+    if (!c) return -1;
+    int32_t only = 0;
+    const int32_t m = chain_keep(s, c, n_vocab, &only);
+    if (!m) { probs[only] = 1.0f; return 0; }
+    /* the same softmax(logit / T) over the kept candidates as draw() */
+    int32_t best = 0;
+    for (int32_t i = 1; i < m; i++) if (before(&c[i], &c[best])) best = i;
+    if (c[best].logit == -INFINITY) { probs[c[best].id] = 1.0f; return 0; }
+    const float mx = c[best].logit, inv_t = 1.0f / s->temperature;
+    double z = 0.0;
+    for (int32_t i = 0; i < m; i++) z += expf((c[i].logit - mx) * inv_t);
+    for (int32_t i = 0; i < m; i++) probs[c[i].id] = (float)(expf((c[i].logit - mx) * inv_t) / z);
+    return 0;
+}
+
+double g4_sampler_uniform(g4_sampler *s) { return rng_uniform(&s->rng_state); }
+
+int32_t g4_sample_weights(g4_sampler *s, const float *w, int32_t n) {
+    double z = 0.0;
+    int32_t last = -1;
+    for (int32_t i = 0; i < n; i++)
+        if (w[i] > 0.0f) { z += w[i]; last = i; }
+    if (last < 0) return -1;
+    const double u = rng_uniform(&s->rng_state) * z;
+    double acc = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        if (!(w[i] > 0.0f)) continue;
+        acc += w[i];
+        if (acc > u) return i;
+    }
+    return last;   /* rounding left u at the very top */
 }

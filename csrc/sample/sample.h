@@ -116,4 +116,22 @@ int32_t g4_apply_mask(float *logits, int32_t n_vocab, const uint32_t *allowed);
 
 int32_t g4_argmax(const float *x, int32_t n);
 
+/* For speculative decoding's rejection rule (engine.c): the distribution
+ * g4_sample draws from, written out. probs[n_vocab] float32 receives, for
+ * logits[n_vocab] (not modified), softmax(logit / T) over the candidates
+ * top-k, top-p and min-p keep, 0 elsewhere (sums to 1 up to rounding); a
+ * greedy sampler (T <= 0), or logits with no finite value, give a point mass
+ * on the token g4_sample returns. Draws nothing. Returns 0, -1 when out of
+ * memory (or n_vocab <= 0). */
+int g4_sample_probs(g4_sampler *s, const float *logits, int32_t n_vocab, float *probs);
+
+/* One uniform number in [0, 1) from the sampler's own stream (the request's
+ * seed), so speculation's accept/reject draws are reproducible too. */
+double g4_sampler_uniform(g4_sampler *s);
+
+/* Draw i with probability w[i] / sum(w) from non-negative weights w[n]
+ * (not normalised; entries <= 0 or NaN never drawn), one number from the
+ * sampler's stream. Returns -1 when no weight is positive. */
+int32_t g4_sample_weights(g4_sampler *s, const float *w, int32_t n);
+
 #endif

@@ -86,7 +86,7 @@ def load_model(tier: TierConfig):
     from gemma4stack.model import Model
     return Model(tier.model, threads=tier.threads, context=tier.context, parallel=tier.parallel,
                  kv_cache=tier.kv_cache, kv_bytes=tier.kv_bytes, batch_tokens=tier.batch_tokens,
-                 queue_max=max(tier.queue_size, 1))
+                 queue_max=max(tier.queue_size, 1), draft=getattr(tier, "draft", None))
 
 
 @dataclass

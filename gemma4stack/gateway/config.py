@@ -226,6 +226,7 @@ class TierConfig:
     kv_cache: str | None = None      # "f16" | "q8_0" | "f32" (None: the Model's default)
     kv_bytes: int | None = None      # paged KV pool in bytes (None: parallel x context)
     batch_tokens: int | None = None  # tokens per engine step (None: the Model's default)
+    draft: str | None = None         # "ngram" | "model:PATH" (PATH resolved): speculative decoding
     # openai
     url: str | None = None           # base URL ending in /v1
     api_key_env: str | None = None
@@ -259,7 +260,7 @@ class TierConfig:
     def to_dict(self) -> dict:
         """The [tiers.NAME] table (round-trips through parse_config; no resolved key)."""
         local = ("queue_size", "chat_template", "keep_alive", "threads", "context", "parallel",
-                 "kv_cache", "kv_bytes", "batch_tokens")
+                 "kv_cache", "kv_bytes", "batch_tokens", "draft")
         common = ("id",) + local + (
             "connect_timeout_s", "first_byte_timeout_s", "total_timeout_s", "max_connections",
             "health_interval_s", "health_timeout_s", "health_path", "api_key_env")
@@ -409,7 +410,20 @@ def _read_keep_alive(t: _Table, v: Any) -> Any:
     return v
 
 
-def _read_local_opts(t: _Table, tier: TierConfig):
+def _read_draft(t: _Table, base: Path | None) -> str | None:
+    """The draft key: "ngram" (prompt lookup) or "model:PATH" / "PATH" of a GGUF draft model
+    with the tier model's vocabulary (resolved like model; the vocabulary is checked when the
+    model loads). Returned as "ngram" or "model:ABSOLUTE_PATH"."""
+    v = t.get("draft", str, None)
+    if v is None or v == "ngram":
+        return v
+    path = _resolve_path(v[len("model:"):] if v.startswith("model:") else v, base)
+    if not path.is_file():
+        t.fail(f"draft must be 'ngram' or 'model:PATH' of a GGUF file; not found: {path}")
+    return f"model:{path}"
+
+
+def _read_local_opts(t: _Table, tier: TierConfig, base: Path | None = None):
     if "keep_alive" in t.data:
         t.used.add("keep_alive")
         tier.keep_alive = _read_keep_alive(t, t.data["keep_alive"])
@@ -427,6 +441,7 @@ def _read_local_opts(t: _Table, tier: TierConfig):
         t.fail(f"kv_cache must be 'f16', 'q8_0' or 'f32', got {tier.kv_cache!r}")
     tier.kv_bytes = t.positive("kv_bytes", int, None) if "kv_bytes" in t.data else None
     tier.batch_tokens = t.positive("batch_tokens", int, None) if "batch_tokens" in t.data else None
+    tier.draft = _read_draft(t, base)
 
 
 def _read_openai_opts(t: _Table, tier: TierConfig):
@@ -498,7 +513,7 @@ def _read_pooled_tier(name: str, t: _Table, base: Path | None, src: str) -> Tier
     tier = TierConfig(name=name, backend=kind, model=model or first_local, backends=specs,
                       pooled=True)
     tier.id = t.get("id", str, "") or model or Path(first_local).stem
-    _read_local_opts(t, tier)
+    _read_local_opts(t, tier, base)
     _read_openai_opts(t, tier)
     t.done()
     return tier
@@ -523,7 +538,7 @@ def _read_tier(name: str, data: Any, base: Path | None, src: str) -> TierConfig:
             t.fail(f"model: GGUF file not found: {path}")
         tier.model = str(path)
         tier.id = tier.id or path.stem
-        _read_local_opts(t, tier)
+        _read_local_opts(t, tier, base)
         tier.backends = [BackendSpec("local", path=tier.model, name=path.stem)]
     else:
         tier.url = _check_url(t, t.get("url", str, required=True))
