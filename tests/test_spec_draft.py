@@ -177,3 +177,24 @@ def test_toy_noisy_drafter_across_sliding_window(toys, arch, tmp_path):  # noqa:
                                       batch_tokens=16)
     print(f"{arch}: drafted {drafted} accepted {accepted}")
     assert 0 < accepted < drafted, (drafted, accepted)
+
+
+
+def test_requests_with_penalties_or_logprobs_do_not_draft(models):
+    """Drafts are asked for, but a request with a repeat penalty or logprobs decodes without
+    them (each verification row would need the penalty history / logprobs of its own accepted
+    prefix); the same request without them does draft on this repetitive prompt."""
+    with Model(models / "stories260K.gguf") as m:
+        ids = m.tokenize("Once upon a time, the cat sat on the mat. Once upon a time, the cat sat")
+        eng = m._sched.engine
+
+        def drafted(**kw) -> int:
+            rid = eng.submit(ids, 24, 0.0, 0, 1.0, 0, 8, 3, **kw)
+            last = None
+            while last is None or last[2] == 0:
+                evs = [e for e in eng.step() if e[0] == rid]
+                last = evs[-1] if evs else last
+            return last[9]                                   # n_drafted
+        assert drafted() > 0
+        assert drafted(repeat_penalty=1.3) == 0
+        assert drafted(logprobs=2) == 0
