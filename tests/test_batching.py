@@ -160,14 +160,23 @@ def test_shared_prefix_is_computed_once(tiny_path):
             m.generate(system + q, max_tokens=5, temperature=0)
             assert m.last_stats.cached_tokens >= (n_sys - 1) // 32 * 32 - 32
         assert m.stats().prefix_hit_rate > 0.5
-        # submitted together: one prefill of the prefix, the others wait for its blocks
-        its = [m.generate(system + q, max_tokens=30, temperature=0, stream=True) for q in ("X", "Y", "Z")]
-        firsts = [next(i) for i in its]
-        assert m.stats().kv_blocks_shared > 0
-        for i in its:
-            list(i)
-        _idle(m)
-        assert firsts
+    # submitted together to a fresh engine, stepped by hand (no scheduler thread, so no race
+    # with requests that finish before the check): one prefill of the prefix, the others wait
+    # for its blocks, then all three read the same blocks
+    with Model(tiny_path, parallel=4) as m:
+        eng = m._sched.engine
+        ids = [m.tokenize(system + q) for q in ("X", "Y", "Z")]
+        for t in ids:
+            eng.submit(t, 30, 0.0, 0, 1.0, 0)
+        firsts: set[int] = set()
+        for _ in range(20):
+            firsts |= {ev[0] for ev in eng.step() if ev[1] >= 0}
+            if len(firsts) == 3:
+                break
+        assert len(firsts) == 3 and eng.stats()["running"] == 3
+        assert eng.stats()["kv_blocks_shared"] >= max(1, (n_sys - 1) // 32)
+        # the prefix's full blocks were computed once (with prefix_cache=False: 3 times)
+        assert eng.stats()["prompt_tokens"] <= sum(map(len, ids)) - 2 * ((n_sys - 1) // 32 * 32)
 
 
 def test_64_clients_at_once_through_asyncio(tiny_path):
