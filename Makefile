@@ -2,7 +2,7 @@
 #   make demo   set everything up, then detect -> recommend -> generate with Gemma 3 270M
 #   make test   set everything up, then run the C unit tests (Check), the Arm kernel tests
 #               under qemu, pytest, a short libFuzzer smoke run of every harness, and the
-#               Check tests and pytest again under ASan + UBSan (~35-45 min on 2 cores)
+#               Check tests and pytest again under ASan + UBSan (~40-45 min on 2 cores)
 # Set-up installs Debian packages when missing (needs root, as on CI) and the
 # package itself in editable mode with its test dependencies.
 
