@@ -61,6 +61,13 @@ INL float SFX(hsum)(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* An empty asm that "changes" v: it pins the order of the adds into v, so
+   the compiler cannot reassociate a chain of sums into a tree that needs all
+   the products live at once (with 16 ymm registers that spills). */
+#ifndef REG_BARRIER
+#define REG_BARRIER(v) __asm__("" : "+x"(v))
+#endif
+
 INL __m256i SFX(loadu)(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
 
 /* 16 bytes of packed nibbles -> 32 bytes: the low nibbles (elements 0..15)
@@ -547,36 +554,42 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
                 }
             }
         } else if (kind == KQ4_0) {
-#if !HAVE_VNNI
-            /* The 8 vpmaddubsw of a block add up in int16 and widen once:
-               each int16 lane gathers 16 products of a nibble (0..15) and
-               an activation (|q| <= 127, the Q8_0 quantizer's range), at
-               most 16 * 15 * 127 = 30480 < 32767, so no sum saturates and
-               the block's integer dot stays exact. One vpmaddwd per block
-               instead of eight (benchmarks/matvec_instructions.c). */
-            __m256i s16[TX32], s16b[TX32];
-#endif
+#if HAVE_VNNI
             UNROLL
             for (int k = 0; k < 4; k++) {
                 const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
                 const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 UNROLL
                 for (int t = 0; t < T; t++) {
-#if HAVE_VNNI
                     ACC2(t, 0) = DPBUSD(ACC2(t, 0), lo, SFX(bc4)(xq[t] + 4 * k));
                     ACC2(t, 1) = DPBUSD(ACC2(t, 1), hi, SFX(bc4)(xq[t] + 16 + 4 * k));
-#else
-                    const __m256i pl = _mm256_maddubs_epi16(lo, SFX(bc4)(xq[t] + 4 * k));
-                    const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq[t] + 16 + 4 * k));
-                    s16[t] = k ? _mm256_add_epi16(s16[t], pl) : pl;
-                    s16b[t] = k ? _mm256_add_epi16(s16b[t], ph) : ph;
-#endif
                 }
             }
-#if !HAVE_VNNI
+#else
+            /* The 8 vpmaddubsw of a block add up in one int16 register per
+               token and widen once: each int16 lane gathers 16 products of a
+               nibble (0..15) and an activation (|q| <= 127, the Q8_0
+               quantizer's range), at most 16 * 15 * 127 = 30480 < 32767, so
+               no sum saturates and the block's integer dot stays exact. One
+               vpmaddwd per block instead of eight; one int16 sum per token
+               (not one for each nibble half) keeps a 4-token tile inside the
+               16 ymm registers: with two, GCC spilled a third of the tile's
+               products to the stack (benchmarks/matmul_stream.c, T = 4). */
+            __m256i s16[TX32];
             UNROLL
-            for (int t = 0; t < T; t++)
-                ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(_mm256_add_epi16(s16[t], s16b[t]), ones));
+            for (int k = 0; k < 4; k++) {
+                const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                UNROLL
+                for (int t = 0; t < T; t++) {
+                    const __m256i pl = _mm256_maddubs_epi16(lo, SFX(bc4)(xq[t] + 4 * k));
+                    const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq[t] + 16 + 4 * k));
+                    s16[t] = k ? _mm256_add_epi16(s16[t], _mm256_add_epi16(pl, ph)) : _mm256_add_epi16(pl, ph);
+                    REG_BARRIER(s16[t]);
+                }
+            }
+            UNROLL
+            for (int t = 0; t < T; t++) ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(s16[t], ones));
 #endif
         } else {
             UNROLL
@@ -589,8 +602,11 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
                 /* vpmaddubsw would saturate on q + 128: back to signed, sign trick */
                 const __m256i ws = _mm256_xor_si256(v, _mm256_set1_epi8((char)0x80)), wa = _mm256_abs_epi8(ws);
                 UNROLL
-                for (int t = 0; t < T; t++)
+                for (int t = 0; t < T; t++) {
                     ACC2(t, k) = DPBUSD(ACC2(t, k), wa, _mm256_sign_epi8(SFX(bc4)(xq[t] + 4 * k), ws));
+                    if (T <= 2 && (k & 1)) REG_BARRIER(a2[t]);
+                    else REG_BARRIER(ai[t]);
+                }
 #endif
             }
         }
@@ -683,6 +699,8 @@ INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint
                     const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq + 32));
                     sl[t] = q ? _mm256_add_epi16(sl[t], pl) : pl;
                     sh[t] = q ? _mm256_add_epi16(sh[t], ph) : ph;
+                    REG_BARRIER(sl[t]);
+                    REG_BARRIER(sh[t]);
 #endif
                 }
             }
@@ -783,8 +801,10 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
                            scale: 4 products of a 6-bit value and a Q8_K value
                            per lane, at most 4 * 63 * 128 = 32256 < 32767 */
                         const __m256i pr = _mm256_maddubs_epi16(e[k], xv);
-                        if (mm & 1) isum[t] = DPWSSD(isum[t], _mm256_add_epi16(p16[t][k], pr), sc[k]);
-                        else p16[t][k] = pr;
+                        if (mm & 1) {
+                            isum[t] = DPWSSD(isum[t], _mm256_add_epi16(p16[t][k], pr), sc[k]);
+                            REG_BARRIER(isum[t]);
+                        } else p16[t][k] = pr;
 #endif
                     }
             }
@@ -806,7 +826,10 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
 }
 
 /* Groups of 8 rows outer (their block columns stay in L1/L2 while the
-   token tiles pass), tiles of tokens inner, the last tokens one at a time. */
+   token tiles pass), tiles of tokens inner; the tokens left over go in a
+   half tile, pairs, then one at a time (every weight block is unpacked once
+   per call, so 2 tokens in one call cost far less than two calls: a k = 4
+   speculative verification is 5 rows, 4 + 1; 6 rows are 4 + 2). */
 #define GEMM_X8_DRIVER(fname, call, TTILE, bsize)                                                    \
     KRN void fname(int64_t n, const uint8_t *w, size_t gs, int64_t nr, const uint8_t *x, size_t xs,   \
                    int64_t nt, float *y, int64_t ldy) {                                              \
@@ -815,6 +838,12 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
             const uint8_t *wg = w + (size_t)g * gs;                                                  \
             int64_t t = 0;                                                                           \
             for (; t + (TTILE) <= nt; t += (TTILE)) call(TTILE, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); \
+            if ((TTILE) > 4 && t + (TTILE) / 2 <= nt) {                                              \
+                call((TTILE) / 2, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);                 \
+                t += (TTILE) / 2;                                                                    \
+            }                                                                                        \
+            if ((TTILE) > 2)                                                                         \
+                for (; t + 2 <= nt; t += 2) call(2, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); \
             for (; t < nt; t++) call(1, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);           \
         }                                                                                            \
     }

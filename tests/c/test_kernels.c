@@ -541,8 +541,9 @@ START_TEST(test_repacked_int16_sums) {
         const uint32_t type = XTYPES[k];
         const int64_t n = g4_blck_size(type) == QK_K ? 512 : 64, rows = 16;
         const size_t rs = g4_row_size(type, n), as = g4_act_row_size(type, n), bs = g4_type_size(type);
-        uint8_t *w = malloc(rs * rows), *wp = malloc(rs * rows), *xa = malloc(as);
-        float *x = malloc(sizeof(float) * n), y[16];
+        enum { NT = 6 };   /* 6 token rows: a full 4-token tile and the pair after it on AVX2 */
+        uint8_t *w = malloc(rs * rows), *wp = malloc(rs * rows), *xa = malloc(as * NT);
+        float *x = malloc(sizeof(float) * n), y[16 * NT];
         memset(w, 0xff, rs * rows);   /* nibbles 15, Q5_0 values 31, Q6_K 63, Q4_K scales and mins 63, Q8_0 -1 */
         for (size_t b = 0; b < rs * rows; b += bs) {
             if (type == G4_TYPE_Q6_K) {
@@ -560,13 +561,18 @@ START_TEST(test_repacked_int16_sums) {
             for (int64_t i = 0; i < n; i++) x[i] = 3.0f * (float)sign;   /* every q = +-127 */
             ck_assert(g4_quant_set_isa(G4_ISA_SCALAR));
             ck_assert(g4_quantize_act(type, x, n, xa));
+            for (int t = 1; t < NT; t++) memcpy(xa + t * as, xa, as);
             const float e = ref_dot(type, n, w, xa);
             for (int isa = 0; isa < G4_ISA_COUNT; isa++) {
                 if (!g4_quant_set_isa(isa)) continue;
-                g4_matmul_rows_x8(type, wp, n, xa, as, 1, y, rows, 0, rows);
-                for (int64_t r = 0; r < rows; r++)
-                    ck_assert_msg(memcmp(&y[r], &e, 4) == 0, "%s repacked %s sign %d row %ld: %a vs reference %a",
-                                  g4_isa_name(isa), g4_type_name(type), sign, (long)r, (double)y[r], (double)e);
+                for (int nt = 1; nt <= NT; nt++) {
+                    g4_matmul_rows_x8(type, wp, n, xa, as, nt, y, rows, 0, rows);
+                    for (int64_t i = 0; i < rows * nt; i++)
+                        ck_assert_msg(memcmp(&y[i], &e, 4) == 0,
+                                      "%s repacked %s sign %d, %d tokens, token %ld row %ld: %a vs reference %a",
+                                      g4_isa_name(isa), g4_type_name(type), sign, nt, (long)(i / rows),
+                                      (long)(i % rows), (double)y[i], (double)e);
+                }
             }
         }
         ck_assert(g4_quant_set_isa(g4_isa_best()));
