@@ -5,6 +5,7 @@
         --draft-ngram 3 --out benchmarks/results/spec-270m.json
     python benchmarks/bench_spec.py --model big.gguf --drafts ngram,model:small.gguf   # a draft model
     python benchmarks/bench_spec.py --temperature 0.8 --seed 1                        # sampled
+    python benchmarks/bench_spec.py --peer llama_cpp      # also llama.cpp's prompt lookup, same GGUF
 
 Drafters (--drafts, comma-separated, default ngram): "ngram" (prompt lookup) and/or
 "model:PATH" (a smaller GGUF with the same vocabulary). Tasks, each run by Model(path) and
@@ -25,6 +26,17 @@ run prefills the whole prompt). Reported per task and mode (medians over the rep
   that carried drafts; tokens per decode step: (completion - 1) / decode steps;
 - speed-up: drafted decode tokens/s / plain decode tokens/s, and whether the output is identical
   (it must be; a difference is reported, not hidden).
+
+--peer llama_cpp adds the same tasks run by llama.cpp through llama-cpp-python (the pin in
+pyproject's `peers` extra; `make peerdeps` builds it): plain, and with its prompt lookup
+drafter (`llama_cpp.llama_speculative.LlamaPromptLookupDecoding(max_ngram_size=--draft-ngram,
+num_pred_tokens=--draft-max)`: n-grams of the prompt, k drafts verified in one batch, greedy).
+Greedy only (--temperature 0), same GGUF, same threads, a streamed create_completion: decode
+tokens/s there is (streamed tokens - 1) / (time of the last token - time of the first), the
+first token's time being TTFT. llama-cpp-python's speculative loop is Python around
+llama_decode, and it evaluates every position's logits (logits_all) when a drafter is set; that
+is what its users get, so it is what is compared. Rows "llama.cpp plain" / "llama.cpp ngram";
+"identical" there compares llama.cpp's drafted text with llama.cpp's plain text.
 """
 from __future__ import annotations
 
@@ -93,6 +105,43 @@ def run(path: str, prompt: str, draft: str | None, args) -> dict:
                 runs=runs, text=text)
 
 
+def run_llamacpp(path: str, prompt: str, draft: bool, args) -> dict:
+    """One task through llama-cpp-python: plain (draft False) or with LlamaPromptLookupDecoding."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_speculative import LlamaPromptLookupDecoding
+    dm = LlamaPromptLookupDecoding(max_ngram_size=args.draft_ngram, num_pred_tokens=args.draft_max) if draft else None
+    llm = Llama(model_path=path, n_ctx=args.context, n_threads=args.threads or os.cpu_count(),
+                n_threads_batch=args.threads or os.cpu_count(), n_batch=512, verbose=False, draft_model=dm,
+                # with a drafter, 0.3.36 evaluates all logits but sizes its score array from this
+                # argument (n_batch rows when False) and fails past 512 tokens: say it explicitly
+                logits_all=draft)
+    try:
+        def once():
+            llm.reset()   # no reuse of the previous run's KV (as prefix_cache=False on our side)
+            t0 = time.perf_counter()
+            times, parts = [], []
+            for ch in llm.create_completion(prompt, max_tokens=args.max_tokens, temperature=0.0, top_k=1,
+                                            top_p=1.0, min_p=0.0, repeat_penalty=1.0, stream=True):
+                times.append(time.perf_counter())
+                parts.append(ch["choices"][0]["text"])
+            n = len(times)
+            dec = (n - 1) / (times[-1] - times[0]) if n > 1 and times[-1] > times[0] else float("nan")
+            return dict(decode_tps=dec, e2e_tps=n / (times[-1] - t0), completion=n,
+                        ttft_ms=(times[0] - t0) * 1e3), "".join(parts)
+        once()   # warm-up
+        runs, text = [], None
+        for _ in range(args.reps):
+            r, text = once()
+            runs.append(r)
+    finally:
+        llm.close() if hasattr(llm, "close") else None
+    return dict(mode="llama.cpp ngram" if draft else "llama.cpp plain", completion_tokens=runs[-1]["completion"],
+                decode_tokens_per_s=statistics.median(r["decode_tps"] for r in runs),
+                e2e_tokens_per_s=statistics.median(r["e2e_tps"] for r in runs),
+                drafted=None, accepted=None, acceptance_rate=None, mean_draft_length=None,
+                tokens_per_decode_step=None, runs=runs, text=text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="GGUF (default: the real Gemma 3 270M, from PyPI)")
@@ -107,7 +156,11 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=0.0, help="> 0: speculative sampling")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--peer", default=None, choices=["llama_cpp"],
+                    help="also run llama.cpp (llama-cpp-python) plain and with its prompt lookup")
     args = ap.parse_args(argv)
+    if args.peer and args.temperature > 0:
+        ap.error("--peer compares greedy decoding only (--temperature 0)")
     path = args.model
     if path is None:
         from gemma4stack.testmodels import gemma3_270m
@@ -130,12 +183,21 @@ def main(argv=None) -> int:
             spec["identical"] = spec["text"] == plain["text"] if args.temperature <= 0 else None
             results["tasks"][task][d] = spec
             specs.append(spec)
+        if args.peer == "llama_cpp":
+            lp = run_llamacpp(path, prompts[task], False, args)
+            ld = run_llamacpp(path, prompts[task], True, args)
+            ld["speedup"] = ld["decode_tokens_per_s"] / lp["decode_tokens_per_s"]
+            ld["identical"] = ld["text"] == lp["text"]
+            lp["vs_ours_plain"] = plain["decode_tokens_per_s"] / lp["decode_tokens_per_s"]
+            results["tasks"][task]["llama.cpp plain"] = lp
+            results["tasks"][task]["llama.cpp ngram"] = ld
+            specs += [lp, ld]
 
         def f(x, fmt="{:.2f}"):
             return "-" if x is None else fmt.format(x)
         for r in (plain, *specs):
             print(f"| {task} | {r['mode']} | {r['decode_tokens_per_s']:.1f} | {r['e2e_tokens_per_s']:.1f} | "
-                  f"{r['drafted']} | {r['accepted']} | {f(r['acceptance_rate'])} | "
+                  f"{f(r['drafted'], '{}')} | {f(r['accepted'], '{}')} | {f(r['acceptance_rate'])} | "
                   f"{f(r['mean_draft_length'])} | {f(r['tokens_per_decode_step'])} | "
                   f"{f(r.get('speedup'), '{:.2f}x')} | "
                   f"{'-' if r.get('identical', '') is None else r.get('identical', '')} |")
@@ -143,7 +205,7 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=1))
-    return 0 if all(r["identical"] is not False for t in results["tasks"].values()
+    return 0 if all(r.get("identical") is not False for t in results["tasks"].values()
                     for k, r in t.items() if k != "plain") else 1
 
 
