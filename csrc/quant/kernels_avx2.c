@@ -32,7 +32,7 @@
 #define HAVE_VNNI 0
 #define TX32 4
 #define TXK4 4
-#define TXK6 2
+#define TXK6 4
 #define DPBUSD(acc, u, s) _mm256_add_epi32((acc), _mm256_madd_epi16(_mm256_maddubs_epi16((u), (s)), _mm256_set1_epi16(1)))
 #define DPWSSD(acc, a, b) _mm256_add_epi32((acc), _mm256_madd_epi16((a), (b)))
 #include "kernels_x86.h"

@@ -755,6 +755,7 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
         }
         UNROLL
         for (int t = 0; t < T; t++) isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(isum[t], 5));
+#if HAVE_VNNI
         UNROLL
         for (int s = 0; s < 4; s++) {
             /* scales of the sub-blocks s, 4+s, 8+s, 12+s: the quants of groups m = 4s..4s+3 fall there */
@@ -762,22 +763,13 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
             UNROLL
             for (int k = 0; k < 4; k++) {
                 const __m128i v = _mm_loadl_epi64((const __m128i *)(gb + 16 + 8 * (4 * k + s)));
-#if HAVE_VNNI
                 sc[k] = _mm256_cvtepi8_epi32(v);
-#else
-                sc[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));   /* (sc, sc) int16 pairs for vpmaddwd */
-#endif
             }
-#if !HAVE_VNNI
-            __m256i p16[TXK6][4];
-#endif
-#if HAVE_VNNI
             __m256i p[TXK6][4];
             UNROLL
             for (int t = 0; t < T; t++)
                 UNROLL
                 for (int k = 0; k < 4; k++) p[t][k] = _mm256_setzero_si256();
-#endif
             UNROLL
             for (int mm = 0; mm < 4; mm++) {
                 const int m = 4 * s + mm;
@@ -793,28 +785,58 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
                 for (int t = 0; t < T; t++)
                     UNROLL
                     for (int k = 0; k < 4; k++) {
-                        const __m256i xv = SFX(bc4)(q8[t]->qs + 64 * k + 4 * m);
-#if HAVE_VNNI
-                        p[t][k] = DPBUSD(p[t][k], e[k], xv);
-#else
-                        /* two groups' vpmaddubsw add up in int16 before the
-                           scale: 4 products of a 6-bit value and a Q8_K value
-                           per lane, at most 4 * 63 * 128 = 32256 < 32767 */
-                        const __m256i pr = _mm256_maddubs_epi16(e[k], xv);
-                        if (mm & 1) {
-                            isum[t] = DPWSSD(isum[t], _mm256_add_epi16(p16[t][k], pr), sc[k]);
-                            REG_BARRIER(isum[t]);
-                        } else p16[t][k] = pr;
-#endif
+                        p[t][k] = DPBUSD(p[t][k], e[k], SFX(bc4)(q8[t]->qs + 64 * k + 4 * m));
                     }
             }
-#if HAVE_VNNI
             UNROLL
             for (int t = 0; t < T; t++)
                 UNROLL
                 for (int k = 0; k < 4; k++) isum[t] = _mm256_add_epi32(isum[t], _mm256_mullo_epi32(p[t][k], sc[k]));
-#endif
         }
+#else
+        /* Groups m and m + 1 (same sub-blocks, same scales) are unpacked
+           together and their two vpmaddubsw add up in int16 before the
+           scale: 4 products of a 6-bit value and a Q8_K value per lane, at
+           most 4 * 63 * 128 = 32256 < 32767. Nothing is parked across
+           iterations, so a 4-token tile stays in 16 ymm registers but for
+           the scales (used from the stack as memory operands). */
+        UNROLL
+        for (int s = 0; s < 4; s++) {
+            /* scales of the sub-blocks s, 4+s, 8+s, 12+s: the quants of groups m = 4s..4s+3 fall there */
+            __m256i sc[4];
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                const __m128i v = _mm_loadl_epi64((const __m128i *)(gb + 16 + 8 * (4 * k + s)));
+                sc[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));   /* (sc, sc) int16 pairs for vpmaddwd */
+            }
+            UNROLL
+            for (int mp = 0; mp < 2; mp++) {
+                __m256i e[2][4];
+                UNROLL
+                for (int j = 0; j < 2; j++) {
+                    const int m = 4 * s + 2 * mp + j;
+                    const __m256i l0 = SFX(loadu)(gb + 144 + 32 * m), l1 = SFX(loadu)(gb + 144 + 32 * (m + 16));
+                    const __m256i h = SFX(loadu)(gb + 1168 + 32 * m);
+                    e[j][0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+                    e[j][1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+                    e[j][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+                    e[j][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                              _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+                }
+                const int m = 4 * s + 2 * mp;
+                UNROLL
+                for (int t = 0; t < T; t++)
+                    UNROLL
+                    for (int k = 0; k < 4; k++) {
+                        const __m256i pr = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(e[0][k], SFX(bc4)(q8[t]->qs + 64 * k + 4 * m)),
+                            _mm256_maddubs_epi16(e[1][k], SFX(bc4)(q8[t]->qs + 64 * k + 4 * (m + 1))));
+                        isum[t] = DPWSSD(isum[t], pr, sc[k]);
+                        REG_BARRIER(isum[t]);
+                    }
+            }
+        }
+#endif
         const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)gb));
         UNROLL
         for (int t = 0; t < T; t++)
