@@ -550,7 +550,10 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
                     const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, SFX(bc4)(xq[t] + 4 * k)),
                                                        _mm256_maddubs_epi16(hi, SFX(bc4)(xq[t] + 16 + 4 * k)));
                     s16[t] = (k & 1) ? _mm256_add_epi16(s16[t], p) : p;
-                    if (k & 1) ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(s16[t], ones));
+                    if (k & 1) {
+                        ai[t] = _mm256_add_epi32(ai[t], _mm256_madd_epi16(s16[t], ones));
+                        REG_BARRIER(ai[t]);
+                    } else REG_BARRIER(s16[t]);
                 }
             }
         } else if (kind == KQ4_0) {
@@ -876,8 +879,13 @@ GEMM_X8_DRIVER(SFX(gemm_x8_q4_0), X8_Q4_0, TX32, 32)
 GEMM_X8_DRIVER(SFX(gemm_x8_q8_0), X8_Q8_0, TX32, 32)
 GEMM_X8_DRIVER(SFX(gemm_x8_q4_K), SFX(tile_x8_q4_K), TXK4, QK_K)
 GEMM_X8_DRIVER(SFX(gemm_x8_q6_K), SFX(tile_x8_q6_K), TXK6, QK_K)
-/* half the tokens of Q4_0's tile: three accumulators per token */
-GEMM_X8_DRIVER(SFX(gemm_x8_q5_0), X8_Q5_0, TX32 / 2, 32)
+/* Q5_0's tile: TXQ5 tokens (three accumulators per token; half of Q4_0's
+   tile unless the table says otherwise: AVX2 measured 4, see kernels_avx2.c) */
+#ifndef TXQ5
+#define TXQ5 (TX32 / 2)
+#endif
+GEMM_X8_DRIVER(SFX(gemm_x8_q5_0), X8_Q5_0, TXQ5, 32)
+#undef TXQ5
 #undef X8_Q4_0
 #undef X8_Q8_0
 #undef X8_Q5_0
