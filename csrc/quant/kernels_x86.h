@@ -504,9 +504,9 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
                          float *y, int64_t ldy) {
     const size_t gbs = 8 * (kind == KQ4_0 ? sizeof(block_q4_0) : kind == KQ5_0 ? sizeof(block_q5_0) : sizeof(block_q8_0));
     const __m256i m4 = _mm256_set1_epi8(0x0f), m10 = _mm256_set1_epi8(0x10), ones = _mm256_set1_epi16(1);
-    __m256 acc[TX32];
-    const uint8_t *xr[TX32];
-    const int16_t *xsum[TX32];
+    __m256 acc[TX32 + 1];
+    const uint8_t *xr[TX32 + 1];
+    const int16_t *xsum[TX32 + 1];
     UNROLL
     for (int t = 0; t < T; t++) {
         acc[t] = _mm256_setzero_ps();
@@ -517,8 +517,8 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
         const uint8_t *gb = w + (size_t)b * gbs;
         SFX(prefetch)(gb, gbs);
         const __m256 d8 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)gb));
-        __m256i ai[TX32];
-        const uint8_t *xq[TX32];
+        __m256i ai[TX32 + 1];
+        const uint8_t *xq[TX32 + 1];
         UNROLL
         for (int t = 0; t < T; t++) {
             xq[t] = xr[t] + (size_t)b * sizeof(block_q8_0) + 2;
@@ -532,13 +532,13 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
         }
         /* with few tokens, two accumulators per token halve the dependency
            chain of vpdpbusd (latency ~5 cycles) inside a block */
-        __m256i a2[TX32];
+        __m256i a2[TX32 + 1];
         UNROLL
         for (int t = 0; t < T; t++) a2[t] = _mm256_setzero_si256();
 #define ACC2(t, k) (*((T <= 2 && ((k) & 1)) ? &a2[t] : &ai[t]))
         if (kind == KQ5_0) {
             const __m256i hb = SFX(loadu)(gb + 16);
-            __m256i s16[TX32];
+            __m256i s16[TX32 + 1];
             UNROLL
             for (int k = 0; k < 4; k++) {
                 const __m256i v = SFX(loadu)(gb + 48 + 32 * k);
@@ -578,7 +578,7 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
                (not one for each nibble half) keeps a 4-token tile inside the
                16 ymm registers: with two, GCC spilled a third of the tile's
                products to the stack (benchmarks/matmul_stream.c, T = 4). */
-            __m256i s16[TX32];
+            __m256i s16[TX32 + 1];
             UNROLL
             for (int k = 0; k < 4; k++) {
                 const __m256i v = SFX(loadu)(gb + 16 + 32 * k);
@@ -854,15 +854,25 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
    token tiles pass), tiles of tokens inner; the tokens left over go in a
    half tile, pairs, then one at a time (every weight block is unpacked once
    per call, so 2 tokens in one call cost far less than two calls: a k = 4
-   speculative verification is 5 rows, 4 + 1; 6 rows are 4 + 2). */
-#define GEMM_X8_DRIVER(fname, call, TTILE, bsize)                                                    \
+   speculative verification is 5 rows, 4 + 1; 6 rows are 4 + 2). With
+   PLUS1 a lone token after full tiles joins the last one (5 = one tile of 5,
+   9 = 4 + 5): for the kernels with few registers per token, where a tile of
+   TTILE + 1 still fits the register file (the tile arrays hold TX32 + 1). */
+#define GEMM_X8_DRIVER(fname, call, TTILE, bsize, PLUS1)                                             \
     KRN void fname(int64_t n, const uint8_t *w, size_t gs, int64_t nr, const uint8_t *x, size_t xs,   \
                    int64_t nt, float *y, int64_t ldy) {                                              \
         const int64_t nb = n / (bsize);                                                              \
         for (int64_t g = 0; g < nr / 8; g++) {                                                       \
             const uint8_t *wg = w + (size_t)g * gs;                                                  \
             int64_t t = 0;                                                                           \
-            for (; t + (TTILE) <= nt; t += (TTILE)) call(TTILE, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); \
+            for (; t + (TTILE) <= nt; t += (TTILE)) {                                                \
+                if ((PLUS1) && nt - t == (TTILE) + 1) {   /* the last tile takes the lone token */   \
+                    call((PLUS1) ? (TTILE) + 1 : (TTILE), nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); \
+                    t = nt;                                                                          \
+                    break;                                                                           \
+                }                                                                                    \
+                call(TTILE, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);                       \
+            }                                                                                        \
             if ((TTILE) > 4 && t + (TTILE) / 2 <= nt) {                                              \
                 call((TTILE) / 2, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);                 \
                 t += (TTILE) / 2;                                                                    \
@@ -872,23 +882,27 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
             for (; t < nt; t++) call(1, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);           \
         }                                                                                            \
     }
+#ifndef X8_PLUS1
+#define X8_PLUS1 0
+#endif
 #define X8_Q4_0(T, ...) SFX(tile_x8_32)(KQ4_0, T, __VA_ARGS__)
 #define X8_Q8_0(T, ...) SFX(tile_x8_32)(KQ8_0, T, __VA_ARGS__)
 #define X8_Q5_0(T, ...) SFX(tile_x8_32)(KQ5_0, T, __VA_ARGS__)
-GEMM_X8_DRIVER(SFX(gemm_x8_q4_0), X8_Q4_0, TX32, 32)
-GEMM_X8_DRIVER(SFX(gemm_x8_q8_0), X8_Q8_0, TX32, 32)
-GEMM_X8_DRIVER(SFX(gemm_x8_q4_K), SFX(tile_x8_q4_K), TXK4, QK_K)
-GEMM_X8_DRIVER(SFX(gemm_x8_q6_K), SFX(tile_x8_q6_K), TXK6, QK_K)
+GEMM_X8_DRIVER(SFX(gemm_x8_q4_0), X8_Q4_0, TX32, 32, X8_PLUS1)
+GEMM_X8_DRIVER(SFX(gemm_x8_q8_0), X8_Q8_0, TX32, 32, X8_PLUS1)
+GEMM_X8_DRIVER(SFX(gemm_x8_q4_K), SFX(tile_x8_q4_K), TXK4, QK_K, 0)
+GEMM_X8_DRIVER(SFX(gemm_x8_q6_K), SFX(tile_x8_q6_K), TXK6, QK_K, 0)
 /* Q5_0's tile: TXQ5 tokens (three accumulators per token; half of Q4_0's
    tile unless the table says otherwise: AVX2 measured 4, see kernels_avx2.c) */
 #ifndef TXQ5
 #define TXQ5 (TX32 / 2)
 #endif
-GEMM_X8_DRIVER(SFX(gemm_x8_q5_0), X8_Q5_0, TXQ5, 32)
+GEMM_X8_DRIVER(SFX(gemm_x8_q5_0), X8_Q5_0, TXQ5, 32, 0)
 #undef TXQ5
 #undef X8_Q4_0
 #undef X8_Q8_0
 #undef X8_Q5_0
+#undef X8_PLUS1
 #undef Q5_HB
 #undef GEMM_X8_DRIVER
 
