@@ -27,6 +27,7 @@ static const g4_arch *const g4_archs[] = {
     &g4_arch_llama,
     &g4_arch_gemma4,
     &g4_arch_gemma3,
+    &g4_arch_gemma4_assistant,
 };
 #define N_ARCHS (sizeof g4_archs / sizeof g4_archs[0])
 
@@ -391,6 +392,15 @@ int32_t g4_model_kv_keep(const g4_model *m, int32_t n_keep) {
 int32_t g4_model_kv_type(const g4_model *m) { return m->kv_type; }
 
 int g4_model_kv_layers(const g4_model *m, g4_kv_layer *out) { return m->arch->kv_layers(m, out); }
+
+int32_t g4_model_set_hidden_out(g4_model *m, float *buf) {
+    g4_mtp_source src;
+    if (g4_gemma4_mtp_source(m, &src, NULL) != G4_OK) return 0;
+    m->hidden_out = buf;
+    return src.n_embd;
+}
+
+g4_kvcache *g4_model_kv1(g4_model *m) { return m->kv1; }
 
 /* ---------------------------------------------------------------- forward */
 
