@@ -74,3 +74,93 @@ def test_assistant_matches_transformers(target, tmp_path, masked):
     if masked:   # the centroid head scores top_k * V / C tokens, the rest share min - 1
         lg = steps[0][0]
         assert (lg == lg.min()).sum() == lg.size - 4 * (lg.size // 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine with the assistant as its drafter (Model(path, draft="mtp:PATH"))
+
+DRAFT = (4, 3, True)      # (draft_max, draft_ngram, draft_model) of the drafting requests
+PLAIN = (0, 3, False)
+PROMPTS = [IDS, IDS[:5], [2, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 40, 41], list(range(2, 40))]
+
+
+def _greedy(m, ids, n, draft):
+    req = m._sched.submit(ids, n, 0.0, 0, 1.0, 0, draft)
+    return list(req.tokens()), req.last
+
+
+@pytest.fixture(scope="module")
+def assistant(target, tmp_path_factory):
+    return _assistant(tmp_path_factory.mktemp("a"), target[0], True)[1]
+
+
+def _echo_assistant(target_gguf: Path, src: Path, dst: Path) -> Path:
+    """src (an assistant without the masked head) rewritten to draft the token it is given:
+    attention and FFN outputs zeroed, pre_projection keeps a random projection R of the
+    target embedding only, token_embd rows = R e_v normalised, output_norm ones. The toy
+    target's greedy output repeats its last prompt token, so these drafts get accepted and
+    the engine's accept path (hidden state of the last accepted row, KV commit past the
+    accepted drafts) is exercised, not only rejections."""
+    import gguf
+    from gguf_rewrite import rewrite
+    r = gguf.GGUFReader(str(target_gguf))
+    t = {x.name: x for x in r.tensors}["token_embd.weight"]
+    emb = np.asarray(t.data, np.float32).reshape([int(x) for x in reversed(t.shape)])  # (V, Hb)
+    Hb = emb.shape[1]
+    R = np.random.default_rng(0).normal(size=(32, Hb)).astype(np.float32) / np.sqrt(Hb)
+
+    def edit(name: str, a: np.ndarray) -> np.ndarray:
+        if name.endswith(("attn_output.weight", "ffn_down.weight")):
+            return np.zeros_like(a)
+        if name == "nextn.pre_projection.weight":                    # (Ha, 2 Hb)
+            return np.concatenate([R, np.zeros_like(R)], axis=1).astype(np.float32)
+        if name == "token_embd.weight":                              # (V, Ha)
+            rows = emb @ R.T
+            return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+        if name == "output_norm.weight":
+            return np.ones_like(a)
+        return a
+    return rewrite(src, dst, tensors=edit)
+
+
+def test_mtp_drafts_accepted(target, tmp_path):
+    """The echo assistant's drafts are accepted (most of them) and greedy output is still the
+    plain one, alone and with two sequences batched."""
+    from gemma4stack import Model
+    src = _assistant(tmp_path, target[0], masked=False)[1]
+    echo = _echo_assistant(target[1], src, tmp_path / "echo.gguf")
+    with Model(target[1], draft=f"mtp:{echo}", parallel=2, context=128) as m:
+        drafted = accepted = 0
+        for ids in PROMPTS:
+            plain, _ = _greedy(m, ids, 40, PLAIN)
+            spec, ev = _greedy(m, ids, 40, DRAFT)
+            assert spec == plain, (ids, spec, plain)
+            drafted, accepted = drafted + ev[9], accepted + ev[10]
+        assert drafted > 0 and accepted >= 0.8 * drafted, (drafted, accepted)
+        with m._sched.cv:
+            reqs = [m._sched.submit(ids, 40, 0.0, 0, 1.0, 0, DRAFT) for ids in PROMPTS]
+        outs = [list(r.tokens()) for r in reqs]
+        assert outs == [_greedy(m, ids, 40, PLAIN)[0] for ids in PROMPTS]
+
+
+def test_mtp_greedy_equals_plain(target, assistant):
+    """Greedy with the MTP drafter = plain greedy, alone and batched (2 sequences at once,
+    prompts past the sliding window of 8 so the target's window blocks are released as it
+    decodes while the assistant reads window + 1 keys); drafts were made; no KV left."""
+    from gemma4stack import Model
+    with Model(target[1], draft=f"mtp:{assistant}", parallel=2, context=128) as m:
+        assert m.draft == f"mtp:{assistant}"
+        alone, drafted = [], 0
+        for ids in PROMPTS:
+            plain, _ = _greedy(m, ids, 40, PLAIN)
+            spec, ev = _greedy(m, ids, 40, DRAFT)
+            assert spec == plain, (ids, spec, plain)
+            drafted += ev[9]
+            alone.append(plain)
+        assert drafted > 0
+        with m._sched.cv:
+            reqs = [m._sched.submit(ids, 40, 0.0, 0, 1.0, 0, DRAFT if i % 2 else PLAIN)
+                    for i, ids in enumerate(PROMPTS)]
+        assert [list(r.tokens()) for r in reqs] == alone
+        st = m.stats()
+        assert st.running == 0 and st.kv_blocks_used == 0 and st.kv_blocks_reserved == 0, st
