@@ -164,3 +164,20 @@ def test_mtp_greedy_equals_plain(target, assistant):
         assert [list(r.tokens()) for r in reqs] == alone
         st = m.stats()
         assert st.running == 0 and st.kv_blocks_used == 0 and st.kv_blocks_reserved == 0, st
+
+
+def test_bench_mtp_smoke(target, assistant, tmp_path):
+    """benchmarks/bench_mtp.py on the toys: a synthetic assistant for the toy target loads and
+    drafts for it (checked by the core's g4_mtp_check), and the cost figures come out."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import bench_mtp
+    a = bench_mtp.synth_assistant(target[1], tmp_path / "s.gguf", hidden=32, n_ff=64, n_head=4,
+                                  n_centroids=16, top_k=4, type="f32")
+    for asst in (a, assistant):
+        r = bench_mtp.mtp_cost(target[1], asst, threads=1, prompt=20, reps=2, ks=(1, 4))
+        assert r["draft_ms"] > 0 and r["decode_ms"] > 0 and set(r["verify_ms"]) == {1, 4}
+    assert bench_mtp.break_even(10.0, 10.0, 0.0, 4) == 0.0        # free drafts always pay
+    assert bench_mtp.break_even(10.0, 60.0, 0.0, 4) is None       # dearer than 5 decode steps
+    a = bench_mtp.break_even(10.0, 15.0, 1.0, 4)                  # (1 - a^5) / (1 - a) = 1.9
+    assert abs((1 - a ** 5) / (1 - a) - 1.9) < 1e-6
