@@ -181,3 +181,50 @@ def test_bench_mtp_smoke(target, assistant, tmp_path):
     assert bench_mtp.break_even(10.0, 60.0, 0.0, 4) is None       # dearer than 5 decode steps
     a = bench_mtp.break_even(10.0, 15.0, 1.0, 4)                  # (1 - a^5) / (1 - a) = 1.9
     assert abs((1 - a ** 5) / (1 - a) - 1.9) < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------
+# bad files and bad pairs: clear errors
+
+
+def test_bad_assistant_files(target, assistant, tmp_path):
+    import gguf
+    from gguf_rewrite import rewrite
+
+    import gemma4stack
+    from gemma4stack import Model
+    no_post = rewrite(assistant, tmp_path / "np.gguf",
+                      tensors=lambda n, a: None if n == "nextn.post_projection.weight" else a)
+    with pytest.raises(gemma4stack.GGUFError, match="nextn.post_projection.weight"):
+        _core.Model(str(no_post))
+    half = rewrite(assistant, tmp_path / "half.gguf",
+                   tensors=lambda n, a: None if n == "masked_embd_centroids.weight" else a)
+    with pytest.raises(gemma4stack.GGUFError, match="masked_embd_centroids.weight is missing"):
+        _core.Model(str(half))
+    no_out = rewrite(assistant, tmp_path / "nk.gguf", drop_keys={"gemma4-assistant.embedding_length_out"})
+    with pytest.raises(gemma4stack.GGUFError, match="embedding_length_out"):
+        _core.Model(str(no_out))
+    bad_k = rewrite(assistant, tmp_path / "k.gguf", set_keys={
+        "gemma4-assistant.centroid_intermediate_top_k": (100, gguf.GGUFValueType.UINT32)})
+    with pytest.raises(gemma4stack.GGUFError, match="centroid_intermediate_top_k 100"):
+        _core.Model(str(bad_k))
+    # an assistant cannot run alone, and "mtp:" wants an assistant
+    with pytest.raises(gemma4stack.UnsupportedError, match="cannot run on its own"):
+        Model(assistant)
+    am = _core.Model(str(assistant))
+    with pytest.raises(gemma4stack.UnsupportedError, match="cannot run on its own"):
+        am.forward([2, 3], 0, np.zeros(am.n_vocab, np.float32))
+    am.close()
+    with pytest.raises(ValueError, match="not a Gemma 4 MTP assistant"):
+        Model(target[1], draft=f"mtp:{target[1]}")
+
+
+def test_assistant_for_another_model(assistant, tmp_path):
+    """A Gemma 3 model with the same vocabulary cannot take a Gemma 4 assistant."""
+    import gemma4stack
+    from gemma4_ref import build_gemma3
+    from gemma4stack import Model
+    g3 = tmp_path / "g3.gguf"
+    convert(build_gemma3(tmp_path / "g3"), g3, type="f32")
+    with pytest.raises(gemma4stack.UnsupportedError, match="must be a gemma4 model"):
+        Model(g3, draft=f"mtp:{assistant}")

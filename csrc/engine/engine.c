@@ -237,6 +237,12 @@ static g4_kvcache *build_kv(g4_engine *e, int32_t window_extra, g4_err *err) {
     g4_kv_layer *layers = malloc(sizeof(g4_kv_layer) * 4096);
     if (!layers) { g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory"); return NULL; }
     const int nl = g4_model_kv_layers(e->m, layers);
+    if (nl == 0) {   /* a gemma4-assistant: it only reads its target's cache */
+        free(layers);
+        g4_err_set(err, G4_ERR_UNSUPPORTED, "engine: a %s model cannot run on its own (an MTP assistant drafts "
+                   "for a gemma4 model: Model(target, draft=\"mtp:PATH\"))", g4_model_arch(e->m));
+        return NULL;
+    }
     const g4_kvc_params kp = { .n_seq = e->p.n_seq, .n_ctx = g4_model_n_ctx(e->m), .n_batch = e->p.n_batch,
                                .type = g4_model_kv_type(e->m), .bytes = e->p.kv_bytes,
                                .n_threads = g4_model_n_threads(e->m), .keep_window = 0,

@@ -260,7 +260,7 @@ static g4_status ensure_scratch(asst *A, int n, g4_err *err) {
 static g4_status asst_forward(g4_model *m, const g4_batch *b, g4_kvcache *kv, float *logits, g4_err *err) {
     (void)b; (void)kv; (void)logits;
     return g4_err_set(err, G4_ERR_UNSUPPORTED, "gemma4-assistant: an MTP assistant drafts for a gemma4 model "
-                      "(Model(target, draft=\"mtp:PATH\")); it cannot run alone (%s)", m->arch->name);
+                      "(Model(target, draft=\"mtp:PATH\")); it cannot run on its own (%s)", m->arch->name);
 }
 
 static g4_model_memory asst_memory(const g4_model *m) {

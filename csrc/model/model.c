@@ -426,6 +426,9 @@ static g4_status ensure_kv1(g4_model *m, g4_err *err) {
     if (m->kv1) return G4_OK;
     g4_kv_layer layers[4096];
     const int n = m->arch->kv_layers(m, layers);
+    if (n == 0)   /* a gemma4-assistant reads its target's cache (model.h g4_mtp_step) */
+        return g4_err_set(err, G4_ERR_UNSUPPORTED, "forward: a %s model cannot run on its own (an MTP assistant "
+                          "drafts for a gemma4 model)", m->arch->name);
     const g4_kvc_params p = { .n_seq = 1, .n_ctx = m->n_ctx, .n_batch = m->n_ctx, .type = m->kv_type,
                               .n_threads = m->n_threads, .keep_window = 1 };
     if (!(m->kv1 = g4_kvc_create(layers, n, &p, err))) return err ? err->status : G4_ERR_NOMEM;
