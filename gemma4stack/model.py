@@ -1135,9 +1135,10 @@ def register_cli(subparsers) -> None:
                    help="default: one per physical core")
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="KV cache tokens (default: the model's, capped at 4096)")
-    p.add_argument("--draft", default=None, metavar="ngram|model:PATH",
-                   help="speculative decoding: prompt lookup ('ngram') or a draft model with the "
-                        "same vocabulary ('model:PATH' or a GGUF path)")
+    p.add_argument("--draft", default=None, metavar="ngram|model:PATH|mtp:PATH",
+                   help="speculative decoding: prompt lookup ('ngram'), a draft model with the "
+                        "same vocabulary ('model:PATH' or a GGUF path) or a Gemma 4 MTP assistant "
+                        "('mtp:PATH', gemma4-assistant GGUF)")
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message through the GGUF's chat template")
     p.set_defaults(func=_run)
