@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gemma4_ref import CONFIGS, _hf_model, _randomize
+from gemma4_ref import CONFIGS, _hf_model, _randomize, make_tokenizer
 
 S, F = "sliding_attention", "full_attention"
 
@@ -78,6 +78,54 @@ def build_assistant(d: str | Path, target_dir: str | Path, config: str = "ple_sh
         if f.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy(f, d / f.name)
     return d
+
+
+# E2B-width target (hidden 1536, 8 heads, 1 KV head, head dims 256 / 512, window 512; two
+# layers) and an assistant of the published Gemma 4 assistant layer shapes (hidden 1024, FFN
+# 8192, 16 query heads, 4 layers; the 12B assistant's config.json and MAX's
+# Gemma4AssistantConfig defaults; the E2B/E4B assistants' own widths were not available here).
+# Only the vocabulary is small (512; so 128 centroids of 4 tokens, top 32, not 2048 of 128).
+REAL_TARGET = dict(vocab_size=512, hidden_size=1536, intermediate_size=512, num_hidden_layers=2,
+                   layer_types=[S, F], num_attention_heads=8, num_key_value_heads=1, head_dim=256,
+                   global_head_dim=512, sliding_window=512, hidden_size_per_layer_input=0,
+                   vocab_size_per_layer_input=0, num_kv_shared_layers=0,
+                   final_logit_softcapping=30.0)
+REAL_ASSISTANT = dict(vocab_size=512, hidden_size=1024, intermediate_size=8192, num_hidden_layers=4,
+                      layer_types=[S, S, S, F], num_attention_heads=16, num_key_value_heads=1,
+                      head_dim=256, global_head_dim=512, sliding_window=512,
+                      hidden_size_per_layer_input=0, vocab_size_per_layer_input=0,
+                      num_kv_shared_layers=4, final_logit_softcapping=None)
+
+
+def build_real_shapes(d: str | Path, seed: int = 2) -> tuple[Path, Path]:
+    """(target dir, assistant dir) at REAL_TARGET / REAL_ASSISTANT shapes, random weights."""
+    import torch
+    from transformers import (Gemma4AssistantConfig, Gemma4AssistantForCausalLM,
+                              Gemma4ForCausalLM, Gemma4TextConfig)
+
+    d = Path(d)
+    torch.manual_seed(seed)
+    tgt = Gemma4ForCausalLM(Gemma4TextConfig(**REAL_TARGET, bos_token_id=2, eos_token_id=1,
+                                             pad_token_id=0))
+    _randomize(tgt, seed)
+    tgt.save_pretrained(d / "t")
+    make_tokenizer(d / "t", 512)
+    cfg = Gemma4AssistantConfig(
+        text_config=Gemma4TextConfig(**REAL_ASSISTANT, bos_token_id=2, eos_token_id=1,
+                                     pad_token_id=0).to_dict(),
+        backbone_hidden_size=REAL_TARGET["hidden_size"], use_ordered_embeddings=True,
+        num_centroids=128, centroid_intermediate_top_k=32)
+    asst = Gemma4AssistantForCausalLM(cfg)
+    _randomize(asst, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        asst.masked_embedding.token_ordering.copy_(torch.randperm(512, generator=g))
+        asst.masked_embedding.centroids.weight.normal_(0.0, 1.0 / math.sqrt(1024), generator=g)
+    asst.save_pretrained(d / "a")
+    for f in (d / "t").iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, d / "a" / f.name)
+    return d / "t", d / "a"
 
 
 def reference_draft(target_dir: str | Path, asst_dir: str | Path, ids: list[int],

@@ -39,20 +39,21 @@ def _assistant(tmp: Path, target_dir: Path, masked: bool):
     return d, g
 
 
-def _ours(tgt_gguf: Path, asst_gguf: Path, token0: int, n_steps: int):
-    tm = _core.Model(str(tgt_gguf), n_ctx=64)
-    am = _core.Model(str(asst_gguf), n_ctx=64)
+def _ours(tgt_gguf: Path, asst_gguf: Path, token0: int, n_steps: int, ids: list[int] = IDS,
+          hb: int = 64):
+    tm = _core.Model(str(tgt_gguf), n_ctx=len(ids) + 8)
+    am = _core.Model(str(asst_gguf), n_ctx=len(ids) + 8)
     V = tm.n_vocab
-    lg = np.zeros((len(IDS), V), np.float32)
-    hid = np.zeros((len(IDS), 64), np.float32)
-    tm.forward(IDS, 0, lg, all_logits=True, hidden_out=hid)
+    lg = np.zeros((len(ids), V), np.float32)
+    hid = np.zeros((len(ids), hb), np.float32)
+    tm.forward(ids, 0, lg, all_logits=True, hidden_out=hid)
     h = hid[-1:].copy()
     tok = token0
     steps = []
     for _ in range(n_steps):
         out = np.zeros((1, V), np.float32)
-        h_out = np.zeros((1, 64), np.float32)
-        am.mtp_step(tm, [tok], len(IDS), h, out, h_out)
+        h_out = np.zeros((1, hb), np.float32)
+        am.mtp_step(tm, [tok], len(ids), h, out, h_out)
         steps.append((out[0].copy(), h_out[0].copy()))
         tok = int(out[0].argmax())
         h = h_out
@@ -74,6 +75,24 @@ def test_assistant_matches_transformers(target, tmp_path, masked):
     if masked:   # the centroid head scores top_k * V / C tokens, the rest share min - 1
         lg = steps[0][0]
         assert (lg == lg.min()).sum() == lg.size - 4 * (lg.size // 16)
+
+
+def test_assistant_real_shapes(tmp_path):
+    """The same comparison at the published assistant layer shapes (hidden 1024, FFN 8192, 16
+    heads of 256 / 512, 4 layers) over an E2B-width target (hidden 1536, 1 KV head), a prompt
+    of 530 tokens past the 512-token window; only the vocabulary is small (mtp_ref)."""
+    from mtp_ref import build_real_shapes
+    t_dir, a_dir = build_real_shapes(tmp_path)
+    convert(t_dir, tmp_path / "t.gguf", type="f32")
+    convert(a_dir, tmp_path / "a.gguf", type="f32")
+    ids = [2] + [int(x) for x in np.random.default_rng(3).integers(10, 500, 529)]
+    ref = reference_draft(t_dir, a_dir, ids, n_steps=2)
+    h0, _, steps = _ours(tmp_path / "t.gguf", tmp_path / "a.gguf", ref["token0"], 2, ids, 1536)
+    np.testing.assert_allclose(h0, ref["h0"], rtol=1e-4, atol=1e-4)
+    for i, ((lg, h), (rlg, rh, rtok)) in enumerate(zip(steps, ref["steps"])):
+        np.testing.assert_allclose(h, rh, rtol=1e-4, atol=2e-4, err_msg=f"h_out, step {i}")
+        np.testing.assert_allclose(lg, rlg, rtol=1e-4, atol=2e-4, err_msg=f"logits, step {i}")
+        assert int(lg.argmax()) == rtok
 
 
 # ---------------------------------------------------------------------------------------------
