@@ -247,3 +247,30 @@ def test_assistant_for_another_model(assistant, tmp_path):
     convert(build_gemma3(tmp_path / "g3"), g3, type="f32")
     with pytest.raises(gemma4stack.UnsupportedError, match="must be a gemma4 model"):
         Model(g3, draft=f"mtp:{assistant}")
+
+
+@pytest.mark.parametrize("kind", ["random", "echo"])
+def test_mtp_sampling_keeps_the_distribution(target, assistant, tmp_path, kind):
+    """Sampled speculation with the MTP drafter (q = the assistant's distribution, drafts drawn
+    from it, the min(1, p/q) rule, the residual norm(max(p - q, 0)) on rejection): the first
+    two tokens are distributed as plain sampling's (chi-square homogeneity, test_spec_sample's
+    arms and threshold). The random masked-head assistant is nearly always rejected; the echo
+    one (it drafts the token it is given) is accepted often. Power, measured once by hand
+    (engine.c spec_sample broken, rebuilt, restored): "always accept" gives p = 0 and "no
+    residual (draw from p without d)" p = 1e-5 with the echo assistant; the correct rule
+    p = 0.05 / 0.045 (fixed seeds)."""
+    from test_spec_sample import P_MIN, homogeneity_p, sample_arms
+    prompt = IDS[:12]
+    if kind == "echo":
+        src = _assistant(tmp_path, target[0], masked=False)[1]
+        drafter = _echo_assistant(target[1], src, tmp_path / "echo.gguf")
+    else:
+        drafter = assistant
+    plain, spec, drafted, accepted = sample_arms(target[1], prompt, DRAFT, drafter=drafter)
+    assert drafted > 0
+    if kind == "echo":
+        assert accepted > 0.1 * drafted, (drafted, accepted)
+    assert len(set(plain)) > 5      # a spread-out distribution, so the test has power
+    p = homogeneity_p(plain, spec)
+    print(f"drafted {drafted} accepted {accepted} p = {p:.3g}")
+    assert p > P_MIN, p
