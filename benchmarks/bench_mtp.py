@@ -5,6 +5,8 @@ k-token verification against one plain decode step, and the break-even acceptanc
     python benchmarks/bench_mtp.py --synth-dir /tmp/mtp --threads 2 --out benchmarks/results/mtp-cost.json
     # given files (any gemma4 target and a gemma4-assistant made for it)
     python benchmarks/bench_mtp.py --target e4b.gguf --assistant e4b-assistant.gguf
+    # the full lm_head instead of the masked (centroid) one, as llama.cpp's converter leaves it
+    python benchmarks/bench_mtp.py --synth-dir /tmp/mtp --asst-centroids 0
 
 Random weights make acceptance rates meaningless, so this measures only the mechanism, with
 the single-sequence API (gemma4stack._core.Model.forward / mtp_step) after a prefill of
@@ -227,7 +229,9 @@ def main(argv=None) -> int:
     ap.add_argument("--asst-hidden", type=int, default=1024)
     ap.add_argument("--asst-ff", type=int, default=8192)
     ap.add_argument("--asst-heads", type=int, default=8)
-    ap.add_argument("--no-centroids", action="store_true", help="full lm_head instead of the masked one")
+    ap.add_argument("--asst-centroids", type=int, default=2048,
+                    help="masked-embedding clusters (must divide the vocabulary; 0: full lm_head)")
+    ap.add_argument("--asst-top-k", type=int, default=32, help="clusters scored per draft step")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--prompt", type=int, default=256, help="prompt tokens prefilled first")
     ap.add_argument("--reps", type=int, default=10)
@@ -242,11 +246,11 @@ def main(argv=None) -> int:
             synth(target, variant=args.variant, type="q4_0", progress=True)
     asst = args.assistant
     if asst is None:
-        asst = d / f"{Path(target).stem}-assistant{'-full' if args.no_centroids else ''}.gguf"
+        asst = d / f"{Path(target).stem}-assistant-c{args.asst_centroids}.gguf"
         if not Path(asst).exists():
             d.mkdir(parents=True, exist_ok=True)
             synth_assistant(target, asst, hidden=args.asst_hidden, n_ff=args.asst_ff, n_head=args.asst_heads,
-                            n_centroids=0 if args.no_centroids else 2048)
+                            n_centroids=args.asst_centroids, top_k=args.asst_top_k)
     res = mtp_cost(target, asst, args.threads, args.prompt, args.reps)
     print(f"target {Path(target).name}, assistant {Path(asst).name}, {res['threads']} threads, "
           f"prompt {args.prompt}")

@@ -222,7 +222,7 @@ static g4_status asst_load(g4_model *m, g4_err *err) {
 }
 
 /* Scratch for n rows (grown, never shrunk). */
-static g4_status ensure_scratch(asst *A, int n, g4_err *err) {
+static g4_status ensure_scratch(asst *A, int n, int n_threads, g4_err *err) {
     if (n <= A->n_cap) return G4_OK;
     size_t Q = 0, F = 0;
     for (int il = 0; il < A->n_layer; il++) {
@@ -237,7 +237,7 @@ static g4_status ensure_scratch(asst *A, int n, g4_err *err) {
     if (H > cols) cols = H;
     const size_t C = (size_t)A->n_centroids, K = A->n_centroids ? (size_t)A->top_k * (size_t)(A->n_vocab / A->n_centroids) : 0;
     const size_t sizes[] = { B * 2 * Hb, B * H, B * H, B * Q, B * Q, B * F, B * F, B * (size_t)A->n_rot,
-                             B * (size_t)A->n_rot_swa, C, H, K, B, K,
+                             B * (size_t)A->n_rot_swa, C, H * (size_t)(n_threads > 0 ? n_threads : 1), K, B, K,
                              (size_t)g4_matmul_scratch((int64_t)cols, n) / sizeof(float) + 16 };
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) / 16 * 16;
@@ -326,10 +326,27 @@ int32_t g4_mtp_window_extra(const g4_model *am, const g4_model *target) {
     return extra > 0 ? extra : 0;
 }
 
+/* Selected rows j = ith, ith + nth, .. of the masked head: vals[j] = token_embd[sel[j]] . o. */
+typedef struct sel_job { asst *A; const float *o; int64_t n_sel; } sel_job;
+
+static void sel_worker(void *arg, int ith, int nth) {
+    const sel_job *j = arg;
+    asst *A = j->A;
+    const int64_t H = A->n_embd;
+    float *row = A->row + (int64_t)ith * H;
+    for (int64_t k = ith; k < j->n_sel; k += nth) {
+        g4_get_row(A->token_embd, A->sel[k], row);
+        double dot = 0.0;
+        for (int64_t i = 0; i < H; i++) dot += (double)row[i] * j->o[i];
+        A->vals[k] = (float)dot;
+    }
+}
+
 /* Logits of one row o [H] from the masked embedding
  * (Gemma4AssistantMaskedEmbedder.forward): the top_k clusters by centroid
  * logit, their V / C token ids each scored against token_embd (the tied
- * lm_head), every other token min(those) - 1. */
+ * lm_head; rows dealt to the pool's threads), every other token
+ * min(those) - 1. */
 static void masked_logits(g4_pool *pool, asst *A, const float *o, float *lg) {
     const int64_t H = A->n_embd, V = A->n_vocab, C = A->n_centroids, per = V / C, K = A->top_k;
     g4_matmul(pool, A->centroids, o, H, A->cl, C, 1, A->xq);
@@ -340,14 +357,12 @@ static void masked_logits(g4_pool *pool, asst *A, const float *o, float *lg) {
         A->cl[best] = -INFINITY;
         memcpy(A->sel + k * per, A->ordering + best * per, sizeof(int32_t) * (size_t)per);
     }
+    sel_job job = { A, o, K * per };
+    if (pool && g4_pool_size(pool) > 1 && K * per * H >= 64 * 1024) g4_pool_run(pool, sel_worker, &job);
+    else sel_worker(&job, 0, 1);
     float lo = INFINITY;
-    for (int64_t j = 0; j < K * per; j++) {
-        g4_get_row(A->token_embd, A->sel[j], A->row);
-        double dot = 0.0;
-        for (int64_t i = 0; i < H; i++) dot += (double)A->row[i] * o[i];
-        A->vals[j] = (float)dot;
+    for (int64_t j = 0; j < K * per; j++)
         if (A->vals[j] < lo) lo = A->vals[j];
-    }
     for (int64_t v = 0; v < V; v++) lg[v] = lo - 1.0f;
     for (int64_t j = 0; j < K * per; j++) lg[A->sel[j]] = A->vals[j];
 }
@@ -371,7 +386,7 @@ g4_status g4_mtp_step(g4_model *am, g4_model *target, const g4_mtp_batch *b, g4_
             return g4_err_set(err, G4_ERR_INVALID, "MTP step: position %d (row %d) must be in 1..%d, what the target's "
                               "cache holds for sequence %d", b->pos[t], t, g4_kvc_seq_len(kv, b->seq[t]), b->seq[t]);
     }
-    if ((st = ensure_scratch(A, n, err)) != G4_OK) return st;
+    if ((st = ensure_scratch(A, n, g4_pool_size(am->pool), err)) != G4_OK) return st;
     g4_pool *pool = am->pool;
 
     /* input: [target embedding * sqrt(Hb) ; h] -> pre_projection */
