@@ -390,6 +390,25 @@ static g4_status drafter_forward(g4_engine *e, int32_t n, g4_err *err) {
     return G4_OK;
 }
 
+/* The next draft token of r from a drafter's logits lg [V]: the argmax
+ * (greedy requests) or a draw from q = the request's sampler chain over lg,
+ * kept in r->dq for the rejection rule (sampled ones). A drafted
+ * end-of-generation token ends r's draft. -1 when out of memory. */
+static int take_draft(request *r, const float *lg, int32_t V, const g4_tokenizer *tk) {
+    int32_t d;
+    if (r->dq) {
+        float *q = r->dq + (size_t)r->n_dtok * (size_t)V;
+        if (g4_sample_probs(&r->sampler, lg, V, q) < 0) return -1;
+        d = g4_sample_weights(&r->sampler, q, V);
+        if (d < 0) d = g4_argmax(lg, V);
+    } else {
+        d = g4_argmax(lg, V);
+    }
+    r->dtok[r->n_dtok++] = d;
+    if (g4_tokenizer_is_eog(tk, d)) r->k_plan = r->n_dtok;
+    return 0;
+}
+
 /* ------------------------------------------------------ MTP assistant */
 
 /* A gemma4-assistant drafter (model.h g4_mtp_step): it reads the target's
@@ -470,19 +489,8 @@ static g4_status mtp_drafts(g4_engine *e, int32_t spare, g4_err *err) {
         for (int32_t t = 0; t < n; t++) {
             request *r = &e->req[e->dri[t]];
             memcpy(e->mh_out + (size_t)e->dsq[t] * Hb, e->mh_tmp + (size_t)t * Hb, sizeof(float) * (size_t)Hb);
-            const float *lg = e->dlogits + (size_t)t * (size_t)V;
-            int32_t d;
-            if (r->dq) {
-                float *q = r->dq + (size_t)r->n_dtok * (size_t)V;
-                if (g4_sample_probs(&r->sampler, lg, V, q) < 0)
-                    return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
-                d = g4_sample_weights(&r->sampler, q, V);
-                if (d < 0) d = g4_argmax(lg, V);
-            } else {
-                d = g4_argmax(lg, V);
-            }
-            r->dtok[r->n_dtok++] = d;
-            if (g4_tokenizer_is_eog(tk, d)) r->k_plan = r->n_dtok;
+            if (take_draft(r, e->dlogits + (size_t)t * (size_t)V, V, tk) < 0)
+                return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
         }
     }
 }
@@ -532,19 +540,8 @@ static g4_status model_drafts(g4_engine *e, int32_t spare, g4_err *err) {
         for (int32_t t = 0; t < n; t++) {
             if (!e->dwant[t]) continue;
             request *r = &e->req[e->dri[t]];
-            const float *lg = e->dlogits + (size_t)row++ * (size_t)V;
-            int32_t d;
-            if (r->dq) {
-                float *q = r->dq + (size_t)r->n_dtok * (size_t)V;
-                if (g4_sample_probs(&r->sampler, lg, V, q) < 0)
-                    return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
-                d = g4_sample_weights(&r->sampler, q, V);
-                if (d < 0) d = g4_argmax(lg, V);
-            } else {
-                d = g4_argmax(lg, V);
-            }
-            r->dtok[r->n_dtok++] = d;
-            if (g4_tokenizer_is_eog(tk, d)) r->k_plan = r->n_dtok;
+            if (take_draft(r, e->dlogits + (size_t)row++ * (size_t)V, V, tk) < 0)
+                return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
         }
         n = 0;
         for (int32_t s = 0; s < e->p.n_seq; s++) {
