@@ -5,8 +5,9 @@
     ConvertReport(arch='gemma4', type='f16', n_tensors=..., ...)
 
 Supported architectures: Gemma 4 (`Gemma4ForConditionalGeneration`, `Gemma4ForCausalLM`),
-Gemma 3 (`Gemma3ForCausalLM`, `Gemma3ForConditionalGeneration`) and Llama
-(`LlamaForCausalLM`). Only the text decoder is converted (vision/audio towers are skipped, as
+Gemma 4's MTP assistants (`Gemma4AssistantForCausalLM` -> `gemma4-assistant`, as llama.cpp's
+conversion/gemma.py Gemma4AssistantModel, plus the masked-embedding tensors it drops), Gemma 3
+(`Gemma3ForCausalLM`, `Gemma3ForConditionalGeneration`) and Llama (`LlamaForCausalLM`). Only the text decoder is converted (vision/audio towers are skipped, as
 llama.cpp puts them in a separate mmproj file).
 
 The choices follow llama.cpp's convert_hf_to_gguf.py (`conversion/gemma.py`, `conversion/

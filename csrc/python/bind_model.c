@@ -494,8 +494,10 @@ static PyMethodDef Model_methods[] = {
     {"piece", (PyCFunction)(void (*)(void))Model_piece, METH_VARARGS | METH_KEYWORDS,
      "piece(id, prev=-1) -> bytes: the text bytes of one token after `prev` (may be a partial UTF-8 sequence)"},
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(tokens, pos, logits_out, all_logits=False): run tokens at positions pos.. (GIL released);\n"
-     "logits_out: writable float32 buffer of n_vocab (or len(tokens) * n_vocab with all_logits) floats"},
+     "forward(tokens, pos, logits_out, all_logits=False, hidden_out=None): run tokens at positions pos.. "
+     "(GIL released);\nlogits_out: writable float32 buffer of n_vocab (or len(tokens) * n_vocab with "
+     "all_logits) floats;\nhidden_out (gemma4 only): float32 [rows][embedding_length], each logits row's "
+     "final-normed hidden state (the MTP assistant's input)"},
     {"generate_iter", (PyCFunction)(void (*)(void))Model_generate_iter, METH_VARARGS | METH_KEYWORDS,
      "generate_iter(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0, n_keep=0,\n"
      "              epoch=0, min_p=0, repeat_penalty=1, repeat_last_n=64, presence_penalty=0,\n"
