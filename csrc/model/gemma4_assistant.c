@@ -29,6 +29,12 @@
  *   of V / C token ids each (ordering viewed as [C][V / C]); only those get
  *   token_embd[id] . o, every other logit is min(those) - 1.
  *
+ * Keys are the target's positions before P only: transformers' generation loop
+ * slices shared_kv_states to the new input length, which after a partly
+ * rejected draft still holds the rejected draft's K/V at P (a leftover of
+ * its cache handling, not of the model); llama.cpp removes rejected positions
+ * first, as the engine here does (its cache is committed to P).
+ *
  * Hb = embedding_length_out (the target's hidden size), H = embedding_length.
  * The position P stays that of the last token the target sampled for every
  * step of a draft round (transformers Gemma4AssistantCandidateGenerator,
