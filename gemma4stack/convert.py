@@ -5,8 +5,9 @@
     ConvertReport(arch='gemma4', type='f16', n_tensors=..., ...)
 
 Supported architectures: Gemma 4 (`Gemma4ForConditionalGeneration`, `Gemma4ForCausalLM`),
-Gemma 3 (`Gemma3ForCausalLM`, `Gemma3ForConditionalGeneration`) and Llama
-(`LlamaForCausalLM`). Only the text decoder is converted (vision/audio towers are skipped, as
+Gemma 4's MTP assistants (`Gemma4AssistantForCausalLM` -> `gemma4-assistant`, as llama.cpp's
+conversion/gemma.py Gemma4AssistantModel, plus the masked-embedding tensors it drops), Gemma 3
+(`Gemma3ForCausalLM`, `Gemma3ForConditionalGeneration`) and Llama (`LlamaForCausalLM`). Only the text decoder is converted (vision/audio towers are skipped, as
 llama.cpp puts them in a separate mmproj file).
 
 The choices follow llama.cpp's convert_hf_to_gguf.py (`conversion/gemma.py`, `conversion/
@@ -351,14 +352,16 @@ def _arch_of(cfg: dict[str, Any]) -> str:
     archs = cfg.get("architectures") or []
     mt = cfg.get("model_type", "")
     a = archs[0] if archs else ""
+    if a == "Gemma4AssistantForCausalLM" or mt == "gemma4_assistant":
+        return "gemma4-assistant"
     if a.startswith("Gemma4") or mt in ("gemma4", "gemma4_text"):
         return "gemma4"
     if a.startswith("Gemma3") and "Gemma3n" not in a or mt in ("gemma3", "gemma3_text"):
         return "gemma3"
     if a in ("LlamaForCausalLM", "MistralForCausalLM") or mt == "llama":
         return "llama"
-    raise ValueError(f"unsupported architecture {a or mt!r} (supported: Gemma4*, Gemma3*, "
-                     "LlamaForCausalLM)")
+    raise ValueError(f"unsupported architecture {a or mt!r} (supported: Gemma4*, "
+                     "Gemma4AssistantForCausalLM, Gemma3*, LlamaForCausalLM)")
 
 
 def _rope_parameters(h: dict[str, Any]) -> dict[str, Any]:
@@ -461,6 +464,22 @@ def _meta_gemma4(w: gguf.GGUFWriter, h: dict[str, Any]) -> None:
     w.add_rope_dimension_count_swa(int(p.head_dim * h.get("partial_rotary_factor", 1.0)))
 
 
+def _meta_gemma4_assistant(w: gguf.GGUFWriter, h: dict[str, Any], cfg: dict[str, Any],
+                           masked: bool) -> None:
+    """llama.cpp conversion/gemma.py Gemma4AssistantModel.set_gguf_parameters: the Gemma 4
+    keys (every layer KV-shared: Gemma4AssistantConfig.__post_init__), embedding_length_out =
+    backbone_hidden_size (the target's hidden size) and nextn_predict_layers = block_count.
+    With the masked embedding (use_ordered_embeddings; llama.cpp's converter drops it) also
+    `gemma4-assistant.centroid_intermediate_top_k`, a key of ours."""
+    h = dict(h, num_kv_shared_layers=h["num_hidden_layers"])
+    _meta_gemma4(w, h)
+    w.add_embedding_length_out(int(cfg.get("backbone_hidden_size", 1536)))
+    w.add_nextn_predict_layers(h["num_hidden_layers"])
+    if masked:
+        w.add_uint32(f"{w.arch}.centroid_intermediate_top_k",
+                     int(cfg.get("centroid_intermediate_top_k", 32)))
+
+
 def _meta_gemma3(w: gguf.GGUFWriter, h: dict[str, Any]) -> None:
     _meta_common(w, h)
     hd = h.get("head_dim", 256)
@@ -485,6 +504,15 @@ def _llama_permute(wt: np.ndarray, n_head: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(wt.shape))
 
 
+# Gemma4AssistantForCausalLM's own tensors -> llama.cpp's names (gguf-py tensor_mapping:
+# NEXTN_PROJ_PRE / NEXTN_PROJ_POST, MASKED_EMBD_CENTROIDS / MASKED_EMBD_ORDERING)
+_ASSISTANT_NAMES = {
+    "pre_projection.weight": "nextn.pre_projection.weight",
+    "post_projection.weight": "nextn.post_projection.weight",
+    "masked_embedding.centroids.weight": "masked_embd_centroids.weight",
+    "masked_embedding.token_ordering": "masked_embd_ordering",
+}
+
 _SKIP_PREFIXES = ("model.vision_tower.", "model.audio_tower.", "model.embed_vision.",
                   "model.embed_audio.", "vision_tower.", "audio_tower.", "multi_modal_projector.",
                   "model.multi_modal_projector.", "multimodal_projector.", "vision_model.")
@@ -496,8 +524,10 @@ def _hf_tensors(st: SafetensorsDir, arch: str, h: dict[str, Any], n_vocab_real: 
     """(GGUF name, loader, numpy shape, row loader or None) for every tensor of the text
     decoder. The row loader (r0, r1) -> rows of the tensor seen as 2-D is given when the
     tensor needs no whole-tensor transform, so big tables are converted in chunks."""
-    march = {"gemma4": gguf.MODEL_ARCH.GEMMA4, "gemma3": gguf.MODEL_ARCH.GEMMA3,
-             "llama": gguf.MODEL_ARCH.LLAMA}[arch]
+    # the assistant's layers are named as Gemma 4's (gguf-py's GEMMA4_ASSISTANT list is a
+    # subset of GEMMA4's); its own tensors are mapped below
+    march = {"gemma4": gguf.MODEL_ARCH.GEMMA4, "gemma4-assistant": gguf.MODEL_ARCH.GEMMA4,
+             "gemma3": gguf.MODEL_ARCH.GEMMA3, "llama": gguf.MODEL_ARCH.LLAMA}[arch]
     tmap = gguf.get_tensor_name_map(march, h["num_hidden_layers"])
     tied = h.get("tie_word_embeddings", arch != "llama")
     names = st.names()
@@ -523,7 +553,9 @@ def _hf_tensors(st: SafetensorsDir, arch: str, h: dict[str, Any], n_vocab_real: 
         bid = int(m.group(1)) if m else None
         rest = m.group(2) if m else hf
 
-        if arch == "gemma4" and rest == "router.scale":
+        if arch == "gemma4-assistant" and hf in _ASSISTANT_NAMES:
+            new = _ASSISTANT_NAMES[hf]
+        elif arch == "gemma4" and rest == "router.scale":
             new = f"blk.{bid}.ffn_gate_inp.scale"
         elif arch == "gemma4" and rest == "router.per_expert_scale":
             new = f"blk.{bid}.ffn_down_exps.scale"
@@ -537,7 +569,7 @@ def _hf_tensors(st: SafetensorsDir, arch: str, h: dict[str, Any], n_vocab_real: 
 
         if arch == "gemma3" and hf.endswith("norm.weight"):
             post = lambda a: a + 1.0                # Gemma3RMSNorm: x * (1 + w)
-        if hf.endswith("embed_tokens.weight") and arch in ("gemma3", "gemma4") \
+        if hf.endswith("embed_tokens.weight") and arch in ("gemma3", "gemma4", "gemma4-assistant") \
                 and shape[0] > n_vocab_real:
             shape = (n_vocab_real, *shape[1:])      # drop rows past the tokenizer (Gemma3Model)
             post = (lambda n: lambda a: a[:n])(n_vocab_real)
@@ -560,6 +592,8 @@ def _hf_tensors(st: SafetensorsDir, arch: str, h: dict[str, Any], n_vocab_real: 
 
 def _tensor_type(new: str, shape: tuple[int, ...], want: T) -> T:
     """convert_hf_to_gguf prepare_tensors rules (and llama-quantize's for Q4_0)."""
+    if new == "masked_embd_ordering":
+        return T.I32        # token ids (HF keeps an int64 buffer)
     if want == T.F32 or len(shape) <= 1 or new.endswith("_norm.weight") \
             or not new.endswith(".weight") or re.search(r"ffn_gate_inp\.weight$", new):
         return T.F32
@@ -581,6 +615,8 @@ def _nbytes(shape: tuple[int, ...], t: T) -> int:
 def _encode(a: np.ndarray, t: T) -> np.ndarray:
     if t == T.F32:
         return a.astype(np.float32, copy=False)
+    if t == T.I32:
+        return np.rint(a).astype(np.int32)
     if t == T.F16:
         return a.astype(np.float16)
     return gguf.quants.quantize(a, t)
@@ -609,10 +645,11 @@ def convert(hf_dir: str | Path, out_path: str | Path, type: str = "f16",
     cfg = _load_json(cfg_path)
     arch = _arch_of(cfg)
     h = _text_config(cfg)
+    g4 = arch in ("gemma4", "gemma4-assistant")
     st = SafetensorsDir(hf_dir)
 
     # tokenizer
-    if (hf_dir / "tokenizer.model").is_file() and arch != "gemma4":
+    if (hf_dir / "tokenizer.model").is_file() and not g4:
         vocab = spm_vocab(hf_dir / "tokenizer.model")
         n_real = len(vocab.tokens)
         if h.get("vocab_size", 0) > n_real:     # _create_vocab_sentencepiece pads with [PADi]
@@ -622,7 +659,7 @@ def convert(hf_dir: str | Path, out_path: str | Path, type: str = "f16",
                 vocab.types.append(int(gguf.TokenType.UNUSED))
     else:
         vocab = hf_vocab(hf_dir, n_vocab=h.get("vocab_size") if arch == "llama" else None)
-        if arch == "gemma4":
+        if g4:
             vocab.model = "gemma4"
             vocab.types = [int(gguf.TokenType.USER_DEFINED) if t in GEMMA4_VISIBLE_TOKENS
                            else ty for t, ty in zip(vocab.tokens, vocab.types)]
@@ -633,6 +670,8 @@ def convert(hf_dir: str | Path, out_path: str | Path, type: str = "f16",
     w.add_name(name or hf_dir.resolve().name)
     if arch == "gemma4":
         _meta_gemma4(w, h)
+    elif arch == "gemma4-assistant":
+        _meta_gemma4_assistant(w, h, cfg, "masked_embedding.centroids.weight" in st)
     elif arch == "gemma3":
         _meta_gemma3(w, h)
     else:
@@ -645,19 +684,18 @@ def convert(hf_dir: str | Path, out_path: str | Path, type: str = "f16",
     w.add_token_list(vocab.tokens)
     w.add_token_scores(vocab.scores)
     w.add_token_types(vocab.types)
-    special = gguf.SpecialVocab(hf_dir, load_merges=(arch == "gemma4"),
-                                n_vocab=n_vocab_real)
-    if arch == "gemma4":
+    special = gguf.SpecialVocab(hf_dir, load_merges=g4, n_vocab=n_vocab_real)
+    if g4:
         special.add_special_token["bos"] = True     # Gemma4Model.set_vocab: add_bos_token True
     special.add_to_gguf(w, quiet=True)
-    if arch in ("gemma3", "gemma4"):
+    if arch == "gemma3" or g4:
         w.add_add_space_prefix(False)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     # tensor plan
     plan: list[tuple[str, Callable[[], np.ndarray], tuple[int, ...], T,
                      Callable[[int, int], np.ndarray] | None]] = []
-    if arch == "gemma4":
+    if g4:
         rp = _rope_parameters(h).get("full_attention", {})
         if rp.get("rope_type", "proportional") != "proportional":
             raise ValueError(f"{cfg_path}: full_attention rope_type {rp.get('rope_type')!r}; "

@@ -159,20 +159,21 @@ class _NoBar:
 
 def parse_draft(draft: str | os.PathLike | None) -> str | None:
     """The draft model path of a Model(draft=...) value: None for None and "ngram" (prompt
-    lookup), PATH for "model:PATH" or for a path (str or os.PathLike) of an existing file.
-    Raises ValueError for anything else (the message lists the forms), FileNotFoundError
-    for "model:PATH" of a missing file."""
+    lookup), PATH for "model:PATH", "mtp:PATH" (a Gemma 4 MTP assistant, gemma4-assistant)
+    or for a path (str or os.PathLike) of an existing file. Raises ValueError for anything
+    else (the message lists the forms), FileNotFoundError for "model:PATH" / "mtp:PATH" of
+    a missing file."""
     if draft is None or draft == "ngram":
         return None
-    if isinstance(draft, str) and draft.startswith("model:"):
-        path = draft[len("model:"):]
+    if isinstance(draft, str) and draft.startswith(("model:", "mtp:")):
+        path = draft.split(":", 1)[1]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"draft model {path!r} does not exist")
         return path
     if isinstance(draft, (str, os.PathLike)) and os.path.isfile(draft):
         return os.fspath(draft)
-    raise ValueError(f"draft must be None, 'ngram', 'model:PATH' or the path of a GGUF file "
-                     f"(got {draft!r}); Gemma 4 MTP assistants are not supported")
+    raise ValueError(f"draft must be None, 'ngram', 'model:PATH', 'mtp:PATH' or the path of a "
+                     f"GGUF file (got {draft!r})")
 
 
 def check_same_vocab(target, drafter, target_path: str, draft_path: str) -> None:
@@ -461,7 +462,13 @@ class Model:
     output; sampled output keeps the plain sampler's distribution (speculative sampling,
     Leviathan et al. 2023), though a seed gives other tokens than without drafts. None
     (default): off. GenerationStats.draft_tokens / accepted_tokens show how well it pays.
-    Gemma 4's MTP assistant GGUFs (gemma4-assistant) are not supported as drafters.
+    draft="mtp:PATH": Gemma 4's MTP assistant (a gemma4-assistant GGUF, the
+    `google/gemma-4-*-it-assistant` checkpoints converted by `gemma4stack convert`) drafts
+    for a gemma4 model: it has no KV cache of its own but attends over the model's (the last
+    sliding-window and global layers'), from the model's last hidden state, all drafts at
+    the position of the last sampled token (csrc/model/gemma4_assistant.c); ValueError
+    when it was made for another model (hidden size, vocabulary, head sizes). A path or
+    "model:PATH" of an assistant GGUF does the same.
 
     Raises FileNotFoundError (no such file), OSError, GGUFError (not a valid GGUF),
     UnsupportedError (unknown architecture or tensor type; the message names it),
@@ -491,6 +498,7 @@ class Model:
         if not isinstance(draft_max, int) or not 1 <= draft_max <= 32:
             raise ValueError(f"draft_max must be an int in 1..32 (got {draft_max!r})")
         self.draft = draft if draft is None or draft == "ngram" else f"model:{draft_path}"
+        want_mtp = isinstance(draft, str) and draft.startswith("mtp:")
         self._draft = (draft_max, draft_ngram, draft_path is not None) if draft else (0, draft_ngram, False)
         self.path = os.fspath(path)
         # the core takes an int32; anything larger is far over its context cap,
@@ -501,6 +509,12 @@ class Model:
         try:
             if draft_path is not None:
                 self._draft_core = _core.Model(draft_path, n_ctx=self._core.n_ctx, n_threads=threads or 0)
+                is_mtp = self._draft_core.arch == "gemma4-assistant"
+                if want_mtp and not is_mtp:
+                    raise ValueError(f"draft {draft!r}: {draft_path} is a {self._draft_core.arch} "
+                                     "model, not a Gemma 4 MTP assistant (gemma4-assistant)")
+                if is_mtp:
+                    self.draft = f"mtp:{draft_path}"
                 check_same_vocab(self._core, self._draft_core, self.path, draft_path)
             self._engine = _core.Engine(self._core, n_seq=parallel, n_batch=min(batch_tokens or 0, 2**31 - 1),
                                         kv_bytes=kv_bytes or 0, queue_max=min(queue_max or 0, 2**20),
@@ -1121,9 +1135,10 @@ def register_cli(subparsers) -> None:
                    help="default: one per physical core")
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="KV cache tokens (default: the model's, capped at 4096)")
-    p.add_argument("--draft", default=None, metavar="ngram|model:PATH",
-                   help="speculative decoding: prompt lookup ('ngram') or a draft model with the "
-                        "same vocabulary ('model:PATH' or a GGUF path)")
+    p.add_argument("--draft", default=None, metavar="ngram|model:PATH|mtp:PATH",
+                   help="speculative decoding: prompt lookup ('ngram'), a draft model with the "
+                        "same vocabulary ('model:PATH' or a GGUF path) or a Gemma 4 MTP assistant "
+                        "('mtp:PATH', gemma4-assistant GGUF)")
     p.add_argument("--chat", action="store_true",
                    help="send the prompt as a user message through the GGUF's chat template")
     p.set_defaults(func=_run)

@@ -160,7 +160,8 @@ def test_local_tier_draft_key(tmp_path, gguf):
         m.close()
     assert load_config(write(tmp_path, '[tiers.x]\nbackend = "local"\nmodel = "models/tiny.gguf"\n')
                        ).tiers["x"].draft is None
-    for bad, match in (('"model:nope.gguf"', "draft must be 'ngram' or 'model:PATH'"), ("3", "draft")):
+    for bad, match in (('"model:nope.gguf"', "draft must be 'ngram', 'model:PATH' or 'mtp:PATH'"),
+                       ('"mtp:nope.gguf"', "not found: .*nope.gguf"), ("3", "draft")):
         with pytest.raises(ConfigError, match=match):
             load_config(write(tmp_path, f'[tiers.x]\nbackend = "local"\nmodel = "models/tiny.gguf"\n'
                                         f'draft = {bad}\n'))

@@ -142,7 +142,9 @@ def test_vocabulary_mismatch_is_a_clear_error(models, tmp_path):
     with pytest.raises(ValueError, match="token 300"):
         Model(path, draft=f"model:{bad}")
     with pytest.raises(ValueError, match="draft must be"):
-        Model(path, draft="mtp:x.gguf")
+        Model(path, draft="mtp")
+    with pytest.raises(FileNotFoundError):
+        Model(path, draft="mtp:/nonexistent.gguf")      # MTP assistants: tests/test_mtp.py
     with pytest.raises(FileNotFoundError):
         Model(path, draft="model:/nonexistent.gguf")
 

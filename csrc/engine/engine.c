@@ -47,6 +47,8 @@ typedef struct request {
     int32_t k_plan, n_dtok;     /* this step: drafts wanted, drafted */
     int32_t *dtok;              /* [draft_max] this step's drafts */
     float *dq;                  /* [draft_max][n_vocab] their drafter distributions (sampled requests) */
+    float *mh;                  /* MTP drafter: [n_embd] the target's final-normed hidden state of
+                                   the row that sampled `last` */
 } request;
 
 struct g4_engine {
@@ -70,6 +72,12 @@ struct g4_engine {
     int32_t *dtk, *dps, *dsq, *dri;
     int8_t *dwant;
     float *dlogits;             /* [n_seq][n_vocab] */
+    /* Gemma 4 MTP assistant as the drafter (dm is a gemma4-assistant): no KV of its own */
+    int mtp;
+    int32_t mtp_hb;             /* the target's hidden size */
+    float *hid;                 /* [logits_rows][mtp_hb] the target's hidden state per logits row */
+    float *mh_in, *mh_tmp;      /* [n_seq][mtp_hb] a draft step's hidden states in / out (batch order) */
+    float *mh_out;              /* [n_seq][mtp_hb] the last step's h_out, by slot */
 };
 
 static double now_ms(void) {
@@ -209,17 +217,39 @@ void g4_engine_free(g4_engine *e) {
             request_free_sampling(&e->req[i]);
             free(e->req[i].dtok);
             free(e->req[i].dq);
+            free(e->req[i].mh);
         }
     g4_kvc_free(e->kv);
     g4_kvc_free(e->dkv);
     free(e->dtk); free(e->dps); free(e->dsq); free(e->dri); free(e->dwant);
     free(e->dlogits);
+    free(e->hid); free(e->mh_in); free(e->mh_tmp); free(e->mh_out);
     free(e->probs);
     free(e->req);
     free(e->seq_req);
     free(e->tok); free(e->pos); free(e->seq); free(e->ridx); free(e->want);
     free(e->logits);
     free(e);
+}
+
+/* The target's KV pool; window_extra > 0 for an MTP drafter (kvcache.h). */
+static g4_kvcache *build_kv(g4_engine *e, int32_t window_extra, g4_err *err) {
+    g4_kv_layer *layers = malloc(sizeof(g4_kv_layer) * 4096);
+    if (!layers) { g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory"); return NULL; }
+    const int nl = g4_model_kv_layers(e->m, layers);
+    if (nl == 0) {   /* a gemma4-assistant: it only reads its target's cache */
+        free(layers);
+        g4_err_set(err, G4_ERR_UNSUPPORTED, "engine: a %s model cannot run on its own (an MTP assistant drafts "
+                   "for a gemma4 model: Model(target, draft=\"mtp:PATH\"))", g4_model_arch(e->m));
+        return NULL;
+    }
+    const g4_kvc_params kp = { .n_seq = e->p.n_seq, .n_ctx = g4_model_n_ctx(e->m), .n_batch = e->p.n_batch,
+                               .type = g4_model_kv_type(e->m), .bytes = e->p.kv_bytes,
+                               .n_threads = g4_model_n_threads(e->m), .keep_window = 0,
+                               .window_extra = window_extra };
+    g4_kvcache *kv = g4_kvc_create(layers, nl, &kp, err);
+    free(layers);
+    return kv;
 }
 
 g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err) {
@@ -236,15 +266,7 @@ g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err)
     if (e->p.queue_max <= 0) e->p.queue_max = 1024;
     e->next_id = 1;
 
-    g4_kv_layer *layers = malloc(sizeof(g4_kv_layer) * 4096);
-    if (!layers) { g4_engine_free(e); g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory"); return NULL; }
-    const int nl = g4_model_kv_layers(m, layers);
-    const g4_kvc_params kp = { .n_seq = p->n_seq, .n_ctx = g4_model_n_ctx(m), .n_batch = e->p.n_batch,
-                               .type = g4_model_kv_type(m), .bytes = p->kv_bytes,
-                               .n_threads = g4_model_n_threads(m), .keep_window = 0 };
-    e->kv = g4_kvc_create(layers, nl, &kp, err);
-    free(layers);
-    if (!e->kv) { g4_engine_free(e); return NULL; }
+    if (!(e->kv = build_kv(e, 0, err))) { g4_engine_free(e); return NULL; }
 
     e->n_req = e->p.n_seq + e->p.queue_max;
     const size_t B = (size_t)e->p.n_batch, V = (size_t)g4_model_n_vocab(m);
@@ -270,6 +292,8 @@ g4_engine *g4_engine_create(g4_model *m, const g4_engine_params *p, g4_err *err)
 
 /* ------------------------------------------------------------ draft model */
 
+static g4_status set_mtp_drafter(g4_engine *e, g4_model *dm, g4_err *err);
+
 g4_status g4_engine_set_drafter(g4_engine *e, g4_model *dm, g4_err *err) {
     if (!dm) return g4_err_set(err, G4_ERR_INVALID, "engine: no draft model given");
     if (e->dm) return g4_err_set(err, G4_ERR_INVALID, "engine: it has a draft model already");
@@ -280,6 +304,7 @@ g4_status g4_engine_set_drafter(g4_engine *e, g4_model *dm, g4_err *err) {
     if (g4_model_n_vocab(dm) != V)
         return g4_err_set(err, G4_ERR_INVALID, "engine: the draft model's vocabulary has %d tokens, the model's %d",
                           g4_model_n_vocab(dm), V);
+    if (g4_mtp_n_embd_backbone(dm) > 0) return set_mtp_drafter(e, dm, err);
     g4_kv_layer *layers = malloc(sizeof(g4_kv_layer) * 4096);
     if (!layers) return g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory");
     const int nl = g4_model_kv_layers(dm, layers);
@@ -315,6 +340,7 @@ g4_status g4_engine_set_drafter(g4_engine *e, g4_model *dm, g4_err *err) {
 /* The drafter's sequence of a request being admitted into slot seq (its
  * pool holds n_seq whole contexts, so this only fails on a bug). */
 static int drafter_begin(g4_engine *e, request *r, int32_t seq) {
+    if (e->mtp) return 1;   /* the MTP assistant reads the target's sequence */
     int32_t cached = 0;
     g4_err err;
     if (g4_kvc_seq_begin(e->dkv, seq, r->prompt, r->n_prompt, r->dn_max, 0, &cached, &err) != 1) return 0;
@@ -364,6 +390,111 @@ static g4_status drafter_forward(g4_engine *e, int32_t n, g4_err *err) {
     return G4_OK;
 }
 
+/* The next draft token of r from a drafter's logits lg [V]: the argmax
+ * (greedy requests) or a draw from q = the request's sampler chain over lg,
+ * kept in r->dq for the rejection rule (sampled ones). A drafted
+ * end-of-generation token ends r's draft. -1 when out of memory. */
+static int take_draft(request *r, const float *lg, int32_t V, const g4_tokenizer *tk) {
+    int32_t d;
+    if (r->dq) {
+        float *q = r->dq + (size_t)r->n_dtok * (size_t)V;
+        if (g4_sample_probs(&r->sampler, lg, V, q) < 0) return -1;
+        d = g4_sample_weights(&r->sampler, q, V);
+        if (d < 0) d = g4_argmax(lg, V);
+    } else {
+        d = g4_argmax(lg, V);
+    }
+    r->dtok[r->n_dtok++] = d;
+    if (g4_tokenizer_is_eog(tk, d)) r->k_plan = r->n_dtok;
+    return 0;
+}
+
+/* ------------------------------------------------------ MTP assistant */
+
+/* A gemma4-assistant drafter (model.h g4_mtp_step): it reads the target's
+ * cache, which is rebuilt to keep the keys its sliding layers see before the
+ * window; its hidden-state input comes from the target's forward. */
+static g4_status set_mtp_drafter(g4_engine *e, g4_model *dm, g4_err *err) {
+    g4_status st = g4_mtp_check(dm, e->m, err);
+    if (st != G4_OK) return st;
+    const int32_t extra = g4_mtp_window_extra(dm, e->m);
+    if (extra > 0) {
+        g4_kvcache *kv = build_kv(e, extra, err);
+        if (!kv) return err->status;
+        g4_kvc_free(e->kv);
+        e->kv = kv;
+    }
+    const size_t B = (size_t)e->p.n_batch, S = (size_t)e->p.n_seq, Hb = (size_t)g4_mtp_n_embd_backbone(dm);
+    const size_t V = (size_t)g4_model_n_vocab(e->m);
+    e->dtk = malloc(sizeof(int32_t) * B);
+    e->dps = malloc(sizeof(int32_t) * B);
+    e->dsq = malloc(sizeof(int32_t) * B);
+    e->dri = malloc(sizeof(int32_t) * B);
+    e->dlogits = malloc(sizeof(float) * V * S);
+    e->hid = malloc(sizeof(float) * Hb * (size_t)e->logits_rows);
+    e->mh_in = malloc(sizeof(float) * Hb * S);
+    e->mh_tmp = malloc(sizeof(float) * Hb * S);
+    e->mh_out = malloc(sizeof(float) * Hb * S);
+    if (!e->dtk || !e->dps || !e->dsq || !e->dri || !e->dlogits || !e->hid || !e->mh_in || !e->mh_tmp ||
+        !e->mh_out)
+        return g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory for the MTP drafter");   /* freed by g4_engine_free */
+    e->mtp_hb = (int32_t)Hb;
+    e->mtp = 1;
+    e->dm = dm;
+    return G4_OK;
+}
+
+/* MTP drafts (before the step's batch is built) for every decoding request
+ * that drafts: draft step j runs, for all of them in one g4_mtp_step, the
+ * last token (j = 0: `last`, with the target's hidden state of the row that
+ * sampled it, at position P; then d_j with the assistant's own h_out) at the
+ * same position P (transformers Gemma4AssistantCandidateGenerator; llama.cpp
+ * common/speculative.cpp). d_j is the argmax (greedy) or a draw from q_j,
+ * the request's sampler chain over the assistant's logits (kept in r->dq).
+ * A drafted end-of-generation token ends that request's draft. */
+static g4_status mtp_drafts(g4_engine *e, int32_t spare, g4_err *err) {
+    const int32_t V = g4_model_n_vocab(e->m), Hb = e->mtp_hb;
+    const g4_tokenizer *tk = g4_model_tokenizer(e->m);
+    for (int32_t s = 0; s < e->p.n_seq; s++) {
+        const int32_t ri = e->seq_req[s];
+        if (ri < 0 || e->req[ri].state != R_DECODE || !e->req[ri].use_model) continue;
+        request *r = &e->req[ri];
+        r->k_plan = r->n_dtok = 0;
+        if (r->skip > 0) continue;
+        const int32_t P = g4_kvc_seq_len(e->kv, s);
+        const int32_t k = draft_room(r, P, spare);
+        if (k <= 0) continue;
+        r->k_plan = k;
+        r->dpos0 = P;
+        spare -= k;
+    }
+    for (int32_t j = 0;; j++) {
+        int32_t n = 0;
+        for (int32_t s = 0; s < e->p.n_seq; s++) {
+            const int32_t ri = e->seq_req[s];
+            if (ri < 0 || e->req[ri].state != R_DECODE || !e->req[ri].use_model) continue;
+            request *r = &e->req[ri];
+            if (r->k_plan <= r->n_dtok || r->n_dtok != j) continue;
+            e->dtk[n] = j ? r->dtok[j - 1] : r->last;
+            e->dps[n] = r->dpos0;
+            e->dsq[n] = s;
+            e->dri[n] = ri;
+            memcpy(e->mh_in + (size_t)n * Hb, j ? e->mh_out + (size_t)s * Hb : r->mh, sizeof(float) * (size_t)Hb);
+            n++;
+        }
+        if (!n) return G4_OK;
+        const g4_mtp_batch b = { n, e->dtk, e->dps, e->dsq, e->mh_in };
+        g4_status st = g4_mtp_step(e->dm, e->m, &b, e->kv, e->dlogits, e->mh_tmp, err);
+        if (st != G4_OK) return st;
+        for (int32_t t = 0; t < n; t++) {
+            request *r = &e->req[e->dri[t]];
+            memcpy(e->mh_out + (size_t)e->dsq[t] * Hb, e->mh_tmp + (size_t)t * Hb, sizeof(float) * (size_t)Hb);
+            if (take_draft(r, e->dlogits + (size_t)t * (size_t)V, V, tk) < 0)
+                return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
+        }
+    }
+}
+
 /* Drafts from the draft model for every decoding request that uses it
  * (before the step's batch is built; spare: the step's budget left after
  * one decode token per decoder). Forward 1 runs each such sequence's tokens
@@ -377,6 +508,7 @@ static g4_status drafter_forward(g4_engine *e, int32_t n, g4_err *err) {
  * end-of-generation token ends that sequence's draft. Leaves r->dtok[0..n_dtok). */
 static g4_status model_drafts(g4_engine *e, int32_t spare, g4_err *err) {
     if (!e->dm) return G4_OK;
+    if (e->mtp) return mtp_drafts(e, spare, err);
     const int32_t V = g4_model_n_vocab(e->dm), budget = e->p.n_batch;
     const g4_tokenizer *tk = g4_model_tokenizer(e->m);
     int32_t n = 0;
@@ -408,19 +540,8 @@ static g4_status model_drafts(g4_engine *e, int32_t spare, g4_err *err) {
         for (int32_t t = 0; t < n; t++) {
             if (!e->dwant[t]) continue;
             request *r = &e->req[e->dri[t]];
-            const float *lg = e->dlogits + (size_t)row++ * (size_t)V;
-            int32_t d;
-            if (r->dq) {
-                float *q = r->dq + (size_t)r->n_dtok * (size_t)V;
-                if (g4_sample_probs(&r->sampler, lg, V, q) < 0)
-                    return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
-                d = g4_sample_weights(&r->sampler, q, V);
-                if (d < 0) d = g4_argmax(lg, V);
-            } else {
-                d = g4_argmax(lg, V);
-            }
-            r->dtok[r->n_dtok++] = d;
-            if (g4_tokenizer_is_eog(tk, d)) r->k_plan = r->n_dtok;
+            if (take_draft(r, e->dlogits + (size_t)row++ * (size_t)V, V, tk) < 0)
+                return g4_err_set(err, G4_ERR_NOMEM, "engine: sampler out of memory");
         }
         n = 0;
         for (int32_t s = 0; s < e->p.n_seq; s++) {
@@ -473,7 +594,7 @@ static int32_t spec_sample(g4_engine *e, request *r, float *lg, int32_t V, int32
 static void finish(g4_engine *e, request *r) {
     if (r->state == R_PREFILL || r->state == R_DECODE) {
         g4_kvc_seq_end(e->kv, r->seq);
-        if (r->use_model) g4_kvc_seq_end(e->dkv, r->seq);
+        if (r->use_model && e->dkv) g4_kvc_seq_end(e->dkv, r->seq);
         e->seq_req[r->seq] = -1;
     }
     free(r->prompt);
@@ -485,6 +606,8 @@ static void finish(g4_engine *e, request *r) {
     r->dtok = NULL;
     free(r->dq);
     r->dq = NULL;
+    free(r->mh);
+    r->mh = NULL;
     r->state = R_FREE;
 }
 
@@ -549,13 +672,14 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
         r->hist = malloc(sizeof(int32_t) * ((size_t)r->n_max + 1));
         if (use_model) {
             r->use_model = 1;
-            r->dn_max = r->n_max < g4_model_n_ctx(e->dm) ? r->n_max : g4_model_n_ctx(e->dm);
+            r->dn_max = r->n_max < g4_model_n_ctx(e->dm) || e->mtp ? r->n_max : g4_model_n_ctx(e->dm);
             r->dtok = malloc(sizeof(int32_t) * (size_t)rp->draft_max);
             if (rp->temperature > 0.0f) r->dq = malloc(sizeof(float) * (size_t)rp->draft_max * (size_t)n_vocab);
+            if (e->mtp) r->mh = malloc(sizeof(float) * (size_t)e->mtp_hb);
         }
-        if (!r->hist || (use_model && (!r->dtok || (rp->temperature > 0.0f && !r->dq)))) {
-            free(r->prompt); free(r->hist); free(r->dtok); free(r->dq);
-            r->prompt = NULL; r->hist = NULL; r->dtok = NULL; r->dq = NULL;
+        if (!r->hist || (use_model && (!r->dtok || (rp->temperature > 0.0f && !r->dq) || (e->mtp && !r->mh)))) {
+            free(r->prompt); free(r->hist); free(r->dtok); free(r->dq); free(r->mh);
+            r->prompt = NULL; r->hist = NULL; r->dtok = NULL; r->dq = NULL; r->mh = NULL;
             g4_err_set(err, G4_ERR_NOMEM, "submit: out of memory");
             return -1;
         }
@@ -570,6 +694,7 @@ int64_t g4_engine_submit(g4_engine *e, const int32_t *prompt, int32_t n_prompt, 
         free(r->hist);
         free(r->dtok);
         free(r->dq);
+        free(r->mh);
         memset(r, 0, sizeof *r);
         return -1;
     }
@@ -756,13 +881,20 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         float *lg = realloc(e->logits, sizeof(float) * V_ * (size_t)rows);
         if (!lg) return g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory for %d logits rows", rows);
         e->logits = lg;
+        if (e->mtp) {
+            float *hd = realloc(e->hid, sizeof(float) * (size_t)e->mtp_hb * (size_t)rows);
+            if (!hd) return g4_err_set(err, G4_ERR_NOMEM, "engine: out of memory for %d hidden rows", rows);
+            e->hid = hd;
+        }
         e->logits_rows = rows;
     }
 
     const g4_batch b = { n, e->tok, e->pos, e->seq, e->want };
     g4_status st = prepare_batch(e->kv, &b, err);
     if (st != G4_OK) return st;
+    if (e->mtp) g4_model_set_hidden_out(e->m, e->hid);   /* the MTP drafter's input */
     st = g4_model_forward_batch(e->m, &b, e->kv, e->logits, err);
+    if (e->mtp) g4_model_set_hidden_out(e->m, NULL);
     if (st != G4_OK) return st;
     e->steps++;
     e->tokens += (uint64_t)n;
@@ -792,8 +924,9 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         const int32_t nd = prefill ? 0 : r->n_draft, t0 = prefill ? u - 1 : t;
         r->st.n_drafted += nd;
         r->st.n_draft_steps += nd > 0;
-        int32_t i = 0, fin = G4_FINISH_NONE;
+        int32_t i = 0, fin = G4_FINISH_NONE, yrow = row;
         for (;; i++) {
+            yrow = row;
             float *lg = e->logits + (size_t)row++ * (size_t)V;
             if (!prefill) r->st.n_decode++;
             r->st.decode_ms = t_now - r->t_first;
@@ -836,6 +969,8 @@ g4_status g4_engine_step(g4_engine *e, g4_event *events, int32_t *n_events, g4_e
         }
         row += prefill ? 0 : (u - t) - (i + 1);   /* rows of drafts after the first rejected one */
         if (nd > 0) adapt_draft(r, nd, i);
+        /* the MTP drafter starts from the hidden state of the row that sampled `last` */
+        if (r->mh) memcpy(r->mh, e->hid + (size_t)yrow * (size_t)e->mtp_hb, sizeof(float) * (size_t)e->mtp_hb);
         if (!prefill) g4_kvc_seq_commit(e->kv, e->seq[t], e->pos[t] + i + 1);
         /* the drafter keeps what the target committed: last, d1..d_i */
         if (r->use_model && !prefill && r->dlen > e->pos[t] + i + 1) r->dlen = e->pos[t] + i + 1;

@@ -65,8 +65,24 @@
  * over the drafter's logits (sampled; q_j kept for the rule above). After
  * verification the drafter's sequence is cut back to the tokens the target
  * committed (last, d_1..d_a), so its next forward rewrites from there. The
- * draft length adapts as for prompt lookup. Not here: Gemma 4's MTP
- * assistant (`gemma4-assistant`), which reads the target's KV.
+ * draft length adapts as for prompt lookup.
+ *
+ * Speculative decoding with Gemma 4's MTP assistant (g4_engine_set_drafter
+ * with a `gemma4-assistant` model for a gemma4 target; model.h g4_mtp_step):
+ * the assistant has no KV cache; each of its layers attends over the
+ * target's cache layer of the last sliding-window or the last global layer,
+ * of the request's own sequence, positions 0..P-1 (P: the position of
+ * `last`). Draft j (j = 0..k-1) is one g4_mtp_step for all speculating
+ * sequences at once, at position P every time (transformers
+ * Gemma4AssistantCandidateGenerator; llama.cpp common/speculative.cpp): the
+ * first from `last` and the target's final-normed hidden state of the row
+ * that sampled it (the forward writes every logits row's hidden state:
+ * g4_model_set_hidden_out), the next ones from d_j and the assistant's own
+ * projected hidden state. d_j is chosen as for a draft model (argmax, or a
+ * draw from q_j kept for the rejection rule), verification and rollback are
+ * the same; nothing of the assistant needs rewinding. Since its sliding
+ * layers read window + 1 keys before P, the target's pool is rebuilt with
+ * that many more sliding positions kept (kvcache.h window_extra).
  *
  * Sampling is csrc/sample's chain (g4_sample_ex, sample.h: mask, logit bias,
  * penalties, top-k, top-p, min-p, temperature), per request: each request has
@@ -179,8 +195,13 @@ void g4_engine_free(g4_engine *e);
  * n_vocab here; the caller checks the token strings); the engine does not
  * own it: free it after the engine, and run nothing else on it meanwhile.
  * Its KV pool: n_seq sequences of dm's n_ctx (g4_model_params.n_ctx), every
- * position kept. Before any submit. Errors: G4_ERR_INVALID (a draft model
- * already set, requests present, vocabulary sizes differ), G4_ERR_NOMEM. */
+ * position kept. A gemma4-assistant dm is the MTP drafter (see the top): no
+ * pool of its own; the engine's own pool is rebuilt (kv_bytes as given).
+ * Before any submit. Errors: G4_ERR_INVALID (a draft model already set,
+ * requests present, vocabulary sizes differ, an assistant made for another
+ * model: g4_mtp_check), G4_ERR_UNSUPPORTED (an assistant for a non-gemma4
+ * model), G4_ERR_LIMIT (kv_bytes too small once window_extra is added),
+ * G4_ERR_NOMEM. */
 g4_status g4_engine_set_drafter(g4_engine *e, g4_model *dm, g4_err *err);
 
 /* Queue a request (the prompt and the logit bias are copied). Returns its id

@@ -267,7 +267,9 @@ g4_kvcache *g4_kvc_create(const g4_kv_layer *layers, int n_layers, const g4_kvc_
         const int w = layers[i].window > 0;
         if (kv->group_of_window[w] < 0) {
             kv->group_of_window[w] = kv->n_groups;
-            kv->g[kv->n_groups].window = w ? window : 0;
+            /* positions kept: the window, plus window_extra before it for a reader
+             * that sees further back than the model (an MTP assistant) */
+            kv->g[kv->n_groups].window = w ? window + (p->window_extra > 0 ? p->window_extra : 0) : 0;
             kv->n_groups++;
         }
         blk_bytes[kv->group_of_window[w]] += (uint64_t)BS * (row_bytes(p->type, layers[i].dim_k) +

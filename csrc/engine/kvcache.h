@@ -60,6 +60,10 @@ typedef struct g4_kvc_params {
     int n_threads;              /* attention scratch per thread */
     int keep_window;            /* nonzero: sliding-window blocks are never freed early
                                    (a single-sequence cache that may be rewound anywhere) */
+    int32_t window_extra;       /* > 0: sliding-window layers also keep this many positions
+                                   before the window (the Gemma 4 MTP assistant reads the last
+                                   window + 1 keys before its query: model.h g4_mtp_window_extra);
+                                   g4_kvc_seq_bytes does not count them */
 } g4_kvc_params;
 
 typedef struct g4_kvcache g4_kvcache;

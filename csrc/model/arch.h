@@ -29,6 +29,8 @@ struct g4_model {
     int32_t n_threads;
     int32_t kv_type;         /* G4_KV_* of caches built for this model */
     struct g4_kvcache *kv1;  /* the single-sequence API's cache, NULL until used */
+    float *hidden_out;       /* g4_model_set_hidden_out: when set, a forward also writes the
+                                final-normed hidden state of every logits row here */
 };
 
 struct g4_arch {
@@ -47,6 +49,24 @@ struct g4_arch {
 extern const g4_arch g4_arch_llama;
 extern const g4_arch g4_arch_gemma4;
 extern const g4_arch g4_arch_gemma3;
+extern const g4_arch g4_arch_gemma4_assistant;
+
+/* What the Gemma 4 MTP assistant (gemma4_assistant.c) reads of its gemma4
+ * target (gemma4.c): the token embedding it concatenates with the target's
+ * hidden state, and the cache layers of the last sliding-window and the last
+ * global layer that compute K/V (transformers Gemma4TextConfig.kv_sharing_modes
+ * "store": the last non-shared layer of each type; llama.cpp
+ * llama-model.cpp's gemma4-assistant share(): target layers n-2 / n-1, which
+ * the target's own KV sharing maps to the same layers in every release). */
+typedef struct g4_mtp_source {
+    const g4_tensor *token_embd;   /* [n_embd][n_vocab] */
+    int32_t n_embd, n_vocab;
+    int kv_slot[2];                /* cache layer index: [0] global, [1] sliding; -1 none */
+    int n_head_kv[2], head_dim[2]; /* of those layers */
+    int window;                    /* the target's attention.sliding_window */
+} g4_mtp_source;
+/* G4_ERR_UNSUPPORTED when m is not a gemma4 model. */
+g4_status g4_gemma4_mtp_source(const g4_model *m, g4_mtp_source *out, g4_err *err);
 
 /* ---- loader helpers for architecture files (model.c) ---------------------
  * Hyperparameters are read as "<general.architecture>.<suffix>" (llama.cpp's

@@ -604,8 +604,11 @@ static void keep_tokens(gemma4 *G, const int *keep, int k) {
 }
 
 /* Tokens b->token[t0..t0+n) (n <= n_batch); logits of the flagged ones to
- * logits (one row each, in order). Returns the rows written. */
-static int forward_chunk(g4_model *m, gemma4 *G, g4_kvcache *kv, const g4_batch *b, int t0, int n, float *logits) {
+ * logits (one row each, in order), and their final-normed hidden states
+ * (the lm_head input, [rows][H]) to hidden when not NULL. Returns the rows
+ * written. */
+static int forward_chunk(g4_model *m, gemma4 *G, g4_kvcache *kv, const g4_batch *b, int t0, int n, float *logits,
+                         float *hidden) {
     const gemma4_hparams *hp = &G->hp;
     gemma4_scratch *s = &G->s;
     const int64_t H = hp->n_embd, V = hp->n_vocab;
@@ -646,6 +649,9 @@ static int forward_chunk(g4_model *m, gemma4 *G, g4_kvcache *kv, const g4_batch 
     if (!n_want) return 0;
     for (int r = 0; r < n_want; r++)
         g4_rmsnorm(s->xb + r * H, s->x + keep[r] * H, G->output_norm, H, hp->eps);
+    /* transformers' hidden_states[-1] (capture_outputs ties it to the normed
+     * last_hidden_state) and llama.cpp's h_nextn: the MTP assistant's input */
+    if (hidden) memcpy(hidden, s->xb, sizeof(float) * (size_t)(n_want * H));
     g4_matmul(m->pool, G->output, s->xb, H, logits, V, n_want, s->xq);
     g4_softcap(logits, n_want * V, hp->softcap);
     return n_want;
@@ -657,7 +663,29 @@ static g4_status gemma4_forward(g4_model *m, const g4_batch *b, g4_kvcache *kv, 
     size_t rows = 0;
     for (int32_t c = 0; c < b->n; c += B) {
         const int nb = b->n - c < B ? b->n - c : B;
-        rows += (size_t)forward_chunk(m, G, kv, b, c, nb, logits ? logits + rows * (size_t)G->hp.n_vocab : NULL);
+        rows += (size_t)forward_chunk(m, G, kv, b, c, nb, logits ? logits + rows * (size_t)G->hp.n_vocab : NULL,
+                                      m->hidden_out ? m->hidden_out + rows * (size_t)G->hp.n_embd : NULL);
+    }
+    return G4_OK;
+}
+
+g4_status g4_gemma4_mtp_source(const g4_model *m, g4_mtp_source *out, g4_err *err) {
+    if (m->arch != &g4_arch_gemma4)
+        return g4_err_set(err, G4_ERR_UNSUPPORTED, "MTP assistant: the target must be a gemma4 model, not %s",
+                          m->arch->name);
+    const gemma4 *G = m->impl;
+    memset(out, 0, sizeof *out);
+    out->token_embd = G->token_embd;
+    out->n_embd = G->hp.n_embd;
+    out->n_vocab = G->hp.n_vocab;
+    out->window = G->hp.window;
+    out->kv_slot[0] = out->kv_slot[1] = -1;
+    for (int il = 0; il < G->hp.n_layer; il++) {
+        const gemma4_layer *l = &G->layers[il];
+        if (!l->has_kv) continue;
+        out->kv_slot[l->is_swa] = l->kv_slot;
+        out->n_head_kv[l->is_swa] = l->n_head_kv;
+        out->head_dim[l->is_swa] = l->head_dim;
     }
     return G4_OK;
 }

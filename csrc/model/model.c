@@ -27,6 +27,7 @@ static const g4_arch *const g4_archs[] = {
     &g4_arch_llama,
     &g4_arch_gemma4,
     &g4_arch_gemma3,
+    &g4_arch_gemma4_assistant,
 };
 #define N_ARCHS (sizeof g4_archs / sizeof g4_archs[0])
 
@@ -392,6 +393,15 @@ int32_t g4_model_kv_type(const g4_model *m) { return m->kv_type; }
 
 int g4_model_kv_layers(const g4_model *m, g4_kv_layer *out) { return m->arch->kv_layers(m, out); }
 
+int32_t g4_model_set_hidden_out(g4_model *m, float *buf) {
+    g4_mtp_source src;
+    if (g4_gemma4_mtp_source(m, &src, NULL) != G4_OK) return 0;
+    m->hidden_out = buf;
+    return src.n_embd;
+}
+
+g4_kvcache *g4_model_kv1(g4_model *m) { return m->kv1; }
+
 /* ---------------------------------------------------------------- forward */
 
 g4_status g4_model_forward_batch(g4_model *m, const g4_batch *b, g4_kvcache *kv, float *logits, g4_err *err) {
@@ -416,6 +426,9 @@ static g4_status ensure_kv1(g4_model *m, g4_err *err) {
     if (m->kv1) return G4_OK;
     g4_kv_layer layers[4096];
     const int n = m->arch->kv_layers(m, layers);
+    if (n == 0)   /* a gemma4-assistant reads its target's cache (model.h g4_mtp_step) */
+        return g4_err_set(err, G4_ERR_UNSUPPORTED, "forward: a %s model cannot run on its own (an MTP assistant "
+                          "drafts for a gemma4 model)", m->arch->name);
     const g4_kvc_params p = { .n_seq = 1, .n_ctx = m->n_ctx, .n_batch = m->n_ctx, .type = m->kv_type,
                               .n_threads = m->n_threads, .keep_window = 1 };
     if (!(m->kv1 = g4_kvc_create(layers, n, &p, err))) return err ? err->status : G4_ERR_NOMEM;

@@ -89,6 +89,63 @@ int32_t g4_model_kv_keep(const g4_model *m, int32_t n_keep);
 g4_status g4_model_forward(g4_model *m, const int32_t *tokens, int32_t n, int32_t pos,
                            float *logits, int all_logits, g4_err *err);
 
+/* The final-normed hidden state of every logits row (the lm_head's input;
+ * transformers' hidden_states[-1], llama.cpp's h_nextn), which the Gemma 4
+ * MTP assistant reads: while buf is set, each forward also writes
+ * [n_out][width] float32 rows to it, in the order of the logits rows (buf
+ * must hold as many rows as the forward's logits). NULL stops it. Returns
+ * the row width (embedding_length), or 0 (and nothing is set) for an
+ * architecture without it (only gemma4 has it). */
+int32_t g4_model_set_hidden_out(g4_model *m, float *buf);
+
+/* ---- Gemma 4 MTP assistant (gemma4_assistant.c) ------------------------------
+ * A `gemma4-assistant` model (llama.cpp's arch name; transformers
+ * Gemma4AssistantForCausalLM) drafts tokens for a gemma4 target from the
+ * target's own KV cache: every layer of it attends over the target's cache
+ * layers of the last sliding-window and the last global layer. One draft
+ * step of row t: input the token tok[t] at position pos[t] and the hidden
+ * state h[t] ([n_embd_backbone]: the target's final-normed hidden state of
+ * the row that sampled tok[t], or the assistant's own h_out of the previous
+ * step); out its logits and h_out[t], the next step's h. Within a draft
+ * round the position stays that of the last token the target sampled (P):
+ * the target's cache holds 0..P-1 of sequence seq[t] and is not written. */
+typedef struct g4_mtp_batch {
+    int32_t n;
+    const int32_t *token;   /* [n] token ids (target vocabulary) */
+    const int32_t *pos;     /* [n] positions P >= 1 */
+    const int32_t *seq;     /* [n] target KV sequence of each row */
+    const float *h;         /* [n][n_embd_backbone] */
+} g4_mtp_batch;
+
+/* Whether asst can draft for target: asst is a gemma4-assistant whose
+ * embedding_length_out equals the target's embedding_length, vocabularies
+ * match, and its layers' head sizes and KV heads match the target layers
+ * they read. G4_ERR_INVALID / G4_ERR_UNSUPPORTED naming the mismatch. */
+g4_status g4_mtp_check(const g4_model *asst, const g4_model *target, g4_err *err);
+
+/* n_embd_backbone (embedding_length_out) of an assistant, 0 for other models. */
+int32_t g4_mtp_n_embd_backbone(const g4_model *asst);
+
+/* Keys before a target sliding-window layer's usual window that the
+ * assistant also reads (its sliding layers see the last window + 1 cached
+ * positions: transformers' bidirectional sliding mask |q - k| <= window,
+ * flipped, in Gemma4AssistantForCausalLM.create_attention_masks), so a
+ * target cache it reads must keep them (g4_kvc_params.window_extra). */
+int32_t g4_mtp_window_extra(const g4_model *asst, const g4_model *target);
+
+/* One draft step for b->n rows (see above) over kv, the target's cache
+ * (g4_model_kv_layers(target) layout). logits: float32 [n][n_vocab];
+ * h_out: float32 [n][n_embd_backbone]. Errors: G4_ERR_INVALID (a token
+ * outside the vocabulary, a position < 1 or past what kv holds for the
+ * sequence, asst / target not a pair: g4_mtp_check). One forward at a time
+ * per assistant and target. */
+g4_status g4_mtp_step(g4_model *asst, g4_model *target, const g4_mtp_batch *b, struct g4_kvcache *kv,
+                      float *logits, float *h_out, g4_err *err);
+
+/* The target's single-sequence cache (g4_model_forward's; NULL before the
+ * first forward), for g4_mtp_step on sequence 0 outside an engine. */
+struct g4_kvcache *g4_model_kv1(g4_model *m);
+
 /* ---- generation loop (generate.c) ------------------------------------------
  * Prefill the prompt, then sample and feed back one token at a time, so a
  * caller (the Python binding) makes one call per token with no per-token

@@ -213,32 +213,58 @@ static PyObject *Model_piece(ModelObject *self, PyObject *args, PyObject *kw) {
     return out;
 }
 
+/* A contiguous writable float32 buffer of at least `need` floats, or -1 with an exception. */
+static int get_f32_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t need, const char *what, int writable) {
+    if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    const char *fmt = view->format ? view->format : "B";
+    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
+    if (view->itemsize != 4 || fmt[0] != 'f' || fmt[1] != '\0') {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous%s float32 buffer", what, writable ? " writable" : "");
+        return -1;
+    }
+    if (need >= 0 && view->len / 4 < need) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd floats, need %zd", what, view->len / 4, need);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"tokens", "pos", "logits_out", "all_logits", NULL};
-    PyObject *tokens_obj, *out_obj;
+    static char *kwlist[] = {"tokens", "pos", "logits_out", "all_logits", "hidden_out", NULL};
+    PyObject *tokens_obj, *out_obj, *hid_obj = Py_None;
     int pos, all_logits = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OiO|p:forward", kwlist, &tokens_obj, &pos, &out_obj, &all_logits))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OiO|pO:forward", kwlist, &tokens_obj, &pos, &out_obj, &all_logits,
+                                     &hid_obj))
         return NULL;
     Py_ssize_t n;
     int32_t *ids = ids_from_seq(tokens_obj, &n);
     if (!ids) return NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(out_obj, &view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
-        PyMem_Free(ids);
-        return NULL;
-    }
-    const char *fmt = view.format ? view.format : "B";
-    if (*fmt == '<' || *fmt == '=' || *fmt == '@') fmt++;
-    if (view.itemsize != 4 || fmt[0] != 'f' || fmt[1] != '\0') {
-        PyBuffer_Release(&view); PyMem_Free(ids);
-        PyErr_SetString(PyExc_TypeError, "logits_out must be a contiguous writable float32 buffer");
-        return NULL;
-    }
+    Py_buffer view, hview;
+    if (get_f32_buffer(out_obj, &view, -1, "logits_out", 1) < 0) { PyMem_Free(ids); return NULL; }
     if (lock_model(self) < 0) { PyBuffer_Release(&view); PyMem_Free(ids); return NULL; }
-    const Py_ssize_t need = (all_logits ? n : 1) * (Py_ssize_t)g4_model_n_vocab(self->m);
+    const Py_ssize_t rows = all_logits ? n : 1;
+    const Py_ssize_t need = rows * (Py_ssize_t)g4_model_n_vocab(self->m);
     if (view.len / 4 < need) {
         unlock_model(self); PyBuffer_Release(&view); PyMem_Free(ids);
         return PyErr_Format(PyExc_ValueError, "logits_out holds %zd floats, need %zd", view.len / 4, need);
+    }
+    int has_hidden = hid_obj != Py_None;
+    if (has_hidden) {
+        /* the final-normed hidden state of each logits row (model.h g4_model_set_hidden_out) */
+        const int32_t width = g4_model_set_hidden_out(self->m, NULL);
+        if (!width) {
+            unlock_model(self); PyBuffer_Release(&view); PyMem_Free(ids);
+            return PyErr_Format(PyExc_ValueError, "hidden_out: architecture %s has no hidden-state output",
+                                g4_model_arch(self->m));
+        }
+        if (get_f32_buffer(hid_obj, &hview, rows * width, "hidden_out", 1) < 0) {
+            unlock_model(self); PyBuffer_Release(&view); PyMem_Free(ids);
+            return NULL;
+        }
+        g4_model_set_hidden_out(self->m, hview.buf);
     }
     if (n > INT32_MAX) n = INT32_MAX;   /* the C side reports the context limit */
     self->epoch++;
@@ -247,9 +273,66 @@ static PyObject *Model_forward(ModelObject *self, PyObject *args, PyObject *kw) 
     Py_BEGIN_ALLOW_THREADS
     st = g4_model_forward(self->m, ids, (int32_t)n, pos, view.buf, all_logits, &err);
     Py_END_ALLOW_THREADS
+    if (has_hidden) {
+        g4_model_set_hidden_out(self->m, NULL);
+        PyBuffer_Release(&hview);
+    }
     unlock_model(self);
     PyBuffer_Release(&view);
     PyMem_Free(ids);
+    if (st != G4_OK) return g4py_raise(&err);
+    Py_RETURN_NONE;
+}
+
+/* assistant.mtp_step(target, tokens, pos, h, logits_out, h_out): one MTP draft
+ * step (model.h g4_mtp_step) over the target's single-sequence cache. */
+static PyObject *Model_mtp_step(ModelObject *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"target", "tokens", "pos", "h", "logits_out", "h_out", NULL};
+    PyObject *target_obj, *tokens_obj, *h_obj, *lg_obj, *ho_obj;
+    int pos;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!OiOOO:mtp_step", kwlist, &ModelType, &target_obj, &tokens_obj,
+                                     &pos, &h_obj, &lg_obj, &ho_obj))
+        return NULL;
+    ModelObject *tgt = (ModelObject *)target_obj;
+    if (tgt == self) return PyErr_Format(PyExc_ValueError, "mtp_step: the target must be another model");
+    if (!self->m || !tgt->m) return PyErr_Format(PyExc_ValueError, "mtp_step: a model is closed");
+    const int32_t hb = g4_mtp_n_embd_backbone(self->m);
+    if (!hb) return PyErr_Format(PyExc_ValueError, "mtp_step: %s is not a gemma4-assistant", g4_model_arch(self->m));
+    Py_ssize_t n;
+    int32_t *ids = ids_from_seq(tokens_obj, &n);
+    if (!ids) return NULL;
+    if (n <= 0 || n > 4096) { PyMem_Free(ids); return PyErr_Format(PyExc_ValueError, "mtp_step: 1..4096 rows"); }
+    Py_buffer hv, lv, ov;
+    if (get_f32_buffer(h_obj, &hv, n * hb, "h", 0) < 0) { PyMem_Free(ids); return NULL; }
+    if (get_f32_buffer(lg_obj, &lv, n * (Py_ssize_t)g4_model_n_vocab(self->m), "logits_out", 1) < 0) {
+        PyBuffer_Release(&hv); PyMem_Free(ids); return NULL;
+    }
+    if (get_f32_buffer(ho_obj, &ov, n * hb, "h_out", 1) < 0) {
+        PyBuffer_Release(&hv); PyBuffer_Release(&lv); PyMem_Free(ids); return NULL;
+    }
+    int32_t *ps = PyMem_Malloc(sizeof(int32_t) * 2 * (size_t)n);
+    g4_status st = G4_OK;
+    g4_err err;
+    if (!ps) { PyErr_NoMemory(); goto done; }
+    for (Py_ssize_t i = 0; i < n; i++) { ps[i] = pos; ps[n + i] = 0; }
+    if (lock_model(tgt) < 0) goto done;
+    if (lock_model(self) < 0) { unlock_model(tgt); goto done; }
+    g4_kvcache *kv = g4_model_kv1(tgt->m);
+    if (!kv) {
+        st = g4_err_set(&err, G4_ERR_INVALID, "mtp_step: run the target first (its cache is empty)");
+    } else {
+        const g4_mtp_batch b = { (int32_t)n, ids, ps, ps + n, hv.buf };
+        Py_BEGIN_ALLOW_THREADS
+        st = g4_mtp_step(self->m, tgt->m, &b, kv, lv.buf, ov.buf, &err);
+        Py_END_ALLOW_THREADS
+    }
+    unlock_model(self);
+    unlock_model(tgt);
+done:
+    PyMem_Free(ps);
+    PyBuffer_Release(&hv); PyBuffer_Release(&lv); PyBuffer_Release(&ov);
+    PyMem_Free(ids);
+    if (PyErr_Occurred()) return NULL;
     if (st != G4_OK) return g4py_raise(&err);
     Py_RETURN_NONE;
 }
@@ -411,8 +494,10 @@ static PyMethodDef Model_methods[] = {
     {"piece", (PyCFunction)(void (*)(void))Model_piece, METH_VARARGS | METH_KEYWORDS,
      "piece(id, prev=-1) -> bytes: the text bytes of one token after `prev` (may be a partial UTF-8 sequence)"},
     {"forward", (PyCFunction)(void (*)(void))Model_forward, METH_VARARGS | METH_KEYWORDS,
-     "forward(tokens, pos, logits_out, all_logits=False): run tokens at positions pos.. (GIL released);\n"
-     "logits_out: writable float32 buffer of n_vocab (or len(tokens) * n_vocab with all_logits) floats"},
+     "forward(tokens, pos, logits_out, all_logits=False, hidden_out=None): run tokens at positions pos.. "
+     "(GIL released);\nlogits_out: writable float32 buffer of n_vocab (or len(tokens) * n_vocab with "
+     "all_logits) floats;\nhidden_out (gemma4 only): float32 [rows][embedding_length], each logits row's "
+     "final-normed hidden state (the MTP assistant's input)"},
     {"generate_iter", (PyCFunction)(void (*)(void))Model_generate_iter, METH_VARARGS | METH_KEYWORDS,
      "generate_iter(prompt_ids, max_tokens=128, temperature=0.8, top_k=40, top_p=0.95, seed=0, n_keep=0,\n"
      "              epoch=0, min_p=0, repeat_penalty=1, repeat_last_n=64, presence_penalty=0,\n"
@@ -427,6 +512,11 @@ static PyMethodDef Model_methods[] = {
      "position 0; with n_keep > 0 its first n_keep tokens are taken as already in the KV cache, which\n"
      "must not have been touched since `epoch` (the value of Model.epoch after the generation that\n"
      "left them there); otherwise RuntimeError."},
+    {"mtp_step", (PyCFunction)(void (*)(void))Model_mtp_step, METH_VARARGS | METH_KEYWORDS,
+     "mtp_step(target, tokens, pos, h, logits_out, h_out): one Gemma 4 MTP draft step of this "
+     "gemma4-assistant over the target's single-sequence KV cache (positions 0..pos-1); rows: "
+     "tokens[i] at position pos with hidden h[i] (float32 [n][n_embd_backbone]) -> logits_out "
+     "[n][n_vocab], h_out [n][n_embd_backbone]"},
     {"reset", (PyCFunction)Model_reset, METH_NOARGS, "Forget the KV cache (invalidates running generations)."},
     {"memory", (PyCFunction)Model_memory, METH_NOARGS, "memory() -> dict(weights_bytes, kv_bytes, scratch_bytes)"},
     {"is_eog", (PyCFunction)Model_is_eog, METH_O, "is_eog(id) -> bool: generation stops at this token"},

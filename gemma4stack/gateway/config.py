@@ -226,7 +226,7 @@ class TierConfig:
     kv_cache: str | None = None      # "f16" | "q8_0" | "f32" (None: the Model's default)
     kv_bytes: int | None = None      # paged KV pool in bytes (None: parallel x context)
     batch_tokens: int | None = None  # tokens per engine step (None: the Model's default)
-    draft: str | None = None         # "ngram" | "model:PATH" (PATH resolved): speculative decoding
+    draft: str | None = None         # "ngram" | "model:PATH" | "mtp:PATH" (PATH resolved): speculative decoding
     # openai
     url: str | None = None           # base URL ending in /v1
     api_key_env: str | None = None
@@ -411,16 +411,18 @@ def _read_keep_alive(t: _Table, v: Any) -> Any:
 
 
 def _read_draft(t: _Table, base: Path | None) -> str | None:
-    """The draft key: "ngram" (prompt lookup) or "model:PATH" / "PATH" of a GGUF draft model
-    with the tier model's vocabulary (resolved like model; the vocabulary is checked when the
-    model loads). Returned as "ngram" or "model:ABSOLUTE_PATH"."""
+    """The draft key: "ngram" (prompt lookup), "model:PATH" / "PATH" of a GGUF draft model
+    with the tier model's vocabulary, or "mtp:PATH" of a Gemma 4 MTP assistant GGUF (resolved
+    like model; the pair is checked when the model loads). Returned as "ngram",
+    "model:ABSOLUTE_PATH" or "mtp:ABSOLUTE_PATH"."""
     v = t.get("draft", str, None)
     if v is None or v == "ngram":
         return v
-    path = _resolve_path(v[len("model:"):] if v.startswith("model:") else v, base)
+    kind = "mtp" if v.startswith("mtp:") else "model"
+    path = _resolve_path(v.split(":", 1)[1] if v.startswith(("model:", "mtp:")) else v, base)
     if not path.is_file():
-        t.fail(f"draft must be 'ngram' or 'model:PATH' of a GGUF file; not found: {path}")
-    return f"model:{path}"
+        t.fail(f"draft must be 'ngram', 'model:PATH' or 'mtp:PATH' of a GGUF file; not found: {path}")
+    return f"{kind}:{path}"
 
 
 def _read_local_opts(t: _Table, tier: TierConfig, base: Path | None = None):

@@ -207,6 +207,45 @@ START_TEST(test_fork_and_rewind_copy_on_write) {
 }
 END_TEST
 
+/* window_extra (the Gemma 4 MTP assistant reads window + 1 keys before its
+ * query): after a commit of P = 72 positions with a 40-position window, the
+ * block of position P - 41 = 31 (block 0) is kept only with the extra 2, and
+ * attention with window 41 at P - 1 reads it, equal to the contiguous oracle. */
+START_TEST(test_window_extra_keeps_keys_before_the_window) {
+    g4_err err;
+    int32_t toks[128];
+    for (int i = 0; i < 128; i++) toks[i] = i % 7 - 3;
+    for (int extra = 0; extra <= 2; extra += 2) {
+        const g4_kv_layer layer = { 32, 32, 40 };
+        const g4_kvc_params p = { .n_seq = 1, .n_ctx = 128, .n_batch = 32, .type = G4_KV_F32, .n_threads = 1,
+                                  .window_extra = extra };
+        g4_kvcache *kv = g4_kvc_create(&layer, 1, &p, &err);
+        ck_assert_msg(kv != NULL, "%s", err.msg);
+        int32_t cached;
+        ck_assert_int_eq(g4_kvc_seq_begin(kv, 0, toks, 1, 128, 0, &cached, &err), 1);
+        fill(kv, 0, toks, 0, 32);
+        fill(kv, 0, toks, 32, 32);
+        fill(kv, 0, toks, 64, 8);
+        ck_assert_int_eq(used_blocks(kv), extra ? 3 : 2);
+        if (extra) {
+            float q[32], got[32], want[32], K[72 * 32];
+            float *att = malloc(sizeof(float) * (size_t)g4_attention_scratch(128, 1));
+            for (int i = 0; i < 32; i++) q[i] = 0.1f * (float)(i % 5) - 0.2f;
+            for (int t = 0; t < 72; t++)
+                for (int i = 0; i < 32; i++) K[t * 32 + i] = (float)toks[t];
+            const g4_attn a = { 1, 1, 32, 32, 1.0f, 0.0f, 41 };
+            const int32_t sq = 0, ps = 71;
+            g4_kvc_attention(NULL, kv, 0, &a, 1, &sq, &ps, q, 32, got, 32);
+            g4_attention(NULL, &a, q, 32, K, 32, K, 32, 71, 1, want, 32, att, 128);
+            for (int i = 0; i < 32; i++) ck_assert_float_eq_tol(got[i], want[i], 1e-5f);
+            free(att);
+        }
+        g4_kvc_seq_end(kv, 0);
+        g4_kvc_free(kv);
+    }
+}
+END_TEST
+
 START_TEST(test_bad_arguments) {
     g4_err err;
     const g4_kv_layer l2[2] = { { 32, 32, 8 }, { 32, 32, 16 } };
@@ -240,6 +279,7 @@ static Suite *kvcache_suite(void) {
     tcase_add_test(tc, test_prefix_sharing_reservation_and_lru);
     tcase_add_test(tc, test_fork_and_rewind_copy_on_write);
     tcase_add_test(tc, test_bad_arguments);
+    tcase_add_test(tc, test_window_extra_keeps_keys_before_the_window);
     suite_add_tcase(s, tc);
     return s;
 }
