@@ -628,9 +628,10 @@ def register_cli(sub) -> None:
     p.add_argument("-o", "--output", choices=("md", "json", "csv"), default="md")
     p.add_argument("--no-bandwidth", action="store_true",
                    help="skip the bandwidth probe (no roofline efficiency)")
-    p.add_argument("--draft", default=None, metavar="ngram|model:PATH",
-                   help="add a row decoding with speculative decoding (prompt lookup or a draft "
-                        "model with the same vocabulary) and its speedup over the same engine")
+    p.add_argument("--draft", default=None, metavar="ngram|model:PATH|mtp:PATH",
+                   help="add a row decoding with speculative decoding (prompt lookup, a draft "
+                        "model with the same vocabulary, or Gemma 4's MTP assistant) and its "
+                        "speedup over the same engine")
     p.set_defaults(func=_cli)
 
 
