@@ -734,10 +734,35 @@ INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
 }
 
+/* Repacked Q6_K (repack.c): group m's 6-bit values of the 8 rows, as 4
+   x 32 unsigned bytes (0..63), one register per sub-block column k. */
+INL void SFX(q6_group)(const uint8_t *gb, int m, __m256i e[4]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    const __m256i l0 = SFX(loadu)(gb + 144 + 32 * m), l1 = SFX(loadu)(gb + 144 + 32 * (m + 16));
+    const __m256i h = SFX(loadu)(gb + 1168 + 32 * m);
+    e[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
+    e[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
+    e[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
+    e[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+}
+
+/* The int8 scales of sub-blocks s, 4+s, 8+s, 12+s of the 8 rows (the quants
+   of groups 4s..4s+3 fall there): int32 lanes for the VNNI path's
+   vpmulld, (sc, sc) int16 pairs for vpmaddwd otherwise. */
+INL void SFX(q6_scales)(const uint8_t *gb, int s, __m256i sc[4]) {
+    for (int k = 0; k < 4; k++) {
+        const __m128i v = _mm_loadl_epi64((const __m128i *)(gb + 16 + 8 * (4 * k + s)));
+#if HAVE_VNNI
+        sc[k] = _mm256_cvtepi8_epi32(v);
+#else
+        sc[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));
+#endif
+    }
+}
+
 /* Q6_K: T tokens x 8 rows */
 INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
                            float *y, int64_t ldy) {
-    const __m256i m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
     __m256 acc[TXK6];
     UNROLL
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
@@ -761,13 +786,8 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
 #if HAVE_VNNI
         UNROLL
         for (int s = 0; s < 4; s++) {
-            /* scales of the sub-blocks s, 4+s, 8+s, 12+s: the quants of groups m = 4s..4s+3 fall there */
             __m256i sc[4];
-            UNROLL
-            for (int k = 0; k < 4; k++) {
-                const __m128i v = _mm_loadl_epi64((const __m128i *)(gb + 16 + 8 * (4 * k + s)));
-                sc[k] = _mm256_cvtepi8_epi32(v);
-            }
+            SFX(q6_scales)(gb, s, sc);
             __m256i p[TXK6][4];
             UNROLL
             for (int t = 0; t < T; t++)
@@ -776,14 +796,8 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
             UNROLL
             for (int mm = 0; mm < 4; mm++) {
                 const int m = 4 * s + mm;
-                const __m256i l0 = SFX(loadu)(gb + 144 + 32 * m), l1 = SFX(loadu)(gb + 144 + 32 * (m + 16));
-                const __m256i h = SFX(loadu)(gb + 1168 + 32 * m);
                 __m256i e[4];
-                e[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
-                e[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
-                e[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
-                e[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                       _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
+                SFX(q6_group)(gb, m, e);
                 UNROLL
                 for (int t = 0; t < T; t++)
                     UNROLL
@@ -805,28 +819,14 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
            the scales (used from the stack as memory operands). */
         UNROLL
         for (int s = 0; s < 4; s++) {
-            /* scales of the sub-blocks s, 4+s, 8+s, 12+s: the quants of groups m = 4s..4s+3 fall there */
             __m256i sc[4];
-            UNROLL
-            for (int k = 0; k < 4; k++) {
-                const __m128i v = _mm_loadl_epi64((const __m128i *)(gb + 16 + 8 * (4 * k + s)));
-                sc[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(v, v));   /* (sc, sc) int16 pairs for vpmaddwd */
-            }
+            SFX(q6_scales)(gb, s, sc);
             UNROLL
             for (int mp = 0; mp < 2; mp++) {
-                __m256i e[2][4];
-                UNROLL
-                for (int j = 0; j < 2; j++) {
-                    const int m = 4 * s + 2 * mp + j;
-                    const __m256i l0 = SFX(loadu)(gb + 144 + 32 * m), l1 = SFX(loadu)(gb + 144 + 32 * (m + 16));
-                    const __m256i h = SFX(loadu)(gb + 1168 + 32 * m);
-                    e[j][0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(h, 4), m30));
-                    e[j][1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(h, 2), m30));
-                    e[j][2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(h, m30));
-                    e[j][3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
-                                              _mm256_and_si256(_mm256_srli_epi16(h, 2), m30));
-                }
                 const int m = 4 * s + 2 * mp;
+                __m256i e[2][4];
+                SFX(q6_group)(gb, m, e[0]);
+                SFX(q6_group)(gb, m + 1, e[1]);
                 UNROLL
                 for (int t = 0; t < T; t++)
                     UNROLL
