@@ -851,10 +851,10 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
 }
 
 /* Groups of 8 rows outer (their block columns stay in L1/L2 while the
-   token tiles pass), tiles of tokens inner; the tokens left over go in a
-   half tile, pairs, then one at a time (every weight block is unpacked once
-   per call, so 2 tokens in one call cost far less than two calls: a k = 4
-   speculative verification is 5 rows, 4 + 1; 6 rows are 4 + 2). With
+   token tiles pass), tiles of tokens inner; the tokens left over go in one
+   smaller tile (every weight block is unpacked once per call, so 3 tokens
+   in one call cost far less than 2 + 1: a k = 2 speculative verification is
+   3 rows, and 6 rows are 4 + 2). With
    PLUS1 a lone token after full tiles joins the last one (5 = one tile of 5,
    9 = 4 + 5): for the kernels with few registers per token, where a tile of
    TTILE + 1 still fits the register file (the tile arrays hold TX32 + 1). */
@@ -873,15 +873,18 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
                 }                                                                                    \
                 call(TTILE, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);                       \
             }                                                                                        \
-            if ((TTILE) > 4 && t + (TTILE) / 2 <= nt) {                                              \
-                call((TTILE) / 2, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);                 \
-                t += (TTILE) / 2;                                                                    \
+            switch (nt - t) {   /* the tokens left over (fewer than a tile): one call */         \
+                X8_REST(call, TTILE, 1) X8_REST(call, TTILE, 2) X8_REST(call, TTILE, 3)                 \
+                X8_REST(call, TTILE, 4) X8_REST(call, TTILE, 5) X8_REST(call, TTILE, 6)                 \
+                X8_REST(call, TTILE, 7)                                                              \
+                default: for (; t < nt; t++) call(1, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); \
             }                                                                                        \
-            if ((TTILE) > 2)                                                                         \
-                for (; t + 2 <= nt; t += 2) call(2, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); \
-            for (; t < nt; t++) call(1, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy);           \
         }                                                                                            \
     }
+/* case k of the leftover switch: a tile of k tokens (k < TTILE; larger k never occur, and
+   compile as 1 to keep the tile arrays' bounds) */
+#define X8_REST(call, TTILE, k)                                                                      \
+    case k: call((k) < (TTILE) ? (k) : 1, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); break;
 #ifndef X8_PLUS1
 #define X8_PLUS1 0
 #endif
@@ -905,6 +908,7 @@ GEMM_X8_DRIVER(SFX(gemm_x8_q5_0), X8_Q5_0, TXQ5, 32, 0)
 #undef X8_PLUS1
 #undef Q5_HB
 #undef GEMM_X8_DRIVER
+#undef X8_REST
 
 /* ---------------------------------------------------------------------------
  * Float weights (F32, F16, BF16) with float32 activations
