@@ -881,10 +881,12 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
             }                                                                                        \
         }                                                                                            \
     }
-/* case k of the leftover switch: a tile of k tokens (k < TTILE; larger k never occur, and
-   compile as 1 to keep the tile arrays' bounds) */
+/* case k of the leftover switch: a tile of k tokens (k < TTILE; larger k never occur: their
+   case is empty, so no code is generated for it, and the ternary keeps the tile arrays' bounds) */
 #define X8_REST(call, TTILE, k)                                                                      \
-    case k: call((k) < (TTILE) ? (k) : 1, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); break;
+    case k:                                                                                          \
+        if ((k) < (TTILE)) call((k) < (TTILE) ? (k) : 1, nb, wg, x + t * xs, xs, y + t * ldy + 8 * g, ldy); \
+        break;
 #ifndef X8_PLUS1
 #define X8_PLUS1 0
 #endif
