@@ -168,8 +168,13 @@ static void *big_alloc(size_t bytes, size_t *map_bytes) {
 
 /* Matrices are carved one after another from chunks of at least
  * G4_ARENA_CHUNK bytes, so rounding to huge pages costs once per chunk,
- * not once per matrix (a 300 KiB attn_k would otherwise take 2 MiB). */
+ * not once per matrix (a 300 KiB attn_k would otherwise take 2 MiB).
+ * G4_ARENA_CHUNKS of them: 256 GiB, more than any model this runs (with 64
+ * chunks, as before, everything past 4 GiB of a 26B-A4B or 31B stayed
+ * unrepacked and ran the plain kernels: 34% of a 26B-A4B decode profile in
+ * gemm_q4_K, the plain Q4_K kernel). */
 #define G4_ARENA_CHUNK ((size_t)64 << 20)
+#define G4_ARENA_CHUNKS 4096
 
 typedef struct arena_chunk { uint8_t *base; size_t size, used; } arena_chunk;
 
@@ -177,7 +182,7 @@ typedef struct packed_cache {
     packed_entry *e;
     size_t cap, n;           /* cap a power of two; open addressing */
     int enabled;
-    arena_chunk chunk[64];
+    arena_chunk chunk[G4_ARENA_CHUNKS];
     int n_chunks;
 } packed_cache;
 
