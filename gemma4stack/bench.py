@@ -292,12 +292,27 @@ def _fmt_params(n: int) -> str:
 
 def bytes_per_token(gguf) -> int:
     """Weight bytes one decode step reads from a parsed GGUF (gemma4stack.gguf.GGUFFile):
-    all tensor bytes minus the gathered embedding tables (see the module docstring)."""
+    all tensor bytes minus the gathered embedding tables (see the module docstring), with a
+    mixture of experts' stacked expert matrices (llama.cpp's `blk.N.ffn_*_exps.weight`, one
+    slice per expert along the last dimension) counted for the `{arch}.expert_used_count` of
+    `{arch}.expert_count` experts a token is routed to: one token reads exactly its top-k
+    experts' slices (the router and any shared FFN are read whole). Bytes (int)."""
     names = {t.name for t in gguf.tensors}
     skip = set(_GATHERED)
     if "output.weight" in names:          # untied: token_embd is only gathered
         skip.add("token_embd.weight")
-    return sum(t.nbytes for t in gguf.tensors if t.name not in skip)
+    arch = gguf.architecture or ""
+    n_exp = int(gguf.metadata.get(f"{arch}.expert_count") or 0)
+    n_used = int(gguf.metadata.get(f"{arch}.expert_used_count") or 0)
+    total = 0
+    for t in gguf.tensors:
+        if t.name in skip:
+            continue
+        if n_exp > 0 and 0 < n_used <= n_exp and "_exps." in t.name and t.name.endswith(".weight"):
+            total += t.nbytes * n_used // n_exp
+        else:
+            total += t.nbytes
+    return total
 
 
 def model_type(gguf) -> str:

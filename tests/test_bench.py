@@ -161,3 +161,20 @@ def test_bad_arguments_raise(models):
         B.bench(models / TINY, repetitions=0)
     with pytest.raises(FileNotFoundError):
         B.bench(models / "no-such.gguf", n_prompt=4, n_gen=0, repetitions=1)
+
+
+def test_bytes_per_token_counts_only_the_routed_experts():
+    """A mixture of experts reads expert_used_count of expert_count slices of each stacked
+    ffn_*_exps matrix per token; everything else (router, shared FFN, attention) whole."""
+    from types import SimpleNamespace as NS
+    tensors = [NS(name="token_embd.weight", nbytes=1000),
+               NS(name="blk.0.attn_q.weight", nbytes=300),
+               NS(name="blk.0.ffn_gate_inp.weight", nbytes=64),
+               NS(name="blk.0.ffn_gate_up_exps.weight", nbytes=128 * 40),
+               NS(name="blk.0.ffn_down_exps.weight", nbytes=128 * 20),
+               NS(name="blk.0.ffn_down_exps.scale", nbytes=512)]
+    moe = NS(tensors=tensors, architecture="gemma4",
+             metadata={"gemma4.expert_count": 128, "gemma4.expert_used_count": 8})
+    assert B.bytes_per_token(moe) == 1000 + 300 + 64 + 8 * 40 + 8 * 20 + 512
+    dense = NS(tensors=tensors, architecture="gemma4", metadata={})
+    assert B.bytes_per_token(dense) == sum(t.nbytes for t in tensors)
