@@ -94,6 +94,7 @@ class LazyLocal:
         self.model: Any = None
         self.active = 0                  # requests holding the model (streaming or queued)
         self.loading = False
+        self.closing = False             # unloaded, but Model.close() has not returned yet
         self.last_used = float("-inf")
         self.expires_at: float | None = None   # None = no timer (forever, or not loaded)
         self.size_bytes: int | None = None     # measured after a load
@@ -104,7 +105,8 @@ class LazyLocal:
 
     @property
     def loaded(self) -> bool:
-        return self.backend is not None
+        """True while the model holds memory: from its load until Model.close() returns."""
+        return self.backend is not None or self.closing
 
     def estimate(self) -> int:
         """Bytes a load is expected to take: the last measured size, else the file's."""
@@ -202,11 +204,10 @@ class ModelManager:
                 return slot.backend
             need = slot.estimate()
             room = self.room()
-            idle = sorted((s for s in self.slots if s.loaded and s.active == 0 and s is not slot),
-                          key=lambda s: s.last_used)
+            idle = self._idle(slot)
             while need > room and idle:
                 victim = idle.pop(0)
-                if victim.active or not victim.loaded:   # taken since the list was made
+                if victim.active or victim.backend is None:   # taken since the list was made
                     continue
                 room += victim.size_bytes or victim.estimate()
                 await self.unload(victim, "least recently used, to make room")
@@ -224,17 +225,22 @@ class ModelManager:
                 slot.loading = False
             self._loaded(slot, model)
             # a first load is estimated from the file; measured, it may need more room
-            idle = sorted((s for s in self.slots if s.loaded and s.active == 0 and s is not slot),
-                          key=lambda s: s.last_used)
+            idle = self._idle(slot)
             while self.room() < 0 and idle:
                 victim = idle.pop(0)
-                if not victim.active and victim.loaded:
+                if not victim.active and victim.backend is not None:
                     await self.unload(victim, "least recently used, over the budget after a load")
             if self.room() < 0:           # still over: this model does not fit next to the busy ones
                 room = self.room() + (slot.size_bytes or 0)
                 await self.unload(slot, "does not fit")
                 raise self._no_room(slot, slot.size_bytes or 0, room)
             return slot.backend
+
+    def _idle(self, slot: LazyLocal) -> list[LazyLocal]:
+        """Loaded models other than `slot` with no request, least recently used first."""
+        return sorted((s for s in self.slots
+                       if s.backend is not None and s.active == 0 and s is not slot),
+                      key=lambda s: s.last_used)
 
     def _no_room(self, slot: LazyLocal, need: float, room: float) -> BackendError:
         busy = [s.tier.name for s in self.slots if s.loaded and s is not slot]
@@ -253,14 +259,18 @@ class ModelManager:
         backend, model = slot.backend, slot.model
         if backend is None:
             return
-        slot.backend = slot.model = None
+        slot.backend = slot.model = None  # no new request gets it from here on
         slot.expires_at = None
+        slot.closing = True               # still counted (status, memory) until closed
+        try:
+            await backend.aclose()
+            close = getattr(model, "close", None)
+            if callable(close):           # frees the mapping and KV cache now, not at GC;
+                await asyncio.to_thread(close)   # joins the engine's scheduler thread
+        finally:
+            slot.closing = False
         log.info("tier %s: unloaded %s (%s)", slot.tier.name,
                  os.path.basename(slot.tier.model), why)
-        await backend.aclose()
-        close = getattr(model, "close", None)
-        if callable(close):               # frees the mapping and KV cache now, not at GC;
-            await asyncio.to_thread(close)   # joins the engine's scheduler thread
 
     async def reap(self):
         """Unload every loaded, idle model whose keep_alive has run out."""
