@@ -3,6 +3,7 @@
     python benchmarks/compare_llamacpp.py --synth                 # the standard set, files under /tmp
     python benchmarks/compare_llamacpp.py --model a.gguf --model b.gguf -p 512 -n 128 -r 5 -t 2
     python benchmarks/compare_llamacpp.py --synth --llama-env OMP_WAIT_POLICY=passive
+    python benchmarks/compare_llamacpp.py --types all -p 64 -n 64 -r 2 -t 2   # one file per type
 
 llama.cpp runs through llama-cpp-python (the `bench` extra), built from source on this machine
 with its kernels compiled for this CPU's ISA:
@@ -159,6 +160,26 @@ def ours_runs(arch: str) -> bool:
     return f"\0{arch}\0".encode() in so
 
 
+# --types: a TinyLlama-shape file of each GGUF type of issue 14 (every matrix of that type,
+# as llama-quantize --pure writes them), for the per-type target decode >= 1.0x llama.cpp
+PURE_TYPES = ["q2_k", "q3_k", "q5_k", "iq4_nl", "iq4_xs", "iq3_xxs", "iq3_s", "iq2_xxs",
+              "iq2_xs", "iq2_s", "iq1_s", "iq1_m"]
+
+
+def synth_type_models(types: list[str]) -> list[str]:
+    SYNTH_DIR.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for t in types:
+        p = SYNTH_DIR / f"tinyllama-pure-{t}.gguf"
+        if not p.exists():
+            cmd = [sys.executable, "-m", "gemma4stack", "synth", str(p), "--quiet",
+                   "--arch", "llama", "--type", t]
+            print("$", " ".join(cmd), file=sys.stderr)
+            subprocess.run(cmd, check=True)
+        paths.append(str(p))
+    return paths
+
+
 def synth_models(include_gemma: bool) -> list[str]:
     SYNTH_DIR.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -261,6 +282,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", default=[], help="GGUF file (repeatable)")
     ap.add_argument("--synth", action="store_true", help="the standard synthetic set (files under $G4_BENCH_DIR or /tmp/g4bench)")
+    ap.add_argument("--types", help="TinyLlama-shape files of one type each: 'all' (the k- and "
+                    "i-quants of issue 14) or a comma list (q2_k,iq4_xs,...)")
     ap.add_argument("--no-gemma", action="store_true", help="with --synth: only the llama-shape models")
     ap.add_argument("-p", "--n-prompt", type=int, default=512)
     ap.add_argument("-n", "--n-gen", type=int, default=128)
@@ -292,8 +315,11 @@ def main(argv=None) -> int:
     paths = list(args.model)
     if args.synth:
         paths += synth_models(include_gemma=not args.no_gemma)
+    if args.types:
+        types = PURE_TYPES if args.types == "all" else args.types.split(",")
+        paths += synth_type_models(types)
     if not paths:
-        ap.error("give --model PATH and/or --synth")
+        ap.error("give --model PATH, --synth and/or --types")
     from gemma4stack import _core, hardware
     hw = hardware.detect()
     read_gbs = hw.bandwidth_gbs.read if hw.bandwidth_gbs else None

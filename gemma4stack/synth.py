@@ -51,11 +51,23 @@ from .gguf_arch import (GEMMA4_VARIANTS, TINYLLAMA, Gemma4Shape, LlamaShape, Q4_
 
 __all__ = ["SynthReport", "SynthPlan", "plan", "synth", "register_cli", "random_blocks"]
 
-TYPES = ("q4_0", "q4_k_m", "q8_0", "bf16", "f16", "f32")
-_FTYPE = {"q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-          "bf16": gguf.LlamaFileType.MOSTLY_BF16, "f16": gguf.LlamaFileType.MOSTLY_F16,
-          "f32": gguf.LlamaFileType.ALL_F32, "q4_k_m": Q4_K_M_FTYPE}
-_BASE = {"q4_0": T.Q4_0, "q8_0": T.Q8_0, "bf16": T.BF16, "f16": T.F16, "f32": T.F32}
+_F = gguf.LlamaFileType
+# "pure" files of one ggml type (llama-quantize --pure): every matrix of that type, the
+# k-quants and i-quants of issue 14 included, to measure each type's kernels on its own
+_PURE = {"q2_k": (T.Q2_K, _F.MOSTLY_Q2_K), "q3_k": (T.Q3_K, _F.MOSTLY_Q3_K_S),
+         "q4_k": (T.Q4_K, _F.MOSTLY_Q4_K_S), "q5_k": (T.Q5_K, _F.MOSTLY_Q5_K_S),
+         "q6_k": (T.Q6_K, _F.MOSTLY_Q6_K), "q5_0": (T.Q5_0, _F.MOSTLY_Q5_0),
+         "iq4_nl": (T.IQ4_NL, _F.MOSTLY_IQ4_NL), "iq4_xs": (T.IQ4_XS, _F.MOSTLY_IQ4_XS),
+         "iq3_xxs": (T.IQ3_XXS, _F.MOSTLY_IQ3_XXS), "iq3_s": (T.IQ3_S, _F.MOSTLY_IQ3_S),
+         "iq2_xxs": (T.IQ2_XXS, _F.MOSTLY_IQ2_XXS), "iq2_xs": (T.IQ2_XS, _F.MOSTLY_IQ2_XS),
+         "iq2_s": (T.IQ2_S, _F.MOSTLY_IQ2_S), "iq1_s": (T.IQ1_S, _F.MOSTLY_IQ1_S),
+         "iq1_m": (T.IQ1_M, _F.MOSTLY_IQ1_M)}
+TYPES = ("q4_0", "q4_k_m", "q8_0", "bf16", "f16", "f32") + tuple(_PURE)
+_FTYPE = {"q4_0": _F.MOSTLY_Q4_0, "q8_0": _F.MOSTLY_Q8_0, "bf16": _F.MOSTLY_BF16,
+          "f16": _F.MOSTLY_F16, "f32": _F.ALL_F32, "q4_k_m": Q4_K_M_FTYPE,
+          **{k: f for k, (_, f) in _PURE.items()}}
+_BASE = {"q4_0": T.Q4_0, "q8_0": T.Q8_0, "bf16": T.BF16, "f16": T.F16, "f32": T.F32,
+         **{k: t for k, (t, _) in _PURE.items()}}
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|turn>"
@@ -173,6 +185,8 @@ def random_blocks(rng: np.random.Generator, n_blocks: int, qtype: T, sigma: floa
     n_words = (n_blocks * size + 7) // 8
     raw = rng.bit_generator.random_raw(n_words).view(np.uint8)[:n_blocks * size]
     b = raw.reshape(n_blocks, size)
+    if qtype in _SCALE_FIELDS:
+        return _random_blocks_calibrated(rng, b, qtype, sigma)
     s = sigma / math.sqrt(_SCALE_K[qtype] * 13.0 / 12.0)
     d = _rand_scales(rng, n_blocks, s).view(np.uint8).reshape(n_blocks, 2)
     if qtype in (T.Q8_0, T.Q4_0, T.Q5_0):
@@ -185,6 +199,47 @@ def random_blocks(rng: np.random.Generator, n_blocks: int, qtype: T, sigma: floa
         b[:, 208:210] = d                               # ql[128] qh[64] scales[16] d
     else:
         raise ValueError(f"random_blocks: unsupported type {qtype.name}")
+    return b
+
+
+# Where each remaining type keeps its fp16 super-block scale(s), as byte offsets into the block
+# (ggml-common.h: block_q2_K {scales[16], qs[64], d, dmin}, block_q3_K {hmask[32], qs[64],
+# scales[12], d}, block_q5_K {d, dmin, ...}; the i-quants and Q5_0 start with d; block_iq1_m has
+# no d field: its fp16 scale is the top nibbles of the four 16-bit words at offset 48).
+_SCALE_FIELDS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q5_K: (0, 2), **{
+    t: (0,) for t in (T.IQ4_NL, T.IQ4_XS, T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S,
+                      T.IQ1_S)}, T.IQ1_M: ()}
+_UNIT_STD: dict[T, float] = {}
+
+
+def _set_scales(b: np.ndarray, qtype: T, d: np.ndarray) -> None:
+    """Write fp16 scales d (n_blocks,) into blocks b (and dmin where the type has one)."""
+    if qtype == T.IQ1_M:
+        h = d.astype(np.float16).view(np.uint16)
+        words = b[:, 48:56].copy().view(np.uint16) & np.uint16(0x0FFF)
+        for k in range(4):
+            words[:, k] |= ((h >> np.uint16(4 * k)) & np.uint16(0xF)) << np.uint16(12)
+        b[:, 48:56] = words.view(np.uint8)
+        return
+    offs = _SCALE_FIELDS[qtype]
+    if len(offs) == 2:              # x = d sc q - dmin m: dmin = E[q] d centres x on 0
+        d = np.abs(d)
+        dmin = d * np.float32(1.5 if qtype == T.Q2_K else 15.5)   # q in 0..3 / 0..31
+        b[:, offs[1]:offs[1] + 2] = dmin.astype(np.float16).view(np.uint8).reshape(-1, 2)
+    b[:, offs[0]:offs[0] + 2] = d.astype(np.float16).view(np.uint8).reshape(-1, 2)
+
+
+def _random_blocks_calibrated(rng: np.random.Generator, b: np.ndarray, qtype: T,
+                              sigma: float) -> np.ndarray:
+    """Random payload bytes with scales set so the dequantized std is ~sigma: the std at
+    scale 1 is measured once per type on 64 random blocks with gguf-py's numpy dequantizer."""
+    if qtype not in _UNIT_STD:
+        probe_rng = np.random.default_rng(0)
+        probe = probe_rng.integers(0, 256, (64, b.shape[1]), dtype=np.uint8)
+        _set_scales(probe, qtype, np.ones(64, np.float32))
+        _UNIT_STD[qtype] = float(gguf.quants.dequantize(probe, qtype).std())
+    d = _rand_scales(rng, b.shape[0], sigma / _UNIT_STD[qtype] / math.sqrt(13.0 / 12.0))
+    _set_scales(b, qtype, d.astype(np.float32))
     return b
 
 

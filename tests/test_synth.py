@@ -159,7 +159,9 @@ def test_q4_k_m_mix_follows_llama_quant():
     assert moe["blk.5.ffn_down.weight"] == T.Q8_0           # use_more_bits(5, 30)
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q8_0, T.Q5_0, T.Q4_K, T.Q6_K])
+@pytest.mark.parametrize("qtype", [T.Q4_0, T.Q8_0, T.Q5_0, T.Q4_K, T.Q6_K, T.Q2_K, T.Q3_K, T.Q5_K,
+                                   T.IQ4_NL, T.IQ4_XS, T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS,
+                                   T.IQ2_S, T.IQ1_S, T.IQ1_M])
 def test_random_blocks_dequantize_to_requested_std(qtype):
     rng = np.random.Generator(np.random.SFC64(7))
     b = random_blocks(rng, 4096, qtype, 0.03)
