@@ -299,16 +299,21 @@ void g4_gemm_kq(uint32_t type, g4_kq_decode_fn dec, g4_kq_dot_fn dot, int64_t n,
     const size_t bsz = g4_type_size(type);
     const int64_t nb = n / QK_K;
     _Alignas(64) g4_kq_block k;
+    enum { TT = 8 };   /* tokens per pass; their sums stay local, not a store/load of y per block */
     for (int64_t r = 0; r < nr; r++) {
-        for (int64_t t = 0; t < nt; t++) y[t * ldy + r] = 0.0f;
-        for (int64_t b = 0; b < nb; b++) {
-            dec(w + (size_t)r * ws + (size_t)b * bsz, &k);
-            for (int64_t t = 0; t < nt; t++) {
-                const block_q8_K *xb = (const block_q8_K *)(x + (size_t)t * xs) + b;
-                int32_t summ;
-                const int32_t sumi = dot(&k, xb, &summ);
-                y[t * ldy + r] = g4_kq_block_finish(y[t * ldy + r], &k, xb->d, sumi, summ);
+        for (int64_t t0 = 0; t0 < nt; t0 += TT) {
+            const int64_t tn = nt - t0 < TT ? nt - t0 : TT;
+            float acc[TT] = { 0 };
+            for (int64_t b = 0; b < nb; b++) {
+                dec(w + (size_t)r * ws + (size_t)b * bsz, &k);
+                for (int64_t t = 0; t < tn; t++) {
+                    const block_q8_K *xb = (const block_q8_K *)(x + (size_t)(t0 + t) * xs) + b;
+                    int32_t summ;
+                    const int32_t sumi = dot(&k, xb, &summ);
+                    acc[t] = g4_kq_block_finish(acc[t], &k, xb->d, sumi, summ);
+                }
             }
+            for (int64_t t = 0; t < tn; t++) y[(t0 + t) * ldy + r] = acc[t];
         }
     }
 }
