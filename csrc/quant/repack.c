@@ -114,6 +114,24 @@ static void q5_hb_in(const uint8_t hb[4], uint8_t qh[4]) {
     for (int i = 0; i < 4; i++) qh[i] = (uint8_t)(h >> (8 * i));
 }
 
+/* Q4_K and Q5_K: d[8], dmin[8] and the scale words (the first 128 bytes of
+   the layout above) <-> the first 16 bytes of each row's block */
+static void k_head_out(const uint8_t *const src[8], uint8_t *dst) {
+    for (int r = 0; r < 8; r++) {
+        memcpy(dst + 2 * r, src[r], 2);
+        memcpy(dst + 16 + 2 * r, src[r] + 2, 2);
+    }
+    chunks_out(dst + 32, src, 4, 3);
+}
+
+static void k_head_in(const uint8_t *src, uint8_t *const dst[8]) {
+    for (int r = 0; r < 8; r++) {
+        memcpy(dst[r], src + 2 * r, 2);
+        memcpy(dst[r] + 2, src + 16 + 2 * r, 2);
+    }
+    chunks_in(dst, 4, src + 32, 3);
+}
+
 /* src[r] -> one repacked block column at dst */
 static void pack_column(uint32_t type, const uint8_t *const src[8], uint8_t *dst) {
     switch (type) {
@@ -134,19 +152,11 @@ static void pack_column(uint32_t type, const uint8_t *const src[8], uint8_t *dst
         for (int i = 16; i < 272; i++) dst[i] ^= 0x80;   /* int8 q -> uint8 q + 128 */
         return;
     case G4_TYPE_Q4_K:
-        for (int r = 0; r < 8; r++) {
-            memcpy(dst + 2 * r, src[r], 2);
-            memcpy(dst + 16 + 2 * r, src[r] + 2, 2);
-        }
-        chunks_out(dst + 32, src, 4, 3);
+        k_head_out(src, dst);
         chunks_out(dst + 128, src, 16, 32);
         return;
     case G4_TYPE_Q5_K:
-        for (int r = 0; r < 8; r++) {
-            memcpy(dst + 2 * r, src[r], 2);
-            memcpy(dst + 16 + 2 * r, src[r] + 2, 2);
-        }
-        chunks_out(dst + 32, src, 4, 3);
+        k_head_out(src, dst);
         chunks_out(dst + 128, src, 16, 8);
         chunks_out(dst + 384, src, 48, 32);
         return;
@@ -191,19 +201,11 @@ static void unpack_column(uint32_t type, const uint8_t *src, uint8_t *const dst[
             for (int i = 2; i < 34; i++) dst[r][i] ^= 0x80;
         return;
     case G4_TYPE_Q4_K:
-        for (int r = 0; r < 8; r++) {
-            memcpy(dst[r], src + 2 * r, 2);
-            memcpy(dst[r] + 2, src + 16 + 2 * r, 2);
-        }
-        chunks_in(dst, 4, src + 32, 3);
+        k_head_in(src, dst);
         chunks_in(dst, 16, src + 128, 32);
         return;
     case G4_TYPE_Q5_K:
-        for (int r = 0; r < 8; r++) {
-            memcpy(dst[r], src + 2 * r, 2);
-            memcpy(dst[r] + 2, src + 16 + 2 * r, 2);
-        }
-        chunks_in(dst, 4, src + 32, 3);
+        k_head_in(src, dst);
         chunks_in(dst, 16, src + 128, 8);
         chunks_in(dst, 48, src + 384, 32);
         return;
