@@ -7,7 +7,7 @@
  *      /tmp/matvec_instructions ISA TYPE        # ISA: scalar, avx2, ...; TYPE: ggml type id
  *   valgrind --tool=callgrind --callgrind-out-file=/dev/null --toggle-collect=g4_matmul_rows_x8 \
  *      /tmp/matvec_instructions ISA TYPE x8 [TOKENS]   # the repacked weights (Q4_0, Q8_0, Q4_K,
- *                                     # Q6_K, Q5_0), times TOKENS activation rows (default 1; >1: prefill)
+ *                                     # Q6_K, Q5_0, Q5_K), times TOKENS activation rows (default 1; >1: prefill)
  *   valgrind ... --toggle-collect=g4_matmul_rows_vq /tmp/matvec_instructions ISA TYPE plain TOKENS
  *                                     # the plain rows times TOKENS activation rows
  *

@@ -33,7 +33,7 @@ QTYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
 # Q2_K, Q3_K and the i-quants (tests/test_quant_types.py checks their dequantizers exactly)
 NEW_QTYPES = [T.Q2_K, T.Q3_K, T.IQ4_NL, T.IQ4_XS, T.IQ3_XXS, T.IQ3_S, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S,
               T.IQ1_S, T.IQ1_M]
-REPACKED = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K, T.Q5_0]
+REPACKED = [T.Q4_0, T.Q8_0, T.Q4_K, T.Q6_K, T.Q5_0, T.Q5_K]
 ROOT = Path(__file__).resolve().parent.parent
 
 

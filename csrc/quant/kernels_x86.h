@@ -627,16 +627,23 @@ INL void SFX(tile_x8_32)(const int kind, const int T, int64_t nb, const uint8_t 
 }
 
 
-/* Q4_K: T tokens x 8 rows */
-INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
+/* Q4_K (q5 = 0) and Q5_K (q5 = 1): T tokens x 8 rows. The two share the
+   scales, the mins and the float steps (g4_ref_dot_q4_K_q8_K_acc and
+   g4_ref_dot_q5_K_q8_K_acc are the same but for the values); Q5_K's
+   quants sit 256 bytes later, after the 8 qh chunks (repack.c), and its
+   fifth bits join the nibbles as Q5_0's do (Q5_HB: qs chunk 8c + q takes
+   bits 2c and 2c + 1 of qh chunk q). */
+INL void SFX(tile_x8_q4_K)(const int q5, const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
                            float *y, int64_t ldy) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m6 = _mm256_set1_epi8(0x3f), m30 = _mm256_set1_epi8(0x30);
+    const __m256i m10 = _mm256_set1_epi8(0x10);
+    const size_t gbs = 8 * (q5 ? sizeof(block_q5_K) : sizeof(block_q4_K)), qso = q5 ? 384 : 128;
     __m256 acc[TXK4];
     UNROLL
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *gb = w + (size_t)b * 8 * sizeof(block_q4_K);
-        SFX(prefetch)(gb, 8 * sizeof(block_q4_K));
+        const uint8_t *gb = w + (size_t)b * gbs;
+        SFX(prefetch)(gb, gbs);
         const block_q8_K *q8[TXK4];
         UNROLL
         for (int t = 0; t < T; t++) q8[t] = (const block_q8_K *)(x + (size_t)t * xs) + b;
@@ -677,15 +684,23 @@ INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint
             for (int t = 0; t < T; t++) pl[t] = ph[t] = pl2[t] = ph2[t] = _mm256_setzero_si256();
 #else
             const __m256i scl = SFX(dword_byte)(sv, (2 * c) % 4, 1), sch = SFX(dword_byte)(sv, (2 * c + 1) % 4, 1);
-            /* the 8 vpmaddubsw of a sub-block add up in int16 before the
-               scale: 16 products of a nibble and a Q8_K value (-128..127)
-               per lane, at most 16 * 15 * 128 = 30720 < 32767 */
+            /* Q4_K: the 8 vpmaddubsw of a sub-block add up in int16 before
+               the scale: 16 products of a nibble and a Q8_K value (-128..127)
+               per lane, at most 16 * 15 * 128 = 30720 < 32767. Q5_K's values
+               reach 31: a vpmaddubsw lane is at most 2 * 31 * 128 = 7936
+               and four add up to 31744 < 32767, so its sums widen (vpmaddwd
+               by the scale pairs) after every 4 chunks, twice per sub-block. */
             __m256i sl[TXK4], sh[TXK4];
 #endif
             UNROLL
             for (int q = 0; q < 8; q++) {
-                const __m256i v = SFX(loadu)(gb + 128 + 32 * (8 * c + q));
-                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                const __m256i v = SFX(loadu)(gb + qso + 32 * (8 * c + q));
+                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                if (q5) {
+                    const __m256i hb = SFX(loadu)(gb + 128 + 32 * q);
+                    lo = _mm256_or_si256(lo, _mm256_and_si256(Q5_HB(hb, 2 * c), m10));
+                    hi = _mm256_or_si256(hi, _mm256_and_si256(Q5_HB(hb, 2 * c + 1), m10));
+                }
                 UNROLL
                 for (int t = 0; t < T; t++) {
                     const int8_t *xq = q8[t]->qs + 64 * c + 4 * q;
@@ -700,10 +715,15 @@ INL void SFX(tile_x8_q4_K)(const int T, int64_t nb, const uint8_t *w, const uint
 #else
                     const __m256i pl = _mm256_maddubs_epi16(lo, SFX(bc4)(xq));
                     const __m256i ph = _mm256_maddubs_epi16(hi, SFX(bc4)(xq + 32));
-                    sl[t] = q ? _mm256_add_epi16(sl[t], pl) : pl;
-                    sh[t] = q ? _mm256_add_epi16(sh[t], ph) : ph;
+                    const int first = q5 ? (q & 3) == 0 : q == 0;
+                    sl[t] = first ? pl : _mm256_add_epi16(sl[t], pl);
+                    sh[t] = first ? ph : _mm256_add_epi16(sh[t], ph);
                     REG_BARRIER(sl[t]);
                     REG_BARRIER(sh[t]);
+                    if (q5 && q == 3) {   /* Q5_K: widen the first 4 chunks */
+                        isum[t] = DPWSSD(DPWSSD(isum[t], sl[t], scl), sh[t], sch);
+                        REG_BARRIER(isum[t]);
+                    }
 #endif
                 }
             }
@@ -895,7 +915,10 @@ INL void SFX(tile_x8_q6_K)(const int T, int64_t nb, const uint8_t *w, const uint
 #define X8_Q5_0(T, ...) SFX(tile_x8_32)(KQ5_0, T, __VA_ARGS__)
 GEMM_X8_DRIVER(SFX(gemm_x8_q4_0), X8_Q4_0, TX32, 32, X8_PLUS1)
 GEMM_X8_DRIVER(SFX(gemm_x8_q8_0), X8_Q8_0, TX32, 32, X8_PLUS1)
-GEMM_X8_DRIVER(SFX(gemm_x8_q4_K), SFX(tile_x8_q4_K), TXK4, QK_K, 0)
+#define X8_Q4_K(T, ...) SFX(tile_x8_q4_K)(0, T, __VA_ARGS__)
+#define X8_Q5_K(T, ...) SFX(tile_x8_q4_K)(1, T, __VA_ARGS__)
+GEMM_X8_DRIVER(SFX(gemm_x8_q4_K), X8_Q4_K, TXK4, QK_K, 0)
+GEMM_X8_DRIVER(SFX(gemm_x8_q5_K), X8_Q5_K, TXK4, QK_K, 0)
 GEMM_X8_DRIVER(SFX(gemm_x8_q6_K), SFX(tile_x8_q6_K), TXK6, QK_K, 0)
 /* Q5_0's tile: TXQ5 tokens (three accumulators per token; half of Q4_0's
    tile unless the table says otherwise: AVX2 measured 4, see kernels_avx2.c) */
@@ -907,6 +930,8 @@ GEMM_X8_DRIVER(SFX(gemm_x8_q5_0), X8_Q5_0, TXQ5, 32, 0)
 #undef X8_Q4_0
 #undef X8_Q8_0
 #undef X8_Q5_0
+#undef X8_Q4_K
+#undef X8_Q5_K
 #undef X8_PLUS1
 #undef Q5_HB
 #undef GEMM_X8_DRIVER
@@ -1443,7 +1468,7 @@ KRN void SFX(gemm_iq4_nl)(int64_t n, const uint8_t *w, size_t ws, int64_t nr, co
     .gemm_x8 = {                                                                                     \
         [G4_TYPE_Q4_0] = SFX(gemm_x8_q4_0), [G4_TYPE_Q8_0] = SFX(gemm_x8_q8_0),                      \
         [G4_TYPE_Q4_K] = SFX(gemm_x8_q4_K), [G4_TYPE_Q6_K] = SFX(gemm_x8_q6_K),                      \
-        [G4_TYPE_Q5_0] = SFX(gemm_x8_q5_0),                      \
+        [G4_TYPE_Q5_0] = SFX(gemm_x8_q5_0), [G4_TYPE_Q5_K] = SFX(gemm_x8_q5_K),                      \
     },                                                                                               \
     .dot_f32 = SFX(dot_f32), .dot_f16_f32 = SFX(dot_f16_f32), .axpy_f16 = SFX(axpy_f16),             \
     .axpy_f32 = SFX(axpy_f32),                                                                       \

@@ -258,6 +258,7 @@ SCALAR_GEMM_X8(q8_0, G4_TYPE_Q8_0)
 SCALAR_GEMM_X8(q4_K, G4_TYPE_Q4_K)
 SCALAR_GEMM_X8(q6_K, G4_TYPE_Q6_K)
 SCALAR_GEMM_X8(q5_0, G4_TYPE_Q5_0)
+SCALAR_GEMM_X8(q5_K, G4_TYPE_Q5_K)
 
 static float dot_f32_scalar(int64_t n, const float *a, const float *b) { return g4_vec_dot_f32(n, a, b); }
 static float dot_f16_f32_scalar(int64_t n, const g4_fp16 *a, const float *b) { return g4_vec_dot_f16_f32(n, a, b); }
@@ -303,7 +304,7 @@ static const g4_kernels kernels_scalar = {
     .gemm_x8 = {
         [G4_TYPE_Q4_0] = gemm_x8_q4_0_scalar, [G4_TYPE_Q8_0] = gemm_x8_q8_0_scalar,
         [G4_TYPE_Q4_K] = gemm_x8_q4_K_scalar, [G4_TYPE_Q6_K] = gemm_x8_q6_K_scalar,
-        [G4_TYPE_Q5_0] = gemm_x8_q5_0_scalar,
+        [G4_TYPE_Q5_0] = gemm_x8_q5_0_scalar, [G4_TYPE_Q5_K] = gemm_x8_q5_K_scalar,
     },
     .dot_f32 = dot_f32_scalar,
     .dot_f16_f32 = dot_f16_f32_scalar,

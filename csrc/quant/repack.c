@@ -32,6 +32,13 @@
  *       12 scale bytes, word i of the 8 rows at 32 + 32i | chunk m=0..31 of qs
  *       at 128 + 32m (bytes 4m..4m+3: elements 64c + l.. and 64c + 32 + l..,
  *       c = m / 8, l = 4 (m % 8))
+ *   Q5_K (1408 B): as Q4_K (d, dmin, scale words at 0, 16, 32) | qh chunks
+ *       k=0..7 at 128 + 32k: qh[4k..4k+3] of each row, as GGUF stores them
+ *       | qs chunks m=0..31 at 384 + 32m (as Q4_K's). Bit j of qh[l] is the
+ *       fifth bit of element 32j + l, so qs chunk m = 8c + k takes its bits
+ *       from qh chunk k, bit 2c (low nibbles) and 2c + 1 (high): one bit
+ *       position of every byte, moved to bit 4 by one shift and one mask,
+ *       like Q5_0's hb; the interleave alone makes the layout.
  *   Q6_K (1680 B): d[8] | scales[16][8] int8 (sub-block s of row r at
  *       16 + 8s + r) | ql' chunks m=0..31 at 144 + 32m | qh' chunks m=0..15 at
  *       1168 + 32m, where per row ql'[i] = q(i) & 15 | (q(i+128) & 15) << 4
@@ -107,6 +114,24 @@ static void q5_hb_in(const uint8_t hb[4], uint8_t qh[4]) {
     for (int i = 0; i < 4; i++) qh[i] = (uint8_t)(h >> (8 * i));
 }
 
+/* Q4_K and Q5_K: d[8], dmin[8] and the scale words (the first 128 bytes of
+   the layout above) <-> the first 16 bytes of each row's block */
+static void k_head_out(const uint8_t *const src[8], uint8_t *dst) {
+    for (int r = 0; r < 8; r++) {
+        memcpy(dst + 2 * r, src[r], 2);
+        memcpy(dst + 16 + 2 * r, src[r] + 2, 2);
+    }
+    chunks_out(dst + 32, src, 4, 3);
+}
+
+static void k_head_in(const uint8_t *src, uint8_t *const dst[8]) {
+    for (int r = 0; r < 8; r++) {
+        memcpy(dst[r], src + 2 * r, 2);
+        memcpy(dst[r] + 2, src + 16 + 2 * r, 2);
+    }
+    chunks_in(dst, 4, src + 32, 3);
+}
+
 /* src[r] -> one repacked block column at dst */
 static void pack_column(uint32_t type, const uint8_t *const src[8], uint8_t *dst) {
     switch (type) {
@@ -127,12 +152,13 @@ static void pack_column(uint32_t type, const uint8_t *const src[8], uint8_t *dst
         for (int i = 16; i < 272; i++) dst[i] ^= 0x80;   /* int8 q -> uint8 q + 128 */
         return;
     case G4_TYPE_Q4_K:
-        for (int r = 0; r < 8; r++) {
-            memcpy(dst + 2 * r, src[r], 2);
-            memcpy(dst + 16 + 2 * r, src[r] + 2, 2);
-        }
-        chunks_out(dst + 32, src, 4, 3);
+        k_head_out(src, dst);
         chunks_out(dst + 128, src, 16, 32);
+        return;
+    case G4_TYPE_Q5_K:
+        k_head_out(src, dst);
+        chunks_out(dst + 128, src, 16, 8);
+        chunks_out(dst + 384, src, 48, 32);
         return;
     case G4_TYPE_Q6_K: {
         uint8_t ql[8][128], qh[8][64], q[QK_K];
@@ -175,12 +201,13 @@ static void unpack_column(uint32_t type, const uint8_t *src, uint8_t *const dst[
             for (int i = 2; i < 34; i++) dst[r][i] ^= 0x80;
         return;
     case G4_TYPE_Q4_K:
-        for (int r = 0; r < 8; r++) {
-            memcpy(dst[r], src + 2 * r, 2);
-            memcpy(dst[r] + 2, src + 16 + 2 * r, 2);
-        }
-        chunks_in(dst, 4, src + 32, 3);
+        k_head_in(src, dst);
         chunks_in(dst, 16, src + 128, 32);
+        return;
+    case G4_TYPE_Q5_K:
+        k_head_in(src, dst);
+        chunks_in(dst, 16, src + 128, 8);
+        chunks_in(dst, 48, src + 384, 32);
         return;
     case G4_TYPE_Q6_K: {
         uint8_t ql[8][128], qh[8][64];
@@ -212,7 +239,7 @@ static void unpack_column(uint32_t type, const uint8_t *src, uint8_t *const dst[
 
 int g4_repack_supported(uint32_t type, int64_t rows, int64_t cols) {
     if (type != G4_TYPE_Q4_0 && type != G4_TYPE_Q8_0 && type != G4_TYPE_Q4_K && type != G4_TYPE_Q6_K &&
-        type != G4_TYPE_Q5_0)
+        type != G4_TYPE_Q5_0 && type != G4_TYPE_Q5_K)
         return 0;
     return rows >= G4_REPACK_ROWS && g4_row_size(type, cols) != 0;
 }
@@ -306,6 +333,7 @@ void g4_gemm_x8_scalar(uint32_t type, int64_t n, const uint8_t *w, int64_t nr,
                     case G4_TYPE_Q8_0: acc[r] = g4_ref_dot_q8_0_q8_0_acc(acc[r], 1, (const block_q8_0 *)blk[r], (const block_q8_0 *)xb); break;
                     case G4_TYPE_Q5_0: acc[r] = g4_ref_dot_q5_0_q8_0_acc(acc[r], 1, (const block_q5_0 *)blk[r], (const block_q8_0 *)xb); break;
                     case G4_TYPE_Q4_K: acc[r] = g4_ref_dot_q4_K_q8_K_acc(acc[r], 1, (const block_q4_K *)blk[r], (const block_q8_K *)xb); break;
+                    case G4_TYPE_Q5_K: acc[r] = g4_ref_dot_q5_K_q8_K_acc(acc[r], 1, (const block_q5_K *)blk[r], (const block_q8_K *)xb); break;
                     case G4_TYPE_Q6_K: acc[r] = g4_ref_dot_q6_K_q8_K_acc(acc[r], 1, (const block_q6_K *)blk[r], (const block_q8_K *)xb); break;
                     default: acc[r] = NAN;
                     }

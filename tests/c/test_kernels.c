@@ -44,7 +44,8 @@ static float rng_normal(void) {
 static const uint32_t QTYPES[] = {G4_TYPE_Q4_0, G4_TYPE_Q4_1, G4_TYPE_Q5_0, G4_TYPE_Q5_1, G4_TYPE_Q8_0,
                                   G4_TYPE_Q4_K, G4_TYPE_Q5_K, G4_TYPE_Q6_K};
 #define N_QTYPES (sizeof QTYPES / sizeof QTYPES[0])
-static const uint32_t XTYPES[] = {G4_TYPE_Q4_0, G4_TYPE_Q8_0, G4_TYPE_Q4_K, G4_TYPE_Q6_K, G4_TYPE_Q5_0};   /* repackable */
+static const uint32_t XTYPES[] = {G4_TYPE_Q4_0, G4_TYPE_Q8_0, G4_TYPE_Q4_K, G4_TYPE_Q6_K, G4_TYPE_Q5_0,
+                                  G4_TYPE_Q5_K};   /* repackable */
 
 /* Regimes of scale: weights' fp16 scales and activations' magnitude. */
 enum { R_NORMAL, R_TINY, R_HUGE, R_ZERO, R_MAXQ, R_COUNT };
@@ -532,7 +533,7 @@ END_TEST
 
 /* The repacked x86 kernels add several vpmaddubsw results in int16 before
    widening (kernels_x86.h: a Q4_0 block, a Q4_K sub-block, two Q6_K groups,
-   half a Q5_0 block);
+   half a Q5_0 block, half a Q5_K sub-block);
    the largest such sums come from every weight at its largest unsigned
    value and every activation at +-127 with one sign. Those must not
    saturate: bit-identical to the reference, on every ISA. */
@@ -544,12 +545,12 @@ START_TEST(test_repacked_int16_sums) {
         enum { NT = 6 };   /* 6 token rows: a full 4-token tile and the pair after it on AVX2 */
         uint8_t *w = malloc(rs * rows), *wp = malloc(rs * rows), *xa = malloc(as * NT);
         float *x = malloc(sizeof(float) * n), y[16 * NT];
-        memset(w, 0xff, rs * rows);   /* nibbles 15, Q5_0 values 31, Q6_K 63, Q4_K scales and mins 63, Q8_0 -1 */
+        memset(w, 0xff, rs * rows);   /* nibbles 15, Q5_0 and Q5_K values 31, Q6_K 63, K scales and mins 63, Q8_0 -1 */
         for (size_t b = 0; b < rs * rows; b += bs) {
             if (type == G4_TYPE_Q6_K) {
                 memset(w + b + 192, 0x01, 16);   /* sub-block scales +1 */
                 put_f16(w + b + 208, 0.01f);
-            } else if (type == G4_TYPE_Q4_K) {
+            } else if (type == G4_TYPE_Q4_K || type == G4_TYPE_Q5_K) {
                 put_f16(w + b, 0.01f);
                 put_f16(w + b + 2, 0.0f);
             } else {
