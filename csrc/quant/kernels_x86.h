@@ -1349,10 +1349,14 @@ INL void SFX(tile_kqf)(const int kind, const int T, int64_t nb, const uint8_t *w
         }
         const __m128 dx = _mm_setr_ps(KQF_L(q8, 0)->d, KQF_L(q8, 1)->d, KQF_L(q8, 2)->d, KQF_L(q8, 3)->d);
 #undef KQF_L
-        const __m128 dw = _mm_set1_ps(SFX(f16)(wb + doff));
+        /* the fp16 d (and Q2_K's dmin after it) converted by one vcvtph2ps; Q3_K's d
+           ends its block, so 2 bytes only */
+        const int dbits = kind == KF_Q2_K ? (int)SFX(u32)(wb + doff) : (int)SFX(u16)(wb + doff);
+        const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(dbits));
+        const __m128 dw = _mm_shuffle_ps(dd, dd, 0x00);
         acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(dw, dx), _mm_cvtepi32_ps(si)));
         if (kind == KF_Q2_K) {
-            const __m128 dm = _mm_set1_ps(SFX(f16)(wb + 82));
+            const __m128 dm = _mm_shuffle_ps(dd, dd, 0x55);
             const __m128 sub = _mm_sub_ps(acc, _mm_mul_ps(_mm_mul_ps(dm, dx), _mm_cvtepi32_ps(sm)));
             acc = _mm_blendv_ps(sub, acc, _mm_castsi128_ps(_mm_cmpeq_epi32(sm, _mm_setzero_si128())));
         }
