@@ -1144,9 +1144,10 @@ KRN void SFX(fp16_to_fp32)(const g4_fp16 *x, float *y, int64_t n) {
 }
 
 /* ---------------------------------------------------------------------------
- * Q2_K, Q3_K and the i-quants: blocks decoded to g4_kq_block (quant_kq.c), with
- * vector decoders for the common ones (Q2_K, Q3_K, IQ4_XS) and the scalar
- * decoders for the grid types; IQ4_NL against Q8_0 like Q4_0 through a table.
+ * Q2_K, Q3_K and the i-quants: fused kernels for the common ones (Q2_K, Q3_K,
+ * IQ4_XS: blocks unpacked in registers, tiles of tokens); the grid types
+ * decoded to g4_kq_block (quant_kq.c) by vector decoders, then kq_dot; IQ4_NL
+ * against Q8_0 like Q4_0 through a table.
  * Every kernel returns the reference's exact int32 per block and the same
  * float steps, so the results equal the scalar references bit for bit.
  * ------------------------------------------------------------------------- */
@@ -1177,70 +1178,243 @@ KRN int32_t SFX(kq_dot)(const g4_kq_block *k, const block_q8_K *x, int32_t *summ
 }
 
 INL uint32_t SFX(u32)(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+INL uint16_t SFX(u16)(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
-/* Q2_K: qs byte l of half h holds element 128h + 32k + l in bits 2k..2k+1 */
-KRN void SFX(decode_q2_K)(const uint8_t *b, g4_kq_block *o) {
-    o->d = SFX(f16)(b + 80);
-    o->dmin = SFX(f16)(b + 82);
-    const __m128i s = _mm_loadu_si128((const __m128i *)b), m4 = _mm_set1_epi8(0x0f);
-    _mm256_storeu_si256((__m256i *)o->sc, _mm256_cvtepu8_epi16(_mm_and_si128(s, m4)));
-    _mm256_storeu_si256((__m256i *)o->mn, _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), m4)));
-    const __m256i m2 = _mm256_set1_epi8(3);
-    for (int h = 0; h < 2; h++) {
-        const __m256i v = SFX(loadu)(b + 16 + 32 * h);
-        for (int k = 0; k < 4; k++)
-            _mm256_storeu_si256((__m256i *)(o->q + 128 * h + 32 * k),
-                                _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k)), m2));
-    }
+/* Fused Q2_K, Q3_K and IQ4_XS kernels (issue 14): each 32-element chunk of a
+ * weight block is unpacked in registers and dotted with a tile of up to TKQ
+ * tokens at once (TKQ int32 accumulators), so no g4_kq_block is stored and
+ * reloaded and prefill / speculative verification share the unpacking. Per
+ * block and token the integer results are the reference's exact int32 sumi
+ * and summ (g4_kq_dot_ref: integer sums in another order are the same
+ * integers), reduced for the tile's tokens together (hsum4), and the float
+ * step is g4_kq_block_finish's, op for op, one SSE lane per token:
+ *   acc += (d * dx) * (float)sumi;  if (summ) acc -= (dmin * dx) * (float)summ
+ * (separate vmulps / vaddps, no FMA; the `if` a blend, since subtracting a
+ * zero product could turn a -0 sum into +0 or an inf factor into NaN). So the
+ * results equal the scalar references bit for bit. Activations are Q8_K,
+ * |x| <= 127 (quantize_q8_K never produces -128). Chunk-per-register ideas
+ * from llama.cpp's ggml_vec_dot_q2_K_q8_K / q3_K / iq4_xs (AVX2) and
+ * ik_llama.cpp's iqk_mul_mat.cpp, not their code. */
+#ifndef G4_KERNELS_X86_ONCE
+enum { KF_Q2_K, KF_Q3_K, KF_IQ4_XS };
+#define TKQ 4   /* tokens per tile: 4 int32 accumulators (+4 for the Q2_K mins) fit 16 ymm */
+#endif
+
+/* the sums of the 8 int32 lanes of a, b, c, d, as [a, b, c, d] */
+INL __m128i SFX(hsum4)(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
+    const __m256i cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c, d), _mm256_unpackhi_epi32(c, d));
+    const __m256i s = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
 }
 
-/* Q3_K: the 2 low bits as Q2_K's, minus 4 where the element's hmask bit is clear */
-KRN void SFX(decode_q3_K)(const uint8_t *b, g4_kq_block *o) {
-    o->d = SFX(f16)(b + 108);
-    o->dmin = 0.0f;
-    {   /* scale s: low nibble of byte s (s < 8) or high nibble of byte s - 8, then bits
-           2 (s / 4) .. +1 of byte 8 + s % 4 on top (vpsrlvd shifts dword s / 4 by 2 (s / 4)) */
-        const __m128i a = _mm_loadl_epi64((const __m128i *)(b + 96)), m4 = _mm_set1_epi8(0x0f);
-        const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(a, m4), _mm_and_si128(_mm_srli_epi16(a, 4), m4));
-        const __m128i h = _mm_srlv_epi32(_mm_set1_epi32((int)SFX(u32)(b + 104)), _mm_setr_epi32(0, 2, 4, 6));
-        const __m128i hi = _mm_and_si128(h, _mm_set1_epi8(3));
-        const __m128i v = _mm_or_si128(lo, _mm_slli_epi16(hi, 4));   /* hi <= 3: no carry across bytes */
-        _mm256_storeu_si256((__m256i *)o->sc, _mm256_sub_epi16(_mm256_cvtepu8_epi16(v), _mm256_set1_epi16(32)));
-    }
-    _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
-    const __m256i hm = SFX(loadu)(b), m2 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+/* int16 lanes 0..7 = word i0 of src, lanes 8..15 = word i1 (src: 8 int16
+   scales, the same in both 128-bit lanes; vpshufb stays within a lane) */
+INL __m256i SFX(pick16)(__m256i src, const int i0, const int i1) {
+    const char a = (char)(2 * i0), b = (char)(2 * i0 + 1), c = (char)(2 * i1), d = (char)(2 * i1 + 1);
+    return _mm256_shuffle_epi8(src, _mm256_setr_epi8(a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b,
+                                                     c, d, c, d, c, d, c, d, c, d, c, d, c, d, c, d));
+}
+
+/* Q2_K block (layout: quant.h): chunk c = 4h + k of 32 elements is bits
+   2k..2k+1 of qs bytes 32h..32h+31, groups 2c (first 16) and 2c + 1. The
+   scale goes into the weight bytes: vpmullw of the 16-bit lanes (q0 + 256 q1)
+   by sc gives the bytes q0 sc and q1 sc exactly, as q sc <= 3 * 15 = 45 < 256
+   (no carry between the bytes). Then sumi = sum (q sc) x: one vpdpbusd per
+   chunk and token with VNNI; without, vpmaddubsw pairs are at most
+   2 * 45 * 127 = 11430 and two chunks add in int16 (22860 < 32767) before
+   one vpmaddwd. summ = sum mn * bsums (|mn| <= 15, |bsum| <= 16 * 127). */
+INL void SFX(kqf_q2_K)(const int T, const uint8_t *wb, const block_q8_K *const *q8, __m256i *isum, __m256i *msum) {
+    const __m128i s = _mm_loadu_si128((const __m128i *)wb), m4 = _mm_set1_epi8(0x0f);
+    const __m128i sc = _mm_and_si128(s, m4);
+    const __m256i src[2] = {_mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc)),
+                            _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_srli_si128(sc, 8)))};
+    const __m256i mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), m4));
+    const __m256i m3 = _mm256_set1_epi8(3);
+#if !HAVE_VNNI
+    const __m256i ones = _mm256_set1_epi16(1);
+#endif
+    UNROLL
+    for (int t = 0; t < T; t++) isum[t] = _mm256_setzero_si256();
+    UNROLL
     for (int h = 0; h < 2; h++) {
-        const __m256i v = SFX(loadu)(b + 32 + 32 * h);
+        const __m256i v = SFX(loadu)(wb + 16 + 32 * h);
+        UNROLL
+        for (int kp = 0; kp < 4; kp += 2) {
+            __m256i a[2];
+            UNROLL
+            for (int e = 0; e < 2; e++) {
+                const int k = kp + e;
+                const __m256i q = _mm256_and_si256(k ? _mm256_srli_epi16(v, 2 * k) : v, m3);
+                a[e] = _mm256_mullo_epi16(q, SFX(pick16)(src[h], 2 * k, 2 * k + 1));
+            }
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const int8_t *xq = q8[t]->qs + 128 * h + 32 * kp;
+                const __m256i x0 = SFX(loadu)((const uint8_t *)xq), x1 = SFX(loadu)((const uint8_t *)xq + 32);
+#if HAVE_VNNI
+                isum[t] = DPBUSD(DPBUSD(isum[t], a[0], x0), a[1], x1);
+#else
+                const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(a[0], x0), _mm256_maddubs_epi16(a[1], x1));
+                isum[t] = DPWSSD(isum[t], p, ones);
+#endif
+            }
+        }
+    }
+    UNROLL
+    for (int t = 0; t < T; t++) msum[t] = _mm256_madd_epi16(mn, _mm256_loadu_si256((const __m256i *)q8[t]->bsums));
+}
+
+/* Q3_K block: with u = the 2 low bits | the hmask bit << 2 (0..7), the value
+   is u - 4, so sum_g sc_g sum (u - 4) x = sum_g sc_g sum u x - 4 sum_g sc_g
+   bsum_g: the second term starts the accumulator. vpmaddubsw pairs of u x are
+   at most 2 * 7 * 127 = 1778, then vpmaddwd by sc - 32 (|.| <= 32): exact. */
+INL void SFX(kqf_q3_K)(const int T, const uint8_t *wb, const block_q8_K *const *q8, __m256i *isum) {
+    __m256i sc16;
+    {   /* the 16 6-bit scales, as decode_q3_K (quant_kq.c): scale s = low nibble of byte s
+           (s < 8) or high nibble of byte s - 8, then bits 2 (s / 4) .. +1 of byte 8 + s % 4
+           on top (vpsrlvd shifts dword s / 4 by 2 (s / 4)) */
+        const __m128i a = _mm_loadl_epi64((const __m128i *)(wb + 96)), m4 = _mm_set1_epi8(0x0f);
+        const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(a, m4), _mm_and_si128(_mm_srli_epi16(a, 4), m4));
+        const __m128i h = _mm_srlv_epi32(_mm_set1_epi32((int)SFX(u32)(wb + 104)), _mm_setr_epi32(0, 2, 4, 6));
+        const __m128i v = _mm_or_si128(lo, _mm_slli_epi16(_mm_and_si128(h, _mm_set1_epi8(3)), 4));   /* no carry */
+        sc16 = _mm256_cvtepi8_epi16(_mm_sub_epi8(v, _mm_set1_epi8(32)));
+    }
+    const __m256i src[2] = {_mm256_permute2x128_si256(sc16, sc16, 0x00), _mm256_permute2x128_si256(sc16, sc16, 0x11)};
+    UNROLL
+    for (int t = 0; t < T; t++) {
+        const __m256i sb = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)q8[t]->bsums));
+        isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(sb, 2));
+    }
+    const __m256i hm = SFX(loadu)(wb), m3 = _mm256_set1_epi8(3), four = _mm256_set1_epi8(4);
+    UNROLL
+    for (int h = 0; h < 2; h++) {
+        const __m256i v = SFX(loadu)(wb + 32 + 32 * h);
+        UNROLL
         for (int k = 0; k < 4; k++) {
-            const __m256i low = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k)), m2);
-            const __m256i bit = _mm256_set1_epi8((char)(1 << (4 * h + k)));
-            const __m256i clear = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
-            _mm256_storeu_si256((__m256i *)(o->q + 128 * h + 32 * k),
-                                _mm256_sub_epi8(low, _mm256_and_si256(clear, four)));
+            /* bit j = 4h + k of each hmask byte to bit 2: a 16-bit shift by at most 5
+               brings in neighbour bits only above bit 2 of the low byte / below bit 2
+               of the high byte, which the mask drops */
+            const int j = 4 * h + k;
+            const __m256i hb = j < 2 ? _mm256_slli_epi16(hm, 2 - j) : j > 2 ? _mm256_srli_epi16(hm, j - 2) : hm;
+            const __m256i u = _mm256_or_si256(_mm256_and_si256(k ? _mm256_srli_epi16(v, 2 * k) : v, m3),
+                                              _mm256_and_si256(hb, four));
+            const __m256i scp = SFX(pick16)(src[h], 2 * k, 2 * k + 1);
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const __m256i xv = SFX(loadu)((const uint8_t *)q8[t]->qs + 32 * j);
+                isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(u, xv), scp);
+            }
         }
     }
 }
 
-/* IQ4_XS: nibbles through the kvalues_iq4nl table (vpshufb) */
-KRN void SFX(decode_iq4_xs)(const uint8_t *b, g4_kq_block *o) {
-    const uint16_t sh = (uint16_t)(b[2] | b[3] << 8);
-    o->d = SFX(f16)(b);
-    o->dmin = 0.0f;
-    for (int ib = 0; ib < 8; ib++) {
-        int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 15) | ((sh >> (2 * ib)) & 3) << 4;
-        o->sc[2 * ib] = o->sc[2 * ib + 1] = (int16_t)(ls - 32);
+/* IQ4_XS block: values kvalues_iq4nl (-127..113) through vpshufb; the sign
+   trick per token (vpmaddubsw of |q| and x with q's sign: pairs at most
+   2 * 127 * 127 = 32258 < 32767; an offset to unsigned would overflow the
+   pairs), then vpmaddwd by the sub-block scale ls - 32 (|.| <= 32). */
+INL void SFX(kqf_iq4_xs)(const int T, const uint8_t *wb, const block_q8_K *const *q8, __m256i *isum, __m256i table) {
+    __m256i src;
+    {   /* ls of sub-block ib: nibble ib of bytes 4..7 | bits 2 ib, 2 ib + 1 of the u16 at 2,
+           moved to bits 4..5 by a multiply by 2^(14 - 2 ib) and a shift right by 10 */
+        const __m128i sl = _mm_cvtsi32_si128((int)SFX(u32)(wb + 4)), m4 = _mm_set1_epi8(0x0f);
+        const __m128i nib = _mm_unpacklo_epi8(_mm_and_si128(sl, m4), _mm_and_si128(_mm_srli_epi16(sl, 4), m4));
+        const __m128i hs = _mm_mullo_epi16(_mm_set1_epi16((short)SFX(u16)(wb + 2)),
+                                           _mm_setr_epi16(1 << 14, 1 << 12, 1 << 10, 1 << 8, 1 << 6, 1 << 4, 1 << 2, 1));
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(hs, 10), _mm_set1_epi16(0x30));
+        src = _mm256_broadcastsi128_si256(_mm_sub_epi16(_mm_or_si128(_mm_cvtepu8_epi16(nib), hi), _mm_set1_epi16(32)));
     }
-    _mm256_storeu_si256((__m256i *)o->mn, _mm256_setzero_si256());
-    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)g4_iq4nl_values()));
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    for (int c = 0; c < 4; c++) {   /* sub-blocks 2c (low lane) and 2c + 1 (high lane) */
-        const __m256i v = SFX(loadu)(b + 8 + 32 * c);
+    UNROLL
+    for (int t = 0; t < T; t++) isum[t] = _mm256_setzero_si256();
+    UNROLL
+    for (int c = 0; c < 4; c++) {   /* sub-blocks 2c, 2c + 1: 16 bytes each, low nibbles first */
+        const __m256i v = SFX(loadu)(wb + 8 + 32 * c);
         const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, m4));
         const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-        _mm256_storeu_si256((__m256i *)(o->q + 64 * c), _mm256_permute2x128_si256(lo, hi, 0x20));
-        _mm256_storeu_si256((__m256i *)(o->q + 64 * c + 32), _mm256_permute2x128_si256(lo, hi, 0x31));
+        const __m256i q[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
+        UNROLL
+        for (int e = 0; e < 2; e++) {
+            const int ib = 2 * c + e;
+            const __m256i qa = _mm256_sign_epi8(q[e], q[e]), scv = SFX(pick16)(src, ib, ib);
+            UNROLL
+            for (int t = 0; t < T; t++) {
+                const __m256i xv = SFX(loadu)((const uint8_t *)q8[t]->qs + 32 * ib);
+                isum[t] = DPWSSD(isum[t], _mm256_maddubs_epi16(qa, _mm256_sign_epi8(xv, q[e])), scv);
+            }
+        }
     }
 }
+
+/* One weight row times T <= TKQ tokens: y[t * ldy] for t < T. */
+INL void SFX(tile_kqf)(const int kind, const int T, int64_t nb, const uint8_t *w, const uint8_t *x, size_t xs,
+                       float *y, int64_t ldy) {
+    const size_t wbs = kind == KF_Q2_K ? 84 : kind == KF_Q3_K ? 110 : 136;
+    const size_t doff = kind == KF_Q2_K ? 80 : kind == KF_Q3_K ? 108 : 0;   /* the fp16 d */
+    const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)g4_iq4nl_values()));
+    __m128 acc = _mm_setzero_ps();   /* lane t: token t's running sum, the reference's float */
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *wb = w + (size_t)b * wbs;
+        const block_q8_K *q8[TKQ];
+        UNROLL
+        for (int t = 0; t < T; t++) q8[t] = (const block_q8_K *)(x + (size_t)t * xs) + b;
+        __m256i isum[TKQ], msum[TKQ];
+        if (kind == KF_Q2_K) SFX(kqf_q2_K)(T, wb, q8, isum, msum);
+        else if (kind == KF_Q3_K) SFX(kqf_q3_K)(T, wb, q8, isum);
+        else SFX(kqf_iq4_xs)(T, wb, q8, isum, table);
+        /* lanes t >= T repeat token 0 (computed, never stored) */
+#define KQF_L(v, t) (v)[(t) < T ? (t) : 0]
+        __m128i si, sm = _mm_setzero_si128();
+        if (kind == KF_Q2_K && T <= 2) {
+            si = SFX(hsum4)(isum[0], KQF_L(isum, 1), msum[0], KQF_L(msum, 1));
+            sm = _mm_shuffle_epi32(si, 0xee);   /* [summ0, summ1, ...] */
+        } else {
+            si = SFX(hsum4)(isum[0], KQF_L(isum, 1), KQF_L(isum, 2), KQF_L(isum, 3));
+            if (kind == KF_Q2_K) sm = SFX(hsum4)(msum[0], KQF_L(msum, 1), KQF_L(msum, 2), KQF_L(msum, 3));
+        }
+        const __m128 dx = _mm_setr_ps(KQF_L(q8, 0)->d, KQF_L(q8, 1)->d, KQF_L(q8, 2)->d, KQF_L(q8, 3)->d);
+#undef KQF_L
+        /* the fp16 d (and Q2_K's dmin after it) converted by one vcvtph2ps; Q3_K's d
+           ends its block, so 2 bytes only */
+        const int dbits = kind == KF_Q2_K ? (int)SFX(u32)(wb + doff) : (int)SFX(u16)(wb + doff);
+        const __m128 dd = _mm_cvtph_ps(_mm_cvtsi32_si128(dbits));
+        const __m128 dw = _mm_shuffle_ps(dd, dd, 0x00);
+        acc = _mm_add_ps(acc, _mm_mul_ps(_mm_mul_ps(dw, dx), _mm_cvtepi32_ps(si)));
+        if (kind == KF_Q2_K) {
+            const __m128 dm = _mm_shuffle_ps(dd, dd, 0x55);
+            const __m128 sub = _mm_sub_ps(acc, _mm_mul_ps(_mm_mul_ps(dm, dx), _mm_cvtepi32_ps(sm)));
+            acc = _mm_blendv_ps(sub, acc, _mm_castsi128_ps(_mm_cmpeq_epi32(sm, _mm_setzero_si128())));
+        }
+    }
+    float out[4];
+    _mm_storeu_ps(out, acc);
+    UNROLL
+    for (int t = 0; t < T; t++) y[t * ldy] = out[t];
+}
+
+/* Rows one at a time (a row of a 4096-column matrix is 1.3-2.2 KB: it stays in
+   L1 for the row's token tiles); tokens in tiles of TKQ, then one tile of the
+   1..TKQ-1 left over. */
+#ifndef G4_KERNELS_X86_ONCE
+#define KQF_DRIVER(fname, kind)                                                                      \
+    KRN void fname(int64_t n, const uint8_t *w, size_t ws, int64_t nr, const uint8_t *x, size_t xs,   \
+                   int64_t nt, float *y, int64_t ldy) {                                              \
+        const int64_t nb = n / QK_K;                                                                 \
+        for (int64_t r = 0; r < nr; r++) {                                                           \
+            const uint8_t *wr = w + (size_t)r * ws;                                                  \
+            int64_t t = 0;                                                                           \
+            for (; t + TKQ <= nt; t += TKQ) SFX(tile_kqf)(kind, TKQ, nb, wr, x + t * xs, xs, y + t * ldy + r, ldy); \
+            switch (nt - t) {                                                                        \
+            case 3: SFX(tile_kqf)(kind, 3, nb, wr, x + t * xs, xs, y + t * ldy + r, ldy); break;     \
+            case 2: SFX(tile_kqf)(kind, 2, nb, wr, x + t * xs, xs, y + t * ldy + r, ldy); break;     \
+            case 1: SFX(tile_kqf)(kind, 1, nb, wr, x + t * xs, xs, y + t * ldy + r, ldy); break;     \
+            }                                                                                        \
+        }                                                                                            \
+    }
+#endif
+KQF_DRIVER(SFX(gemm_q2_K), KF_Q2_K)
+KQF_DRIVER(SFX(gemm_q3_K), KF_Q3_K)
+KQF_DRIVER(SFX(gemm_iq4_xs), KF_IQ4_XS)
 
 /* The grid types: table lookups stay scalar (one 8-byte load per 8 elements);
    signs, scales and the IQ1 offsets are applied 16 bytes at a time. */
@@ -1254,7 +1428,6 @@ INL __m128i SFX(signed16)(uint64_t g0, uint64_t g1, uint8_t s0, uint8_t s1) {
     return _mm_sub_epi8(_mm_xor_si128(g, neg), neg);
 }
 
-INL uint16_t SFX(u16)(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
 INL void SFX(kq_head)(g4_kq_block *o, float d) {
     o->d = d;
@@ -1385,9 +1558,6 @@ KRN void SFX(decode_iq1_m)(const uint8_t *b, g4_kq_block *o) {
                               size_t xs, int64_t nt, float *y, int64_t ldy) {                        \
         g4_gemm_kq(TYPE, DEC, SFX(kq_dot), n, w, ws, nr, x, xs, nt, y, ldy);                         \
     }
-KQ_X86(q2_K, G4_TYPE_Q2_K, SFX(decode_q2_K))
-KQ_X86(q3_K, G4_TYPE_Q3_K, SFX(decode_q3_K))
-KQ_X86(iq4_xs, G4_TYPE_IQ4_XS, SFX(decode_iq4_xs))
 KQ_X86(iq3_xxs, G4_TYPE_IQ3_XXS, SFX(decode_iq3_xxs))
 KQ_X86(iq3_s, G4_TYPE_IQ3_S, SFX(decode_iq3_s))
 KQ_X86(iq2_xxs, G4_TYPE_IQ2_XXS, SFX(decode_iq2_xxs))

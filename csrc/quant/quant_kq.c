@@ -5,7 +5,9 @@
  * g4_kq_block (quant.h): int8 values, int16 scales and mins per 16 elements
  * and two float factors. Dequantization, the reference dot with Q8_K
  * activations and the vectorized kernels (kernels_x86.h, kernels_arm.h) all
- * start from that form, so each format's bit layout is written down once, here.
+ * start from that form, so each format's bit layout is written down once, here
+ * (except x86's fused Q2_K, Q3_K and IQ4_XS kernels, which unpack in registers
+ * and are tested bit for bit against these references).
  * IQ4_NL has blocks of 32 and pairs with Q8_0 activations, as in ggml
  * (ggml-cpu.c type_traits_cpu[GGML_TYPE_IQ4_NL].vec_dot_type).
  *

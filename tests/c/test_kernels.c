@@ -346,33 +346,95 @@ static void random_kq_weights(uint32_t type, uint8_t *w, size_t bytes) {
     }
 }
 
+/* g4_matmul_rows_vq of the kq type on every available ISA equals the scalar
+   reference bit for bit; w: rows x n weights, xq: nt activation rows of xs bytes. */
+static void check_kq_every_isa(uint32_t type, const uint8_t *w, int64_t n, int64_t rows, const uint8_t *xq,
+                               size_t xs, int64_t nt, const char *what) {
+    float *ref = malloc(sizeof(float) * rows * nt), *got = malloc(sizeof(float) * rows * nt);
+    ck_assert(g4_quant_set_isa(G4_ISA_SCALAR));
+    g4_matmul_rows_vq(type, w, n, xq, xs, nt, ref, rows, 0, rows);
+    for (int64_t i = 0; i < rows * nt; i++)
+        ck_assert_msg(isfinite(ref[i]), "%s %s: %g", g4_type_name(type), what, ref[i]);
+    for (int isa = 0; isa < G4_ISA_COUNT; isa++) {
+        if (!g4_isa_available(isa)) continue;
+        ck_assert(g4_quant_set_isa(isa));
+        memset(got, 0, sizeof(float) * rows * nt);
+        g4_matmul_rows_vq(type, w, n, xq, xs, nt, got, rows, 0, rows);
+        for (int64_t i = 0; i < rows * nt; i++)
+            ck_assert_msg(bits_of(got[i]) == bits_of(ref[i]), "%s on %s, %s, %ld tokens, output %ld: %a vs %a",
+                          g4_type_name(type), g4_isa_name(isa), what, (long)nt, (long)i, (double)got[i],
+                          (double)ref[i]);
+    }
+    free(ref);
+    free(got);
+}
+
 /* Every ISA equals the scalar reference bit for bit (same exact int32 per block,
    same float steps); the scalar reference itself is checked element for element
-   against gguf-py's dequantizers in tests/test_quant_types.py. */
+   against gguf-py's dequantizers in tests/test_quant_types.py. 1..6 tokens: the
+   x86 fused Q2_K/Q3_K/IQ4_XS kernels take tiles of 4 tokens and the rest (1..3)
+   in one smaller tile. */
 START_TEST(test_matmul_kq_bit_identical) {
     const int isa0 = g4_isa_active();
-    const int64_t n = 3 * QK_K, rows = 5, nt = 3;
+    const int64_t n = 3 * QK_K, rows = 7, NT = 6;
     for (size_t k = 0; k < sizeof KQTYPES / sizeof KQTYPES[0]; k++) {
         const uint32_t type = KQTYPES[k], vdt = g4_vec_dot_type(type);
         const size_t rs = g4_row_size(type, n), xs = g4_row_size(vdt, n);
-        uint8_t *w = malloc(rs * rows), *xq = malloc(xs * nt);
-        float x[3 * QK_K], ref[5 * 3], got[5 * 3];
+        uint8_t *w = malloc(rs * rows), *xq = malloc(xs * NT);
+        float x[3 * QK_K];
         random_kq_weights(type, w, rs * rows);
-        for (int64_t t = 0; t < nt; t++) {
+        for (int64_t t = 0; t < NT; t++) {
             random_acts(x, n, 0);
             ck_assert(g4_quantize_row(vdt, x, xq + t * xs, n));
         }
-        ck_assert(g4_quant_set_isa(G4_ISA_SCALAR));
-        g4_matmul_rows_vq(type, w, n, xq, xs, nt, ref, rows, 0, rows);
-        for (int i = 0; i < rows * nt; i++) ck_assert_msg(isfinite(ref[i]), "%s: %g", g4_type_name(type), ref[i]);
-        for (int isa = 0; isa < G4_ISA_COUNT; isa++) {
-            if (!g4_isa_available(isa)) continue;
-            ck_assert(g4_quant_set_isa(isa));
-            memset(got, 0, sizeof got);
-            g4_matmul_rows_vq(type, w, n, xq, xs, nt, got, rows, 0, rows);
-            for (int i = 0; i < rows * nt; i++)
-                ck_assert_msg(bits_of(got[i]) == bits_of(ref[i]), "%s on %s, output %d: %a vs %a",
-                              g4_type_name(type), g4_isa_name(isa), i, (double)got[i], (double)ref[i]);
+        for (int64_t nt = 1; nt <= NT; nt++) check_kq_every_isa(type, w, n, rows, xq, xs, nt, "random");
+        free(w);
+        free(xq);
+    }
+    ck_assert(g4_quant_set_isa(isa0));
+}
+END_TEST
+
+/* The fused x86 kernels' int16 intermediates (kernels_x86.h): the largest
+   vpmaddubsw pairs and int16 sums come from every quant at its largest
+   magnitude and every activation +-127 of one sign: Q2_K q = 3 with scale 15
+   (q sc = 45, two chunks summed in int16), Q3_K q = 3 / -4 with scale 31 /
+   -32, IQ4_XS 113 / -127 with scale 31 / -32 (bytes 0xff / 0x00). And Q2_K
+   blocks without mins but dmin = inf: the reference skips the min term when
+   summ = 0 (no inf * 0 = NaN), so must the kernels. */
+START_TEST(test_matmul_kq_extremes) {
+    const int isa0 = g4_isa_active();
+    const uint32_t types[] = {G4_TYPE_Q2_K, G4_TYPE_Q3_K, G4_TYPE_IQ4_XS};
+    const int64_t n = 2 * QK_K, rows = 5, NT = 6;
+    for (size_t k = 0; k < 3; k++) {
+        const uint32_t type = types[k];
+        const size_t rs = g4_row_size(type, n), xs = g4_row_size(G4_TYPE_Q8_K, n), bs = g4_type_size(type);
+        uint8_t *w = malloc(rs * rows), *xq = malloc(xs * NT);
+        float x[2 * QK_K];
+        for (int fill = 0; fill < 3; fill++) {
+            if (fill == 2 && type != G4_TYPE_Q2_K) continue;
+            memset(w, fill == 0 ? 0xff : fill == 1 ? 0x00 : 0xff, rs * rows);
+            for (uint8_t *p = w; p < w + rs * rows; p += bs) {
+                if (type == G4_TYPE_Q2_K) {
+                    if (fill == 1) memset(p, 0x0f, 16);   /* scales 15, mins 0: summ = 0 */
+                    if (fill == 2) memset(p, 0x0f, 16);
+                    put_f16(p + 80, 0.01f);
+                    put_f16(p + 82, fill == 2 ? INFINITY : 0.01f);
+                } else {
+                    put_f16(p + (type == G4_TYPE_Q3_K ? 108 : 0), 0.01f);
+                }
+            }
+            for (int sign = -1; sign <= 1; sign += 2) {
+                /* Q8_K scales by -127 / (the first element of largest magnitude): all x = 3
+                   gives q = -127; x[0] = -3 and the rest 3 give q = +127 but for q[0] */
+                for (int64_t i = 0; i < n; i++) x[i] = 3.0f;
+                if (sign > 0) x[0] = -3.0f;
+                ck_assert(g4_quant_set_isa(G4_ISA_SCALAR));
+                for (int64_t t = 0; t < NT; t++) ck_assert(g4_quantize_row(G4_TYPE_Q8_K, x, xq + t * xs, n));
+                ck_assert_int_eq(((const block_q8_K *)xq)->qs[1], 127 * sign);
+                for (int64_t nt = 1; nt <= NT; nt++)
+                    check_kq_every_isa(type, w, n, rows, xq, xs, nt, fill == 0 ? "bytes 0xff" : fill == 1 ? "bytes 0x00" : "dmin inf");
+            }
         }
         free(w);
         free(xq);
@@ -591,6 +653,7 @@ static Suite *kernels_suite(void) {
     tcase_add_test(tc, test_matmul_quant);
     tcase_add_test(tc, test_matmul_float);
     tcase_add_test(tc, test_matmul_kq_bit_identical);
+    tcase_add_test(tc, test_matmul_kq_extremes);
     tcase_add_test(tc, test_repacked);
     tcase_add_test(tc, test_repacked_int16_sums);
     tcase_add_test(tc, test_float_helpers);
