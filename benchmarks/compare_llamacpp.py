@@ -317,6 +317,11 @@ def main(argv=None) -> int:
         paths += synth_models(include_gemma=not args.no_gemma)
     if args.types:
         types = PURE_TYPES if args.types == "all" else args.types.split(",")
+        from gemma4stack.synth import TYPES as SYNTH_TYPES
+        bad = [t for t in types if t not in SYNTH_TYPES]
+        if bad:
+            ap.error(f"--types: unknown {', '.join(bad)}; expected 'all' or some of "
+                     f"{', '.join(SYNTH_TYPES)}")
         paths += synth_type_models(types)
     if not paths:
         ap.error("give --model PATH, --synth and/or --types")
